@@ -1,0 +1,26 @@
+/** `ckpt check`: which kernel features ckpt can use here. */
+import { defineCommand } from "citty";
+import { checkFeatures, dumpCanWork } from "../check/features";
+import { EXIT_FAILURE, rejectUnknownFlags } from "./exit";
+
+export const check = defineCommand({
+  meta: { name: "check", description: "Probe the kernel features ckpt needs; exit 0 only when a dump can work" },
+  args: {
+    json: { type: "boolean", description: "print the results as JSON", default: false },
+  },
+  async run({ args, rawArgs }) {
+    rejectUnknownFlags(rawArgs, ["json"]);
+    const results = await checkFeatures();
+    const ok = dumpCanWork(results);
+    if (args.json) {
+      process.stdout.write(`${JSON.stringify({ dumpCanWork: ok, features: results }, null, 2)}\n`);
+    } else {
+      for (const r of results) {
+        const mark = r.ok ? "yes" : r.requiredForDump ? "NO " : "no ";
+        process.stdout.write(`${mark}  ${r.name.padEnd(24)} ${r.detail}\n`);
+      }
+      process.stdout.write(ok ? "dump can work on this kernel\n" : "dump cannot work: a required feature is missing\n");
+    }
+    if (!ok) process.exitCode = EXIT_FAILURE;
+  },
+});

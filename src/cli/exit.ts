@@ -1,0 +1,31 @@
+/**
+ * Exit codes and the one-line error report. Stable and documented in the README:
+ *   0  success
+ *   1  the operation failed (kernel refused, bad image, a check found a missing feature)
+ *   2  usage error (unknown command or flag, missing argument)
+ */
+export const EXIT_OK = 0;
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+
+/** Wrong command-line use; reported with exit code 2. */
+export class UsageError extends Error {
+  override readonly name = "UsageError";
+}
+
+/** Throw a UsageError for any --flag or -f in `rawArgs` that `known` does not list. */
+export function rejectUnknownFlags(rawArgs: readonly string[], known: readonly string[]): void {
+  for (const arg of rawArgs) {
+    if (arg === "--") return;
+    if (!arg.startsWith("-") || arg === "-") continue;
+    const name = arg.replace(/^--?/, "").split("=")[0] ?? "";
+    const bare = name.startsWith("no-") ? name.slice(3) : name;
+    if (!known.includes(name) && !known.includes(bare)) throw new UsageError(`unknown option ${arg}`);
+  }
+}
+
+/** Print `ckpt: message` on stderr, one line. */
+export function reportError(e: unknown): void {
+  const msg = e instanceof Error ? e.message : String(e);
+  process.stderr.write(`ckpt: ${msg.replace(/\s*\n\s*/g, " ")}\n`);
+}

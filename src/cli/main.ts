@@ -1,0 +1,45 @@
+#!/usr/bin/env bun
+/** ckpt's entry point: parses the command line and dispatches to one command. */
+import { defineCommand, runCommand, showUsage } from "citty";
+import pkg from "../../package.json" with { type: "json" };
+import { runProbeModeIfAsked } from "../check/probe-target";
+import { check } from "./check";
+import { EXIT_FAILURE, EXIT_USAGE, reportError, UsageError } from "./exit";
+import { show } from "./show";
+
+const main = defineCommand({
+  meta: { name: "ckpt", version: pkg.version, description: "Checkpoint a Linux process tree into CRIU-format images" },
+  subCommands: { show, check },
+});
+
+function isCittyUsageError(e: unknown): boolean {
+  return e instanceof Error && e.name === "CLIError";
+}
+
+async function run(argv: string[]): Promise<void> {
+  if (await runProbeModeIfAsked(argv)) return;
+  if (argv.length === 0) {
+    await showUsage(main);
+    process.exitCode = EXIT_USAGE;
+    return;
+  }
+  if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-v")) {
+    process.stdout.write(`${pkg.version}\n`);
+    return;
+  }
+  const sub = argv[0] ?? "";
+  const subCmd = (main.subCommands as Record<string, typeof show>)[sub];
+  if (argv.includes("--help") || argv.includes("-h")) {
+    await showUsage(subCmd ?? main, subCmd ? main : undefined);
+    return;
+  }
+  if (sub.startsWith("-")) throw new UsageError(`unknown option ${sub}`);
+  if (!subCmd) throw new UsageError(`unknown command ${JSON.stringify(sub)} (try ckpt --help)`);
+  await runCommand(main, { rawArgs: argv });
+}
+
+// No top-level await: the executable is compiled to bytecode, which needs CommonJS.
+run(process.argv.slice(2)).catch((e: unknown) => {
+  reportError(e);
+  process.exitCode = e instanceof UsageError || isCittyUsageError(e) ? EXIT_USAGE : EXIT_FAILURE;
+});

@@ -1,0 +1,50 @@
+/** `ckpt show FILE|DIR`: image files as JSON in crit's shape. */
+import { defineCommand } from "citty";
+import { readImageFile } from "../image/image-file";
+import { PAGES_FILE } from "../image/magic";
+import { imageToJson, stringifyJson, type JsonValue } from "../image/to-json";
+import { listDirectory } from "../sys/file";
+import { statx } from "../sys/libc";
+import { AT, S_IF, S_IFMT } from "../sys/nr";
+import { rejectUnknownFlags } from "./exit";
+
+const ARGS = {
+  path: { type: "positional", description: "an image file, or a directory of images", required: true },
+  json: { type: "boolean", description: "one compact JSON document per line (default: indented)", default: false },
+} as const;
+
+/** A pages-N.img file holds raw pages; show says how many rather than dumping them. */
+function showPages(path: string, size: bigint): { magic: string; pages: number; bytes: JsonValue } {
+  return { magic: "PAGES", pages: Number(size / 4096n), bytes: size };
+}
+
+function showFile(path: string, name: string): unknown {
+  if (PAGES_FILE.test(name)) return showPages(path, statx(AT.FDCWD, path).size);
+  return imageToJson(readImageFile(path));
+}
+
+export const show = defineCommand({
+  meta: { name: "show", description: "Print image files as JSON (crit's shape: {magic, entries})" },
+  args: ARGS,
+  run({ args, rawArgs }) {
+    rejectUnknownFlags(rawArgs, ["json"]);
+    const path = args.path;
+    const isDir = (statx(AT.FDCWD, path).mode & S_IFMT) === S_IF.DIR;
+    const indent = args.json ? undefined : 4;
+    if (!isDir) {
+      process.stdout.write(`${stringifyJson(showFile(path, path.split("/").pop() ?? path), indent)}\n`);
+      return;
+    }
+    // A directory: one object per image file, keyed by file name. Files that are
+    // not images (logs, a parent link) are left out.
+    const out: Record<string, unknown> = {};
+    for (const name of listDirectory(path)) {
+      const full = `${path}/${name}`;
+      const st = statx(AT.FDCWD, full);
+      if ((st.mode & S_IFMT) !== S_IF.REG) continue;
+      if (!name.endsWith(".img") && !name.startsWith("stats-") && name !== "irmap-cache") continue;
+      out[name] = showFile(full, name);
+    }
+    process.stdout.write(`${stringifyJson(out, indent)}\n`);
+  },
+});

@@ -1,0 +1,79 @@
+/** /proc/PID/fdinfo/N: position, flags and per-kind lines of one open fd. */
+import type { ProcFs, ProcTarget } from "./procfs";
+
+export interface InotifyWatchInfo {
+  wd: number;
+  ino: bigint;
+  sdev: number;
+  mask: number;
+  ignoredMask: number;
+  fhandleBytes: number;
+  fhandleType: number;
+  fhandle: Uint8Array;
+}
+
+export interface FdInfo {
+  pos: bigint;
+  /** O_* flags (octal in the file). */
+  flags: number;
+  mntId: number;
+  ino: bigint;
+  /** Every "key: value" line, raw (the per-kind lines: eventfd-count, tfd, ...). */
+  fields: Map<string, string>;
+  /** inotify fds only. */
+  inotify: InotifyWatchInfo[];
+}
+
+/** Split "a:1 b:2" into a map; values stay strings. */
+function pairs(s: string): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const tok of s.trim().split(/\s+/)) {
+    const c = tok.indexOf(":");
+    if (c > 0) m.set(tok.slice(0, c), tok.slice(c + 1));
+  }
+  return m;
+}
+
+function hexBytes(s: string): Uint8Array {
+  const out = new Uint8Array(s.length >> 1);
+  for (let i = 0; i < out.length; i++) out[i] = Number.parseInt(s.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+export function parseFdInfo(text: string): FdInfo {
+  const fields = new Map<string, string>();
+  const inotify: InotifyWatchInfo[] = [];
+  for (const line of text.split("\n")) {
+    const colon = line.indexOf(":");
+    if (colon <= 0) continue;
+    const key = line.slice(0, colon);
+    const rest = line.slice(colon + 1);
+    if (key === "inotify wd") {
+      const p = pairs(`wd:${rest}`);
+      inotify.push({
+        wd: Number(p.get("wd")),
+        ino: BigInt(`0x${p.get("ino") ?? "0"}`),
+        sdev: Number.parseInt(p.get("sdev") ?? "0", 16),
+        mask: Number.parseInt(p.get("mask") ?? "0", 16),
+        ignoredMask: Number.parseInt(p.get("ignored_mask") ?? "0", 16),
+        fhandleBytes: Number.parseInt(p.get("fhandle-bytes") ?? "0", 16),
+        fhandleType: Number.parseInt(p.get("fhandle-type") ?? "0", 16),
+        fhandle: hexBytes(p.get("f_handle") ?? ""),
+      });
+    } else {
+      fields.set(key, rest.trim());
+    }
+  }
+  return {
+    pos: BigInt(fields.get("pos") ?? "0"),
+    flags: Number.parseInt(fields.get("flags") ?? "0", 8),
+    mntId: Number(fields.get("mnt_id") ?? -1),
+    ino: BigInt(fields.get("ino") ?? "0"),
+    fields,
+    inotify,
+  };
+}
+
+export function readFdInfo(proc: ProcFs, target: ProcTarget, fd: number): FdInfo {
+  return parseFdInfo(proc.readText(target, `fdinfo/${fd}`));
+}

@@ -1,0 +1,53 @@
+/** Whole-file reads and writes and directory listings through the libc layer. */
+import { close, fstat, getdents64, openat, preadInto, pwriteAll } from "./libc";
+import { AT, O } from "./nr";
+import { decodeDirents } from "./structs";
+
+/** Contents of a regular file. */
+export function readWholeFile(path: string): Uint8Array {
+  const fd = openat(AT.FDCWD, path, O.RDONLY | O.CLOEXEC);
+  try {
+    const size = Number(fstat(fd).size);
+    const buf = new Uint8Array(size);
+    let off = 0;
+    while (off < size) {
+      const n = preadInto(fd, buf.subarray(off), off);
+      if (n === 0) break;
+      off += n;
+    }
+    return off === size ? buf : buf.subarray(0, off);
+  } finally {
+    close(fd);
+  }
+}
+
+/**
+ * Write a file in one go. With `exclusive` the file must not exist yet
+ * (O_EXCL), so two writers never interleave into one image.
+ */
+export function writeWholeFile(path: string, bytes: Uint8Array, mode = 0o600, exclusive = false): void {
+  const flags = O.WRONLY | O.CREAT | O.CLOEXEC | (exclusive ? O.EXCL : O.TRUNC);
+  const fd = openat(AT.FDCWD, path, flags, mode);
+  try {
+    pwriteAll(fd, bytes, 0);
+  } finally {
+    close(fd);
+  }
+}
+
+/** Names in a directory, without . and .., sorted. */
+export function listDirectory(path: string): string[] {
+  const fd = openat(AT.FDCWD, path, O.RDONLY | O.DIRECTORY | O.CLOEXEC);
+  const buf = new Uint8Array(32 * 1024);
+  try {
+    const names: string[] = [];
+    for (;;) {
+      const n = getdents64(fd, buf);
+      if (n === 0) break;
+      for (const d of decodeDirents(buf, n)) if (d.name !== "." && d.name !== "..") names.push(d.name);
+    }
+    return names.sort();
+  } finally {
+    close(fd);
+  }
+}

@@ -1,0 +1,85 @@
+/** x86_64 system call numbers and the kernel constants ckpt passes to them. */
+
+export const SYS = {
+  read: 0, write: 1, close: 3, mmap: 9, munmap: 11, rt_sigaction: 13, rt_sigprocmask: 14,
+  ioctl: 16, pread64: 17, pwrite64: 18, getpid: 39, kill: 62, ptrace: 101,
+  sigaltstack: 131, personality: 135, prctl: 157, arch_prctl: 158, gettid: 186,
+  getdents64: 217, set_tid_address: 218, exit_group: 231, tgkill: 234, openat: 257,
+  get_robust_list: 274, prlimit64: 302, name_to_handle_at: 303, open_by_handle_at: 304,
+  process_vm_readv: 310, process_vm_writev: 311, kcmp: 312, userfaultfd: 323, statx: 332,
+  rseq: 334, pidfd_open: 434, clone3: 435, pidfd_getfd: 438, getitimer: 36,
+} as const;
+
+/** open(2) flags. */
+export const O = {
+  RDONLY: 0, WRONLY: 1, RDWR: 2, CREAT: 0o100, EXCL: 0o200, NOCTTY: 0o400, TRUNC: 0o1000,
+  APPEND: 0o2000, NONBLOCK: 0o4000, DIRECTORY: 0o200000, NOFOLLOW: 0o400000,
+  CLOEXEC: 0o2000000, PATH: 0o10000000,
+} as const;
+
+/** *at() dirfd and flags. */
+export const AT = {
+  FDCWD: -100, SYMLINK_NOFOLLOW: 0x100, EMPTY_PATH: 0x1000,
+} as const;
+
+/** statx mask bits. */
+export const STATX = {
+  TYPE: 0x1, MODE: 0x2, NLINK: 0x4, UID: 0x8, GID: 0x10, INO: 0x100, SIZE: 0x200,
+  BASIC_STATS: 0x7ff, MNT_ID: 0x1000,
+} as const;
+
+/** File type bits of st_mode. */
+export const S_IFMT = 0o170000;
+export const S_IF = {
+  SOCK: 0o140000, LNK: 0o120000, REG: 0o100000, BLK: 0o060000, DIR: 0o040000,
+  CHR: 0o020000, FIFO: 0o010000,
+} as const;
+
+/** waitpid options. */
+export const W = { NOHANG: 1, UNTRACED: 2, ALL: 0x40000000 } as const;
+
+/** Signals used by ckpt. */
+export const SIG = { KILL: 9, CONT: 18, STOP: 19, TRAP: 5, CHLD: 17, TERM: 15, INT: 2 } as const;
+
+/** ptrace requests. */
+export const PTRACE = {
+  PEEKDATA: 2, POKEDATA: 5, CONT: 7, KILL: 8, SINGLESTEP: 9, GETREGS: 12, SETREGS: 13,
+  GETFPREGS: 14, DETACH: 17, SETOPTIONS: 0x4200, GETEVENTMSG: 0x4201, GETSIGINFO: 0x4202,
+  GETREGSET: 0x4204, SETREGSET: 0x4205, SEIZE: 0x4206, INTERRUPT: 0x4207, LISTEN: 0x4208,
+  PEEKSIGINFO: 0x4209, GETSIGMASK: 0x420a, SETSIGMASK: 0x420b, GET_SYSCALL_INFO: 0x420e,
+} as const;
+
+/** ptrace options (PTRACE_O_*). */
+export const PTRACE_O = { TRACESYSGOOD: 1, TRACEFORK: 2, TRACEVFORK: 4, TRACECLONE: 8, EXITKILL: 0x100000 } as const;
+
+/** The event number ptrace puts in bits 16.. of a wait status on a group-stop under SEIZE. */
+export const PTRACE_EVENT_STOP = 128;
+
+/** ELF note types for PTRACE_GETREGSET. */
+export const NT = { PRSTATUS: 1, PRFPREG: 2, X86_XSTATE: 0x202 } as const;
+
+/** kcmp(2) comparison types. */
+export const KCMP = { FILE: 0, VM: 1, FILES: 2, FS: 3, SIGHAND: 4, IO: 5, SYSVSEM: 6, EPOLL_TFD: 7 } as const;
+
+/** mmap(2) protections and flags. */
+export const PROT = { NONE: 0, READ: 1, WRITE: 2, EXEC: 4 } as const;
+export const MAP = { SHARED: 1, PRIVATE: 2, FIXED: 0x10, ANONYMOUS: 0x20, GROWSDOWN: 0x100, NORESERVE: 0x4000, POPULATE: 0x8000 } as const;
+
+/** PAGEMAP_SCAN ioctl on /proc/PID/pagemap (Linux 6.7+): _IOWR('f', 16, struct pm_scan_arg). */
+export const PAGEMAP_SCAN = 0xc0606610;
+/** Page categories reported by PAGEMAP_SCAN. */
+export const PAGE_IS = {
+  WPALLOWED: 1 << 0, WRITTEN: 1 << 1, FILE: 1 << 2, PRESENT: 1 << 3, SWAPPED: 1 << 4,
+  PFNZERO: 1 << 5, HUGE: 1 << 6, SOFT_DIRTY: 1 << 7, GUARD: 1 << 8,
+} as const;
+/** pm_scan_arg.flags. */
+export const PM_SCAN = { WP_MATCHING: 1, CHECK_WPASYNC: 2 } as const;
+
+/** userfaultfd API handshake: _IOWR(0xAA, 0x3F, struct uffdio_api). */
+export const UFFDIO_API = 0xc018aa3f;
+export const UFFD_API = 0xaa;
+export const UFFD_USER_MODE_ONLY = 1;
+export const UFFD_FEATURE = { PAGEFAULT_FLAG_WP: 1 << 0, WP_UNPOPULATED: 1 << 13, WP_ASYNC: 1 << 15 } as const;
+
+/** Size of one page on x86_64. */
+export const PAGE_SIZE = 4096;

@@ -1,0 +1,106 @@
+/**
+ * ptrace(2) through the raw system call (glibc's wrapper changes the meaning of
+ * the PEEK requests). Requests only work from the thread that seized the tracee:
+ * all ptrace work in ckpt stays synchronous on the main thread.
+ */
+import { addressOf, syscall, waitpid } from "./libc";
+import { NT, PTRACE, PTRACE_EVENT_STOP, SYS, W } from "./nr";
+import { encodePeeksiginfoArgs, SIGINFO_SIZE, PTRACE_PEEKSIGINFO_SHARED } from "./structs";
+
+function ptrace(req: number, reqName: string, pid: number, addr: number | bigint, data: number | bigint): bigint {
+  return syscall("ptrace", SYS.ptrace, [req, pid, addr, data], [reqName, String(pid)]);
+}
+
+/** Attach without stopping the task (PTRACE_SEIZE). */
+export function seize(pid: number, options = 0): void {
+  ptrace(PTRACE.SEIZE, "PTRACE_SEIZE", pid, 0, options);
+}
+
+/** Ask a seized task to stop; the stop is reported through waitpid. */
+export function interrupt(pid: number): void {
+  ptrace(PTRACE.INTERRUPT, "PTRACE_INTERRUPT", pid, 0, 0);
+}
+
+/** Detach, letting the task run on (with `sig` delivered when non-zero). */
+export function detach(pid: number, sig = 0): void {
+  ptrace(PTRACE.DETACH, "PTRACE_DETACH", pid, 0, sig);
+}
+
+export function cont(pid: number, sig = 0): void {
+  ptrace(PTRACE.CONT, "PTRACE_CONT", pid, 0, sig);
+}
+
+export function singlestep(pid: number, sig = 0): void {
+  ptrace(PTRACE.SINGLESTEP, "PTRACE_SINGLESTEP", pid, 0, sig);
+}
+
+/**
+ * PTRACE_GETREGSET for note type `nt` into `buf`; returns the byte count the
+ * kernel filled (it shrinks iov_len to the size of the register set).
+ */
+export function getRegset(pid: number, nt: number, buf: Uint8Array): number {
+  const iov = new BigUint64Array([BigInt(addressOf(buf)), BigInt(buf.length)]);
+  syscall("ptrace", SYS.ptrace, [PTRACE.GETREGSET, pid, nt, addressOf(iov)], ["PTRACE_GETREGSET", String(pid), `NT_${nt === NT.PRSTATUS ? "PRSTATUS" : nt === NT.X86_XSTATE ? "X86_XSTATE" : nt}`]);
+  return Number(iov[1]);
+}
+
+export function setRegset(pid: number, nt: number, buf: Uint8Array): void {
+  const iov = new BigUint64Array([BigInt(addressOf(buf)), BigInt(buf.length)]);
+  syscall("ptrace", SYS.ptrace, [PTRACE.SETREGSET, pid, nt, addressOf(iov)], ["PTRACE_SETREGSET", String(pid), String(nt)]);
+}
+
+
+/** The blocked-signal mask of a stopped tracee (PTRACE_GETSIGMASK). */
+export function getSigmask(pid: number): bigint {
+  const mask = new BigUint64Array(1);
+  syscall("ptrace", SYS.ptrace, [PTRACE.GETSIGMASK, pid, 8, addressOf(mask)], ["PTRACE_GETSIGMASK", String(pid)]);
+  return mask[0] ?? 0n;
+}
+
+/**
+ * Queued signals without dequeuing them (PTRACE_PEEKSIGINFO): the thread's own
+ * queue, or the thread group's shared one. Each is a raw 128-byte siginfo_t.
+ */
+export function peekSiginfo(pid: number, shared: boolean): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  const batch = 32;
+  const buf = new Uint8Array(SIGINFO_SIZE * batch);
+  for (;;) {
+    const args = encodePeeksiginfoArgs(out.length, shared ? PTRACE_PEEKSIGINFO_SHARED : 0, batch);
+    const n = Number(syscall("ptrace", SYS.ptrace, [PTRACE.PEEKSIGINFO, pid, addressOf(args), addressOf(buf)], ["PTRACE_PEEKSIGINFO", String(pid)]));
+    for (let i = 0; i < n; i++) out.push(buf.slice(i * SIGINFO_SIZE, (i + 1) * SIGINFO_SIZE));
+    if (n < batch) return out;
+  }
+}
+
+/** One word of tracee memory (PTRACE_PEEKDATA). */
+export function peekData(pid: number, addr: bigint): bigint {
+  const word = new BigUint64Array(1);
+  syscall("ptrace", SYS.ptrace, [PTRACE.PEEKDATA, pid, addr, addressOf(word)], ["PTRACE_PEEKDATA", String(pid), `0x${addr.toString(16)}`]);
+  return word[0] ?? 0n;
+}
+
+export function pokeData(pid: number, addr: bigint, word: bigint): void {
+  syscall("ptrace", SYS.ptrace, [PTRACE.POKEDATA, pid, addr, BigInt.asIntN(64, word)], ["PTRACE_POKEDATA", String(pid), `0x${addr.toString(16)}`]);
+}
+
+// ---------------------------------------------------------------- wait statuses
+
+export const isExited = (status: number): boolean => (status & 0x7f) === 0;
+export const exitCode = (status: number): number => (status >> 8) & 0xff;
+export const isSignaled = (status: number): boolean => ((status & 0x7f) + 1) >> 1 > 0 && (status & 0x7f) !== 0x7f;
+export const termSig = (status: number): number => status & 0x7f;
+export const isStopped = (status: number): boolean => (status & 0xff) === 0x7f;
+export const stopSig = (status: number): number => (status >> 8) & 0xff;
+/** The PTRACE_EVENT_* number of a ptrace stop, 0 for a plain signal stop. */
+export const ptraceEvent = (status: number): number => (status >> 16) & 0xff;
+
+/** True for the group-stop/interrupt stop that PTRACE_INTERRUPT produces under SEIZE. */
+export function isInterruptStop(status: number): boolean {
+  return isStopped(status) && ptraceEvent(status) === PTRACE_EVENT_STOP;
+}
+
+/** Wait for a state change of one tracee (any thread kind: __WALL). */
+export function waitTracee(pid: number): number {
+  return waitpid(pid, W.ALL).status;
+}
