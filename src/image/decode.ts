@@ -67,7 +67,7 @@ export function decodeImage(bytes: Uint8Array, file: string): DecodedImage {
     try {
       message = fromBinary(schema, bytes.subarray(bodyAt, bodyAt + len));
     } catch (e) {
-      throw new ImageError(file, bodyAt, `entry is not a valid ${schema.name}: ${(e as Error).message}`);
+      throw new ImageError(file, bodyAt, `entry is not a valid ${schema.typeName}: ${(e as Error).message}`);
     }
     off = bodyAt + len;
     const entry: ImageEntry = { message };

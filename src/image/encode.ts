@@ -40,7 +40,13 @@ export class ImageEncoder {
       throw new Error(`${this.kind.name} image: entry ${this.count} must be ${want.typeName}, got ${schema.typeName}`);
     }
     if (payload && !this.kind.payloadSize) throw new Error(`${this.kind.name} image entries carry no payload`);
-    const body = toBinary(schema, message as Message as MessageShape<D>);
+    let body: Uint8Array;
+    try {
+      body = toBinary(schema, message as Message as MessageShape<D>);
+    } catch (e) {
+      // Typically a proto2 required field left unset: CRIU's decoder would refuse it too.
+      throw new Error(`${this.kind.name} image: entry ${this.count}: ${(e as Error).message}`);
+    }
     const len = new Uint8Array(4);
     new DataView(len.buffer).setUint32(0, body.length, true);
     this.push(len);

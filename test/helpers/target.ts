@@ -1,0 +1,83 @@
+/**
+ * Test workloads: small C programs built with gcc, started detached so that
+ * Bun's child reaping never sees (and steals) their ptrace stops.
+ */
+import { mkdirSync, existsSync, writeFileSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const BUILD_DIR = join(tmpdir(), `ckpt-test-bin-${process.getuid?.() ?? 0}`);
+
+/** Compile `source` once per content; returns the executable's path. */
+export function buildC(name: string, source: string): string {
+  mkdirSync(BUILD_DIR, { recursive: true });
+  const hash = Bun.hash(source).toString(16);
+  const exe = join(BUILD_DIR, `${name}-${hash}`);
+  if (existsSync(exe)) return exe;
+  const src = `${exe}.c`;
+  writeFileSync(src, source);
+  const r = Bun.spawnSync(["gcc", "-O1", "-pthread", "-o", exe, src]);
+  if (r.exitCode !== 0) throw new Error(`gcc ${name}: ${r.stderr.toString()}`);
+  return exe;
+}
+
+export interface Target {
+  pid: number;
+  /** SIGKILL the target (ignoring one that is gone already). */
+  kill(): void;
+}
+
+/**
+ * Start argv detached: a shell starts it in the background, prints its pid and
+ * exits, so the target is reparented away from the test process.
+ * The target's stdout goes to `stdoutFile` when given.
+ */
+export async function startDetached(argv: string[], stdoutFile = "/dev/null"): Promise<Target> {
+  const sh = Bun.spawn(["sh", "-c", 'out="$1"; shift; "$@" </dev/null >"$out" 2>&1 & echo $!', "sh", stdoutFile, ...argv], {
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [out, code] = await Promise.all([new Response(sh.stdout).text(), sh.exited]);
+  const pid = Number(out.trim());
+  if (code !== 0 || !(pid > 0)) throw new Error(`could not start ${argv.join(" ")}`);
+  return {
+    pid,
+    kill() {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    },
+  };
+}
+
+/** Wait until `pred` holds, polling; throws after `ms`. */
+export async function waitFor(what: string, pred: () => boolean, ms = 5000): Promise<void> {
+  const until = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(5);
+  }
+}
+
+/** A fresh private temporary directory. */
+export function tempDir(prefix: string): string {
+  return mkdtempSync(join(tmpdir(), `ckpt-${prefix}-`));
+}
+
+/** /proc/PID/status State letter, or "" when the process is gone. */
+export function procState(pid: number): string {
+  try {
+    const status = require("node:fs").readFileSync(`/proc/${pid}/status`, "utf8") as string;
+    return /^State:\s+(\S)/m.exec(status)?.[1] ?? "";
+  } catch {
+    return "";
+  }
+}
+
+/** TracerPid from /proc/PID/status (0 = not traced). */
+export function tracerPid(pid: number): number {
+  const status = require("node:fs").readFileSync(`/proc/${pid}/status`, "utf8") as string;
+  return Number(/^TracerPid:\s+(\d+)/m.exec(status)?.[1] ?? -1);
+}

@@ -1,0 +1,272 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { readFdInfo, parseFdInfo } from "../src/proc/fdinfo";
+import { parseMaps, readMaps, readSmaps } from "../src/proc/maps";
+import { ProcFs } from "../src/proc/procfs";
+import { parseStat, readStat } from "../src/proc/stat";
+import { readStatus } from "../src/proc/status";
+import { readAllChildren, readThreads } from "../src/proc/task";
+import { close, openat, syscall, writeAll } from "../src/sys/libc";
+import { AT, O } from "../src/sys/nr";
+import { buildC, startDetached, tempDir, waitFor, type Target } from "./helpers/target";
+
+// A workload with a known shape: an odd comm, 200 separate anonymous areas,
+// a file mapping at a known offset, three extra threads and two children.
+const FIXTURE_C = `
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+static void *idle(void *a) { (void)a; for (;;) pause(); return 0; }
+int main(int argc, char **argv) {
+  prctl(PR_SET_NAME, "a) (b", 0, 0, 0);
+  for (int i = 0; i < 200; i++) {
+    char *p = mmap(0, 4096, (i & 1) ? PROT_READ : PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (!(i & 1)) p[0] = 1;
+  }
+  int fd = open(argv[1], O_RDONLY);
+  void *file = mmap(0, 4096, PROT_READ, MAP_SHARED, fd, 8192);
+  pthread_t t;
+  for (int i = 0; i < 3; i++) pthread_create(&t, 0, idle, 0);
+  for (int i = 0; i < 2; i++) if (fork() == 0) { for (;;) pause(); }
+  printf("ready %lx\\n", (unsigned long)file); fflush(stdout);
+  for (;;) pause();
+}`;
+
+let target: Target;
+let fileMapAddr = 0n;
+let mappedFile = "";
+let outFile = "";
+
+beforeAll(async () => {
+  const exe = buildC("procfixture", FIXTURE_C);
+  const dir = tempDir("procfs");
+  mappedFile = join(dir, "mapped");
+  writeFileSync(mappedFile, Buffer.alloc(16384, 7));
+  outFile = join(dir, "out");
+  writeFileSync(outFile, "");
+  target = await startDetached([exe, mappedFile], outFile);
+  await waitFor("fixture ready", () => readFileSync(outFile, "utf8").includes("ready"));
+  fileMapAddr = BigInt(`0x${/ready ([0-9a-f]+)/.exec(readFileSync(outFile, "utf8"))![1]}`);
+});
+
+afterAll(() => {
+  if (!target) return;
+  for (const child of readFileSync(`/proc/${target.pid}/task/${target.pid}/children`, "utf8").split(" ").filter(Boolean)) {
+    process.kill(Number(child), "SIGKILL");
+  }
+  target.kill();
+});
+
+describe("ProcFs dirfd cache (seed 000)", () => {
+  test("pid → self → pid opens each directory once", () => {
+    const proc = new ProcFs();
+    try {
+      proc.readText(target.pid, "stat");
+      proc.readText("self", "stat");
+      proc.readText(target.pid, "status");
+      proc.readText("self", "status");
+      proc.readText(target.pid, "maps");
+      expect(proc.counters.dirOpens).toBe(2);
+      expect(proc.counters.dirCloses).toBe(0);
+      expect(proc.counters.fileOpens).toBe(5);
+      expect(proc.cachedPid).toBe(target.pid);
+    } finally {
+      proc.close();
+    }
+    expect(proc.counters.dirCloses).toBe(2);
+  });
+
+  test("switching to another pid closes the old directory, keeps self", () => {
+    const proc = new ProcFs();
+    try {
+      proc.readText(target.pid, "stat");
+      proc.readText("self", "stat");
+      proc.readText(process.pid, "stat");
+      expect(proc.counters.dirOpens).toBe(3);
+      expect(proc.counters.dirCloses).toBe(1);
+      expect(proc.cachedPid).toBe(process.pid);
+      proc.readText("self", "stat");
+      expect(proc.counters.dirOpens).toBe(3);
+      // The old pid's fd is really closed: no fd of ours points at /proc/<target>.
+      const ours = readdirSync("/proc/self/fd").map((fd) => {
+        try {
+          return require("node:fs").readlinkSync(`/proc/self/fd/${fd}`) as string;
+        } catch {
+          return "";
+        }
+      });
+      expect(ours).not.toContain(`/proc/${target.pid}`);
+      expect(ours).toContain(`/proc/${process.pid}`);
+    } finally {
+      proc.close();
+    }
+  });
+
+  test("files are opened relative to the cached dirfd", () => {
+    const proc = new ProcFs();
+    try {
+      const dirfd = proc.dir(target.pid);
+      expect(require("node:fs").readlinkSync(`/proc/self/fd/${dirfd}`)).toBe(`/proc/${target.pid}`);
+    } finally {
+      proc.close();
+    }
+  });
+
+  test("reads loop until EOF: a 200-area smaps comes back whole", () => {
+    const proc = new ProcFs();
+    try {
+      const text = proc.readText(target.pid, "smaps");
+      expect(text.length).toBeGreaterThan(64 * 1024);
+      expect(text).toBe(readFileSync(`/proc/${target.pid}/smaps`, "utf8"));
+      expect(proc.counters.reads).toBeGreaterThan(2);
+      const bytes = proc.readBytes(target.pid, "smaps");
+      expect(new TextDecoder().decode(bytes)).toBe(text);
+    } finally {
+      proc.close();
+    }
+  });
+
+  test("a missing pid is a SysError naming the path", () => {
+    const proc = new ProcFs();
+    try {
+      expect(() => proc.readText(2 ** 22 + 1, "stat")).toThrow(/openat\(AT_FDCWD, "\/proc\/4194305", .*\): ENOENT/);
+    } finally {
+      proc.close();
+    }
+  });
+});
+
+describe("proc readers", () => {
+  test("stat: comm with parentheses and spaces", () => {
+    const line = "42 (a) (b) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 12345 1000 100 18446744073709551615 1 2 3 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 4 5 6 7 8 9 10 0";
+    const st = parseStat(line);
+    expect(st.pid).toBe(42);
+    expect(st.comm).toBe("a) (b");
+    expect(st.state).toBe("S");
+    expect(st.ppid).toBe(1);
+    expect(st.flags).toBe(4194560);
+    expect(st.startTime).toBe(12345n);
+    expect(st.startCode).toBe(1n);
+    expect(st.endCode).toBe(2n);
+    expect(st.startStack).toBe(3n);
+    expect(st.startData).toBe(4n);
+    expect(st.envEnd).toBe(10n);
+  });
+
+  test("stat and status of a real task agree", () => {
+    const proc = new ProcFs();
+    try {
+      const st = readStat(proc, target.pid);
+      const status = readStatus(proc, target.pid);
+      expect(st.comm).toBe("a) (b");
+      expect(status.name).toBe("a) (b");
+      expect(st.pid).toBe(target.pid);
+      expect(st.ppid).toBe(status.ppid);
+      expect(st.numThreads).toBe(4);
+      expect(status.uids).toEqual([0, 0, 0, 0].map(() => process.getuid!()) as [number, number, number, number]);
+      expect(status.nsPids[0]).toBe(target.pid);
+      expect(status.umask).toBeGreaterThanOrEqual(0);
+    } finally {
+      proc.close();
+    }
+  });
+
+  test("threads, leader first, and children of every thread", () => {
+    const proc = new ProcFs();
+    try {
+      const tids = readThreads(proc, target.pid);
+      expect(tids.length).toBe(4);
+      expect(tids[0]).toBe(target.pid);
+      expect([...tids].sort()).toEqual(readdirSync(`/proc/${target.pid}/task`).map(Number).sort());
+      const kids = readAllChildren(proc, target.pid);
+      expect(kids.length).toBe(2);
+      for (const k of kids) expect(readStat(proc, k).ppid).toBe(target.pid);
+    } finally {
+      proc.close();
+    }
+  });
+
+  test("maps and smaps: the file mapping, the 200 areas", () => {
+    const proc = new ProcFs();
+    try {
+      const maps = readMaps(proc, target.pid);
+      const smaps = readSmaps(proc, target.pid);
+      expect(smaps.length).toBe(maps.length);
+      const fileArea = maps.find((a) => a.start === fileMapAddr)!;
+      expect(fileArea.path).toBe(mappedFile);
+      expect(fileArea.offset).toBe(8192n);
+      expect(fileArea.shared).toBe(true);
+      expect(fileArea.read && !fileArea.write).toBe(true);
+      expect(fileArea.inode).toBe(statSync(mappedFile, { bigint: true }).ino);
+      const sFile = smaps.find((a) => a.start === fileMapAddr)!;
+      // A read-only MAP_SHARED file mapping is "may share" (ms) without VM_SHARED (sh).
+      expect(sFile.vmFlags).toContain("ms");
+      expect(sFile.kb?.Size).toBe(4);
+      expect(maps.filter((a) => a.path === "").length).toBeGreaterThanOrEqual(200);
+      expect(maps.some((a) => a.path === "[stack]")).toBe(true);
+    } finally {
+      proc.close();
+    }
+  });
+
+  test("maps lines with spaces in the path", () => {
+    const [a] = parseMaps("7f0000000000-7f0000001000 r--p 00001000 fe:01 1234                       /tmp/a b (deleted)\n");
+    expect(a!.path).toBe("/tmp/a b (deleted)");
+    expect(a!.devMajor).toBe(0xfe);
+    expect(a!.offset).toBe(0x1000n);
+  });
+
+  test("fdinfo of a regular file: position and flags", () => {
+    const dir = tempDir("fdinfo");
+    const fd = openat(AT.FDCWD, join(dir, "f"), O.RDWR | O.CREAT | O.APPEND, 0o600);
+    const proc = new ProcFs();
+    try {
+      writeAll(fd, new Uint8Array(17));
+      const info = readFdInfo(proc, "self", fd);
+      expect(info.pos).toBe(17n);
+      expect(info.flags & O.APPEND).toBe(O.APPEND);
+      expect(info.flags & 3).toBe(O.RDWR);
+      expect(info.mntId).toBeGreaterThan(0);
+      expect(info.ino).toBe(statSync(join(dir, "f"), { bigint: true }).ino);
+    } finally {
+      close(fd);
+      proc.close();
+    }
+  });
+
+  test("fdinfo of an inotify fd: each watch with inode, device and handle", () => {
+    const dir = tempDir("inotify");
+    const SYS_inotify_init1 = 294;
+    const SYS_inotify_add_watch = 254;
+    const IN_CREATE = 0x100;
+    const fd = Number(syscall("inotify_init1", SYS_inotify_init1, [O.CLOEXEC]));
+    const proc = new ProcFs();
+    try {
+      const path = new TextEncoder().encode(`${dir}\0`);
+      const wd = Number(syscall("inotify_add_watch", SYS_inotify_add_watch, [fd, require("bun:ffi").ptr(path), IN_CREATE]));
+      const info = readFdInfo(proc, "self", fd);
+      expect(info.inotify.length).toBe(1);
+      const w = info.inotify[0]!;
+      const st = statSync(dir, { bigint: true });
+      expect(w.wd).toBe(wd);
+      expect(w.ino).toBe(st.ino);
+      expect(w.mask & IN_CREATE).toBe(IN_CREATE);
+      expect(w.fhandle.length).toBe(w.fhandleBytes);
+    } finally {
+      close(fd);
+      proc.close();
+    }
+  });
+
+  test("fdinfo text with extra lines keeps them", () => {
+    const info = parseFdInfo("pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t99\neventfd-count:\t5\n");
+    expect(info.fields.get("eventfd-count")).toBe("5");
+    expect(info.flags).toBe(2);
+    expect(info.ino).toBe(99n);
+  });
+});
