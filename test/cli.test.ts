@@ -75,7 +75,7 @@ describe("show", () => {
   test("a directory prints one object per image file", () => {
     const r = runCkpt(["show", FIXTURES]);
     expect(r.code).toBe(0);
-    const all = parseExactJson(r.stdout) as Record<string, { magic: string; pages?: number }>;
+    const all = parseExactJson(r.stdout) as Record<string, { magic: string; pages?: number; bytes?: number }>;
     const files = readdirSync(FIXTURES).filter((f) => f !== "json");
     expect(Object.keys(all).sort()).toEqual(files.sort());
     expect(all["stats-dump"]!.magic).toBe("STATS");

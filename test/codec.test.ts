@@ -94,7 +94,7 @@ describe("round trip of every message kind", () => {
 describe("corrupt images are rejected with file and offset", () => {
   test("bad magic", () => {
     const bytes = pstreeImage();
-    bytes[0] ^= 0xff;
+    bytes[0] = (bytes[0] ?? 0) ^ 0xff;
     expectImageError(() => decodeImage(bytes, "test.img"), 0, /bad magic/);
   });
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bun
 /** ckpt's entry point: parses the command line and dispatches to one command. */
-import { defineCommand, runCommand, showUsage } from "citty";
+import { defineCommand, runCommand, showUsage, type CommandDef } from "citty";
 import pkg from "../../package.json" with { type: "json" };
 import { runProbeModeIfAsked } from "../check/probe-target";
 import { check } from "./check";
@@ -9,7 +9,7 @@ import { show } from "./show";
 
 const main = defineCommand({
   meta: { name: "ckpt", version: pkg.version, description: "Checkpoint a Linux process tree into CRIU-format images" },
-  subCommands: { show, check },
+  subCommands: { show: show as CommandDef, check: check as CommandDef },
 });
 
 function isCittyUsageError(e: unknown): boolean {
@@ -28,7 +28,7 @@ async function run(argv: string[]): Promise<void> {
     return;
   }
   const sub = argv[0] ?? "";
-  const subCmd = (main.subCommands as Record<string, typeof show>)[sub];
+  const subCmd = (main.subCommands as Record<string, CommandDef> | undefined)?.[sub];
   if (argv.includes("--help") || argv.includes("-h")) {
     await showUsage(subCmd ?? main, subCmd ? main : undefined);
     return;

@@ -86,10 +86,17 @@ export class ProcFs {
   }
 
   /** openat() a file under /proc/PID; the caller owns the returned fd. */
-  open(target: ProcTarget, name: string, flags = O.RDONLY): number {
+  open(target: ProcTarget, name: string, flags: number = O.RDONLY): number {
     const fd = openat(this.dir(target), name, flags | O.CLOEXEC);
     this.counters.fileOpens++;
     return fd;
+  }
+
+  /** Text of a file directly under /proc (uptime, mounts ...), which belongs to no pid. */
+  readGlobalText(name: string): string {
+    const fd = openat(AT.FDCWD, `${this.root}/${name}`, O.RDONLY | O.CLOEXEC);
+    this.counters.fileOpens++;
+    return this.readAll(fd);
   }
 
   /**
@@ -119,7 +126,11 @@ export class ProcFs {
 
   /** Whole contents of a proc file as text. */
   readText(target: ProcTarget, name: string): string {
-    const fd = this.open(target, name);
+    return this.readAll(this.open(target, name));
+  }
+
+  /** Read `fd` to EOF as text, then close it. */
+  private readAll(fd: number): string {
     try {
       let text = "";
       for (;;) {

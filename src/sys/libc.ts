@@ -6,7 +6,7 @@
  * failing call, before anything else can run on this thread. Only the main JS
  * thread calls into this module.
  */
-import { dlopen, ptr, read, type Pointer } from "bun:ffi";
+import { dlopen, FFIType, ptr, read, type Pointer } from "bun:ffi";
 import { SysError } from "./errno";
 import { AT, STATX } from "./nr";
 import { decodeStatx, STATX_SIZE, type Statx } from "./structs";
@@ -19,21 +19,21 @@ const lib = dlopen(LIBC, {
   close: { args: ["i32"], returns: "i32" },
   mkdirat: { args: ["i32", "ptr", "u32"], returns: "i32" },
   fsync: { args: ["i32"], returns: "i32" },
-  read: { args: ["i32", "ptr", "u64"], returns: "i64_fast" },
-  pread64: { args: ["i32", "ptr", "u64", "i64"], returns: "i64_fast" },
-  write: { args: ["i32", "ptr", "u64"], returns: "i64_fast" },
-  pwrite64: { args: ["i32", "ptr", "u64", "i64"], returns: "i64_fast" },
-  readlinkat: { args: ["i32", "ptr", "ptr", "u64"], returns: "i64_fast" },
+  read: { args: ["i32", "ptr", "u64"], returns: FFIType.i64_fast },
+  pread64: { args: ["i32", "ptr", "u64", "i64"], returns: FFIType.i64_fast },
+  write: { args: ["i32", "ptr", "u64"], returns: FFIType.i64_fast },
+  pwrite64: { args: ["i32", "ptr", "u64", "i64"], returns: FFIType.i64_fast },
+  readlinkat: { args: ["i32", "ptr", "ptr", "u64"], returns: FFIType.i64_fast },
   statx: { args: ["i32", "ptr", "i32", "u32", "ptr"], returns: "i32" },
-  getdents64: { args: ["i32", "ptr", "u64"], returns: "i64_fast" },
+  getdents64: { args: ["i32", "ptr", "u64"], returns: FFIType.i64_fast },
   waitpid: { args: ["i32", "ptr", "i32"], returns: "i32" },
   kill: { args: ["i32", "i32"], returns: "i32" },
   getpid: { args: [], returns: "i32" },
   ioctl: { args: ["i32", "u64", "ptr"], returns: "i32" },
   mmap: { args: ["ptr", "u64", "i32", "i32", "i32", "i64"], returns: "ptr" },
   munmap: { args: ["ptr", "u64"], returns: "i32" },
-  process_vm_readv: { args: ["i32", "ptr", "u64", "ptr", "u64", "u64"], returns: "i64_fast" },
-  process_vm_writev: { args: ["i32", "ptr", "u64", "ptr", "u64", "u64"], returns: "i64_fast" },
+  process_vm_readv: { args: ["i32", "ptr", "u64", "ptr", "u64", "u64"], returns: FFIType.i64_fast },
+  process_vm_writev: { args: ["i32", "ptr", "u64", "ptr", "u64", "u64"], returns: FFIType.i64_fast },
   // glibc's syscall() is variadic; on x86_64 passing six integer arguments is
   // the same as a fixed six-argument call.
   syscall: { args: ["i64", "i64", "i64", "i64", "i64", "i64", "i64"], returns: "i64" },
@@ -221,6 +221,6 @@ export function syscall(name: string, nr: number, args: readonly Arg[], shown: r
 }
 
 /** Address of a buffer, to put into a struct or pass as a syscall argument. */
-export function addressOf(buf: ArrayBufferView): number {
+export function addressOf(buf: NodeJS.TypedArray | DataView): number {
   return ptr(buf);
 }

@@ -1,0 +1,23 @@
+/** inventory.img: the image set's version and the facts a later run checks it against. */
+import { create } from "@bufbuild/protobuf";
+import { InventoryEntrySchema, Lsmtype, type InventoryEntry } from "../image/gen/inventory_pb";
+import type { ProcFs } from "../proc/procfs";
+
+/** Host uptime in microseconds, from /proc/uptime. */
+export function uptimeMicros(proc: ProcFs): bigint {
+  const seconds = proc.readGlobalText("uptime").split(" ")[0] ?? "0";
+  const [whole = "0", frac = "0"] = seconds.split(".");
+  return BigInt(whole) * 1_000_000n + BigInt(frac.padEnd(6, "0").slice(0, 6));
+}
+
+/** An inventory in the form CRIU 4.x restores: version 2, fdinfo and namespaces per id. */
+export function inventoryEntry(proc: ProcFs, runId: string): InventoryEntry {
+  return create(InventoryEntrySchema, {
+    imgVersion: 2,
+    fdinfoPerId: true,
+    nsPerId: true,
+    lsmtype: Lsmtype.NO_LSM,
+    dumpUptime: uptimeMicros(proc),
+    dumpCriuRunId: runId,
+  });
+}
