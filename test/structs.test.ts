@@ -2,13 +2,13 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { toArrayBuffer } from "bun:ffi";
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { nameToHandleAt, openByHandleAt } from "../src/sys/calls";
 import { listDirectory } from "../src/sys/file";
-import { addressOf, close, fstat, getpid, ioctl, mmap, munmap, openat, processVmReadv, syscall } from "../src/sys/libc";
-import { AT, MAP, NT, O, PAGE_IS, PAGE_SIZE, PAGEMAP_SCAN, PROT, SYS } from "../src/sys/nr";
+import { addressOf, close, fstat, getpid, ioctl, mmap, munmap, openat, processVmReadv } from "../src/sys/libc";
+import { AT, MAP, NT, O, PAGE_IS, PAGE_SIZE, PAGEMAP_SCAN, PROT } from "../src/sys/nr";
 import * as ptrace from "../src/sys/ptrace";
 import {
-  DIRENT64_OFF, decodeFileHandle, decodePageRegions, decodeUserFpregs, decodeUserRegs, emptyFileHandle,
-  encodeDev, encodeFileHandle, encodePmScanArg, encodeUserRegs, PAGE_REGION_SIZE, PM_SCAN_ARG_FIELDS,
+  DIRENT64_OFF, decodeFileHandle, decodePageRegions, decodeUserFpregs, decodeUserRegs, encodeDev, encodeFileHandle, encodePmScanArg, encodeUserRegs, PAGE_REGION_SIZE, PM_SCAN_ARG_FIELDS,
   PM_SCAN_ARG_SIZE, pmScanWalkEnd, setIovec, STATX_OFF, STATX_SIZE, USER_FPREGS_OFF, USER_FPREGS_SIZE,
   USER_REGS, USER_REGS_SIZE,
 } from "../src/sys/structs";
@@ -130,16 +130,12 @@ describe("layouts against the running kernel", () => {
     const dir = tempDir("fh");
     const file = join(dir, "f");
     writeFileSync(file, "hello");
-    const handle = emptyFileHandle();
-    const mountId = new Int32Array(1);
-    const path = new TextEncoder().encode(`${file}\0`);
-    syscall("name_to_handle_at", SYS.name_to_handle_at, [AT.FDCWD, addressOf(path), addressOf(handle), addressOf(mountId), 0]);
-    const decoded = decodeFileHandle(handle);
-    expect(decoded.bytes.length).toBeGreaterThan(0);
+    const { handle, mountId } = nameToHandleAt(AT.FDCWD, file);
+    expect(handle.bytes.length).toBeGreaterThan(0);
+    expect(mountId).toBeGreaterThan(0);
     const mountFd = openat(AT.FDCWD, dir, O.RDONLY | O.DIRECTORY);
     try {
-      const again = encodeFileHandle(decoded);
-      const fd = Number(syscall("open_by_handle_at", SYS.open_by_handle_at, [mountFd, addressOf(again), O.RDONLY]));
+      const fd = openByHandleAt(mountFd, handle, O.RDONLY);
       try {
         expect(fstat(fd).ino).toBe(statSync(file, { bigint: true }).ino);
       } finally {

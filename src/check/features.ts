@@ -7,13 +7,14 @@ import { toArrayBuffer } from "bun:ffi";
 import { ProcFs } from "../proc/procfs";
 import { readStatus } from "../proc/status";
 import { SysError } from "../sys/errno";
-import { addressOf, close, getpid, ioctl, kill, mmap, munmap, openat, preadInto, processVmReadv, syscall, writeAll } from "../sys/libc";
+import { kcmp, nameToHandleAt, openByHandleAt, pidfdGetfd, pidfdOpen, userfaultfd } from "../sys/calls";
+import { addressOf, close, getpid, ioctl, kill, mmap, munmap, openat, preadInto, processVmReadv, writeAll } from "../sys/libc";
 import {
-  AT, KCMP, MAP, O, PAGE_IS, PAGE_SIZE, PAGEMAP_SCAN, PROT, SIG, SYS, UFFD_API, UFFD_FEATURE,
+  AT, KCMP, MAP, O, PAGE_IS, PAGE_SIZE, PAGEMAP_SCAN, PROT, SIG, UFFD_API, UFFD_FEATURE,
   UFFD_USER_MODE_ONLY, UFFDIO_API,
 } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
-import { emptyFileHandle, encodePmScanArg, PAGE_REGION_SIZE, setIovec, UFFDIO_API_SIZE } from "../sys/structs";
+import { encodePmScanArg, PAGE_REGION_SIZE, setIovec, UFFDIO_API_SIZE } from "../sys/structs";
 import { startProbeTarget } from "./probe-target";
 
 export interface FeatureResult {
@@ -55,9 +56,9 @@ function probeKcmp(): string {
   const fd = openat(AT.FDCWD, "/", O.RDONLY | O.CLOEXEC);
   const fd2 = openat(AT.FDCWD, "/", O.RDONLY | O.CLOEXEC);
   try {
-    const same = syscall("kcmp", SYS.kcmp, [self, self, KCMP.FILE, fd, fd], ["self", "self", "KCMP_FILE", String(fd), String(fd)]);
-    const other = syscall("kcmp", SYS.kcmp, [self, self, KCMP.FILE, fd, fd2], ["self", "self", "KCMP_FILE", String(fd), String(fd2)]);
-    if (same !== 0n || other === 0n) throw new Error(`kcmp gave ${same} for one file and ${other} for two`);
+    const same = kcmp(self, self, KCMP.FILE, fd, fd);
+    const other = kcmp(self, self, KCMP.FILE, fd, fd2);
+    if (same !== "equal" || other === "equal") throw new Error(`kcmp says ${same} for one file and ${other} for two`);
     return "KCMP_FILE tells one open file from two";
   } finally {
     close(fd);
@@ -66,11 +67,10 @@ function probeKcmp(): string {
 }
 
 function probePidfdGetfd(): string {
-  const pidfd = Number(syscall("pidfd_open", SYS.pidfd_open, [getpid(), 0], ["self", "0"]));
+  const pidfd = pidfdOpen(getpid());
   const fd = openat(AT.FDCWD, "/", O.RDONLY | O.CLOEXEC);
   try {
-    const copy = Number(syscall("pidfd_getfd", SYS.pidfd_getfd, [pidfd, fd, 0], ["pidfd", String(fd), "0"]));
-    close(copy);
+    close(pidfdGetfd(pidfd, fd));
     return "pidfd_open and pidfd_getfd work";
   } finally {
     close(fd);
@@ -152,7 +152,7 @@ function probeSoftDirty(): string {
 }
 
 function probeUffdWpAsync(): string {
-  const fd = Number(syscall("userfaultfd", SYS.userfaultfd, [O.CLOEXEC | O.NONBLOCK | UFFD_USER_MODE_ONLY], ["O_CLOEXEC|O_NONBLOCK|UFFD_USER_MODE_ONLY"]));
+  const fd = userfaultfd(O.CLOEXEC | O.NONBLOCK | UFFD_USER_MODE_ONLY);
   try {
     const api = new Uint8Array(UFFDIO_API_SIZE);
     const v = new DataView(api.buffer);
@@ -166,15 +166,11 @@ function probeUffdWpAsync(): string {
 }
 
 function probeOpenByHandle(): string {
-  const handle = emptyFileHandle();
-  const mountId = new Int32Array(1);
-  const root = new TextEncoder().encode("/\0");
-  syscall("name_to_handle_at", SYS.name_to_handle_at, [AT.FDCWD, addressOf(root), addressOf(handle), addressOf(mountId), 0], ["AT_FDCWD", '"/"']);
+  const { handle } = nameToHandleAt(AT.FDCWD, "/");
   // Any fd on the same mount serves as the mount fd.
   const mountFd = openat(AT.FDCWD, "/", O.RDONLY | O.DIRECTORY | O.CLOEXEC);
   try {
-    const fd = Number(syscall("open_by_handle_at", SYS.open_by_handle_at, [mountFd, addressOf(handle), O.RDONLY | O.CLOEXEC], ["mount fd of /", "handle of /", "O_RDONLY"]));
-    close(fd);
+    close(openByHandleAt(mountFd, handle, O.RDONLY | O.CLOEXEC));
     return "name_to_handle_at and open_by_handle_at work";
   } finally {
     close(mountFd);
