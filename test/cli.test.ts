@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import pkg from "../package.json";
 import { parseExactJson, runCkpt } from "./helpers/cli";
@@ -81,6 +81,26 @@ describe("show", () => {
     expect(all["stats-dump"]!.magic).toBe("STATS");
     expect(all["pages-1.img"]).toEqual({ magic: "PAGES", pages: 31, bytes: 126976 });
     expect(all["inventory.img"]!.magic).toBe("INVENTORY");
+  });
+
+  test("a directory lists images of kinds ckpt does not define by magic, and fails on damaged ones", () => {
+    const dir = tempDir("showdir");
+    copyFileSync(`${FIXTURES}/pstree.img`, join(dir, "pstree.img"));
+    // A CRIU cgroup image: common head magic, then CGROUP's magic, one empty entry.
+    writeFileSync(join(dir, "cgroup.img"), Buffer.from([0x19, 0x43, 0x56, 0x54, 0x30, 0x33, 0x38, 0x59, 0, 0, 0, 0]));
+    writeFileSync(join(dir, "notes.txt"), "not an image");
+    const r = runCkpt(["show", dir, "--json"]);
+    expect(r.code).toBe(0);
+    const all = JSON.parse(r.stdout);
+    expect(Object.keys(all).sort()).toEqual(["cgroup.img", "pstree.img"]);
+    expect(all["cgroup.img"]).toEqual({ magic: "0x59383330", decoded: false });
+    expect(all["pstree.img"].magic).toBe("PSTREE");
+
+    writeFileSync(join(dir, "core-1.img"), Buffer.from([0x19, 0x43, 0x56, 0x54]));
+    const bad = runCkpt(["show", dir]);
+    expect(bad.code).toBe(1);
+    expect(oneLine(bad.stderr)).toContain("core-1.img: at byte 4: truncated");
+    expect(bad.stdout).toBe("");
   });
 
   test("64-bit register values print exactly", () => {

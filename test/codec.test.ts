@@ -38,7 +38,7 @@ function pstreeImage(): Uint8Array {
   return enc.bytes();
 }
 
-function expectImageError(fn: () => unknown, offset: number, reason: RegExp): void {
+function expectImageError(fn: () => unknown, offset: number, reason: RegExp, code?: string): void {
   let err: unknown;
   try {
     fn();
@@ -51,6 +51,7 @@ function expectImageError(fn: () => unknown, offset: number, reason: RegExp): vo
   expect(ie.offset).toBe(offset);
   expect(ie.reason).toMatch(reason);
   expect(ie.message).toContain(`test.img: at byte ${offset}`);
+  if (code) expect(ie.code).toBe(code as never);
 }
 
 describe("round trip of every message kind", () => {
@@ -95,11 +96,11 @@ describe("corrupt images are rejected with file and offset", () => {
   test("bad magic", () => {
     const bytes = pstreeImage();
     bytes[0] = (bytes[0] ?? 0) ^ 0xff;
-    expectImageError(() => decodeImage(bytes, "test.img"), 0, /bad magic/);
+    expectImageError(() => decodeImage(bytes, "test.img"), 0, /bad magic/, "bad-magic");
   });
 
   test("unknown image magic after a valid head", () => {
-    expectImageError(() => decodeImage(le32(MAGIC_COMMON, 0x12345678), "test.img"), 4, /unknown image magic 0x12345678/);
+    expectImageError(() => decodeImage(le32(MAGIC_COMMON, 0x12345678), "test.img"), 4, /unknown image magic 0x12345678/, "unknown-kind");
   });
 
   test("service head on an ordinary image", () => {
@@ -112,7 +113,7 @@ describe("corrupt images are rejected with file and offset", () => {
 
   test("truncated length word", () => {
     const whole = pstreeImage();
-    expectImageError(() => decodeImage(concat(whole, new Uint8Array([5, 0])), "test.img"), whole.length, /truncated entry length: 2 of 4/);
+    expectImageError(() => decodeImage(concat(whole, new Uint8Array([5, 0])), "test.img"), whole.length, /truncated entry length: 2 of 4/, "truncated");
   });
 
   test("truncated body", () => {
@@ -125,7 +126,7 @@ describe("corrupt images are rejected with file and offset", () => {
 
   test("absurd length", () => {
     const bytes = concat(le32(MAGIC_COMMON, kind("PSTREE").magic, MAX_ENTRY_SIZE + 1), new Uint8Array(16));
-    expectImageError(() => decodeImage(bytes, "test.img"), 8, /absurd entry length/);
+    expectImageError(() => decodeImage(bytes, "test.img"), 8, /absurd entry length/, "absurd-length");
   });
 
   test("0xffffffff length does not allocate or hang", () => {
@@ -136,7 +137,7 @@ describe("corrupt images are rejected with file and offset", () => {
   test("body that is not protobuf", () => {
     const body = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
     const bytes = concat(le32(MAGIC_COMMON, kind("PSTREE").magic, body.length), body);
-    expectImageError(() => decodeImage(bytes, "test.img"), 12, /not a valid ckpt.images.PstreeEntry/);
+    expectImageError(() => decodeImage(bytes, "test.img"), 12, /not a valid ckpt.images.PstreeEntry/, "bad-entry");
   });
 
   test("payload shorter than its entry says", () => {

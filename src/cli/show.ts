@@ -1,9 +1,10 @@
 /** `ckpt show FILE|DIR`: image files as JSON in crit's shape. */
 import { defineCommand } from "citty";
+import { ImageError } from "../image/errors";
 import { readImageFile } from "../image/image-file";
 import { PAGES_FILE } from "../image/magic";
 import { imageToJson, stringifyJson, type JsonValue } from "../image/to-json";
-import { listDirectory } from "../sys/file";
+import { listDirectory, readWholeFile } from "../sys/file";
 import { statx } from "../sys/libc";
 import { AT, S_IF, S_IFMT } from "../sys/nr";
 import { rejectUnknownFlags } from "./exit";
@@ -21,6 +22,23 @@ function showPages(path: string, size: bigint): { magic: string; pages: number; 
 function showFile(path: string, name: string): unknown {
   if (PAGES_FILE.test(name)) return showPages(path, statx(AT.FDCWD, path).size);
   return imageToJson(readImageFile(path));
+}
+
+/**
+ * In a directory, an image of a kind ckpt does not define (a CRIU set may hold
+ * cgroup, tty or netns images) is listed by its magic rather than failing the
+ * whole listing; a damaged image of a known kind is still an error.
+ */
+function showDirectoryFile(path: string, name: string): unknown {
+  try {
+    return showFile(path, name);
+  } catch (e) {
+    if (e instanceof ImageError && e.code === "unknown-kind") {
+      const magic = new DataView(readWholeFile(path).buffer).getUint32(4, true);
+      return { magic: `0x${magic.toString(16).padStart(8, "0")}`, decoded: false };
+    }
+    throw e;
+  }
 }
 
 export const show = defineCommand({
@@ -43,7 +61,7 @@ export const show = defineCommand({
       const st = statx(AT.FDCWD, full);
       if ((st.mode & S_IFMT) !== S_IF.REG) continue;
       if (!name.endsWith(".img") && !name.startsWith("stats-") && name !== "irmap-cache") continue;
-      out[name] = showFile(full, name);
+      out[name] = showDirectoryFile(full, name);
     }
     process.stdout.write(`${stringifyJson(out, indent)}\n`);
   },

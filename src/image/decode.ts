@@ -25,20 +25,20 @@ const hex = (n: number): string => `0x${n.toString(16).padStart(8, "0")}`;
 
 /** Which image a file holds, from its first one or two magic words. */
 export function decodeMagic(bytes: Uint8Array, file: string): { kind: ImageKind; headerSize: number } {
-  if (bytes.length < 4) throw new ImageError(file, 0, `too short for a magic number (${bytes.length} bytes)`);
+  if (bytes.length < 4) throw new ImageError(file, 0, "truncated", `too short for a magic number (${bytes.length} bytes)`);
   const first = u32(bytes, 0);
   if (first !== MAGIC_COMMON && first !== MAGIC_SERVICE) {
     const k = kindByMagic(first);
     if (k?.head === "none") return { kind: k, headerSize: 4 };
-    throw new ImageError(file, 0, `bad magic ${hex(first)}: neither an image head magic nor the inventory's`);
+    throw new ImageError(file, 0, "bad-magic", `bad magic ${hex(first)}: neither an image head magic nor the inventory's`);
   }
-  if (bytes.length < 8) throw new ImageError(file, 4, "truncated after the head magic");
+  if (bytes.length < 8) throw new ImageError(file, 4, "truncated", "truncated after the head magic");
   const second = u32(bytes, 4);
   const k = kindByMagic(second);
-  if (!k) throw new ImageError(file, 4, `unknown image magic ${hex(second)}`);
+  if (!k) throw new ImageError(file, 4, "unknown-kind", `unknown image magic ${hex(second)}`);
   const expectedHead = k.head === "service" ? MAGIC_SERVICE : MAGIC_COMMON;
   if (k.head === "none" || first !== expectedHead) {
-    throw new ImageError(file, 0, `bad head magic ${hex(first)} for a ${k.name} image`);
+    throw new ImageError(file, 0, "bad-magic", `bad head magic ${hex(first)} for a ${k.name} image`);
   }
   return { kind: k, headerSize: 8 };
 }
@@ -54,27 +54,27 @@ export function decodeImage(bytes: Uint8Array, file: string): DecodedImage {
   let off = headerSize;
   while (off < bytes.length) {
     if (bytes.length - off < 4) {
-      throw new ImageError(file, off, `truncated entry length: ${bytes.length - off} of 4 bytes`);
+      throw new ImageError(file, off, "truncated", `truncated entry length: ${bytes.length - off} of 4 bytes`);
     }
     const len = u32(bytes, off);
-    if (len > MAX_ENTRY_SIZE) throw new ImageError(file, off, `absurd entry length ${len} (limit ${MAX_ENTRY_SIZE})`);
+    if (len > MAX_ENTRY_SIZE) throw new ImageError(file, off, "absurd-length", `absurd entry length ${len} (limit ${MAX_ENTRY_SIZE})`);
     const bodyAt = off + 4;
     if (len > bytes.length - bodyAt) {
-      throw new ImageError(file, off, `truncated entry body: length says ${len}, ${bytes.length - bodyAt} bytes left`);
+      throw new ImageError(file, off, "truncated", `truncated entry body: length says ${len}, ${bytes.length - bodyAt} bytes left`);
     }
     const schema = entries.length === 0 && kind.first ? kind.first : kind.entry;
     let message: Message;
     try {
       message = fromBinary(schema, bytes.subarray(bodyAt, bodyAt + len));
     } catch (e) {
-      throw new ImageError(file, bodyAt, `entry is not a valid ${schema.typeName}: ${(e as Error).message}`);
+      throw new ImageError(file, bodyAt, "bad-entry", `entry is not a valid ${schema.typeName}: ${(e as Error).message}`);
     }
     off = bodyAt + len;
     const entry: ImageEntry = { message };
     if (kind.payloadSize && schema === kind.entry) {
       const size = kind.payloadSize(message as unknown as Record<string, unknown>);
       if (size > bytes.length - off) {
-        throw new ImageError(file, off, `truncated payload: entry says ${size} bytes, ${bytes.length - off} left`);
+        throw new ImageError(file, off, "truncated", `truncated payload: entry says ${size} bytes, ${bytes.length - off} left`);
       }
       entry.payload = bytes.slice(off, off + size);
       off += size;
