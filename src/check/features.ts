@@ -121,16 +121,21 @@ function probePagemapScan(): string {
   });
 }
 
-/** Bit 55 of a pagemap entry: the page was written since the last clear_refs "4". */
-function softDirtyBit(addr: number): boolean {
+/** Our own /proc/self/pagemap entry for the page at `addr`. */
+function ownPagemapEntry(addr: number): bigint {
   const fd = openat(AT.FDCWD, "/proc/self/pagemap", O.RDONLY | O.CLOEXEC);
   try {
     const entry = new Uint8Array(8);
     preadInto(fd, entry, (addr / PAGE_SIZE) * 8);
-    return (new DataView(entry.buffer).getBigUint64(0, true) >> 55n) & 1n ? true : false;
+    return new DataView(entry.buffer).getBigUint64(0, true);
   } finally {
     close(fd);
   }
+}
+
+/** Bit 55 of a pagemap entry: the page was written since the last clear_refs "4". */
+function softDirtyBit(addr: number): boolean {
+  return ((ownPagemapEntry(addr) >> 55n) & 1n) === 1n;
 }
 
 function probeSoftDirty(): string {
@@ -190,16 +195,9 @@ function probeCapCheckpointRestore(): string {
 
 function probePagemapRead(): string {
   return withTouchedPage((addr) => {
-    const fd = openat(AT.FDCWD, "/proc/self/pagemap", O.RDONLY | O.CLOEXEC);
-    try {
-      const entry = new Uint8Array(8);
-      preadInto(fd, entry, (addr / PAGE_SIZE) * 8);
-      const present = (new DataView(entry.buffer).getBigUint64(0, true) >> 63n) & 1n;
-      if (!present) throw new Error("a touched page is not reported present");
-      return "/proc/PID/pagemap reports present pages";
-    } finally {
-      close(fd);
-    }
+    // Bit 63: page present.
+    if (((ownPagemapEntry(addr) >> 63n) & 1n) === 0n) throw new Error("a touched page is not reported present");
+    return "/proc/PID/pagemap reports present pages";
   });
 }
 

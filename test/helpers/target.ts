@@ -65,19 +65,3 @@ export async function waitFor(what: string, pred: () => boolean, ms = 5000): Pro
 export function tempDir(prefix: string): string {
   return mkdtempSync(join(tmpdir(), `ckpt-${prefix}-`));
 }
-
-/** /proc/PID/status State letter, or "" when the process is gone. */
-export function procState(pid: number): string {
-  try {
-    const status = require("node:fs").readFileSync(`/proc/${pid}/status`, "utf8") as string;
-    return /^State:\s+(\S)/m.exec(status)?.[1] ?? "";
-  } catch {
-    return "";
-  }
-}
-
-/** TracerPid from /proc/PID/status (0 = not traced). */
-export function tracerPid(pid: number): number {
-  const status = require("node:fs").readFileSync(`/proc/${pid}/status`, "utf8") as string;
-  return Number(/^TracerPid:\s+(\d+)/m.exec(status)?.[1] ?? -1);
-}

@@ -1,0 +1,100 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { addressOf, close, openat, preadInto, processVmReadv, processVmWritev } from "../src/sys/libc";
+import { AT, O } from "../src/sys/nr";
+import * as ptrace from "../src/sys/ptrace";
+import { setIovec } from "../src/sys/structs";
+import { buildC, startDetached, tempDir, waitFor, type Target } from "./helpers/target";
+
+// Prints the address of a 4 KiB buffer filled with a known pattern, then idles.
+const IDLE_C = `
+#include <stdio.h>
+#include <unistd.h>
+static unsigned char buf[4096];
+int main(void) {
+  for (int i = 0; i < 4096; i++) buf[i] = (unsigned char)(i * 3);
+  printf("ready %lx\\n", (unsigned long)buf); fflush(stdout);
+  for (;;) pause();
+}`;
+
+let target: Target;
+let bufAddr = 0n;
+
+beforeAll(async () => {
+  const dir = tempDir("ptrace");
+  const out = join(dir, "out");
+  writeFileSync(out, "");
+  target = await startDetached([buildC("idle", IDLE_C)], out);
+  await waitFor("idle target", () => readFileSync(out, "utf8").includes("ready"));
+  bufAddr = BigInt(`0x${/ready ([0-9a-f]+)/.exec(readFileSync(out, "utf8"))![1]}`);
+});
+
+afterAll(() => target?.kill());
+
+function memWord(pid: number, addr: bigint): bigint {
+  const fd = openat(AT.FDCWD, `/proc/${pid}/mem`, O.RDONLY);
+  try {
+    const b = new Uint8Array(8);
+    preadInto(fd, b, addr);
+    return new DataView(b.buffer).getBigUint64(0, true);
+  } finally {
+    close(fd);
+  }
+}
+
+function status(pid: number): string {
+  return readFileSync(`/proc/${pid}/status`, "utf8");
+}
+
+describe("ptrace", () => {
+  test("seize, interrupt, peek and poke a word, detach: the task runs on untraced", () => {
+    ptrace.seize(target.pid);
+    try {
+      ptrace.interrupt(target.pid);
+      expect(ptrace.isInterruptStop(ptrace.waitTracee(target.pid))).toBe(true);
+      expect(status(target.pid)).toMatch(/^State:\s+t/m);
+
+      const before = ptrace.peekData(target.pid, bufAddr);
+      expect(before).toBe(memWord(target.pid, bufAddr));
+      expect(Number(before & 0xffn)).toBe(0);
+      expect(Number((before >> 8n) & 0xffn)).toBe(3);
+
+      const poked = 0xfedcba9876543210n;
+      ptrace.pokeData(target.pid, bufAddr, poked);
+      expect(ptrace.peekData(target.pid, bufAddr)).toBe(poked);
+      ptrace.pokeData(target.pid, bufAddr, before);
+      expect(memWord(target.pid, bufAddr)).toBe(before);
+    } finally {
+      ptrace.detach(target.pid);
+    }
+    expect(Number(/^TracerPid:\s+(\d+)/m.exec(status(target.pid))![1])).toBe(0);
+    expect(status(target.pid)).toMatch(/^State:\s+S/m);
+  });
+
+  test("a request on a task we do not trace fails with ESRCH naming the request", () => {
+    expect(() => ptrace.peekData(target.pid, bufAddr)).toThrow(/^ptrace\(PTRACE_PEEKDATA, \d+, 0x[0-9a-f]+\): ESRCH/);
+  });
+
+  test("process_vm_readv and process_vm_writev on another process", () => {
+    const local = new Uint8Array(4096);
+    const liov = new BigUint64Array(2);
+    const riov = new BigUint64Array(2);
+    setIovec(liov, 0, addressOf(local), local.length);
+    setIovec(riov, 0, bufAddr, 4096);
+    expect(processVmReadv(target.pid, liov, 1, riov, 1)).toBe(4096);
+    expect(local[100]).toBe(300 & 0xff);
+
+    const patch = new Uint8Array(16).fill(0xaa);
+    const piov = new BigUint64Array(2);
+    const first16 = new BigUint64Array(2);
+    setIovec(piov, 0, addressOf(patch), patch.length);
+    setIovec(first16, 0, bufAddr, 16);
+    expect(processVmWritev(target.pid, piov, 1, first16, 1)).toBe(16);
+    expect(memWord(target.pid, bufAddr)).toBe(0xaaaaaaaaaaaaaaaan);
+    // Put the original bytes back.
+    setIovec(piov, 0, addressOf(local), 16);
+    processVmWritev(target.pid, piov, 1, first16, 1);
+    expect(memWord(target.pid, bufAddr)).toBe(new DataView(local.buffer).getBigUint64(0, true));
+  });
+});
