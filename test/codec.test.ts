@@ -219,3 +219,34 @@ describe("CRIU 4.2 fixture images", () => {
     expect(names).toContain("PAGEMAP");
   });
 });
+
+describe("damaged copies of real images", () => {
+  // A small deterministic generator, so a failure reproduces.
+  let seed = 0x2545f491;
+  const rand = (n: number): number => {
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) % n;
+  };
+  const files = readdirSync(FIXTURES).filter((f) => f !== "json" && !PAGES_FILE.test(f));
+
+  test("flipped bytes and cuts give a decoded image or an ImageError, nothing else", () => {
+    let errors = 0;
+    for (const f of files) {
+      const good = new Uint8Array(require("node:fs").readFileSync(`${FIXTURES}/${f}`));
+      for (let i = 0; i < 200; i++) {
+        const bad = i % 2 ? good.slice(0, rand(good.length)) : good.slice();
+        if (i % 2 === 0) for (let k = 0; k <= rand(4); k++) bad[rand(bad.length)] = rand(256);
+        try {
+          imageToJson(decodeImage(bad, f));
+        } catch (e) {
+          if (!(e instanceof ImageError)) throw new Error(`${f} variant ${i}: ${(e as Error).stack}`);
+          errors++;
+        }
+      }
+    }
+    // Most damage is caught (some flips land in values and still decode).
+    expect(errors).toBeGreaterThan(files.length * 100);
+  });
+});
