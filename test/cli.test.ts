@@ -33,7 +33,7 @@ describe("exit codes and errors", () => {
 
   test("usage errors exit 2 with one line on stderr", () => {
     expect(runCkpt([]).code).toBe(2);
-    for (const args of [["frob"], ["show", "--bogus", "x"], ["show"], ["check", "--nope"], ["--nope"]]) {
+    for (const args of [["frob"], ["show", "--bogus", "x"], ["show"], ["show", "a", "b"], ["check", "--nope"], ["check", "extra"], ["--nope"]]) {
       const r = runCkpt(args);
       expect(r.code).toBe(2);
       oneLine(r.stderr);

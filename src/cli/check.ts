@@ -1,7 +1,7 @@
 /** `ckpt check`: which kernel features ckpt can use here. */
 import { defineCommand } from "citty";
 import { checkFeatures, dumpCanWork } from "../check/features";
-import { EXIT_FAILURE, rejectUnknownFlags } from "./exit";
+import { EXIT_FAILURE, rejectUnknownArgs } from "./exit";
 
 export const check = defineCommand({
   meta: { name: "check", description: "Probe the kernel features ckpt needs; exit 0 only when a dump can work" },
@@ -9,7 +9,7 @@ export const check = defineCommand({
     json: { type: "boolean", description: "print the results as JSON", default: false },
   },
   async run({ args, rawArgs }) {
-    rejectUnknownFlags(rawArgs, ["json"]);
+    rejectUnknownArgs(rawArgs, ["json"], 0);
     const results = await checkFeatures();
     const ok = dumpCanWork(results);
     if (args.json) {

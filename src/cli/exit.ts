@@ -13,11 +13,23 @@ export class UsageError extends Error {
   override readonly name = "UsageError";
 }
 
-/** Throw a UsageError for any --flag or -f in `rawArgs` that `known` does not list. */
-export function rejectUnknownFlags(rawArgs: readonly string[], known: readonly string[]): void {
+/**
+ * Throw a UsageError for any --flag or -f in `rawArgs` that `known` does not
+ * list, and for more positional arguments than the command takes. Only boolean
+ * flags exist so far, so no flag consumes the word after it.
+ */
+export function rejectUnknownArgs(rawArgs: readonly string[], known: readonly string[], positionals: number): void {
+  let seen = 0;
+  let onlyPositionals = false;
   for (const arg of rawArgs) {
-    if (arg === "--") return;
-    if (!arg.startsWith("-") || arg === "-") continue;
+    if (!onlyPositionals && arg === "--") {
+      onlyPositionals = true;
+      continue;
+    }
+    if (onlyPositionals || !arg.startsWith("-") || arg === "-") {
+      if (++seen > positionals) throw new UsageError(`unexpected argument ${JSON.stringify(arg)}`);
+      continue;
+    }
     const name = arg.replace(/^--?/, "").split("=")[0] ?? "";
     const bare = name.startsWith("no-") ? name.slice(3) : name;
     if (!known.includes(name) && !known.includes(bare)) throw new UsageError(`unknown option ${arg}`);

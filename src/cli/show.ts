@@ -2,7 +2,7 @@
 import { defineCommand } from "citty";
 import { describeImages } from "../image/describe";
 import { stringifyJson } from "../image/to-json";
-import { rejectUnknownFlags } from "./exit";
+import { rejectUnknownArgs } from "./exit";
 
 export const show = defineCommand({
   meta: { name: "show", description: "Print image files as JSON (crit's shape: {magic, entries})" },
@@ -11,7 +11,7 @@ export const show = defineCommand({
     json: { type: "boolean", description: "compact JSON on one line (default: indented)", default: false },
   },
   run({ args, rawArgs }) {
-    rejectUnknownFlags(rawArgs, ["json"]);
+    rejectUnknownArgs(rawArgs, ["json"], 1);
     const value = describeImages(args.path);
     process.stdout.write(`${stringifyJson(value, args.json ? undefined : 4)}\n`);
   },
