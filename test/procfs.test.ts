@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { readFdInfo, parseFdInfo } from "../src/proc/fdinfo";
 import { parseMaps, readMaps, readSmaps } from "../src/proc/maps";
@@ -7,7 +7,8 @@ import { ProcFs } from "../src/proc/procfs";
 import { parseStat, readStat } from "../src/proc/stat";
 import { readStatus } from "../src/proc/status";
 import { readAllChildren, readThreads } from "../src/proc/task";
-import { close, openat, syscall, writeAll } from "../src/sys/libc";
+import { addressOf, close, openat, statx, syscall, writeAll } from "../src/sys/libc";
+import { encodeKernelDev } from "../src/sys/structs";
 import { AT, O } from "../src/sys/nr";
 import { buildC, startDetached, tempDir, waitFor, type Target } from "./helpers/target";
 
@@ -239,24 +240,32 @@ describe("proc readers", () => {
     }
   });
 
-  test("fdinfo of an inotify fd: each watch with inode, device and handle", () => {
-    const dir = tempDir("inotify");
+  test("fdinfo of an inotify fd: each watch with its id, inode, device and handle", () => {
+    // 20 watches, so ids reach 0x10 and up: the kernel prints them in hex.
+    const root = tempDir("inotify");
     const SYS_inotify_init1 = 294;
     const SYS_inotify_add_watch = 254;
     const IN_CREATE = 0x100;
     const fd = Number(syscall("inotify_init1", SYS_inotify_init1, [O.CLOEXEC]));
     const proc = new ProcFs();
     try {
-      const path = new TextEncoder().encode(`${dir}\0`);
-      const wd = Number(syscall("inotify_add_watch", SYS_inotify_add_watch, [fd, require("bun:ffi").ptr(path), IN_CREATE]));
+      const watched = new Map<number, string>();
+      for (let i = 0; i < 20; i++) {
+        const dir = join(root, `d${i}`);
+        mkdirSync(dir);
+        const path = new TextEncoder().encode(`${dir}\0`);
+        watched.set(Number(syscall("inotify_add_watch", SYS_inotify_add_watch, [fd, addressOf(path), IN_CREATE])), dir);
+      }
       const info = readFdInfo(proc, "self", fd);
-      expect(info.inotify.length).toBe(1);
-      const w = info.inotify[0]!;
-      const st = statSync(dir, { bigint: true });
-      expect(w.wd).toBe(wd);
-      expect(w.ino).toBe(st.ino);
-      expect(w.mask & IN_CREATE).toBe(IN_CREATE);
-      expect(w.fhandle.length).toBe(w.fhandleBytes);
+      expect(info.inotify.length).toBe(20);
+      expect(new Set(info.inotify.map((w) => w.wd))).toEqual(new Set(watched.keys()));
+      for (const w of info.inotify) {
+        const st = statx(AT.FDCWD, watched.get(w.wd)!);
+        expect(w.ino).toBe(st.ino);
+        expect(w.sdev).toBe(encodeKernelDev(st.devMajor, st.devMinor));
+        expect(w.mask & IN_CREATE).toBe(IN_CREATE);
+        expect(w.fhandle.length).toBe(w.fhandleBytes);
+      }
     } finally {
       close(fd);
       proc.close();

@@ -4,6 +4,7 @@ import type { ProcFs, ProcTarget } from "./procfs";
 export interface InotifyWatchInfo {
   wd: number;
   ino: bigint;
+  /** Device of the watched inode in the kernel's internal form (see encodeKernelDev). */
   sdev: number;
   mask: number;
   ignoredMask: number;
@@ -51,7 +52,7 @@ export function parseFdInfo(text: string): FdInfo {
     if (key === "inotify wd") {
       const p = pairs(`wd:${rest}`);
       inotify.push({
-        wd: Number(p.get("wd")),
+        wd: Number.parseInt(p.get("wd") ?? "0", 16),
         ino: BigInt(`0x${p.get("ino") ?? "0"}`),
         sdev: Number.parseInt(p.get("sdev") ?? "0", 16),
         mask: Number.parseInt(p.get("mask") ?? "0", 16),

@@ -50,6 +50,15 @@ export function encodeDev(major: number, minor: number): number {
   return ((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)) >>> 0;
 }
 
+/**
+ * The kernel's internal dev_t (MKDEV: major in the top 12 bits, minor in the low
+ * 20), which fdinfo's inotify and fanotify lines print and CRIU's fsnotify
+ * images store as s_dev.
+ */
+export function encodeKernelDev(major: number, minor: number): number {
+  return ((major << 20) | (minor & 0xfffff)) >>> 0;
+}
+
 export function decodeStatx(buf: Uint8Array): Statx {
   const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const o = STATX_OFF;
