@@ -174,6 +174,12 @@ describe("encoder", () => {
 describe("JSON in crit's shape", () => {
   test("64-bit values print exactly", () => {
     expect(stringifyJson({ a: 18446744073709551615n, b: [1n, -2n], s: "x" })).toBe('{"a":18446744073709551615,"b":[1,-2],"s":"x"}');
+    expect(stringifyJson({ a: 1n }, 2)).toBe('{\n  "a": 1\n}');
+  });
+
+  test("strings that look like the bigint marker stay strings", () => {
+    const tricky = { s: "\u0000big:42", t: "\u0000x:1" };
+    expect(JSON.parse(stringifyJson(tricky))).toEqual(tricky);
   });
 
   test("bytes wrap like Python's base64.encodebytes", () => {

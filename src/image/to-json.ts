@@ -91,7 +91,9 @@ export function imageToJson(image: DecodedImage): { magic: string; entries: Json
 
 /** JSON text in which bigints are written as plain integer literals. */
 export function stringifyJson(value: unknown, indent?: number): string {
-  const marker = "\u0000big:";
-  const text = JSON.stringify(value, (_k, v: unknown) => (typeof v === "bigint" ? `${marker}${v}` : v), indent);
-  return text.replace(/"\\u0000big:(-?\d+)"/g, "$1");
+  // Bigints travel through JSON.stringify as marked strings and are unquoted
+  // afterwards; the marker is random per call so no real string can match it.
+  const tag = crypto.randomUUID();
+  const text = JSON.stringify(value, (_k, v: unknown) => (typeof v === "bigint" ? `\u0000${tag}:${v}` : v), indent);
+  return text.replace(new RegExp(`"\\\\u0000${tag}:(-?\\d+)"`, "g"), "$1");
 }

@@ -47,8 +47,14 @@ export function lastErrno(): number {
   return read.i32(errnoPtr, 0);
 }
 
-function fail(call: string, args: readonly string[]): never {
-  throw new SysError(call, args, lastErrno());
+/**
+ * Throw the SysError for a failed call. Callers pass `lastErrno()` as the first
+ * argument: JavaScript evaluates arguments left to right, so errno is read
+ * before the argument strings are built (building them may allocate, and an
+ * allocation may make libc calls of its own).
+ */
+function fail(errno: number, call: string, args: readonly string[]): never {
+  throw new SysError(call, args, errno);
 }
 
 /** NUL-terminated UTF-8 copy of a string, for path arguments. */
@@ -67,33 +73,33 @@ function oct(n: number): string {
 
 export function openat(dirfd: number, path: string, flags: number, mode = 0): number {
   const fd = sym.openat(dirfd, cstr(path), flags, mode);
-  if (fd < 0) fail("openat", [showDirfd(dirfd), JSON.stringify(path), oct(flags)]);
+  if (fd < 0) fail(lastErrno(), "openat", [showDirfd(dirfd), JSON.stringify(path), oct(flags)]);
   return fd;
 }
 
 export function close(fd: number): void {
-  if (sym.close(fd) < 0) fail("close", [String(fd)]);
+  if (sym.close(fd) < 0) fail(lastErrno(), "close", [String(fd)]);
 }
 
 export function mkdirat(dirfd: number, path: string, mode: number): void {
-  if (sym.mkdirat(dirfd, cstr(path), mode) < 0) fail("mkdirat", [showDirfd(dirfd), JSON.stringify(path), oct(mode)]);
+  if (sym.mkdirat(dirfd, cstr(path), mode) < 0) fail(lastErrno(), "mkdirat", [showDirfd(dirfd), JSON.stringify(path), oct(mode)]);
 }
 
 export function fsync(fd: number): void {
-  if (sym.fsync(fd) < 0) fail("fsync", [String(fd)]);
+  if (sym.fsync(fd) < 0) fail(lastErrno(), "fsync", [String(fd)]);
 }
 
 /** read(2) once; returns the byte count (0 at EOF). */
 export function readInto(fd: number, buf: Uint8Array, len = buf.length): number {
   const n = sym.read(fd, buf, len) as number;
-  if (n < 0) fail("read", [String(fd), String(len)]);
+  if (n < 0) fail(lastErrno(), "read", [String(fd), String(len)]);
   return n;
 }
 
 /** pread(2) once; returns the byte count (0 at EOF). */
 export function preadInto(fd: number, buf: Uint8Array, offset: number | bigint, len = buf.length): number {
   const n = sym.pread64(fd, buf, len, offset) as number;
-  if (n < 0) fail("pread", [String(fd), String(len), `0x${offset.toString(16)}`]);
+  if (n < 0) fail(lastErrno(), "pread", [String(fd), String(len), `0x${offset.toString(16)}`]);
   return n;
 }
 
@@ -103,7 +109,7 @@ export function writeAll(fd: number, buf: Uint8Array): void {
   while (off < buf.length) {
     const part = off === 0 ? buf : buf.subarray(off);
     const n = sym.write(fd, part, part.length) as number;
-    if (n < 0) fail("write", [String(fd), String(part.length)]);
+    if (n < 0) fail(lastErrno(), "write", [String(fd), String(part.length)]);
     off += n;
   }
 }
@@ -114,7 +120,7 @@ export function pwriteAll(fd: number, buf: Uint8Array, offset: number): void {
   while (off < buf.length) {
     const part = off === 0 ? buf : buf.subarray(off);
     const n = sym.pwrite64(fd, part, part.length, offset + off) as number;
-    if (n < 0) fail("pwrite", [String(fd), String(part.length), String(offset + off)]);
+    if (n < 0) fail(lastErrno(), "pwrite", [String(fd), String(part.length), String(offset + off)]);
     off += n;
   }
 }
@@ -124,7 +130,7 @@ const linkBuf = new Uint8Array(4096);
 /** readlinkat(2); returns the link target. */
 export function readlinkat(dirfd: number, path: string): string {
   const n = sym.readlinkat(dirfd, cstr(path), linkBuf, linkBuf.length) as number;
-  if (n < 0) fail("readlinkat", [showDirfd(dirfd), JSON.stringify(path)]);
+  if (n < 0) fail(lastErrno(), "readlinkat", [showDirfd(dirfd), JSON.stringify(path)]);
   return new TextDecoder().decode(linkBuf.subarray(0, n));
 }
 
@@ -133,7 +139,7 @@ const statxBuf = new Uint8Array(STATX_SIZE);
 /** statx(2) of `path` relative to `dirfd`. */
 export function statx(dirfd: number, path: string, flags = 0, mask = STATX.BASIC_STATS | STATX.MNT_ID): Statx {
   if (sym.statx(dirfd, cstr(path), flags, mask, statxBuf) < 0) {
-    fail("statx", [showDirfd(dirfd), JSON.stringify(path), `0x${flags.toString(16)}`]);
+    fail(lastErrno(), "statx", [showDirfd(dirfd), JSON.stringify(path), `0x${flags.toString(16)}`]);
   }
   return decodeStatx(statxBuf);
 }
@@ -141,7 +147,7 @@ export function statx(dirfd: number, path: string, flags = 0, mask = STATX.BASIC
 /** fstat of an open fd, through statx(fd, "", AT_EMPTY_PATH). */
 export function fstat(fd: number): Statx {
   if (sym.statx(fd, cstr(""), AT.EMPTY_PATH, STATX.BASIC_STATS | STATX.MNT_ID, statxBuf) < 0) {
-    fail("statx", [String(fd), '""', "AT_EMPTY_PATH"]);
+    fail(lastErrno(), "statx", [String(fd), '""', "AT_EMPTY_PATH"]);
   }
   return decodeStatx(statxBuf);
 }
@@ -149,7 +155,7 @@ export function fstat(fd: number): Statx {
 /** getdents64(2) into `buf`; returns the byte count (0 at the end of the directory). */
 export function getdents64(fd: number, buf: Uint8Array): number {
   const n = sym.getdents64(fd, buf, buf.length) as number;
-  if (n < 0) fail("getdents64", [String(fd), String(buf.length)]);
+  if (n < 0) fail(lastErrno(), "getdents64", [String(fd), String(buf.length)]);
   return n;
 }
 
@@ -158,12 +164,12 @@ const statusBuf = new Int32Array(1);
 /** waitpid(2); returns the pid that changed state (0 with WNOHANG when none) and its raw status. */
 export function waitpid(pid: number, options: number): { pid: number; status: number } {
   const r = sym.waitpid(pid, statusBuf, options);
-  if (r < 0) fail("waitpid", [String(pid), `0x${options.toString(16)}`]);
+  if (r < 0) fail(lastErrno(), "waitpid", [String(pid), `0x${options.toString(16)}`]);
   return { pid: r, status: statusBuf[0] ?? 0 };
 }
 
 export function kill(pid: number, sig: number): void {
-  if (sym.kill(pid, sig) < 0) fail("kill", [String(pid), String(sig)]);
+  if (sym.kill(pid, sig) < 0) fail(lastErrno(), "kill", [String(pid), String(sig)]);
 }
 
 export function getpid(): number {
@@ -173,7 +179,7 @@ export function getpid(): number {
 /** ioctl(2) with a pointer argument; returns the call's non-negative result. */
 export function ioctl(fd: number, request: number, arg: Uint8Array | null, what = `0x${request.toString(16)}`): number {
   const r = sym.ioctl(fd, request, arg);
-  if (r < 0) fail("ioctl", [String(fd), what]);
+  if (r < 0) fail(lastErrno(), "ioctl", [String(fd), what]);
   return r;
 }
 
@@ -182,13 +188,13 @@ export function mmap(addr: number, length: number, prot: number, flags: number, 
   const p = sym.mmap(addr === 0 ? null : (addr as Pointer), length, prot, flags, fd, offset);
   // MAP_FAILED is (void *)-1, which bun reports as a non-pointer.
   if (p === null || (p as number) === -1 || (p as number) >= 2 ** 64 - 4096) {
-    fail("mmap", [`0x${addr.toString(16)}`, String(length), String(prot), `0x${flags.toString(16)}`, String(fd)]);
+    fail(lastErrno(), "mmap", [`0x${addr.toString(16)}`, String(length), String(prot), `0x${flags.toString(16)}`, String(fd)]);
   }
   return p as number;
 }
 
 export function munmap(addr: number, length: number): void {
-  if (sym.munmap(addr as Pointer, length) < 0) fail("munmap", [`0x${addr.toString(16)}`, String(length)]);
+  if (sym.munmap(addr as Pointer, length) < 0) fail(lastErrno(), "munmap", [`0x${addr.toString(16)}`, String(length)]);
 }
 
 /**
@@ -197,13 +203,13 @@ export function munmap(addr: number, length: number): void {
  */
 export function processVmReadv(pid: number, local: BigUint64Array, localCount: number, remote: BigUint64Array, remoteCount: number): number {
   const n = sym.process_vm_readv(pid, local, localCount, remote, remoteCount, 0) as number;
-  if (n < 0) fail("process_vm_readv", [String(pid), `${localCount} local iov`, `${remoteCount} remote iov`]);
+  if (n < 0) fail(lastErrno(), "process_vm_readv", [String(pid), `${localCount} local iov`, `${remoteCount} remote iov`]);
   return n;
 }
 
 export function processVmWritev(pid: number, local: BigUint64Array, localCount: number, remote: BigUint64Array, remoteCount: number): number {
   const n = sym.process_vm_writev(pid, local, localCount, remote, remoteCount, 0) as number;
-  if (n < 0) fail("process_vm_writev", [String(pid), `${localCount} local iov`, `${remoteCount} remote iov`]);
+  if (n < 0) fail(lastErrno(), "process_vm_writev", [String(pid), `${localCount} local iov`, `${remoteCount} remote iov`]);
   return n;
 }
 
@@ -216,7 +222,7 @@ type Arg = number | bigint;
 export function syscall(name: string, nr: number, args: readonly Arg[], shown: readonly string[] = args.map(String)): bigint {
   const a = [0, 0, 0, 0, 0, 0].map((z, i) => args[i] ?? z) as [Arg, Arg, Arg, Arg, Arg, Arg];
   const r = sym.syscall(nr, ...a) as bigint;
-  if (r === -1n) fail(name, shown);
+  if (r === -1n) fail(lastErrno(), name, shown);
   return r;
 }
 
