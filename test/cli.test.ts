@@ -89,11 +89,16 @@ describe("show", () => {
     // A CRIU cgroup image: common head magic, then CGROUP's magic, one empty entry.
     writeFileSync(join(dir, "cgroup.img"), Buffer.from([0x19, 0x43, 0x56, 0x54, 0x30, 0x33, 0x38, 0x59, 0, 0, 0, 0]));
     writeFileSync(join(dir, "notes.txt"), "not an image");
+    // Raw files CRIU writes without any magic.
+    writeFileSync(join(dir, "tmpfs-dev-63.tar.gz.img"), Buffer.from([0x1f, 0x8b, 8, 0, 0, 0]));
+    writeFileSync(join(dir, "route-9.img"), Buffer.from([1, 2]));
     const r = runCkpt(["show", dir, "--json"]);
     expect(r.code).toBe(0);
     const all = JSON.parse(r.stdout);
-    expect(Object.keys(all).sort()).toEqual(["cgroup.img", "pstree.img"]);
+    expect(Object.keys(all).sort()).toEqual(["cgroup.img", "pstree.img", "route-9.img", "tmpfs-dev-63.tar.gz.img"]);
     expect(all["cgroup.img"]).toEqual({ magic: "0x59383330", decoded: false });
+    expect(all["tmpfs-dev-63.tar.gz.img"]).toEqual({ magic: "RAW", bytes: 6 });
+    expect(all["route-9.img"]).toEqual({ magic: "RAW", bytes: 2 });
     expect(all["pstree.img"].magic).toBe("PSTREE");
 
     writeFileSync(join(dir, "core-1.img"), Buffer.from([0x19, 0x43, 0x56, 0x54]));

@@ -156,6 +156,18 @@ describe("encoder", () => {
     expect(() => enc.add(PagemapHeadSchema, create(PagemapHeadSchema))).toThrow(/must be ckpt.images.PagemapEntry/);
   });
 
+  test("a payload must be as long as its entry says", () => {
+    const entry = create(PipeDataEntrySchema, { pipeId: 1, bytes: 10 });
+    const enc = new ImageEncoder(kind("PIPES_DATA"));
+    expect(() => enc.add(PipeDataEntrySchema, entry, new Uint8Array(3))).toThrow(/entry says 10 payload bytes, 3 given/);
+    expect(() => enc.add(PipeDataEntrySchema, entry)).toThrow(/entry says 10 payload bytes, 0 given/);
+    expect(() => new ImageEncoder(kind("PSTREE")).add(PstreeEntrySchema, create(PstreeEntrySchema, { pid: 1, ppid: 0, pgid: 0, sid: 0 }), new Uint8Array(1))).toThrow(
+      /carries no payload/,
+    );
+    enc.add(PipeDataEntrySchema, entry, new Uint8Array(10));
+    expect(decodeImage(enc.bytes(), "test.img").entries[0]!.payload!.length).toBe(10);
+  });
+
   test("an unset required field is refused, naming the image, entry and field", () => {
     const enc = new ImageEncoder(kind("PSTREE"));
     expect(() => enc.add(PstreeEntrySchema, create(PstreeEntrySchema, { pid: 1 }))).toThrow(

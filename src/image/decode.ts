@@ -1,7 +1,7 @@
 /** Decode an image file's bytes: head magic, image magic, then framed entries. */
 import { fromBinary, type Message } from "@bufbuild/protobuf";
 import { ImageError } from "./errors";
-import { kindByMagic, MAGIC_COMMON, MAGIC_SERVICE, type ImageKind } from "./magic";
+import { entrySchema, kindByMagic, MAGIC_COMMON, MAGIC_SERVICE, type ImageKind } from "./magic";
 
 /** Larger entries than this are taken for corruption, not allocated. */
 export const MAX_ENTRY_SIZE = 64 * 1024 * 1024;
@@ -62,7 +62,7 @@ export function decodeImage(bytes: Uint8Array, file: string): DecodedImage {
     if (len > bytes.length - bodyAt) {
       throw new ImageError(file, off, "truncated", `truncated entry body: length says ${len}, ${bytes.length - bodyAt} bytes left`);
     }
-    const schema = entries.length === 0 && kind.first ? kind.first : kind.entry;
+    const schema = entrySchema(kind, entries.length);
     let message: Message;
     try {
       message = fromBinary(schema, bytes.subarray(bodyAt, bodyAt + len));

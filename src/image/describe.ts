@@ -7,7 +7,7 @@ import { listDirectory, readWholeFile } from "../sys/file";
 import { AT, S_IF, S_IFMT } from "../sys/nr";
 import { ImageError } from "./errors";
 import { readImageFile } from "./image-file";
-import { PAGES_FILE } from "./magic";
+import { PAGES_FILE, RAW_FILE } from "./magic";
 import { imageToJson, type JsonValue } from "./to-json";
 
 /** A pages-N.img file holds raw pages; say how many rather than print them. */
@@ -15,10 +15,11 @@ function describePages(size: bigint): JsonValue {
   return { magic: "PAGES", pages: Number(size / 4096n), bytes: size };
 }
 
-/** One image file; its kind comes from its magic, or from its name for raw pages. */
+/** One image file; its kind comes from its magic, or from its name for raw files. */
 export function describeImageFile(path: string): JsonValue {
   const name = path.split("/").pop() ?? path;
   if (PAGES_FILE.test(name)) return describePages(statx(AT.FDCWD, path).size);
+  if (RAW_FILE.test(name)) return { magic: "RAW", bytes: statx(AT.FDCWD, path).size };
   return imageToJson(readImageFile(path));
 }
 

@@ -1,6 +1,6 @@
 /** Encode entries into an image file's bytes: magic words, then u32-framed messages. */
 import { toBinary, type DescMessage, type Message, type MessageShape } from "@bufbuild/protobuf";
-import { MAGIC_COMMON, MAGIC_SERVICE, type ImageKind } from "./magic";
+import { entrySchema, MAGIC_COMMON, MAGIC_SERVICE, type ImageKind } from "./magic";
 
 /**
  * Builds one image in memory. Entries are appended in order; the first must be
@@ -28,24 +28,26 @@ export class ImageEncoder {
     this.size += b.length;
   }
 
-  /** The message type the next entry must have. */
-  private nextSchema(): DescMessage {
-    return this.count === 0 && this.kind.first ? this.kind.first : this.kind.entry;
-  }
-
-  /** Append one entry, with its raw payload where the image kind carries one. */
+  /**
+   * Append one entry, with its raw payload where the image kind carries one.
+   * The payload must be exactly as long as the entry says, or the image would
+   * not read back.
+   */
   add<D extends DescMessage>(schema: D, message: MessageShape<D>, payload?: Uint8Array): this {
-    const want = this.nextSchema();
-    if (schema.typeName !== want.typeName) {
-      throw new Error(`${this.kind.name} image: entry ${this.count} must be ${want.typeName}, got ${schema.typeName}`);
+    const where = `${this.kind.name} image: entry ${this.count}`;
+    const want = entrySchema(this.kind, this.count);
+    if (schema.typeName !== want.typeName) throw new Error(`${where} must be ${want.typeName}, got ${schema.typeName}`);
+    const payloadSize = this.kind.payloadSize && schema === this.kind.entry ? this.kind.payloadSize(message as unknown as Record<string, unknown>) : undefined;
+    if (payloadSize === undefined && payload) throw new Error(`${where}: this kind of entry carries no payload`);
+    if (payloadSize !== undefined && (payload?.length ?? 0) !== payloadSize) {
+      throw new Error(`${where}: entry says ${payloadSize} payload bytes, ${payload?.length ?? 0} given`);
     }
-    if (payload && !this.kind.payloadSize) throw new Error(`${this.kind.name} image entries carry no payload`);
     let body: Uint8Array;
     try {
       body = toBinary(schema, message as Message as MessageShape<D>);
     } catch (e) {
       // Typically a proto2 required field left unset: CRIU's decoder would refuse it too.
-      throw new Error(`${this.kind.name} image: entry ${this.count}: ${(e as Error).message}`);
+      throw new Error(`${where}: ${(e as Error).message}`);
     }
     const len = new Uint8Array(4);
     new DataView(len.buffer).setUint32(0, body.length, true);

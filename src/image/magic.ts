@@ -62,6 +62,11 @@ const kinds: ImageKind[] = [
   { name: "IRMAP_CACHE", magic: 0x57004059, head: "service", entry: IrmapCacheEntrySchema },
 ];
 
+/** The message type of entry number `index` (from 0) of an image of kind `k`. */
+export function entrySchema(k: ImageKind, index: number): DescMessage {
+  return index === 0 && k.first ? k.first : k.entry;
+}
+
 const byMagic = new Map(kinds.map((k) => [k.magic, k]));
 const byName = new Map(kinds.map((k) => [k.name, k]));
 
@@ -82,3 +87,9 @@ export function allKinds(): readonly ImageKind[] {
 
 /** pages-N.img files are raw page contents with no header at all. */
 export const PAGES_FILE = /^pages-\d+\.img$/;
+
+/**
+ * Other images CRIU writes raw, with no magic: tmpfs contents as a tarball and
+ * the output of ip/iptables/nft dumps. They are recognised by name.
+ */
+export const RAW_FILE = /^(tmpfs-dev-\d+\.tar\.gz|ifaddr-\d+|route6?-\d+|rule-\d+|ip6?tables-\d+|nftables-\d+)\.img$/;

@@ -8,6 +8,7 @@
 import { ScalarType, type DescEnum, type DescField, type DescMessage, type Message } from "@bufbuild/protobuf";
 import { reflect, type ReflectList, type ReflectMessage } from "@bufbuild/protobuf/reflect";
 import type { DecodedImage } from "./decode";
+import { entrySchema } from "./magic";
 
 export type JsonValue = null | boolean | number | string | bigint | JsonValue[] | { [key: string]: JsonValue };
 
@@ -81,8 +82,7 @@ export function messageToJson(schema: DescMessage, message: Message): { [key: st
 /** A decoded image as crit's `{"magic", "entries"}` object; payloads go to an `extra` key. */
 export function imageToJson(image: DecodedImage): { magic: string; entries: JsonValue[] } {
   const entries = image.entries.map((e, i) => {
-    const schema = i === 0 && image.kind.first ? image.kind.first : image.kind.entry;
-    const obj = messageToJson(schema, e.message);
+    const obj = messageToJson(entrySchema(image.kind, i), e.message);
     if (e.payload) obj.extra = base64Lines(e.payload);
     return obj;
   });
