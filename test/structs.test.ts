@@ -1,18 +1,17 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { toArrayBuffer } from "bun:ffi";
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { nameToHandleAt, openByHandleAt } from "../src/sys/calls";
 import { listDirectory } from "../src/sys/file";
-import { addressOf, close, fstat, getpid, ioctl, mmap, munmap, openat, processVmReadv } from "../src/sys/libc";
-import { AT, MAP, NT, O, PAGE_IS, PAGE_SIZE, PAGEMAP_SCAN, PROT } from "../src/sys/nr";
+import { addressOf, close, fstat, getpid, ioctl, madvise, memoryView, mmap, munmap, openat, processVmReadv } from "../src/sys/libc";
+import { AT, MADV_NOHUGEPAGE, MAP, NT, O, PAGE_IS, PAGE_SIZE, PAGEMAP_SCAN, PROT } from "../src/sys/nr";
 import * as ptrace from "../src/sys/ptrace";
 import {
   DIRENT64_OFF, decodeFileHandle, decodePageRegions, decodeUserFpregs, decodeUserRegs, encodeDev, encodeFileHandle, encodePmScanArg, encodeUserRegs, PAGE_REGION_SIZE, PM_SCAN_ARG_FIELDS,
   PM_SCAN_ARG_SIZE, pmScanWalkEnd, setIovec, STATX_OFF, STATX_SIZE, USER_FPREGS_OFF, USER_FPREGS_SIZE,
   USER_REGS, USER_REGS_SIZE,
 } from "../src/sys/structs";
-import { buildC, startDetached, tempDir, type Target } from "./helpers/target";
+import { buildC, startDetached, tempDir, waitFor, type Target } from "./helpers/target";
 
 const targets: Target[] = [];
 afterAll(() => targets.forEach((t) => t.kill()));
@@ -98,7 +97,9 @@ describe("layouts against the running kernel", () => {
     const pages = 8;
     const addr = mmap(0, pages * PAGE_SIZE, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS);
     try {
-      const mem = new Uint8Array(toArrayBuffer(addr as never, 0, pages * PAGE_SIZE));
+      // No transparent huge page, which would make every page of the area present.
+      madvise(addr, pages * PAGE_SIZE, MADV_NOHUGEPAGE);
+      const mem = memoryView(addr, pages * PAGE_SIZE);
       mem[0] = 1;
       mem[2 * PAGE_SIZE] = 1;
       mem[3 * PAGE_SIZE] = 1;
@@ -160,13 +161,10 @@ describe("layouts against the running kernel", () => {
       }`);
     const dir = tempDir("regs");
     const out = join(dir, "out");
+    writeFileSync(out, "");
     const t = await startDetached([exe], out);
     targets.push(t);
-    const until = Date.now() + 5000;
-    while (!readFileSync(out, "utf8").includes("ready")) {
-      if (Date.now() > until) throw new Error("target did not start");
-      await Bun.sleep(5);
-    }
+    await waitFor("target ready", () => readFileSync(out, "utf8").includes("ready"));
     process.kill(t.pid, "SIGUSR1");
     ptrace.seize(t.pid);
     try {

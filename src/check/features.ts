@@ -3,12 +3,10 @@
  * operation on this process (or on a throw-away probe process) and reports
  * what happened; nothing is inferred from version numbers.
  */
-import { toArrayBuffer } from "bun:ffi";
 import { ProcFs } from "../proc/procfs";
 import { readStatus } from "../proc/status";
-import { SysError } from "../sys/errno";
 import { kcmp, nameToHandleAt, openByHandleAt, pidfdGetfd, pidfdOpen, userfaultfd } from "../sys/calls";
-import { addressOf, close, getpid, ioctl, kill, mmap, munmap, openat, preadInto, processVmReadv, writeAll } from "../sys/libc";
+import { addressOf, close, getpid, ioctl, kill, memoryView, mmap, munmap, openat, preadInto, processVmReadv, writeAll } from "../sys/libc";
 import {
   AT, KCMP, MAP, O, PAGE_IS, PAGE_SIZE, PAGEMAP_SCAN, PROT, SIG, UFFD_API, UFFD_FEATURE,
   UFFD_USER_MODE_ONLY, UFFDIO_API,
@@ -34,46 +32,67 @@ function describe(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+/** Run a cleanup step whose failure must not hide the error already on its way. */
+function quietly(step: () => void): void {
+  try {
+    step();
+  } catch {
+    // The caller is already failing for a better reason.
+  }
+}
+
 async function probePtraceSeize(): Promise<string> {
   const pid = await startProbeTarget();
   try {
     ptrace.seize(pid);
+    let stopped = false;
     try {
       ptrace.interrupt(pid);
       const status = ptrace.waitTracee(pid);
       if (!ptrace.isInterruptStop(status)) throw new Error(`probe process did not stop as expected (wait status 0x${status.toString(16)})`);
+      stopped = true;
     } finally {
-      ptrace.detach(pid);
+      // Detaching is part of what is probed once the stop worked; after a
+      // failure it is only cleanup.
+      if (stopped) ptrace.detach(pid);
+      else quietly(() => ptrace.detach(pid));
     }
     return "PTRACE_SEIZE, PTRACE_INTERRUPT and PTRACE_DETACH work";
   } finally {
-    kill(pid, SIG.KILL);
+    // The probe may have ended on its own already.
+    quietly(() => kill(pid, SIG.KILL));
   }
 }
 
 function probeKcmp(): string {
   const self = getpid();
   const fd = openat(AT.FDCWD, "/", O.RDONLY | O.CLOEXEC);
-  const fd2 = openat(AT.FDCWD, "/", O.RDONLY | O.CLOEXEC);
   try {
-    const same = kcmp(self, self, KCMP.FILE, fd, fd);
-    const other = kcmp(self, self, KCMP.FILE, fd, fd2);
-    if (same !== "equal" || other === "equal") throw new Error(`kcmp says ${same} for one file and ${other} for two`);
-    return "KCMP_FILE tells one open file from two";
+    const fd2 = openat(AT.FDCWD, "/", O.RDONLY | O.CLOEXEC);
+    try {
+      const same = kcmp(self, self, KCMP.FILE, fd, fd);
+      const other = kcmp(self, self, KCMP.FILE, fd, fd2);
+      if (same !== "equal" || other === "equal") throw new Error(`kcmp says ${same} for one file and ${other} for two`);
+      return "KCMP_FILE tells one open file from two";
+    } finally {
+      close(fd2);
+    }
   } finally {
     close(fd);
-    close(fd2);
   }
 }
 
 function probePidfdGetfd(): string {
   const pidfd = pidfdOpen(getpid());
-  const fd = openat(AT.FDCWD, "/", O.RDONLY | O.CLOEXEC);
   try {
-    close(pidfdGetfd(pidfd, fd));
-    return "pidfd_open and pidfd_getfd work";
+    const fd = openat(AT.FDCWD, "/", O.RDONLY | O.CLOEXEC);
+    try {
+      close(pidfdGetfd(pidfd, fd));
+      return "pidfd_open and pidfd_getfd work";
+    } finally {
+      close(fd);
+    }
   } finally {
-    close(fd);
     close(pidfd);
   }
 }
@@ -94,7 +113,7 @@ function probeProcessVmReadv(): string {
 function withTouchedPage<T>(fn: (addr: number, page: Uint8Array) => T): T {
   const addr = mmap(0, PAGE_SIZE, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS);
   try {
-    const page = new Uint8Array(toArrayBuffer(addr as never, 0, PAGE_SIZE));
+    const page = memoryView(addr, PAGE_SIZE);
     page[0] = 1;
     return fn(addr, page);
   } finally {
@@ -227,8 +246,7 @@ export async function checkFeatures(): Promise<FeatureResult[]> {
     try {
       out.push({ name: p.name, ok: true, requiredForDump: p.requiredForDump, detail: await p.run() });
     } catch (e) {
-      const detail = e instanceof SysError ? e.message : describe(e);
-      out.push({ name: p.name, ok: false, requiredForDump: p.requiredForDump, detail });
+      out.push({ name: p.name, ok: false, requiredForDump: p.requiredForDump, detail: describe(e) });
     }
   }
   return out;

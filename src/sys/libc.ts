@@ -6,9 +6,9 @@
  * failing call, before anything else can run on this thread. Only the main JS
  * thread calls into this module.
  */
-import { dlopen, FFIType, ptr, read, type Pointer } from "bun:ffi";
+import { dlopen, FFIType, ptr, read, toArrayBuffer, type Pointer } from "bun:ffi";
 import { SysError } from "./errno";
-import { AT, STATX } from "./nr";
+import { AT, STATX, SYS } from "./nr";
 import { decodeStatx, STATX_SIZE, type Statx } from "./structs";
 
 const LIBC = "libc.so.6";
@@ -193,6 +193,10 @@ export function mmap(addr: number, length: number, prot: number, flags: number, 
   return p as number;
 }
 
+export function madvise(addr: number, length: number, advice: number): void {
+  syscall("madvise", SYS.madvise, [addr, length, advice], [`0x${addr.toString(16)}`, String(length), String(advice)]);
+}
+
 export function munmap(addr: number, length: number): void {
   if (sym.munmap(addr as Pointer, length) < 0) fail(lastErrno(), "munmap", [`0x${addr.toString(16)}`, String(length)]);
 }
@@ -224,6 +228,14 @@ export function syscall(name: string, nr: number, args: readonly Arg[], shown: r
   const r = sym.syscall(nr, ...a) as bigint;
   if (r === -1n) fail(lastErrno(), name, shown);
   return r;
+}
+
+/**
+ * A byte view of `length` bytes of this process's memory at `addr` (e.g. an
+ * area from mmap). The view is valid until that memory is unmapped.
+ */
+export function memoryView(addr: number, length: number): Uint8Array {
+  return new Uint8Array(toArrayBuffer(addr as Pointer, 0, length));
 }
 
 /** Address of a buffer, to put into a struct or pass as a syscall argument. */

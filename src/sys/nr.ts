@@ -2,7 +2,7 @@
 
 export const SYS = {
   read: 0, write: 1, close: 3, mmap: 9, munmap: 11, rt_sigaction: 13, rt_sigprocmask: 14,
-  ioctl: 16, pread64: 17, pwrite64: 18, getpid: 39, kill: 62, ptrace: 101,
+  ioctl: 16, madvise: 28, pread64: 17, pwrite64: 18, getpid: 39, kill: 62, ptrace: 101,
   sigaltstack: 131, personality: 135, prctl: 157, arch_prctl: 158, gettid: 186,
   getdents64: 217, set_tid_address: 218, exit_group: 231, tgkill: 234, openat: 257,
   get_robust_list: 274, prlimit64: 302, name_to_handle_at: 303, open_by_handle_at: 304,
@@ -64,6 +64,9 @@ export const KCMP = { FILE: 0, VM: 1, FILES: 2, FS: 3, SIGHAND: 4, IO: 5, SYSVSE
 /** mmap(2) protections and flags. */
 export const PROT = { NONE: 0, READ: 1, WRITE: 2, EXEC: 4 } as const;
 export const MAP = { SHARED: 1, PRIVATE: 2, FIXED: 0x10, ANONYMOUS: 0x20, GROWSDOWN: 0x100, NORESERVE: 0x4000, POPULATE: 0x8000 } as const;
+
+/** madvise(2) advice values. */
+export const MADV_NOHUGEPAGE = 15;
 
 /** PAGEMAP_SCAN ioctl on /proc/PID/pagemap (Linux 6.7+): _IOWR('f', 16, struct pm_scan_arg). */
 export const PAGEMAP_SCAN = 0xc0606610;
