@@ -4,9 +4,9 @@ import { copyFileSync } from "node:fs";
 import { join } from "node:path";
 import { runCkpt } from "./helpers/cli";
 import { tempDir } from "./helpers/target";
+import { FIXTURES } from "./helpers/fixtures";
 
 const ROOT = `${import.meta.dir}/..`;
-const FIXTURES = `${ROOT}/../shared/fixtures/criu-4.2-sleep-tree`;
 
 describe("dist/ckpt", () => {
   test("builds, and runs from a directory with no node_modules", () => {

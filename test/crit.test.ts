@@ -5,17 +5,16 @@
  */
 import { describe, expect, test } from "bun:test";
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
-import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { ImageEncoder } from "../src/image/encode";
 import { PipeDataEntrySchema, type PipeDataEntry } from "../src/image/gen/pipe_pb";
 import { writeEncodedImage } from "../src/image/image-file";
-import { allKinds, PAGES_FILE, type ImageKind } from "../src/image/magic";
+import { allKinds, type ImageKind } from "../src/image/magic";
 import { parseExactJson, runCkpt } from "./helpers/cli";
 import { filledMessage } from "./helpers/fill";
 import { tempDir } from "./helpers/target";
+import { FIXTURES, fixtureImageFiles } from "./helpers/fixtures";
 
-const FIXTURES = `${import.meta.dir}/../../shared/fixtures/criu-4.2-sleep-tree`;
 const CRIT = Bun.which("crit");
 
 /**
@@ -127,7 +126,7 @@ describe.skipIf(!CRIT)("crit reads what ckpt writes", () => {
   });
 
   test("CRIU 4.2's own fixture images: crit and ckpt show agree", () => {
-    const files = readdirSync(FIXTURES).filter((f) => f !== "json" && !PAGES_FILE.test(f));
+    const files = fixtureImageFiles();
     const shown = parseExactJson(runCkpt(["show", FIXTURES, "--json"]).stdout) as Record<string, { magic: string; entries: unknown[] }>;
     for (const f of files) compareImage(shown[f]!.magic, critDecode(join(FIXTURES, f)), shown[f]!);
   });

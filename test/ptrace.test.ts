@@ -98,3 +98,30 @@ describe("ptrace", () => {
     expect(memWord(target.pid, bufAddr)).toBe(new DataView(local.buffer).getBigUint64(0, true));
   });
 });
+
+describe("wait status decoding", () => {
+  // Values as the kernel composes them (see wait(2) and ptrace(2)).
+  test("exit, death by signal, stops and ptrace event stops", () => {
+    const exited3 = 3 << 8;
+    expect(ptrace.isExited(exited3)).toBe(true);
+    expect(ptrace.exitCode(exited3)).toBe(3);
+    expect(ptrace.isSignaled(exited3)).toBe(false);
+    expect(ptrace.isStopped(exited3)).toBe(false);
+
+    const killed = 9;
+    expect(ptrace.isExited(killed)).toBe(false);
+    expect(ptrace.isSignaled(killed)).toBe(true);
+    expect(ptrace.termSig(killed)).toBe(9);
+
+    const stopped = (19 << 8) | 0x7f;
+    expect(ptrace.isStopped(stopped)).toBe(true);
+    expect(ptrace.isSignaled(stopped)).toBe(false);
+    expect(ptrace.stopSig(stopped)).toBe(19);
+    expect(ptrace.ptraceEvent(stopped)).toBe(0);
+    expect(ptrace.isInterruptStop(stopped)).toBe(false);
+
+    const interrupt = (128 << 16) | (5 << 8) | 0x7f;
+    expect(ptrace.isInterruptStop(interrupt)).toBe(true);
+    expect(ptrace.stopSig(interrupt)).toBe(5);
+  });
+});

@@ -11,7 +11,10 @@
 
 /** argv[1] of the intermediate that starts the target and prints its pid. */
 export const PROBE_SPAWNER_FLAG = "--internal-probe-spawner";
-/** argv[1] of the target itself. */
+/**
+ * argv[1] of the target itself. argv[2] is the pid of the ckpt that asked for
+ * it, so a leftover probe can be traced back to its run.
+ */
 export const PROBE_TARGET_FLAG = "--internal-probe-target";
 /** A target left behind by a killed ckpt ends itself after this long. */
 const TARGET_LIFETIME_MS = 60_000;
@@ -30,7 +33,7 @@ export async function runProbeModeIfAsked(argv: readonly string[]): Promise<bool
     process.exit(0);
   }
   if (argv[0] === PROBE_SPAWNER_FLAG) {
-    const child = Bun.spawn([...selfCommand(), PROBE_TARGET_FLAG], {
+    const child = Bun.spawn([...selfCommand(), PROBE_TARGET_FLAG, argv[1] ?? "0"], {
       stdin: "ignore", stdout: "ignore", stderr: "ignore", detached: true,
     });
     child.unref();
@@ -42,7 +45,7 @@ export async function runProbeModeIfAsked(argv: readonly string[]): Promise<bool
 
 /** Start a detached probe target; returns its pid. The caller kills it when done. */
 export async function startProbeTarget(): Promise<number> {
-  const spawner = Bun.spawn([...selfCommand(), PROBE_SPAWNER_FLAG], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const spawner = Bun.spawn([...selfCommand(), PROBE_SPAWNER_FLAG, String(process.pid)], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
   const [out, err, code] = await Promise.all([
     new Response(spawner.stdout).text(),
     new Response(spawner.stderr).text(),

@@ -7,7 +7,7 @@ import { create } from "@bufbuild/protobuf";
 import { PstreeEntrySchema, type PstreeEntry } from "../image/gen/pstree_pb";
 import type { ProcFs } from "../proc/procfs";
 import { readStat } from "../proc/stat";
-import { readChildren, readThreads } from "../proc/task";
+import { readAllChildren, readThreads } from "../proc/task";
 
 export interface TreeTask {
   pid: number;
@@ -27,9 +27,7 @@ export function collectTree(proc: ProcFs, root: number): TreeTask[] {
     const st = readStat(proc, item.pid);
     const threads = readThreads(proc, item.pid);
     out.push({ pid: item.pid, ppid: item.ppid, pgid: st.pgrp, sid: st.session, threads });
-    for (const tid of threads) {
-      for (const child of readChildren(proc, item.pid, tid)) queue.push({ pid: child, ppid: item.pid });
-    }
+    for (const child of readAllChildren(proc, item.pid, threads)) queue.push({ pid: child, ppid: item.pid });
   }
   return out;
 }

@@ -8,9 +8,10 @@
  * opens every proc file with openat() on them. Switching to another PID closes
  * the old PID's directory; /proc/self stays open until close().
  */
-import { close, fstat, getdents64, openat, readInto, readlinkat, statx } from "../sys/libc";
+import { readDirectoryNames } from "../sys/file";
+import { close, fstat, openat, readInto, readlinkat, statx } from "../sys/libc";
 import { AT, O } from "../sys/nr";
-import { decodeDirents, type Statx } from "../sys/structs";
+import type { Statx } from "../sys/structs";
 
 /** Which /proc directory: a pid, or "self" for this process. */
 export type ProcTarget = number | "self";
@@ -96,15 +97,26 @@ export class ProcFs {
   readGlobalText(name: string): string {
     const fd = openat(AT.FDCWD, `${this.root}/${name}`, O.RDONLY | O.CLOEXEC);
     this.counters.fileOpens++;
-    return this.readAll(fd);
+    return this.dec.decode(this.readToEnd(fd));
+  }
+
+  /** Whole contents of a proc file. */
+  readBytes(target: ProcTarget, name: string): Uint8Array {
+    return this.readToEnd(this.open(target, name)).slice();
+  }
+
+  /** Whole contents of a proc file as text. */
+  readText(target: ProcTarget, name: string): string {
+    return this.dec.decode(this.readToEnd(this.open(target, name)));
   }
 
   /**
-   * Whole contents of a proc file. Proc files hand out short reads (often one
-   * page or one record at a time), so this reads until EOF.
+   * Read `fd` to EOF into the shared buffer, growing it when the file does not
+   * fit, then close `fd`. Proc files hand out short reads (often one page or
+   * one record at a time), so one read is never assumed to be all. The result
+   * is a view of the shared buffer, valid until the next read.
    */
-  readBytes(target: ProcTarget, name: string): Uint8Array {
-    const fd = this.open(target, name);
+  private readToEnd(fd: number): Uint8Array {
     try {
       let len = 0;
       for (;;) {
@@ -115,31 +127,9 @@ export class ProcFs {
         }
         const n = readInto(fd, this.buf.subarray(len));
         this.counters.reads++;
-        if (n === 0) break;
+        if (n === 0) return this.buf.subarray(0, len);
         len += n;
       }
-      return this.buf.slice(0, len);
-    } finally {
-      close(fd);
-    }
-  }
-
-  /** Whole contents of a proc file as text. */
-  readText(target: ProcTarget, name: string): string {
-    return this.readAll(this.open(target, name));
-  }
-
-  /** Read `fd` to EOF as text, then close it. */
-  private readAll(fd: number): string {
-    try {
-      let text = "";
-      for (;;) {
-        const n = readInto(fd, this.buf);
-        this.counters.reads++;
-        if (n === 0) break;
-        text += this.dec.decode(this.buf.subarray(0, n), { stream: true });
-      }
-      return text + this.dec.decode();
     } finally {
       close(fd);
     }
@@ -167,15 +157,8 @@ export class ProcFs {
   list(target: ProcTarget, name: string): string[] {
     const fd = this.open(target, name, O.RDONLY | O.DIRECTORY);
     try {
-      const names: string[] = [];
-      for (;;) {
-        const n = getdents64(fd, this.buf);
-        this.counters.reads++;
-        if (n === 0) break;
-        for (const d of decodeDirents(this.buf, n)) {
-          if (d.name !== "." && d.name !== "..") names.push(d.name);
-        }
-      }
+      const { names, calls } = readDirectoryNames(fd, this.buf);
+      this.counters.reads += calls;
       return names;
     } finally {
       close(fd);

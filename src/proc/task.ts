@@ -18,9 +18,9 @@ export function readChildren(proc: ProcFs, target: ProcTarget, tid: number): num
     .map(Number);
 }
 
-/** Children of every thread of a process. */
-export function readAllChildren(proc: ProcFs, pid: number): number[] {
+/** Children of every thread of a process (pass `threads` when they are known already). */
+export function readAllChildren(proc: ProcFs, pid: number, threads: readonly number[] = readThreads(proc, pid)): number[] {
   const out: number[] = [];
-  for (const tid of readThreads(proc, pid)) out.push(...readChildren(proc, pid, tid));
+  for (const tid of threads) out.push(...readChildren(proc, pid, tid));
   return out;
 }

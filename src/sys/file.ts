@@ -35,18 +35,27 @@ export function writeWholeFile(path: string, bytes: Uint8Array, mode = 0o600, ex
   }
 }
 
+/**
+ * Names in an open directory, without . and .., in the order getdents64
+ * returns them; `buf` is the caller's reusable buffer. Returns the number of
+ * getdents64 calls with the names, for callers that count syscalls.
+ */
+export function readDirectoryNames(fd: number, buf: Uint8Array): { names: string[]; calls: number } {
+  const names: string[] = [];
+  let calls = 0;
+  for (;;) {
+    const n = getdents64(fd, buf);
+    calls++;
+    if (n === 0) return { names, calls };
+    for (const d of decodeDirents(buf, n)) if (d.name !== "." && d.name !== "..") names.push(d.name);
+  }
+}
+
 /** Names in a directory, without . and .., sorted. */
 export function listDirectory(path: string): string[] {
   const fd = openat(AT.FDCWD, path, O.RDONLY | O.DIRECTORY | O.CLOEXEC);
-  const buf = new Uint8Array(32 * 1024);
   try {
-    const names: string[] = [];
-    for (;;) {
-      const n = getdents64(fd, buf);
-      if (n === 0) break;
-      for (const d of decodeDirents(buf, n)) if (d.name !== "." && d.name !== "..") names.push(d.name);
-    }
-    return names.sort();
+    return readDirectoryNames(fd, new Uint8Array(32 * 1024)).names.sort();
   } finally {
     close(fd);
   }

@@ -7,8 +7,11 @@ import { addressOf, syscall, waitpid } from "./libc";
 import { NT, PTRACE, PTRACE_EVENT_STOP, SYS, W } from "./nr";
 import { encodePeeksiginfoArgs, SIGINFO_SIZE, PTRACE_PEEKSIGINFO_SHARED } from "./structs";
 
-function ptrace(req: number, reqName: string, pid: number, addr: number | bigint, data: number | bigint): bigint {
-  return syscall("ptrace", SYS.ptrace, [req, pid, addr, data], [reqName, String(pid)]);
+const NT_NAME: Record<number, string> = { [NT.PRSTATUS]: "NT_PRSTATUS", [NT.PRFPREG]: "NT_PRFPREG", [NT.X86_XSTATE]: "NT_X86_XSTATE" };
+
+/** One ptrace request; errors read `ptrace(PTRACE_X, pid, shown...)`. */
+function ptrace(req: number, reqName: string, pid: number, addr: number | bigint, data: number | bigint, shown: readonly string[] = []): bigint {
+  return syscall("ptrace", SYS.ptrace, [req, pid, addr, data], [reqName, String(pid), ...shown]);
 }
 
 /** Attach without stopping the task (PTRACE_SEIZE). */
@@ -40,20 +43,20 @@ export function singlestep(pid: number, sig = 0): void {
  */
 export function getRegset(pid: number, nt: number, buf: Uint8Array): number {
   const iov = new BigUint64Array([BigInt(addressOf(buf)), BigInt(buf.length)]);
-  syscall("ptrace", SYS.ptrace, [PTRACE.GETREGSET, pid, nt, addressOf(iov)], ["PTRACE_GETREGSET", String(pid), `NT_${nt === NT.PRSTATUS ? "PRSTATUS" : nt === NT.X86_XSTATE ? "X86_XSTATE" : nt}`]);
+  ptrace(PTRACE.GETREGSET, "PTRACE_GETREGSET", pid, nt, addressOf(iov), [NT_NAME[nt] ?? String(nt)]);
   return Number(iov[1]);
 }
 
 export function setRegset(pid: number, nt: number, buf: Uint8Array): void {
   const iov = new BigUint64Array([BigInt(addressOf(buf)), BigInt(buf.length)]);
-  syscall("ptrace", SYS.ptrace, [PTRACE.SETREGSET, pid, nt, addressOf(iov)], ["PTRACE_SETREGSET", String(pid), String(nt)]);
+  ptrace(PTRACE.SETREGSET, "PTRACE_SETREGSET", pid, nt, addressOf(iov), [NT_NAME[nt] ?? String(nt)]);
 }
 
 
 /** The blocked-signal mask of a stopped tracee (PTRACE_GETSIGMASK). */
 export function getSigmask(pid: number): bigint {
   const mask = new BigUint64Array(1);
-  syscall("ptrace", SYS.ptrace, [PTRACE.GETSIGMASK, pid, 8, addressOf(mask)], ["PTRACE_GETSIGMASK", String(pid)]);
+  ptrace(PTRACE.GETSIGMASK, "PTRACE_GETSIGMASK", pid, 8, addressOf(mask));
   return mask[0] ?? 0n;
 }
 
@@ -67,7 +70,7 @@ export function peekSiginfo(pid: number, shared: boolean): Uint8Array[] {
   const buf = new Uint8Array(SIGINFO_SIZE * batch);
   for (;;) {
     const args = encodePeeksiginfoArgs(out.length, shared ? PTRACE_PEEKSIGINFO_SHARED : 0, batch);
-    const n = Number(syscall("ptrace", SYS.ptrace, [PTRACE.PEEKSIGINFO, pid, addressOf(args), addressOf(buf)], ["PTRACE_PEEKSIGINFO", String(pid)]));
+    const n = Number(ptrace(PTRACE.PEEKSIGINFO, "PTRACE_PEEKSIGINFO", pid, addressOf(args), addressOf(buf), [shared ? "shared" : "thread"]));
     for (let i = 0; i < n; i++) out.push(buf.slice(i * SIGINFO_SIZE, (i + 1) * SIGINFO_SIZE));
     if (n < batch) return out;
   }
@@ -76,12 +79,12 @@ export function peekSiginfo(pid: number, shared: boolean): Uint8Array[] {
 /** One word of tracee memory (PTRACE_PEEKDATA). */
 export function peekData(pid: number, addr: bigint): bigint {
   const word = new BigUint64Array(1);
-  syscall("ptrace", SYS.ptrace, [PTRACE.PEEKDATA, pid, addr, addressOf(word)], ["PTRACE_PEEKDATA", String(pid), `0x${addr.toString(16)}`]);
+  ptrace(PTRACE.PEEKDATA, "PTRACE_PEEKDATA", pid, addr, addressOf(word), [`0x${addr.toString(16)}`]);
   return word[0] ?? 0n;
 }
 
 export function pokeData(pid: number, addr: bigint, word: bigint): void {
-  syscall("ptrace", SYS.ptrace, [PTRACE.POKEDATA, pid, addr, BigInt.asIntN(64, word)], ["PTRACE_POKEDATA", String(pid), `0x${addr.toString(16)}`]);
+  ptrace(PTRACE.POKEDATA, "PTRACE_POKEDATA", pid, addr, BigInt.asIntN(64, word), [`0x${addr.toString(16)}`]);
 }
 
 // ---------------------------------------------------------------- wait statuses
