@@ -1,11 +1,11 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { readFileSync, statSync, writeFileSync } from "node:fs";
+import { statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { kcmp, pidfdGetfd, pidfdOpen, userfaultfd } from "../src/sys/calls";
 import { SysError } from "../src/sys/errno";
 import { close, fstat, getpid, openat } from "../src/sys/libc";
 import { AT, KCMP, O } from "../src/sys/nr";
-import { buildC, startDetached, tempDir, waitFor, type Target } from "./helpers/target";
+import { buildC, startReady, tempDir, type Target } from "./helpers/target";
 
 const targets: Target[] = [];
 afterAll(() => targets.forEach((t) => t.kill()));
@@ -44,12 +44,9 @@ describe("kcmp", () => {
     const dir = tempDir("kcmp");
     const file = join(dir, "f");
     writeFileSync(file, "x");
-    const out = join(dir, "out");
-    writeFileSync(out, "");
-    const t = await startDetached([exe, file], out);
+    const { target: t, words } = await startReady([exe, file]);
     targets.push(t);
-    await waitFor("target", () => readFileSync(out, "utf8").includes("ready"));
-    const child = Number(/ready (\d+)/.exec(readFileSync(out, "utf8"))![1]);
+    const child = Number(words[0]);
     targets.push({
       pid: child,
       kill: () => {

@@ -10,7 +10,7 @@ import { readAllChildren, readThreads } from "../src/proc/task";
 import { addressOf, close, openat, statx, syscall, writeAll } from "../src/sys/libc";
 import { encodeKernelDev } from "../src/sys/structs";
 import { AT, O } from "../src/sys/nr";
-import { buildC, startDetached, tempDir, waitFor, type Target } from "./helpers/target";
+import { buildC, startReady, tempDir, type Target } from "./helpers/target";
 
 // A workload with a known shape: an odd comm, 200 separate anonymous areas,
 // a file mapping at a known offset, three extra threads and two children.
@@ -41,18 +41,15 @@ int main(int argc, char **argv) {
 let target: Target;
 let fileMapAddr = 0n;
 let mappedFile = "";
-let outFile = "";
 
 beforeAll(async () => {
   const exe = buildC("procfixture", FIXTURE_C);
   const dir = tempDir("procfs");
   mappedFile = join(dir, "mapped");
   writeFileSync(mappedFile, Buffer.alloc(16384, 7));
-  outFile = join(dir, "out");
-  writeFileSync(outFile, "");
-  target = await startDetached([exe, mappedFile], outFile);
-  await waitFor("fixture ready", () => readFileSync(outFile, "utf8").includes("ready"));
-  fileMapAddr = BigInt(`0x${/ready ([0-9a-f]+)/.exec(readFileSync(outFile, "utf8"))![1]}`);
+  const started = await startReady([exe, mappedFile]);
+  target = started.target;
+  fileMapAddr = BigInt(`0x${started.words[0]}`);
 });
 
 afterAll(() => {

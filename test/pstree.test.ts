@@ -1,6 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
 import { inventoryEntry, uptimeMicros } from "../src/dump/inventory";
 import { collectTree, pstreeEntries } from "../src/dump/pstree";
 import { decodeImage } from "../src/image/decode";
@@ -10,7 +9,7 @@ import { PstreeEntrySchema } from "../src/image/gen/pstree_pb";
 import { kind } from "../src/image/magic";
 import { imageToJson } from "../src/image/to-json";
 import { ProcFs } from "../src/proc/procfs";
-import { buildC, startDetached, tempDir, waitFor, type Target } from "./helpers/target";
+import { buildC, startReady, type Target } from "./helpers/target";
 
 // Root (two threads) → child → grandchild. The child is forked by the second
 // thread, so only task/TID/children of that thread names it.
@@ -43,11 +42,7 @@ function statFields(pid: number): string[] {
 }
 
 beforeAll(async () => {
-  const dir = tempDir("pstree");
-  const out = join(dir, "out");
-  writeFileSync(out, "");
-  root = await startDetached([buildC("tree", TREE_C)], out);
-  await waitFor("tree ready", () => readFileSync(out, "utf8").includes("ready"));
+  root = (await startReady([buildC("tree", TREE_C)])).target;
 });
 
 afterAll(() => {

@@ -1,11 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
 import { addressOf, close, openat, preadInto, processVmReadv, processVmWritev } from "../src/sys/libc";
 import { AT, O } from "../src/sys/nr";
 import * as ptrace from "../src/sys/ptrace";
 import { setIovec } from "../src/sys/structs";
-import { buildC, startDetached, tempDir, waitFor, type Target } from "./helpers/target";
+import { buildC, startReady, type Target } from "./helpers/target";
 
 // Prints the address of a 4 KiB buffer filled with a known pattern, then idles.
 const IDLE_C = `
@@ -22,12 +21,9 @@ let target: Target;
 let bufAddr = 0n;
 
 beforeAll(async () => {
-  const dir = tempDir("ptrace");
-  const out = join(dir, "out");
-  writeFileSync(out, "");
-  target = await startDetached([buildC("idle", IDLE_C)], out);
-  await waitFor("idle target", () => readFileSync(out, "utf8").includes("ready"));
-  bufAddr = BigInt(`0x${/ready ([0-9a-f]+)/.exec(readFileSync(out, "utf8"))![1]}`);
+  const started = await startReady([buildC("idle", IDLE_C)]);
+  target = started.target;
+  bufAddr = BigInt(`0x${started.words[0]}`);
 });
 
 afterAll(() => target?.kill());

@@ -11,7 +11,7 @@ import {
   PM_SCAN_ARG_SIZE, pmScanWalkEnd, setIovec, STATX_OFF, STATX_SIZE, USER_FPREGS_OFF, USER_FPREGS_SIZE,
   USER_REGS, USER_REGS_SIZE,
 } from "../src/sys/structs";
-import { buildC, startDetached, tempDir, waitFor, type Target } from "./helpers/target";
+import { buildC, startReady, tempDir, type Target } from "./helpers/target";
 
 const targets: Target[] = [];
 afterAll(() => targets.forEach((t) => t.kill()));
@@ -159,12 +159,8 @@ describe("layouts against the running kernel", () => {
         puts("ready"); fflush(stdout);
         for (;;) pause();
       }`);
-    const dir = tempDir("regs");
-    const out = join(dir, "out");
-    writeFileSync(out, "");
-    const t = await startDetached([exe], out);
+    const { target: t } = await startReady([exe]);
     targets.push(t);
-    await waitFor("target ready", () => readFileSync(out, "utf8").includes("ready"));
     process.kill(t.pid, "SIGUSR1");
     ptrace.seize(t.pid);
     try {

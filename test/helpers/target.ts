@@ -2,7 +2,7 @@
  * Test workloads: small C programs built with gcc, started detached so that
  * Bun's child reaping never sees (and steals) their ptrace stops.
  */
-import { mkdirSync, existsSync, writeFileSync, mkdtempSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -50,6 +50,20 @@ export async function startDetached(argv: string[], stdoutFile = "/dev/null"): P
       }
     },
   };
+}
+
+/**
+ * Start a workload detached and wait for it to print a line starting with
+ * "ready"; returns the target and the words after "ready" on that line (the
+ * addresses or pids the workload reports about itself).
+ */
+export async function startReady(argv: string[]): Promise<{ target: Target; words: string[] }> {
+  const out = join(tempDir("out"), "out");
+  writeFileSync(out, "");
+  const target = await startDetached(argv, out);
+  const readyLine = (): string | undefined => readFileSync(out, "utf8").split("\n").find((l) => l.startsWith("ready"));
+  await waitFor(`${argv[0]} to print "ready"`, () => readyLine() !== undefined);
+  return { target, words: readyLine()!.split(" ").slice(1) };
 }
 
 /** Wait until `pred` holds, polling; throws after `ms`. */
