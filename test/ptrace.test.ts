@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { addressOf, close, openat, preadInto, processVmReadv, processVmWritev } from "../src/sys/libc";
-import { AT, O } from "../src/sys/nr";
+import { AT, NT, O } from "../src/sys/nr";
 import * as ptrace from "../src/sys/ptrace";
-import { setIovec } from "../src/sys/structs";
+import { decodeUserRegs, encodeUserRegs, setIovec, USER_REGS_SIZE } from "../src/sys/structs";
 import { buildC, startReady, type Target } from "./helpers/target";
 
 // Prints the address of a 4 KiB buffer filled with a known pattern, then idles.
@@ -66,6 +66,37 @@ describe("ptrace", () => {
     }
     expect(Number(/^TracerPid:\s+(\d+)/m.exec(status(target.pid))![1])).toBe(0);
     expect(status(target.pid)).toMatch(/^State:\s+S/m);
+  });
+
+  test("SETREGSET changes a register; CONT resumes the task", () => {
+    ptrace.seize(target.pid);
+    try {
+      ptrace.interrupt(target.pid);
+      expect(ptrace.isInterruptStop(ptrace.waitTracee(target.pid))).toBe(true);
+      const buf = new Uint8Array(USER_REGS_SIZE);
+      ptrace.getRegset(target.pid, NT.PRSTATUS, buf);
+      const saved = buf.slice();
+      const regs = decodeUserRegs(buf);
+      regs.r12 ^= 0x5a5a5a5a5a5a5a5an;
+      ptrace.setRegset(target.pid, NT.PRSTATUS, encodeUserRegs(regs));
+      const check = new Uint8Array(USER_REGS_SIZE);
+      ptrace.getRegset(target.pid, NT.PRSTATUS, check);
+      expect(decodeUserRegs(check).r12).toBe(regs.r12);
+      ptrace.setRegset(target.pid, NT.PRSTATUS, saved);
+      ptrace.getRegset(target.pid, NT.PRSTATUS, check);
+      expect(check).toEqual(saved);
+
+      ptrace.cont(target.pid);
+      // Running again (back asleep in pause), still traced.
+      const until = Date.now() + 2000;
+      while (!/^State:\s+S/m.test(status(target.pid)) && Date.now() < until) Bun.sleepSync(5);
+      expect(status(target.pid)).toMatch(/^State:\s+S/m);
+      // A running tracee must be stopped again before it can be detached.
+      ptrace.interrupt(target.pid);
+      expect(ptrace.isInterruptStop(ptrace.waitTracee(target.pid))).toBe(true);
+    } finally {
+      ptrace.detach(target.pid);
+    }
   });
 
   test("a request on a task we do not trace fails with ESRCH naming the request", () => {

@@ -17,8 +17,6 @@ const lib = dlopen(LIBC, {
   __errno_location: { args: [], returns: "ptr" },
   openat: { args: ["i32", "ptr", "i32", "u32"], returns: "i32" },
   close: { args: ["i32"], returns: "i32" },
-  mkdirat: { args: ["i32", "ptr", "u32"], returns: "i32" },
-  fsync: { args: ["i32"], returns: "i32" },
   read: { args: ["i32", "ptr", "u64"], returns: FFIType.i64_fast },
   pread64: { args: ["i32", "ptr", "u64", "i64"], returns: FFIType.i64_fast },
   write: { args: ["i32", "ptr", "u64"], returns: FFIType.i64_fast },
@@ -79,14 +77,6 @@ export function openat(dirfd: number, path: string, flags: number, mode = 0): nu
 
 export function close(fd: number): void {
   if (sym.close(fd) < 0) fail(lastErrno(), "close", [String(fd)]);
-}
-
-export function mkdirat(dirfd: number, path: string, mode: number): void {
-  if (sym.mkdirat(dirfd, cstr(path), mode) < 0) fail(lastErrno(), "mkdirat", [showDirfd(dirfd), JSON.stringify(path), oct(mode)]);
-}
-
-export function fsync(fd: number): void {
-  if (sym.fsync(fd) < 0) fail(lastErrno(), "fsync", [String(fd)]);
 }
 
 /** read(2) once; returns the byte count (0 at EOF). */
