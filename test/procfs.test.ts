@@ -129,6 +129,19 @@ describe("ProcFs dirfd cache (seed 000)", () => {
     }
   });
 
+  test("the cached directory pins its task: after the task exits, reads fail with ESRCH", async () => {
+    const sleeper = Bun.spawn(["sleep", "100"], { stdin: "ignore", stdout: "ignore" });
+    const proc = new ProcFs();
+    try {
+      expect(proc.readText(sleeper.pid, "stat")).toContain("(sleep)");
+      sleeper.kill("SIGKILL");
+      await sleeper.exited;
+      expect(() => proc.readText(sleeper.pid, "stat")).toThrow(/^openat\(\d+, "stat", .*\): ESRCH/);
+    } finally {
+      proc.close();
+    }
+  });
+
   test("a missing pid is a SysError naming the path", () => {
     const proc = new ProcFs();
     try {

@@ -7,6 +7,10 @@
  * cached fd for the current /proc/PID and a separate one for /proc/self, and
  * opens every proc file with openat() on them. Switching to another PID closes
  * the old PID's directory; /proc/self stays open until close().
+ *
+ * The dirfd also pins the task: if it exits and its pid is reused, openat() on
+ * the old directory fails (ESRCH) instead of reading the newcomer's files, which
+ * a path like "/proc/1234/maps" would silently do.
  */
 import { readDirectoryNames } from "../sys/file";
 import { close, fstat, openat, readInto, readlinkat, statx } from "../sys/libc";
