@@ -6,7 +6,7 @@ import { statx } from "../sys/libc";
 import { listDirectory, readWholeFile } from "../sys/file";
 import { AT, S_IF, S_IFMT } from "../sys/nr";
 import { ImageError } from "./errors";
-import { readImageFile } from "./image-file";
+import { decodeImage } from "./decode";
 import { PAGES_FILE, RAW_FILE } from "./magic";
 import { imageToJson, type JsonValue } from "./to-json";
 
@@ -15,12 +15,27 @@ function describePages(size: bigint): JsonValue {
   return { magic: "PAGES", pages: Number(size / 4096n), bytes: size };
 }
 
+/**
+ * One image file of `size` bytes; its kind comes from its magic, or from its
+ * name for raw files. With `listUnknown`, an image of a kind ckpt does not
+ * define is described by its magic instead of being an error.
+ */
+function describeFile(path: string, name: string, size: bigint, listUnknown: boolean): JsonValue {
+  if (PAGES_FILE.test(name)) return describePages(size);
+  if (RAW_FILE.test(name)) return { magic: "RAW", bytes: size };
+  const bytes = readWholeFile(path);
+  try {
+    return imageToJson(decodeImage(bytes, path));
+  } catch (e) {
+    if (!(listUnknown && e instanceof ImageError && e.code === "unknown-kind")) throw e;
+    const magic = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(4, true);
+    return { magic: `0x${magic.toString(16).padStart(8, "0")}`, decoded: false };
+  }
+}
+
 /** One image file; its kind comes from its magic, or from its name for raw files. */
 export function describeImageFile(path: string): JsonValue {
-  const name = path.split("/").pop() ?? path;
-  if (PAGES_FILE.test(name)) return describePages(statx(AT.FDCWD, path).size);
-  if (RAW_FILE.test(name)) return { magic: "RAW", bytes: statx(AT.FDCWD, path).size };
-  return imageToJson(readImageFile(path));
+  return describeFile(path, path.split("/").pop() ?? path, statx(AT.FDCWD, path).size, false);
 }
 
 /** Whether a directory entry's name is one an image set uses. */
@@ -38,15 +53,11 @@ function isImageName(name: string): boolean {
 export function describeImageDir(dir: string): Record<string, JsonValue> {
   const out: Record<string, JsonValue> = {};
   for (const name of listDirectory(dir)) {
+    if (!isImageName(name)) continue;
     const full = `${dir}/${name}`;
-    if (!isImageName(name) || (statx(AT.FDCWD, full).mode & S_IFMT) !== S_IF.REG) continue;
-    try {
-      out[name] = describeImageFile(full);
-    } catch (e) {
-      if (!(e instanceof ImageError && e.code === "unknown-kind")) throw e;
-      const magic = new DataView(readWholeFile(full).buffer).getUint32(4, true);
-      out[name] = { magic: `0x${magic.toString(16).padStart(8, "0")}`, decoded: false };
-    }
+    const st = statx(AT.FDCWD, full);
+    if ((st.mode & S_IFMT) !== S_IF.REG) continue;
+    out[name] = describeFile(full, name, st.size, true);
   }
   return out;
 }

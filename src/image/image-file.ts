@@ -13,7 +13,7 @@ export function readImageFile(path: string): DecodedImage {
 export function writeImageFile<D extends DescMessage>(path: string, kind: ImageKind, schema: D, entries: readonly MessageShape<D>[]): void {
   const enc = new ImageEncoder(kind);
   for (const e of entries) enc.add(schema, e);
-  writeWholeFile(path, enc.bytes(), 0o600);
+  writeEncodedImage(path, enc);
 }
 
 /** Write an image built with an ImageEncoder (mixed entry types, payloads). */

@@ -55,9 +55,12 @@ function fail(errno: number, call: string, args: readonly string[]): never {
   throw new SysError(call, args, errno);
 }
 
+const utf8Encoder = new TextEncoder();
+const utf8Decoder = new TextDecoder();
+
 /** NUL-terminated UTF-8 copy of a string, for path arguments. */
 export function cstr(s: string): Uint8Array {
-  return new TextEncoder().encode(`${s}\0`);
+  return utf8Encoder.encode(`${s}\0`);
 }
 
 /** Render a dirfd for error messages. */
@@ -121,7 +124,7 @@ const linkBuf = new Uint8Array(4096);
 export function readlinkat(dirfd: number, path: string): string {
   const n = sym.readlinkat(dirfd, cstr(path), linkBuf, linkBuf.length) as number;
   if (n < 0) fail(lastErrno(), "readlinkat", [showDirfd(dirfd), JSON.stringify(path)]);
-  return new TextDecoder().decode(linkBuf.subarray(0, n));
+  return utf8Decoder.decode(linkBuf.subarray(0, n));
 }
 
 const statxBuf = new Uint8Array(STATX_SIZE);
