@@ -17,6 +17,9 @@ const lib = dlopen(LIBC, {
   __errno_location: { args: [], returns: "ptr" },
   openat: { args: ["i32", "ptr", "i32", "u32"], returns: "i32" },
   close: { args: ["i32"], returns: "i32" },
+  mkdirat: { args: ["i32", "ptr", "u32"], returns: "i32" },
+  unlinkat: { args: ["i32", "ptr", "i32"], returns: "i32" },
+  renameat: { args: ["i32", "ptr", "i32", "ptr"], returns: "i32" },
   read: { args: ["i32", "ptr", "u64"], returns: FFIType.i64_fast },
   pread64: { args: ["i32", "ptr", "u64", "i64"], returns: FFIType.i64_fast },
   write: { args: ["i32", "ptr", "u64"], returns: FFIType.i64_fast },
@@ -55,6 +58,32 @@ function fail(errno: number, call: string, args: readonly string[]): never {
   throw new SysError(call, args, errno);
 }
 
+/**
+ * How many times each call was made through this module, by call name (raw
+ * syscalls by the name their caller gives, e.g. "ptrace"). A dump reports the
+ * difference of two snapshots as its syscall counts.
+ */
+export const callCounts: Record<string, number> = {};
+
+function counted(call: string): void {
+  callCounts[call] = (callCounts[call] ?? 0) + 1;
+}
+
+/** A copy of the counters, to subtract from a later one. */
+export function snapshotCallCounts(): Record<string, number> {
+  return { ...callCounts };
+}
+
+/** Calls made since `before` (a snapshot), only those that happened. */
+export function callCountsSince(before: Readonly<Record<string, number>>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [name, n] of Object.entries(callCounts)) {
+    const d = n - (before[name] ?? 0);
+    if (d > 0) out[name] = d;
+  }
+  return out;
+}
+
 const utf8Encoder = new TextEncoder();
 const utf8Decoder = new TextDecoder();
 
@@ -73,17 +102,38 @@ function oct(n: number): string {
 }
 
 export function openat(dirfd: number, path: string, flags: number, mode = 0): number {
+  counted("openat");
   const fd = sym.openat(dirfd, cstr(path), flags, mode);
   if (fd < 0) fail(lastErrno(), "openat", [showDirfd(dirfd), JSON.stringify(path), oct(flags)]);
   return fd;
 }
 
 export function close(fd: number): void {
+  counted("close");
   if (sym.close(fd) < 0) fail(lastErrno(), "close", [String(fd)]);
+}
+
+export function mkdirat(dirfd: number, path: string, mode: number): void {
+  counted("mkdirat");
+  if (sym.mkdirat(dirfd, cstr(path), mode) < 0) fail(lastErrno(), "mkdirat", [showDirfd(dirfd), JSON.stringify(path), oct(mode)]);
+}
+
+/** unlinkat(2); `flags` AT_REMOVEDIR removes an empty directory. */
+export function unlinkat(dirfd: number, path: string, flags = 0): void {
+  counted("unlinkat");
+  if (sym.unlinkat(dirfd, cstr(path), flags) < 0) fail(lastErrno(), "unlinkat", [showDirfd(dirfd), JSON.stringify(path), `0x${flags.toString(16)}`]);
+}
+
+export function renameat(olddirfd: number, oldpath: string, newdirfd: number, newpath: string): void {
+  counted("renameat");
+  if (sym.renameat(olddirfd, cstr(oldpath), newdirfd, cstr(newpath)) < 0) {
+    fail(lastErrno(), "renameat", [showDirfd(olddirfd), JSON.stringify(oldpath), showDirfd(newdirfd), JSON.stringify(newpath)]);
+  }
 }
 
 /** read(2) once; returns the byte count (0 at EOF). */
 export function readInto(fd: number, buf: Uint8Array, len = buf.length): number {
+  counted("read");
   const n = sym.read(fd, buf, len) as number;
   if (n < 0) fail(lastErrno(), "read", [String(fd), String(len)]);
   return n;
@@ -91,6 +141,7 @@ export function readInto(fd: number, buf: Uint8Array, len = buf.length): number 
 
 /** pread(2) once; returns the byte count (0 at EOF). */
 export function preadInto(fd: number, buf: Uint8Array, offset: number | bigint, len = buf.length): number {
+  counted("pread");
   const n = sym.pread64(fd, buf, len, offset) as number;
   if (n < 0) fail(lastErrno(), "pread", [String(fd), String(len), `0x${offset.toString(16)}`]);
   return n;
@@ -101,6 +152,7 @@ export function writeAll(fd: number, buf: Uint8Array): void {
   let off = 0;
   while (off < buf.length) {
     const part = off === 0 ? buf : buf.subarray(off);
+    counted("write");
     const n = sym.write(fd, part, part.length) as number;
     if (n < 0) fail(lastErrno(), "write", [String(fd), String(part.length)]);
     off += n;
@@ -112,6 +164,7 @@ export function pwriteAll(fd: number, buf: Uint8Array, offset: number): void {
   let off = 0;
   while (off < buf.length) {
     const part = off === 0 ? buf : buf.subarray(off);
+    counted("pwrite");
     const n = sym.pwrite64(fd, part, part.length, offset + off) as number;
     if (n < 0) fail(lastErrno(), "pwrite", [String(fd), String(part.length), String(offset + off)]);
     off += n;
@@ -122,6 +175,7 @@ const linkBuf = new Uint8Array(4096);
 
 /** readlinkat(2); returns the link target. */
 export function readlinkat(dirfd: number, path: string): string {
+  counted("readlinkat");
   const n = sym.readlinkat(dirfd, cstr(path), linkBuf, linkBuf.length) as number;
   if (n < 0) fail(lastErrno(), "readlinkat", [showDirfd(dirfd), JSON.stringify(path)]);
   return utf8Decoder.decode(linkBuf.subarray(0, n));
@@ -131,6 +185,7 @@ const statxBuf = new Uint8Array(STATX_SIZE);
 
 /** statx(2) of `path` relative to `dirfd`. */
 export function statx(dirfd: number, path: string, flags = 0, mask = STATX.BASIC_STATS | STATX.MNT_ID): Statx {
+  counted("statx");
   if (sym.statx(dirfd, cstr(path), flags, mask, statxBuf) < 0) {
     fail(lastErrno(), "statx", [showDirfd(dirfd), JSON.stringify(path), `0x${flags.toString(16)}`]);
   }
@@ -139,6 +194,7 @@ export function statx(dirfd: number, path: string, flags = 0, mask = STATX.BASIC
 
 /** fstat of an open fd, through statx(fd, "", AT_EMPTY_PATH). */
 export function fstat(fd: number): Statx {
+  counted("statx");
   if (sym.statx(fd, cstr(""), AT.EMPTY_PATH, STATX.BASIC_STATS | STATX.MNT_ID, statxBuf) < 0) {
     fail(lastErrno(), "statx", [String(fd), '""', "AT_EMPTY_PATH"]);
   }
@@ -147,6 +203,7 @@ export function fstat(fd: number): Statx {
 
 /** getdents64(2) into `buf`; returns the byte count (0 at the end of the directory). */
 export function getdents64(fd: number, buf: Uint8Array): number {
+  counted("getdents64");
   const n = sym.getdents64(fd, buf, buf.length) as number;
   if (n < 0) fail(lastErrno(), "getdents64", [String(fd), String(buf.length)]);
   return n;
@@ -156,12 +213,14 @@ const statusBuf = new Int32Array(1);
 
 /** waitpid(2); returns the pid that changed state (0 with WNOHANG when none) and its raw status. */
 export function waitpid(pid: number, options: number): { pid: number; status: number } {
+  counted("waitpid");
   const r = sym.waitpid(pid, statusBuf, options);
   if (r < 0) fail(lastErrno(), "waitpid", [String(pid), `0x${options.toString(16)}`]);
   return { pid: r, status: statusBuf[0] ?? 0 };
 }
 
 export function kill(pid: number, sig: number): void {
+  counted("kill");
   if (sym.kill(pid, sig) < 0) fail(lastErrno(), "kill", [String(pid), String(sig)]);
 }
 
@@ -171,6 +230,7 @@ export function getpid(): number {
 
 /** ioctl(2) with a pointer argument; returns the call's non-negative result. */
 export function ioctl(fd: number, request: number, arg: Uint8Array | null, what = `0x${request.toString(16)}`): number {
+  counted("ioctl");
   const r = sym.ioctl(fd, request, arg);
   if (r < 0) fail(lastErrno(), "ioctl", [String(fd), what]);
   return r;
@@ -178,6 +238,7 @@ export function ioctl(fd: number, request: number, arg: Uint8Array | null, what 
 
 /** mmap(2); returns the address. */
 export function mmap(addr: number, length: number, prot: number, flags: number, fd = -1, offset = 0): number {
+  counted("mmap");
   const p = sym.mmap(addr === 0 ? null : (addr as Pointer), length, prot, flags, fd, offset);
   // MAP_FAILED is (void *)-1, which bun reports as a non-pointer.
   if (p === null || (p as number) === -1 || (p as number) >= 2 ** 64 - 4096) {
@@ -191,6 +252,7 @@ export function madvise(addr: number, length: number, advice: number): void {
 }
 
 export function munmap(addr: number, length: number): void {
+  counted("munmap");
   if (sym.munmap(addr as Pointer, length) < 0) fail(lastErrno(), "munmap", [`0x${addr.toString(16)}`, String(length)]);
 }
 
@@ -199,12 +261,14 @@ export function munmap(addr: number, length: number): void {
  * byte count, which may be short when a remote range is not mapped.
  */
 export function processVmReadv(pid: number, local: BigUint64Array, localCount: number, remote: BigUint64Array, remoteCount: number): number {
+  counted("process_vm_readv");
   const n = sym.process_vm_readv(pid, local, localCount, remote, remoteCount, 0) as number;
   if (n < 0) fail(lastErrno(), "process_vm_readv", [String(pid), `${localCount} local iov`, `${remoteCount} remote iov`]);
   return n;
 }
 
 export function processVmWritev(pid: number, local: BigUint64Array, localCount: number, remote: BigUint64Array, remoteCount: number): number {
+  counted("process_vm_writev");
   const n = sym.process_vm_writev(pid, local, localCount, remote, remoteCount, 0) as number;
   if (n < 0) fail(lastErrno(), "process_vm_writev", [String(pid), `${localCount} local iov`, `${remoteCount} remote iov`]);
   return n;
@@ -217,6 +281,7 @@ type Arg = number | bigint;
  * PEEKDATA words use all 64 bits); throws on -1 with the errno.
  */
 export function syscall(name: string, nr: number, args: readonly Arg[], shown: readonly string[] = args.map(String)): bigint {
+  counted(name);
   const a = [0, 0, 0, 0, 0, 0].map((z, i) => args[i] ?? z) as [Arg, Arg, Arg, Arg, Arg, Arg];
   const r = sym.syscall(nr, ...a) as bigint;
   if (r === -1n) fail(lastErrno(), name, shown);

@@ -8,6 +8,7 @@ export const SYS = {
   get_robust_list: 274, prlimit64: 302, name_to_handle_at: 303, open_by_handle_at: 304,
   process_vm_readv: 310, process_vm_writev: 311, kcmp: 312, userfaultfd: 323, statx: 332,
   rseq: 334, pidfd_open: 434, clone3: 435, pidfd_getfd: 438, getitimer: 36,
+  brk: 12, clock_gettime: 228, sched_getparam: 143, sched_getscheduler: 145,
 } as const;
 
 /** open(2) flags. */
@@ -19,7 +20,7 @@ export const O = {
 
 /** *at() dirfd and flags. */
 export const AT = {
-  FDCWD: -100, SYMLINK_NOFOLLOW: 0x100, EMPTY_PATH: 0x1000,
+  FDCWD: -100, SYMLINK_NOFOLLOW: 0x100, REMOVEDIR: 0x200, EMPTY_PATH: 0x1000,
 } as const;
 
 /** statx mask bits. */
@@ -47,6 +48,7 @@ export const PTRACE = {
   GETFPREGS: 14, DETACH: 17, SETOPTIONS: 0x4200, GETEVENTMSG: 0x4201, GETSIGINFO: 0x4202,
   GETREGSET: 0x4204, SETREGSET: 0x4205, SEIZE: 0x4206, INTERRUPT: 0x4207, LISTEN: 0x4208,
   PEEKSIGINFO: 0x4209, GETSIGMASK: 0x420a, SETSIGMASK: 0x420b, GET_SYSCALL_INFO: 0x420e,
+  GET_THREAD_AREA: 25, GET_RSEQ_CONFIGURATION: 0x420f,
 } as const;
 
 /** ptrace options (PTRACE_O_*). */
@@ -56,7 +58,7 @@ export const PTRACE_O = { TRACESYSGOOD: 1, TRACEFORK: 2, TRACEVFORK: 4, TRACECLO
 export const PTRACE_EVENT_STOP = 128;
 
 /** ELF note types for PTRACE_GETREGSET. */
-export const NT = { PRSTATUS: 1, PRFPREG: 2, X86_XSTATE: 0x202 } as const;
+export const NT = { PRSTATUS: 1, PRFPREG: 2, X86_XSTATE: 0x202, X86_SHSTK: 0x204 } as const;
 
 /** kcmp(2) comparison types. */
 export const KCMP = { FILE: 0, VM: 1, FILES: 2, FS: 3, SIGHAND: 4, IO: 5, SYSVSEM: 6, EPOLL_TFD: 7 } as const;
