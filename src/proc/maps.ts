@@ -42,28 +42,43 @@ function parseHeader(line: string): MapArea | null {
   };
 }
 
-/** Parse maps or smaps text; smaps' per-area lines fill vmFlags and kb. */
-export function parseMaps(text: string): MapArea[] {
+/**
+ * Parse maps or smaps text; smaps' per-area lines fill vmFlags, and kb unless
+ * `withKb` is false. A process with thousands of areas has ~20 smaps lines per
+ * area, so the loop walks the text by index and looks at a line's first
+ * character before anything else: area headers start with a lowercase hex
+ * digit, per-area lines with an uppercase key.
+ */
+export function parseMaps(text: string, withKb = true): MapArea[] {
   const areas: MapArea[] = [];
   let cur: MapArea | null = null;
-  for (const line of text.split("\n")) {
-    if (line === "") continue;
-    const head = parseHeader(line);
-    if (head) {
-      cur = head;
-      areas.push(head);
+  for (let start = 0; start < text.length; ) {
+    let end = text.indexOf("\n", start);
+    if (end < 0) end = text.length;
+    const first = text.charCodeAt(start);
+    if (end === start) {
+      start = end + 1;
       continue;
     }
-    if (!cur) throw new Error(`/proc maps: line before any area: ${JSON.stringify(line)}`);
-    const colon = line.indexOf(":");
-    if (colon < 0) throw new Error(`/proc maps: unparsable line ${JSON.stringify(line)}`);
-    const key = line.slice(0, colon);
-    const value = line.slice(colon + 1).trim();
-    if (key === "VmFlags") {
-      cur.vmFlags = value.split(/\s+/).filter(Boolean);
-    } else if (value.endsWith(" kB")) {
-      (cur.kb ??= {})[key] = Number(value.slice(0, -3));
+    const isKeyLine = first >= 65 && first <= 90; // 'A'..'Z'
+    if (!isKeyLine) {
+      const line = text.slice(start, end);
+      const head = parseHeader(line);
+      if (!head) throw new Error(`/proc maps: unparsable line ${JSON.stringify(line)}`);
+      cur = head;
+      areas.push(head);
+    } else if (!cur) {
+      throw new Error(`/proc maps: line before any area: ${JSON.stringify(text.slice(start, end))}`);
+    } else if (text.startsWith("VmFlags:", start)) {
+      cur.vmFlags = text.slice(start + 8, end).trim().split(" ").filter(Boolean);
+    } else if (withKb) {
+      const line = text.slice(start, end);
+      const colon = line.indexOf(":");
+      if (colon < 0) throw new Error(`/proc maps: unparsable line ${JSON.stringify(line)}`);
+      const value = line.slice(colon + 1).trim();
+      if (value.endsWith(" kB")) (cur.kb ??= {})[line.slice(0, colon)] = Number(value.slice(0, -3));
     }
+    start = end + 1;
   }
   return areas;
 }
@@ -72,6 +87,7 @@ export function readMaps(proc: ProcFs, target: ProcTarget): MapArea[] {
   return parseMaps(proc.readText(target, "maps"));
 }
 
-export function readSmaps(proc: ProcFs, target: ProcTarget): MapArea[] {
-  return parseMaps(proc.readText(target, "smaps"));
+/** smaps areas with VmFlags; `withKb` false skips the per-area counters (the dump needs only flags). */
+export function readSmaps(proc: ProcFs, target: ProcTarget, withKb = true): MapArea[] {
+  return parseMaps(proc.readText(target, "smaps"), withKb);
 }
