@@ -1,0 +1,214 @@
+/**
+ * Freezing a process tree with ptrace, and letting it go again.
+ *
+ * Every thread is PTRACE_SEIZE'd and then PTRACE_INTERRUPT'ed. Seizing does not
+ * stop anything by itself, and the kernel detaches seized tasks when their
+ * tracer dies, so a ckpt that is SIGKILLed mid-dump leaves the tree running
+ * (no cgroup freezer that would need a thaw). The tree is re-read until a full
+ * pass finds nothing new: a thread that was still running during the previous
+ * pass may have created threads or children, a frozen one cannot.
+ */
+import { SysError, Errno } from "../sys/errno";
+import { getpid, kill, waitpid } from "../sys/libc";
+import { SIG, W } from "../sys/nr";
+import * as ptrace from "../sys/ptrace";
+import type { ProcFs } from "../proc/procfs";
+import { readStat } from "../proc/stat";
+import { readAllChildren, readThreads } from "../proc/task";
+import type { TreeTask } from "./pstree";
+
+/** Signals whose group-stop a seized task reports as a PTRACE_EVENT_STOP. */
+const STOP_SIGNALS = new Set([SIG.STOP, 20 /* SIGTSTP */, 21 /* SIGTTIN */, 22 /* SIGTTOU */]);
+
+/** A process of the frozen tree. */
+export interface FrozenProcess extends TreeTask {
+  /** It was in a job-control stop (SIGSTOP and friends) when frozen: restore keeps it stopped. */
+  jobStopped: boolean;
+}
+
+/** Something about the tree or our rights makes a dump impossible. */
+export class FreezeError extends Error {
+  constructor(message: string, readonly pid: number) {
+    super(message);
+    this.name = "FreezeError";
+  }
+}
+
+function isErrno(e: unknown, errno: number): boolean {
+  return e instanceof SysError && e.errno === errno;
+}
+
+export class Freezer {
+  /** Seized threads, by tid, with the pid of their process. */
+  private readonly seized = new Map<number, number>();
+  private readonly jobStopped = new Set<number>();
+  private readonly exited = new Set<number>();
+  /** Milliseconds from the first seize to the whole tree stopped. */
+  freezingMs = 0;
+
+  constructor(private readonly proc: ProcFs) {}
+
+  /** Threads that are seized now. */
+  get tids(): number[] {
+    return [...this.seized.keys()];
+  }
+
+  /**
+   * Freeze the tree under `root`; returns its processes, parents before
+   * children, every thread stopped. On an error the caller must release().
+   */
+  freeze(root: number): FrozenProcess[] {
+    const start = performance.now();
+    const self = getpid();
+    if (root === self) throw new FreezeError(`refusing to dump ckpt itself (pid ${root})`, root);
+    let tree: FrozenProcess[] = [];
+    for (let pass = 0; ; pass++) {
+      const { processes, changed } = this.pass(root, self);
+      tree = processes;
+      if (!changed) break;
+      if (pass > 1000) throw new FreezeError(`the tree under ${root} did not settle while freezing (threads or children keep appearing)`, root);
+    }
+    this.freezingMs = performance.now() - start;
+    return tree;
+  }
+
+  /** One walk over the tree, seizing whatever is not seized yet. */
+  private pass(root: number, self: number): { processes: FrozenProcess[]; changed: boolean } {
+    const processes: FrozenProcess[] = [];
+    let changed = false;
+    const queue: { pid: number; ppid: number }[] = [{ pid: root, ppid: 0 }];
+    for (let item = queue.shift(); item; item = queue.shift()) {
+      const { pid, ppid } = item;
+      if (pid === self) throw new FreezeError(`refusing to dump a tree that contains ckpt itself (pid ${pid})`, pid);
+      let threads: number[];
+      let stat;
+      try {
+        stat = readStat(this.proc, pid);
+        threads = readThreads(this.proc, pid);
+      } catch (e) {
+        if (isErrno(e, Errno.ENOENT) || isErrno(e, Errno.ESRCH)) {
+          throw new FreezeError(pid === root ? `process ${pid} does not exist` : `process ${pid} exited while the tree was being frozen`, pid);
+        }
+        throw e;
+      }
+      if (stat.state === "Z" || stat.state === "X") {
+        throw new FreezeError(`process ${pid} is a zombie (state ${stat.state}); dumping zombies is not supported`, pid);
+      }
+      for (const tid of threads) {
+        if (this.seized.has(tid) || this.exited.has(tid)) continue;
+        this.seizeThread(pid, tid);
+        changed = true;
+      }
+      // Drop threads that exited before they could be stopped.
+      for (const [tid, owner] of this.seized) {
+        if (owner === pid && !threads.includes(tid)) {
+          this.seized.delete(tid);
+          changed = true;
+        }
+      }
+      const live = threads.filter((t) => this.seized.has(t));
+      if (live.length === 0) throw new FreezeError(`process ${pid} exited while the tree was being frozen`, pid);
+      processes.push({
+        pid, ppid, pgid: stat.pgrp, sid: stat.session, threads: live,
+        jobStopped: live.some((t) => this.jobStopped.has(t)),
+      });
+      for (const child of readAllChildren(this.proc, pid, live)) queue.push({ pid: child, ppid: pid });
+    }
+    return { processes, changed };
+  }
+
+  /** Seize and stop one thread; a thread that is gone already is noted, not an error. */
+  private seizeThread(pid: number, tid: number): void {
+    try {
+      ptrace.seize(tid);
+    } catch (e) {
+      if (isErrno(e, Errno.ESRCH)) {
+        this.exited.add(tid);
+        return;
+      }
+      if (isErrno(e, Errno.EPERM)) {
+        throw new FreezeError(`may not trace ${tid === pid ? `process ${pid}` : `thread ${tid} of process ${pid}`} (ptrace: EPERM — already traced, or not permitted)`, pid);
+      }
+      throw e;
+    }
+    this.seized.set(tid, pid);
+    try {
+      ptrace.interrupt(tid);
+    } catch (e) {
+      if (!isErrno(e, Errno.ESRCH)) throw e;
+    }
+    this.waitStopped(tid);
+  }
+
+  /**
+   * Wait until the thread sits in the interrupt stop. A signal that was being
+   * delivered is delivered (its handler runs before the freeze, as if it had
+   * arrived a moment earlier); the interrupt stays pending and follows.
+   */
+  private waitStopped(tid: number): void {
+    for (;;) {
+      const status = ptrace.waitTracee(tid);
+      if (ptrace.isExited(status) || ptrace.isSignaled(status)) {
+        this.seized.delete(tid);
+        this.exited.add(tid);
+        return;
+      }
+      if (!ptrace.isStopped(status)) continue;
+      const sig = ptrace.stopSig(status);
+      if (ptrace.ptraceEvent(status) !== 0) {
+        // PTRACE_EVENT_STOP: the interrupt (SIGTRAP) or a group-stop (SIGSTOP...).
+        if (STOP_SIGNALS.has(sig as 19)) this.jobStopped.add(tid);
+        return;
+      }
+      ptrace.cont(tid, sig);
+    }
+  }
+
+  /**
+   * Let the tree go: "resume" detaches every thread so it runs on exactly as
+   * before; "kill" SIGKILLs every process and reaps the tracee notifications.
+   * Never throws: a thread that vanished meanwhile is simply skipped. Returns
+   * the problems it met, for the caller to report.
+   */
+  release(mode: "resume" | "kill", processes: readonly number[] = [...new Set(this.seized.values())]): string[] {
+    const problems: string[] = [];
+    if (mode === "kill") {
+      for (const pid of processes) {
+        try {
+          kill(pid, SIG.KILL);
+        } catch (e) {
+          if (!isErrno(e, Errno.ESRCH)) problems.push(String(e instanceof Error ? e.message : e));
+        }
+      }
+      // A killed tracee reports its death to us, its tracer, before its parent
+      // can reap it: collect those reports, leaders last (the kernel holds a
+      // leader's report back until its other threads are gone).
+      const order = [...this.seized].sort(([a, pa], [b, pb]) => Number(a === pa) - Number(b === pb));
+      for (const [tid] of order) this.reapDead(tid, problems);
+      this.seized.clear();
+      return problems;
+    }
+    for (const tid of this.seized.keys()) {
+      try {
+        ptrace.detach(tid, 0);
+      } catch (e) {
+        if (!isErrno(e, Errno.ESRCH)) problems.push(String(e instanceof Error ? e.message : e));
+      }
+    }
+    this.seized.clear();
+    return problems;
+  }
+
+  private reapDead(tid: number, problems: string[]): void {
+    for (;;) {
+      let status: number;
+      try {
+        status = waitpid(tid, W.ALL).status;
+      } catch (e) {
+        if (!isErrno(e, Errno.ECHILD)) problems.push(String(e instanceof Error ? e.message : e));
+        return;
+      }
+      if (ptrace.isExited(status) || ptrace.isSignaled(status)) return;
+    }
+  }
+}

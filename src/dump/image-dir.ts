@@ -1,0 +1,131 @@
+/**
+ * The directory a dump writes into. It is private (created 0700, files 0600),
+ * every file is created exclusively (a dump never overwrites anything), and
+ * inventory.img — the file that makes a directory an image set — is written
+ * last, under a temporary name renamed into place. A failed dump calls
+ * discard(), which removes what it wrote, so it can never look complete.
+ */
+import { SysError, Errno } from "../sys/errno";
+import { close, fstat, mkdirat, openat, renameat, unlinkat, writeAll } from "../sys/libc";
+import { AT, O, S_IF, S_IFMT } from "../sys/nr";
+import type { ImageEncoder } from "../image/encode";
+
+export const INVENTORY = "inventory.img";
+const INVENTORY_TMP = ".inventory.img.partial";
+
+export class ImageDirError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ImageDirError";
+  }
+}
+
+export class ImageDirWriter {
+  private readonly written: string[] = [];
+  /** Bytes written so far, for the summary. */
+  bytes = 0;
+
+  private constructor(readonly path: string, private readonly dirfd: number, private readonly created: boolean) {}
+
+  /** Open (or create, mode 0700) the directory; refuse one that already holds an image set. */
+  static open(path: string): ImageDirWriter {
+    let created = false;
+    try {
+      mkdirat(AT.FDCWD, path, 0o700);
+      created = true;
+    } catch (e) {
+      if (!(e instanceof SysError && e.errno === Errno.EEXIST)) throw new ImageDirError(`cannot create image directory ${path}: ${(e as Error).message}`);
+    }
+    let dirfd: number;
+    try {
+      dirfd = openat(AT.FDCWD, path, O.RDONLY | O.DIRECTORY | O.CLOEXEC);
+    } catch (e) {
+      throw new ImageDirError(`cannot open image directory ${path}: ${(e as Error).message}`);
+    }
+    const st = fstat(dirfd);
+    if ((st.mode & S_IFMT) !== S_IF.DIR) {
+      close(dirfd);
+      throw new ImageDirError(`${path} is not a directory`);
+    }
+    const dir = new ImageDirWriter(path, dirfd, created);
+    if (dir.exists(INVENTORY)) {
+      close(dirfd);
+      throw new ImageDirError(`${path} already holds an image set (${INVENTORY}); dump into an empty directory`);
+    }
+    return dir;
+  }
+
+  private exists(name: string): boolean {
+    try {
+      close(openat(this.dirfd, name, O.RDONLY | O.CLOEXEC | O.NOFOLLOW | O.PATH));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Create `name` exclusively and hand its fd to `fill`. */
+  writeWith(name: string, fill: (fd: number) => number): void {
+    let fd: number;
+    try {
+      fd = openat(this.dirfd, name, O.WRONLY | O.CREAT | O.EXCL | O.CLOEXEC, 0o600);
+    } catch (e) {
+      if (e instanceof SysError && e.errno === Errno.EEXIST) throw new ImageDirError(`${this.path}/${name} exists already; dump into an empty directory`);
+      throw new ImageDirError(`cannot write ${this.path}/${name}: ${(e as Error).message}`);
+    }
+    this.written.push(name);
+    try {
+      this.bytes += fill(fd);
+    } catch (e) {
+      throw new ImageDirError(`cannot write ${this.path}/${name}: ${(e as Error).message}`);
+    } finally {
+      close(fd);
+    }
+  }
+
+  write(name: string, bytes: Uint8Array): void {
+    this.writeWith(name, (fd) => {
+      writeAll(fd, bytes);
+      return bytes.length;
+    });
+  }
+
+  writeImage(name: string, enc: ImageEncoder): void {
+    this.write(name, enc.bytes());
+  }
+
+  /** The last step of a dump: the inventory appears whole or not at all. */
+  commitInventory(enc: ImageEncoder): void {
+    this.write(INVENTORY_TMP, enc.bytes());
+    try {
+      renameat(this.dirfd, INVENTORY_TMP, this.dirfd, INVENTORY);
+    } catch (e) {
+      throw new ImageDirError(`cannot write ${this.path}/${INVENTORY}: ${(e as Error).message}`);
+    }
+    this.written[this.written.indexOf(INVENTORY_TMP)] = INVENTORY;
+  }
+
+  /** Remove everything this dump wrote (and the directory if the dump created it). */
+  discard(): string[] {
+    const problems: string[] = [];
+    for (const name of this.written.splice(0).reverse()) {
+      try {
+        unlinkat(this.dirfd, name);
+      } catch (e) {
+        if (!(e instanceof SysError && e.errno === Errno.ENOENT)) problems.push((e as Error).message);
+      }
+    }
+    if (this.created) {
+      try {
+        unlinkat(AT.FDCWD, this.path, AT.REMOVEDIR);
+      } catch (e) {
+        problems.push((e as Error).message);
+      }
+    }
+    return problems;
+  }
+
+  close(): void {
+    close(this.dirfd);
+  }
+}
