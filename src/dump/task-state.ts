@@ -1,0 +1,156 @@
+/**
+ * Task state that only the task itself can report: its signal handlers, its
+ * interval timers, each thread's alternate signal stack and clear_child_tid
+ * address. Each reader makes the calls inside the task through RemoteSyscalls
+ * (no code is injected) and returns the CRIU image messages.
+ *
+ * The rseq registration is the exception: PTRACE_GET_RSEQ_CONFIGURATION reads it
+ * from outside.
+ */
+import { create } from "@bufbuild/protobuf";
+import { ThreadSasEntrySchema, type ThreadSasEntry } from "../image/gen/core_pb";
+import { RseqEntrySchema, type RseqEntry } from "../image/gen/rseq_pb";
+import { SaEntrySchema, type SaEntry } from "../image/gen/sa_pb";
+import { ItimerEntrySchema, type ItimerEntry } from "../image/gen/timer_pb";
+import { addressOf, syscall as rawSyscall } from "../sys/libc";
+import { SIG, SYS } from "../sys/nr";
+import { InjectionError, type RemoteSyscalls } from "./inject";
+import {
+  ITIMER, ITIMERVAL_SIZE, KSIGACTION_SIZE, KSIGSET_SIZE, PR_GET_TID_ADDRESS, PTRACE_GET_RSEQ_CONFIGURATION,
+  RSEQ_CONFIGURATION_SIZE, SIGMAX, STACK_T_OFF, STACK_T_SIZE, signalName,
+} from "./inject-consts";
+
+const hex = (v: bigint): string => `0x${v.toString(16)}`;
+
+function view(bytes: Uint8Array): DataView {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/** The signals whose actions a dump records, in CRIU's order: 1..64 without SIGKILL and SIGSTOP. */
+export function dumpedSignals(): number[] {
+  const out: number[] = [];
+  for (let sig = 1; sig <= SIGMAX; sig++) if (sig !== SIG.KILL && sig !== SIG.STOP) out.push(sig);
+  return out;
+}
+
+/**
+ * Every signal action of the task (shared by its threads): one SaEntry per
+ * signal 1..64 except SIGKILL and SIGSTOP, in that order, as CRIU's sigacts
+ * image holds them.
+ */
+export function readSigactions(remote: RemoteSyscalls): SaEntry[] {
+  const signals = dumpedSignals();
+  const perBatch = Math.floor(remote.scratch.size / KSIGACTION_SIZE);
+  if (perBatch === 0) throw new InjectionError(`thread ${remote.tid}: ${remote.scratch.size} scratch bytes cannot hold one struct sigaction`, remote.tid);
+  const out: SaEntry[] = [];
+  for (let first = 0; first < signals.length; first += perBatch) {
+    const batch = signals.slice(first, first + perBatch);
+    // One slot per signal, read back with a single process_vm_readv.
+    batch.forEach((sig, slot) => {
+      const old = remote.scratchAt(slot * KSIGACTION_SIZE, KSIGACTION_SIZE);
+      remote.check("rt_sigaction", SYS.rt_sigaction, [sig, 0, old, KSIGSET_SIZE], [signalName(sig), "NULL", hex(old), String(KSIGSET_SIZE)]);
+    });
+    const bytes = remote.readScratch(0, batch.length * KSIGACTION_SIZE);
+    const v = view(bytes);
+    batch.forEach((_, slot) => {
+      const o = slot * KSIGACTION_SIZE;
+      out.push(
+        create(SaEntrySchema, {
+          sigaction: v.getBigUint64(o, true),
+          flags: v.getBigUint64(o + 8, true),
+          restorer: v.getBigUint64(o + 16, true),
+          mask: v.getBigUint64(o + 24, true),
+          // CRIU marks every entry of a native 64-bit task this way.
+          compatSigaction: false,
+        }),
+      );
+    });
+  }
+  return out;
+}
+
+/** The process's three interval timers (getitimer ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF). */
+export interface Itimers {
+  real: ItimerEntry;
+  virt: ItimerEntry;
+  prof: ItimerEntry;
+}
+
+export function readItimers(remote: RemoteSyscalls): Itimers {
+  const which = [ITIMER.REAL, ITIMER.VIRTUAL, ITIMER.PROF] as const;
+  const names = ["ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF"] as const;
+  which.forEach((w, i) => {
+    const at = remote.scratchAt(i * ITIMERVAL_SIZE, ITIMERVAL_SIZE);
+    remote.check("getitimer", SYS.getitimer, [w, at], [names[i] ?? String(w), hex(at)]);
+  });
+  const v = view(remote.readScratch(0, which.length * ITIMERVAL_SIZE));
+  const entry = (i: number): ItimerEntry => {
+    const o = i * ITIMERVAL_SIZE;
+    return create(ItimerEntrySchema, {
+      isec: v.getBigUint64(o, true),
+      iusec: v.getBigUint64(o + 8, true),
+      vsec: v.getBigUint64(o + 16, true),
+      vusec: v.getBigUint64(o + 24, true),
+    });
+  };
+  return { real: entry(0), virt: entry(1), prof: entry(2) };
+}
+
+/** The thread's alternate signal stack (sigaltstack(NULL, &old)). */
+export function readSigaltstack(remote: RemoteSyscalls): ThreadSasEntry {
+  const at = remote.scratchAt(0, STACK_T_SIZE);
+  remote.check("sigaltstack", SYS.sigaltstack, [0, at], ["NULL", hex(at)]);
+  const v = view(remote.readScratch(0, STACK_T_SIZE));
+  return create(ThreadSasEntrySchema, {
+    ssSp: v.getBigUint64(STACK_T_OFF.sp, true),
+    ssSize: v.getBigUint64(STACK_T_OFF.size, true),
+    // An int in the kernel; SS_AUTODISARM is bit 31, so read it unsigned.
+    ssFlags: v.getUint32(STACK_T_OFF.flags, true),
+  });
+}
+
+/** The thread's clear_child_tid address (prctl(PR_GET_TID_ADDRESS, &addr)); 0 when none is set. */
+export function readClearTidAddress(remote: RemoteSyscalls): bigint {
+  const at = remote.scratchAt(0, 8);
+  remote.check("prctl", SYS.prctl, [PR_GET_TID_ADDRESS, at], ["PR_GET_TID_ADDRESS", hex(at)]);
+  return view(remote.readScratch(0, 8)).getBigUint64(0, true);
+}
+
+/** The per-thread values of a thread's core image that need the thread's own calls. */
+export interface ThreadInjectedState {
+  sas: ThreadSasEntry;
+  clearTidAddr: bigint;
+}
+
+export function readThreadState(remote: RemoteSyscalls): ThreadInjectedState {
+  return { sas: readSigaltstack(remote), clearTidAddr: readClearTidAddress(remote) };
+}
+
+/** A thread's rseq registration, as PTRACE_GET_RSEQ_CONFIGURATION reports it. */
+export interface RseqConfig {
+  entry: RseqEntry;
+  /** The flags the thread registered with (the image has no field for them). */
+  flags: number;
+}
+
+/**
+ * The rseq area a stopped tracee registered (all zero when it registered none).
+ * rseq_cs_pointer stays unset: it only matters for a thread stopped inside an
+ * rseq critical section, which the caller decides from the thread's ip.
+ */
+export function readRseq(tid: number): RseqConfig {
+  const buf = new Uint8Array(RSEQ_CONFIGURATION_SIZE);
+  const n = Number(
+    rawSyscall("ptrace", SYS.ptrace, [PTRACE_GET_RSEQ_CONFIGURATION, tid, buf.length, addressOf(buf)], ["PTRACE_GET_RSEQ_CONFIGURATION", String(tid), String(buf.length)]),
+  );
+  if (n < 16) throw new InjectionError(`ptrace(PTRACE_GET_RSEQ_CONFIGURATION, ${tid}) filled only ${n} bytes`, tid);
+  const v = view(buf);
+  return {
+    entry: create(RseqEntrySchema, {
+      rseqAbiPointer: v.getBigUint64(0, true),
+      rseqAbiSize: v.getUint32(8, true),
+      signature: v.getUint32(12, true),
+    }),
+    flags: n >= 20 ? v.getUint32(16, true) : 0,
+  };
+}
