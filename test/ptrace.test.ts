@@ -4,7 +4,7 @@ import { addressOf, close, openat, preadInto, processVmReadv, processVmWritev } 
 import { AT, NT, O } from "../src/sys/nr";
 import * as ptrace from "../src/sys/ptrace";
 import { decodeUserRegs, encodeUserRegs, setIovec, USER_REGS_SIZE } from "../src/sys/structs";
-import { buildC, startReady, type Target } from "./helpers/target";
+import { buildC, startReady, waitFor, type Target } from "./helpers/target";
 
 // Prints the address of a 4 KiB buffer filled with a known pattern, then idles.
 const IDLE_C = `
@@ -44,7 +44,7 @@ function status(pid: number): string {
 }
 
 describe("ptrace", () => {
-  test("seize, interrupt, peek and poke a word, detach: the task runs on untraced", () => {
+  test("seize, interrupt, peek and poke a word, detach: the task runs on untraced", async () => {
     ptrace.seize(target.pid);
     try {
       ptrace.interrupt(target.pid);
@@ -65,7 +65,8 @@ describe("ptrace", () => {
       ptrace.detach(target.pid);
     }
     expect(Number(/^TracerPid:\s+(\d+)/m.exec(status(target.pid))![1])).toBe(0);
-    expect(status(target.pid)).toMatch(/^State:\s+S/m);
+    // Just detached, it may still be on its way back into its sleep (R): wait for it.
+    await waitFor("the task to sleep again", () => /^State:\s+S/m.test(status(target.pid)));
   });
 
   test("SETREGSET changes a register; CONT resumes the task", () => {

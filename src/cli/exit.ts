@@ -15,13 +15,15 @@ export class UsageError extends Error {
 
 /**
  * Throw a UsageError for any --flag or -f in `rawArgs` that `known` does not
- * list, and for more positional arguments than the command takes. Only boolean
- * flags exist so far, so no flag consumes the word after it.
+ * list, and for more positional arguments than the command takes.
+ * `valued` lists the flags (long names and one-letter aliases) that take a
+ * value: the word after such a flag is its value, unless it came as --flag=value.
  */
-export function rejectUnknownArgs(rawArgs: readonly string[], known: readonly string[], positionals: number): void {
+export function rejectUnknownArgs(rawArgs: readonly string[], known: readonly string[], positionals: number, valued: readonly string[] = []): void {
   let seen = 0;
   let onlyPositionals = false;
-  for (const arg of rawArgs) {
+  for (let i = 0; i < rawArgs.length; i++) {
+    const arg = rawArgs[i] ?? "";
     if (!onlyPositionals && arg === "--") {
       onlyPositionals = true;
       continue;
@@ -33,6 +35,10 @@ export function rejectUnknownArgs(rawArgs: readonly string[], known: readonly st
     const name = arg.replace(/^--?/, "").split("=")[0] ?? "";
     const bare = name.startsWith("no-") ? name.slice(3) : name;
     if (!known.includes(name) && !known.includes(bare)) throw new UsageError(`unknown option ${arg}`);
+    if (valued.includes(name) && !arg.includes("=")) {
+      if (i + 1 >= rawArgs.length) throw new UsageError(`option ${arg} needs a value`);
+      i++;
+    }
   }
 }
 

@@ -57,13 +57,13 @@ export async function startDetached(argv: string[], stdoutFile = "/dev/null"): P
  * "ready"; returns the target and the words after "ready" on that line (the
  * addresses or pids the workload reports about itself).
  */
-export async function startReady(argv: string[]): Promise<{ target: Target; words: string[] }> {
+export async function startReady(argv: string[]): Promise<{ target: Target; words: string[]; out: string }> {
   const out = join(tempDir("out"), "out");
   writeFileSync(out, "");
   const target = await startDetached(argv, out);
   const readyLine = (): string | undefined => readFileSync(out, "utf8").split("\n").find((l) => l.startsWith("ready"));
   await waitFor(`${argv[0]} to print "ready"`, () => readyLine() !== undefined);
-  return { target, words: readyLine()!.split(" ").slice(1) };
+  return { target, words: readyLine()!.split(" ").slice(1), out };
 }
 
 /** Wait until `pred` holds, polling; throws after `ms`. */

@@ -1,0 +1,322 @@
+/**
+ * `ckpt dump`: freeze a tree, read everything while it is stopped, let it go,
+ * write the image set.
+ *
+ * Order matters for safety and for the freeze time:
+ *  1. freeze every thread (freeze.ts);
+ *  2. read all state and copy all pages into memory while frozen;
+ *  3. with --leave-running: resume the tree, then write the images — the freeze
+ *     ends before the disk is touched. Without it: write every image first and
+ *     only then kill the tree, so a failed write never loses the processes;
+ *  4. stats-dump, then inventory.img last: a directory without it is not an
+ *     image set, and a failed dump removes what it wrote.
+ * Any error or SIGINT/SIGTERM on the way lets every task go untouched.
+ */
+import { create } from "@bufbuild/protobuf";
+import { ImageEncoder } from "../image/encode";
+import { CoreEntry_March, CoreEntrySchema, TaskCoreEntrySchema, TaskRlimitsEntrySchema, ThreadCoreEntrySchema, ThreadSasEntrySchema, type CoreEntry, type TaskKobjIdsEntry } from "../image/gen/core_pb";
+import { FdinfoEntrySchema, FileEntrySchema, type FdinfoEntry } from "../image/gen/fdinfo_pb";
+import { FsEntrySchema } from "../image/gen/fs_pb";
+import { InventoryEntrySchema } from "../image/gen/inventory_pb";
+import { MmEntrySchema, type MmEntry } from "../image/gen/mm_pb";
+import { PagemapEntrySchema, PagemapHeadSchema, type PagemapEntry } from "../image/gen/pagemap_pb";
+import { PstreeEntrySchema } from "../image/gen/pstree_pb";
+import { SeccompEntrySchema } from "../image/gen/seccomp_pb";
+import { StatsEntrySchema } from "../image/gen/stats_pb";
+import { TaskKobjIdsEntrySchema } from "../image/gen/core_pb";
+import { TimensEntrySchema, TimespecSchema } from "../image/gen/timens_pb";
+import { kind } from "../image/magic";
+import { readSmaps } from "../proc/maps";
+import { ProcFs, type ProcCounters } from "../proc/procfs";
+import { readStat } from "../proc/stat";
+import { readStatus } from "../proc/status";
+import { addressOf, callCountsSince, snapshotCallCounts, syscall } from "../sys/libc";
+import { SYS } from "../sys/nr";
+import * as ptrace from "../sys/ptrace";
+import { credsEntry, isGone, readProcNumber, readThreadRegs, rlimits, robustList, signalQueue, threadInfo } from "./core";
+import { readRseq } from "./task-state";
+import { dumpFds, dumpLinkedFile, FileTable, UnsupportedFileError } from "./files";
+import { Freezer, type FrozenProcess } from "./freeze";
+import { KobjIds } from "./ids";
+import { ImageDirWriter } from "./image-dir";
+import { InterruptGuard } from "./interrupt";
+import { inventoryEntry } from "./inventory";
+import { dumpVmas, mmEntry, parseAuxv, type MapFilesCounters } from "./mm";
+import { readTaskState, type ProcessTaskState } from "./remote-state";
+import { copyProcessPages, type PageCopy } from "./page-dump";
+import { newPageCounters, type PageCounters } from "./pages";
+import { pstreeEntries } from "./pstree";
+import { statsEntry, type DumpFigures } from "./stats";
+
+export interface DumpOptions {
+  pid: number;
+  dir: string;
+  /** Resume the tree after the dump instead of killing it (-R). */
+  leaveRunning: boolean;
+  /** How to find pages to save: the PAGEMAP_SCAN ioctl, or reading /proc/PID/pagemap. */
+  pageScan?: "auto" | "ioctl" | "pagemap";
+}
+
+export interface DumpResult {
+  dir: string;
+  pid: number;
+  processes: number;
+  threads: number;
+  leftRunning: boolean;
+  figures: DumpFigures;
+  /** Syscalls made through the libc layer during the dump, by name. */
+  syscalls: Record<string, number>;
+  proc: ProcCounters;
+  mapFiles: MapFilesCounters;
+  pages: PageCounters;
+  bytesWritten: number;
+}
+
+/** Everything read from one process while it was frozen. */
+interface DumpedProcess {
+  tree: FrozenProcess;
+  ids: TaskKobjIdsEntry;
+  cores: Map<number, CoreEntry>;
+  mm: MmEntry;
+  fdinfo: FdinfoEntry[];
+  cwdId: number;
+  rootId: number;
+  umask: number;
+  pages: PageCopy;
+}
+
+function clockNow(clock: number): { tvSec: bigint; tvNsec: bigint } {
+  const ts = new BigUint64Array(2);
+  syscall("clock_gettime", SYS.clock_gettime, [clock, addressOf(ts)], [String(clock)]);
+  return { tvSec: ts[0] ?? 0n, tvNsec: ts[1] ?? 0n };
+}
+const CLOCK_MONOTONIC = 1;
+const CLOCK_BOOTTIME = 7;
+const TASK_ALIVE = 1;
+const TASK_STOPPED = 3;
+
+export async function dump(opts: DumpOptions): Promise<DumpResult> {
+  const started = performance.now();
+  const calls0 = snapshotCallCounts();
+  const out = ImageDirWriter.open(opts.dir);
+  const proc = new ProcFs();
+  const freezer = new Freezer(proc);
+  const guard = new InterruptGuard();
+  const table = new FileTable();
+  const kobj = new KobjIds(proc);
+  const mapFiles: MapFilesCounters = { fileAreas: 0, distinctFiles: 0 };
+  const pageCounters = newPageCounters();
+  const fdTables = new Map<number, FdinfoEntry[]>();
+  const dumped: DumpedProcess[] = [];
+  let released = false;
+  let frozenAt = 0;
+  let frozenMs = 0;
+  let memdumpMs = 0;
+  let memwriteMs = 0;
+  try {
+    const tree = freezer.freeze(opts.pid);
+    frozenAt = performance.now();
+    // The clocks a restore in a new time namespace continues from.
+    const clocks = { monotonic: clockNow(CLOCK_MONOTONIC), boottime: clockNow(CLOCK_BOOTTIME) };
+    await guard.checkpoint();
+
+    for (const p of tree) {
+      try {
+        dumped.push(dumpProcess(proc, p, table, kobj, fdTables, mapFiles, pageCounters, opts));
+      } catch (e) {
+        throw explainProcessError(p.pid, e);
+      }
+      await guard.checkpoint();
+    }
+    memdumpMs = dumped.reduce((s, d) => s + d.pages.ms, 0);
+
+    const writeAll = (): void => {
+      const t = performance.now();
+      for (const [i, d] of dumped.entries()) writePages(out, d, i + 1);
+      memwriteMs = performance.now() - t;
+      writeImages(out, dumped, table, tree, clocks);
+    };
+
+    if (opts.leaveRunning) {
+      release(freezer, "resume");
+      released = true;
+      frozenMs = performance.now() - frozenAt;
+      writeAll();
+    } else {
+      writeAll();
+      await guard.checkpoint();
+      release(freezer, "kill");
+      released = true;
+      frozenMs = performance.now() - frozenAt;
+    }
+
+    const figures: DumpFigures = {
+      freezingMs: freezer.freezingMs, frozenMs, memdumpMs, memwriteMs,
+      totalMs: performance.now() - started,
+      pagesScanned: dumped.reduce((s, d) => s + d.pages.pagesScanned, 0),
+      pagesWritten: dumped.reduce((s, d) => s + d.pages.pagesWritten, 0),
+    };
+    out.writeImage("stats-dump", new ImageEncoder(kind("STATS")).add(StatsEntrySchema, statsEntry(figures)));
+    const root = dumped[0];
+    const inv = inventoryEntry(proc, crypto.randomUUID());
+    if (root) inv.rootIds = create(TaskKobjIdsEntrySchema, root.ids);
+    out.commitInventory(new ImageEncoder(kind("INVENTORY")).add(InventoryEntrySchema, inv));
+    figures.totalMs = performance.now() - started;
+    return {
+      dir: opts.dir, pid: opts.pid, processes: tree.length,
+      threads: tree.reduce((s, p) => s + p.threads.length, 0),
+      leftRunning: opts.leaveRunning, figures, syscalls: callCountsSince(calls0),
+      proc: { ...proc.counters }, mapFiles, pages: pageCounters, bytesWritten: out.bytes,
+    };
+  } catch (e) {
+    if (!released) release(freezer, "resume");
+    out.discard();
+    throw e;
+  } finally {
+    guard.dispose();
+    for (const d of dumped) d.pages.dispose();
+    out.close();
+    proc.close();
+  }
+}
+
+/**
+ * Name the process in an error from dumping it; a process that vanished
+ * (killed while frozen) makes every /proc read and ptrace call fail, so say that.
+ */
+function explainProcessError(pid: number, e: unknown): Error {
+  if (!(e instanceof Error)) return new Error(`process ${pid}: ${String(e)}`);
+  if (isGone(e) && !processAlive(pid)) return new Error(`process ${pid} exited during the dump (${e.message})`);
+  if (e.message.includes(String(pid))) return e;
+  e.message = `process ${pid}: ${e.message}`;
+  return e;
+}
+
+function processAlive(pid: number): boolean {
+  const proc = new ProcFs();
+  try {
+    const st = readStat(proc, pid);
+    return st.state !== "Z" && st.state !== "X";
+  } catch {
+    return false;
+  } finally {
+    proc.close();
+  }
+}
+
+/** Let the tree go; problems here are reported but never hide the dump's own error. */
+function release(freezer: Freezer, mode: "resume" | "kill"): void {
+  for (const p of freezer.release(mode)) process.stderr.write(`ckpt: warning: while letting the tree go: ${p}\n`);
+}
+
+function dumpProcess(proc: ProcFs, p: FrozenProcess, table: FileTable, kobj: KobjIds, fdTables: Map<number, FdinfoEntry[]>, mapFiles: MapFilesCounters, pageCounters: PageCounters, opts: DumpOptions): DumpedProcess {
+  const { pid } = p;
+  const stat = readStat(proc, pid);
+  const status = readStatus(proc, pid);
+  if (status.seccomp !== 0) throw new Error(`process ${pid} runs in seccomp mode ${status.seccomp}, which ckpt cannot dump yet`);
+  // POSIX timers are not saved yet: refuse rather than drop them silently.
+  if (proc.readText(pid, "timers").trim() !== "") throw new Error(`process ${pid} has POSIX timers (timer_create), which ckpt cannot dump yet`);
+  const ids = kobj.of(pid);
+
+  // Files first: exe, cwd, root, then the fds and the mapped files.
+  const exeId = dumpLinkedFile(proc, pid, "exe", table);
+  const cwdId = dumpLinkedFile(proc, pid, "cwd", table);
+  const rootId = dumpLinkedFile(proc, pid, "root", table);
+  // Processes that share one fd table (CLONE_FILES) share its fdinfo image.
+  const fdinfo = fdTables.get(ids.filesId) ?? dumpFds(proc, pid, table);
+  fdTables.set(ids.filesId, fdinfo);
+  const areas = readSmaps(proc, pid, false);
+  const vmas = dumpVmas(proc, pid, areas, table, mapFiles);
+  const auxv = parseAuxv(proc.readBytes(pid, "auxv"));
+
+  // Registers before any injection touches them.
+  const regs = new Map(p.threads.map((tid) => [tid, readThreadRegs(tid)]));
+  const sigmasks = new Map(p.threads.map((tid) => [tid, ptrace.getSigmask(tid)]));
+  const task: ProcessTaskState = readTaskState(proc, p.threads);
+
+  const pages = copyProcessPages(pid, vmas.filter((v) => v.savePages).map((v) => v.area), opts.pageScan ?? "auto", proc, pageCounters);
+
+  const cores = new Map<number, CoreEntry>();
+  for (const tid of p.threads) {
+    const r = regs.get(tid);
+    const t = task.threads.get(tid);
+    if (!r || !t) throw new Error(`process ${pid}: thread ${tid} has no saved state`);
+    const tstat = tid === pid ? stat : readStat(proc, pid, tid);
+    const tstatus = tid === pid ? status : readStatus(proc, pid, tid);
+    const robust = robustList(tid);
+    const rseq = readRseq(tid).entry;
+    const threadCore = create(ThreadCoreEntrySchema, {
+      futexRla: robust.head, futexRlaLen: robust.len,
+      schedNice: tstat.nice, schedPolicy: tstat.policy, schedPrio: tstat.rtPriority,
+      blkSigset: sigmasks.get(tid) ?? 0n,
+      sas: create(ThreadSasEntrySchema, t.sigaltstack),
+      pdeathSig: t.pdeathSig,
+      signalsP: signalQueue(tid, false),
+      creds: credsEntry(tstatus, t.securebits),
+      comm: tstat.comm,
+      ...(rseq.rseqAbiPointer !== 0n ? { rseqEntry: rseq } : {}),
+    });
+    const core = create(CoreEntrySchema, {
+      mtype: CoreEntry_March.X86_64,
+      threadInfo: threadInfo(tid, r, t.clearTidAddr),
+      threadCore,
+    });
+    if (tid === pid) {
+      core.tc = create(TaskCoreEntrySchema, {
+        taskState: p.jobStopped ? TASK_STOPPED : TASK_ALIVE,
+        exitCode: 0,
+        personality: readProcNumber(proc, pid, "personality", 16),
+        flags: stat.flags,
+        blkSigset: sigmasks.get(tid) ?? 0n,
+        comm: stat.comm,
+        timers: task.timers,
+        rlimits: create(TaskRlimitsEntrySchema, { rlimits: rlimits(pid) }),
+        signalsS: signalQueue(tid, true),
+        loginuid: readProcNumber(proc, pid, "loginuid") >>> 0,
+        oomScoreAdj: readProcNumber(proc, pid, "oom_score_adj"),
+        sigactions: task.sigactions,
+        childSubreaper: task.childSubreaper,
+      });
+    }
+    cores.set(tid, core);
+  }
+  const mm = mmEntry(stat, auxv, exeId, vmas, task.mm);
+  return { tree: p, ids, cores, mm, fdinfo, cwdId, rootId, umask: status.umask ?? 0o022, pages };
+}
+
+function writePages(out: ImageDirWriter, d: DumpedProcess, pagesId: number): void {
+  const enc = new ImageEncoder(kind("PAGEMAP")).add(PagemapHeadSchema, create(PagemapHeadSchema, { pagesId }));
+  for (const e of d.pages.entries) enc.add(PagemapEntrySchema, e as PagemapEntry);
+  out.writeImage(`pagemap-${d.tree.pid}.img`, enc);
+  out.writeWith(`pages-${pagesId}.img`, (fd) => d.pages.writeTo(fd));
+}
+
+type Clock = ReturnType<typeof clockNow>;
+
+function writeImages(out: ImageDirWriter, dumped: readonly DumpedProcess[], table: FileTable, tree: readonly FrozenProcess[], clocks: { monotonic: Clock; boottime: Clock }): void {
+  const pstree = new ImageEncoder(kind("PSTREE"));
+  for (const e of pstreeEntries(tree)) pstree.add(PstreeEntrySchema, e);
+  out.writeImage("pstree.img", pstree);
+  const filesByTable = new Set<number>();
+  for (const d of dumped) {
+    const pid = d.tree.pid;
+    for (const [tid, core] of d.cores) out.writeImage(`core-${tid}.img`, new ImageEncoder(kind("CORE")).add(CoreEntrySchema, core));
+    out.writeImage(`ids-${pid}.img`, new ImageEncoder(kind("IDS")).add(TaskKobjIdsEntrySchema, d.ids));
+    out.writeImage(`mm-${pid}.img`, new ImageEncoder(kind("MM")).add(MmEntrySchema, d.mm));
+    out.writeImage(`fs-${pid}.img`, new ImageEncoder(kind("FS")).add(FsEntrySchema, create(FsEntrySchema, { cwdId: d.cwdId, rootId: d.rootId, umask: d.umask })));
+    if (!filesByTable.has(d.ids.filesId)) {
+      filesByTable.add(d.ids.filesId);
+      const fdinfo = new ImageEncoder(kind("FDINFO"));
+      for (const e of d.fdinfo) fdinfo.add(FdinfoEntrySchema, e);
+      out.writeImage(`fdinfo-${d.ids.filesId}.img`, fdinfo);
+    }
+  }
+  const files = new ImageEncoder(kind("FILES"));
+  for (const e of table.entries) files.add(FileEntrySchema, e);
+  out.writeImage("files.img", files);
+  out.writeImage("seccomp.img", new ImageEncoder(kind("SECCOMP")).add(SeccompEntrySchema, create(SeccompEntrySchema, {})));
+  out.writeImage("timens-0.img", new ImageEncoder(kind("TIMENS")).add(TimensEntrySchema, create(TimensEntrySchema, {
+    monotonic: create(TimespecSchema, clocks.monotonic),
+    boottime: create(TimespecSchema, clocks.boottime),
+  })));
+}
