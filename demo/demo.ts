@@ -1,72 +1,131 @@
 /**
- * The built-in demo (`npm run demo`, after `npm run build`):
+ * The built-in demo (`npm run demo`, after `npm run build`), run with the
+ * compiled dist/ckpt as a user would:
  *   1. `ckpt check` on this kernel;
- *   2. start a small process tree (a shell with two children);
- *   3. record the tree's inventory and pstree images with ckpt's engine;
- *   4. `ckpt show` the image directory, then end the workload.
- * It runs the compiled dist/ckpt, as a user would.
+ *   2. start a workload: a process with a 64 MiB memory pattern and two threads,
+ *      plus a child process (built from C with gcc);
+ *   3. `ckpt dump -R` it into a fresh image directory;
+ *   4. summarise the images with `ckpt show` (and crit, when installed);
+ *   5. ask the workload, which ran on, to verify its own memory and threads.
  */
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { collectTree, pstreeEntries } from "../src/dump/pstree";
-import { inventoryEntry } from "../src/dump/inventory";
-import { InventoryEntrySchema } from "../src/image/gen/inventory_pb";
-import { PstreeEntrySchema } from "../src/image/gen/pstree_pb";
-import { writeImageFile } from "../src/image/image-file";
-import { kind } from "../src/image/magic";
-import { ProcFs } from "../src/proc/procfs";
 
 const CKPT = join(import.meta.dir, "..", "dist", "ckpt");
+const WORK = mkdtempSync(join(tmpdir(), "ckpt-demo-"));
+
+const WORKLOAD_C = `
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+static unsigned long long *mem;
+static size_t words;
+static volatile sig_atomic_t check;
+static void on_usr1(int s) { (void)s; check = 1; }
+static void *idle(void *p) { (void)p; for (;;) pause(); return NULL; }
+int main(void) {
+  words = (64u << 20) / 8;
+  mem = mmap(NULL, words * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  for (size_t k = 0; k < words; k++) mem[k] = k * 0x9e3779b97f4a7c15ULL;
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, idle, NULL);
+  if (fork() == 0) for (;;) pause();
+  signal(SIGUSR1, on_usr1);
+  printf("ready\\n"); fflush(stdout);
+  for (;;) {
+    pause();
+    if (!check) continue;
+    check = 0;
+    size_t bad = 0;
+    for (size_t k = 0; k < words; k++) if (mem[k] != k * 0x9e3779b97f4a7c15ULL) bad++;
+    printf(bad ? "workload: %zu words of memory differ\\n" : "workload: all 64 MiB of memory verified, threads alive\\n", bad);
+    fflush(stdout);
+  }
+}
+`;
 
 function step(title: string): void {
   console.log(`\n=== ${title}`);
 }
 
-function ckpt(...args: string[]): number {
+function ckpt(...args: string[]): { code: number; stdout: string } {
   console.log(`$ dist/ckpt ${args.join(" ")}`);
-  const r = Bun.spawnSync([CKPT, ...args], { stdout: "inherit", stderr: "inherit" });
-  return r.exitCode ?? 1;
+  const r = Bun.spawnSync([CKPT, ...args], { stdout: "pipe", stderr: "inherit" });
+  return { code: r.exitCode ?? 1, stdout: r.stdout.toString() };
+}
+
+async function waitForLine(file: string, pred: (line: string) => boolean, what: string): Promise<string> {
+  for (let i = 0; i < 1000; i++) {
+    const line = readFileSync(file, "utf8").split("\n").find(pred);
+    if (line) return line;
+    await Bun.sleep(10);
+  }
+  throw new Error(`timed out waiting for ${what}`);
 }
 
 step("1. Which kernel features can ckpt use here?");
-const checkCode = ckpt("check");
+const check = ckpt("check");
+process.stdout.write(check.stdout);
 
-step("2. Start a workload: a shell with two sleeping children");
-const workload = Bun.spawn(["sh", "-c", "sleep 600 & sleep 600 & wait"], { stdin: "ignore", stdout: "ignore", stderr: "inherit" });
-workload.exited.catch(() => undefined);
-const proc = new ProcFs();
-let workloadPids: number[] = [workload.pid];
+step("2. Start a workload: 64 MiB memory pattern, 2 threads, 1 child process");
+const src = join(WORK, "workload.c");
+const exe = join(WORK, "workload");
+writeFileSync(src, WORKLOAD_C);
+const cc = Bun.spawnSync(["gcc", "-O1", "-pthread", "-o", exe, src], { stderr: "inherit" });
+if (cc.exitCode !== 0) throw new Error("gcc failed: the demo needs gcc");
+const out = join(WORK, "workload.out");
+writeFileSync(out, "");
+// Started detached (through sh), so that ckpt's ptrace stops are not this
+// process's children's business; stdio on /dev/null and a regular file.
+const sh = Bun.spawnSync(["sh", "-c", `"${exe}" </dev/null >"${out}" 2>&1 & echo $!`], { stdout: "pipe" });
+const pid = Number(sh.stdout.toString().trim());
 try {
-  // Wait until both children exist.
-  let tree = collectTree(proc, workload.pid);
-  for (let i = 0; i < 200 && tree.length < 3; i++) {
-    await Bun.sleep(10);
-    tree = collectTree(proc, workload.pid);
+  await waitForLine(out, (l) => l === "ready", "the workload to start");
+  await Bun.sleep(100);
+  console.log(`workload pid ${pid}`);
+
+  step("3. Checkpoint it, leaving it running (-R)");
+  const dir = join(WORK, "images");
+  const dump = ckpt("dump", "-t", String(pid), "-D", dir, "-R", "--json");
+  if (dump.code !== 0) throw new Error("ckpt dump failed");
+  const summary = JSON.parse(dump.stdout) as {
+    processes: number; threads: number; bytesWritten: number;
+    figures: { freezingMs: number; frozenMs: number; totalMs: number; pagesWritten: number };
+    syscalls: Record<string, number>;
+  };
+  const f = summary.figures;
+  console.log(
+    `${summary.processes} processes, ${summary.threads} threads; ${f.pagesWritten} pages (${(summary.bytesWritten / 2 ** 20).toFixed(1)} MiB written)\n` +
+      `freezing ${f.freezingMs.toFixed(1)} ms, frozen ${f.frozenMs.toFixed(1)} ms, whole dump ${f.totalMs.toFixed(1)} ms; ` +
+      `${summary.syscalls.ptrace ?? 0} ptrace calls, ${summary.syscalls.process_vm_readv ?? 0} process_vm_readv calls`,
+  );
+
+  step("4. The image set (ckpt show; crit decodes the same files)");
+  const show = ckpt("show", dir, "--json");
+  const images = JSON.parse(show.stdout) as Record<string, { magic: string; entries?: unknown[]; pages?: number }>;
+  for (const [name, img] of Object.entries(images)) {
+    console.log(`  ${name.padEnd(20)} ${img.magic.padEnd(10)} ${img.entries ? `${img.entries.length} entries` : `${img.pages ?? 0} pages`}`);
   }
-  workloadPids = tree.map((t) => t.pid);
-  console.log(`workload root pid ${workload.pid}, ${tree.length} processes`);
-
-  step("3. Record the tree as CRIU-format images");
-  const dir = mkdtempSync(join(tmpdir(), "ckpt-demo-"));
-  writeImageFile(join(dir, "pstree.img"), kind("PSTREE"), PstreeEntrySchema, pstreeEntries(tree));
-  writeImageFile(join(dir, "inventory.img"), kind("INVENTORY"), InventoryEntrySchema, [inventoryEntry(proc, crypto.randomUUID())]);
-  console.log(`wrote ${dir}/inventory.img and pstree.img (/proc opens: ${proc.counters.dirOpens} directories, ${proc.counters.fileOpens} files)`);
-
-  step("4. Show the images (crit's JSON shape)");
-  const showCode = ckpt("show", dir);
   if (Bun.which("crit")) {
-    console.log("\n$ crit decode -i pstree.img   (CRIU's own decoder reads the same file)");
-    Bun.spawnSync(["crit", "decode", "-i", join(dir, "pstree.img")], { stdout: "inherit", stderr: "inherit" });
+    console.log(`$ crit show ${join(dir, "pstree.img")}`);
+    Bun.spawnSync(["crit", "show", join(dir, "pstree.img")], { stdout: "inherit", stderr: "inherit" });
   }
-  process.exitCode = checkCode || showCode;
+
+  step("5. The workload ran on: it verifies its own memory");
+  process.kill(pid, "SIGUSR1");
+  console.log(await waitForLine(out, (l) => l.startsWith("workload:"), "the workload's verdict"));
+  process.exitCode = check.code;
 } finally {
-  proc.close();
-  for (const pid of workloadPids.reverse()) {
-    try {
-      process.kill(pid, "SIGKILL");
-    } catch {
-      // gone already
-    }
+  // The child first, then the parent.
+  Bun.spawnSync(["pkill", "-KILL", "-P", String(pid)]);
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    // gone already
   }
 }
