@@ -62,7 +62,9 @@ export async function startReady(argv: string[]): Promise<{ target: Target; word
   writeFileSync(out, "");
   const target = await startDetached(argv, out);
   const readyLine = (): string | undefined => readFileSync(out, "utf8").split("\n").find((l) => l.startsWith("ready"));
-  await waitFor(`${argv[0]} to print "ready"`, () => readyLine() !== undefined);
+  // Generous: a workload filling hundreds of MiB first-touches every page,
+  // which takes seconds on this kind of VM when the other core is busy.
+  await waitFor(`${argv[0]} to print "ready"`, () => readyLine() !== undefined, 30000);
   return { target, words: readyLine()!.split(" ").slice(1), out };
 }
 
