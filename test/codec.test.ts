@@ -5,12 +5,12 @@ import { decodeImage, decodeMagic, MAX_ENTRY_SIZE } from "../src/image/decode";
 import { ImageEncoder } from "../src/image/encode";
 import { ImageError } from "../src/image/errors";
 import { readImageFile } from "../src/image/image-file";
-import { allKinds, kind, MAGIC_COMMON, MAGIC_SERVICE } from "../src/image/magic";
+import { allKinds, kind, MAGIC_COMMON, MAGIC_SERVICE, payloadSize } from "../src/image/magic";
 import { PagemapEntrySchema, PagemapHeadSchema } from "../src/image/gen/pagemap_pb";
-import { PipeDataEntrySchema, type PipeDataEntry } from "../src/image/gen/pipe_pb";
+import { PipeDataEntrySchema } from "../src/image/gen/pipe_pb";
 import { PstreeEntrySchema } from "../src/image/gen/pstree_pb";
 import { base64Lines, imageToJson, stringifyJson } from "../src/image/to-json";
-import { filledMessage } from "./helpers/fill";
+import { filledMessage, setPayloadSize } from "./helpers/fill";
 import { parseExactJson } from "./helpers/cli";
 import { FIXTURES, fixtureImageFiles } from "./helpers/fixtures";
 
@@ -62,18 +62,17 @@ describe("round trip of every message kind", () => {
       const enc = new ImageEncoder(k);
       const originals = [...schemas, k.entry].map((s) => ({ s, m: filledMessage(s) }));
       // Keep payload sizes small: the filler would ask for gigabytes.
-      for (const o of originals) if (o.s === PipeDataEntrySchema) (o.m as PipeDataEntry).bytes = 100 + o.m.$typeName.length;
+      originals.forEach((o, i) => {
+        if (o.s === k.entry) setPayloadSize(k, o.m, 100 + i);
+      });
       const payloads: (Uint8Array | undefined)[] = [];
-      for (const { s, m } of originals) {
-        let payload: Uint8Array | undefined;
-        if (k.payloadSize && s === k.entry) {
-          // The entry says how many payload bytes follow it.
-          const size = k.payloadSize(m as unknown as Record<string, unknown>);
-          payload = Uint8Array.from({ length: size }, (_, i) => i & 0xff);
-        }
+      originals.forEach(({ s, m }, index) => {
+        // The entry says how many payload bytes follow it (or that the rest of the file does).
+        const size = payloadSize(k, index, m as unknown as Record<string, unknown>);
+        const payload = size === undefined ? undefined : Uint8Array.from({ length: size === "rest" ? 77 : size }, (_, i) => i & 0xff);
         payloads.push(payload);
         enc.add(s, m as MessageShape<typeof s>, payload);
-      }
+      });
       const bytes = enc.bytes();
       const head = new DataView(bytes.buffer);
       if (k.head === "none") expect(head.getUint32(0, true)).toBe(k.magic);

@@ -7,11 +7,10 @@ import { describe, expect, test } from "bun:test";
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { join } from "node:path";
 import { ImageEncoder } from "../src/image/encode";
-import { PipeDataEntrySchema, type PipeDataEntry } from "../src/image/gen/pipe_pb";
 import { writeEncodedImage } from "../src/image/image-file";
-import { allKinds, type ImageKind } from "../src/image/magic";
+import { allKinds, payloadSize, type ImageKind } from "../src/image/magic";
 import { parseExactJson, runCkpt } from "./helpers/cli";
-import { filledMessage } from "./helpers/fill";
+import { filledMessage, setPayloadSize } from "./helpers/fill";
 import { tempDir } from "./helpers/target";
 import { FIXTURES, fixtureImageFiles } from "./helpers/fixtures";
 
@@ -42,6 +41,8 @@ const FILE_NAME: Record<string, string> = {
   PIPES_DATA: "pipes-data.img", SECCOMP: "seccomp.img", TIMENS: "timens-0.img",
   INOTIFY_FILE: "inotify.img", INOTIFY_WD: "inotify-wd.img", FANOTIFY_FILE: "fanotify.img",
   FANOTIFY_MARK: "fanotify-mark.img", STATS: "stats-dump", IRMAP_CACHE: "irmap-cache",
+  FIFO_DATA: "fifo-data.img", SK_QUEUES: "sk-queues.img", REMAP_FPATH: "remap-fpath.img", GHOST_FILE: "ghost-file-1a.img",
+  TTY_INFO: "tty-info.img", MEMFD_INODE: "memfd.img",
 };
 
 /**
@@ -91,15 +92,13 @@ function critDecode(file: string): { magic: string; entries: unknown[] } {
 function writeFilledImage(dir: string, k: ImageKind): string {
   const enc = new ImageEncoder(k);
   const schemas: DescMessage[] = k.first ? [k.first, k.entry, k.entry] : [k.entry, k.entry];
-  for (const s of schemas) {
+  schemas.forEach((s, index) => {
     const m = filledMessage(s);
-    if (s === PipeDataEntrySchema) {
-      (m as PipeDataEntry).bytes = 300;
-      enc.add(s, m as MessageShape<typeof s>, Uint8Array.from({ length: 300 }, (_, i) => (i * 13) & 0xff));
-    } else {
-      enc.add(s, m as MessageShape<typeof s>);
-    }
-  }
+    if (s === k.entry) setPayloadSize(k, m, 300);
+    const size = payloadSize(k, index, m as unknown as Record<string, unknown>);
+    const payload = size === undefined ? undefined : Uint8Array.from({ length: size === "rest" ? 300 : size }, (_, i) => (i * 13) & 0xff);
+    enc.add(s, m as MessageShape<typeof s>, payload);
+  });
   const file = join(dir, FILE_NAME[k.name]!);
   writeEncodedImage(file, enc);
   return file;

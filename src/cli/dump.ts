@@ -13,17 +13,18 @@ export const dumpCommand = defineCommand({
     "images-dir": { type: "string", alias: "D", description: "directory for the images (created 0700 if missing; must not hold an image set)", required: true },
     "leave-running": { type: "boolean", alias: "R", description: "let the tree run on after the dump", default: false },
     "page-scan": { type: "string", description: "how to find the pages to save: auto, ioctl (PAGEMAP_SCAN) or pagemap (read /proc/PID/pagemap)", default: "auto" },
+    "shell-job": { type: "boolean", alias: "j", description: "the tree is a job of your shell: dump the terminal it uses (restore gives it the restorer's terminal)", default: false },
     json: { type: "boolean", description: "print a JSON summary (stats, syscall counts) instead of one line", default: false },
   },
   async run({ args, rawArgs }) {
-    rejectUnknownArgs(rawArgs, ["tree", "t", "images-dir", "D", "leave-running", "R", "page-scan", "json"], 0, ["tree", "t", "images-dir", "D", "page-scan"]);
+    rejectUnknownArgs(rawArgs, ["tree", "t", "images-dir", "D", "leave-running", "R", "page-scan", "shell-job", "j", "json"], 0, ["tree", "t", "images-dir", "D", "page-scan"]);
     const pidText = String(args.tree);
     if (!/^[1-9]\d*$/.test(pidText)) throw new UsageError(`-t/--tree needs a process id, got ${JSON.stringify(pidText)}`);
     const dir = String(args["images-dir"]);
     if (dir === "") throw new UsageError("-D/--images-dir needs a directory");
     const pageScan = String(args["page-scan"]);
     if (!(PAGE_SCANS as readonly string[]).includes(pageScan)) throw new UsageError(`--page-scan must be one of ${PAGE_SCANS.join(", ")}`);
-    const result = await dump({ pid: Number(pidText), dir, leaveRunning: Boolean(args["leave-running"]), pageScan: pageScan as PageScan });
+    const result = await dump({ pid: Number(pidText), dir, leaveRunning: Boolean(args["leave-running"]), pageScan: pageScan as PageScan, shellJob: Boolean(args["shell-job"]) });
     if (args.json) {
       process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
       return;

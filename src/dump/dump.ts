@@ -30,12 +30,16 @@ import { readSmaps } from "../proc/maps";
 import { ProcFs, type ProcCounters } from "../proc/procfs";
 import { readStat } from "../proc/stat";
 import { readStatus } from "../proc/status";
-import { addressOf, callCountsSince, snapshotCallCounts, syscall } from "../sys/libc";
-import { SYS } from "../sys/nr";
+import { addressOf, callCountsSince, snapshotCallCounts, syscall, writeAll } from "../sys/libc";
+import { PAGE_SIZE, SYS } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
 import { credsEntry, isGone, readProcNumber, readThreadRegs, rlimits, robustList, signalQueue, threadInfo } from "./core";
 import { readRseq } from "./task-state";
-import { dumpFds, dumpLinkedFile, FileTable, UnsupportedFileError } from "./files";
+import { FileIds, type FileIdCounters } from "./files/file-ids";
+import { FileTable } from "./files/file-table";
+import { dumpFds, finishFds, type FilesDump } from "./files/fds";
+import { dumpLinkedFile } from "./files/regular";
+import { SocketTable } from "../proc/sock-diag";
 import { Freezer, type FrozenProcess } from "./freeze";
 import { KobjIds } from "./ids";
 import { ImageDirWriter } from "./image-dir";
@@ -44,7 +48,7 @@ import { inventoryEntry } from "./inventory";
 import { dumpVmas, mmEntry, parseAuxv, type MapFilesCounters } from "./mm";
 import { readTaskState, type ProcessTaskState } from "./remote-state";
 import { copyProcessPages, type PageCopy } from "./page-dump";
-import { newPageCounters, type PageCounters } from "./pages";
+import { newPageCounters, PE_PRESENT, type PageCounters } from "./pages";
 import { pstreeEntries } from "./pstree";
 import { statsEntry, type DumpFigures } from "./stats";
 
@@ -55,6 +59,8 @@ export interface DumpOptions {
   leaveRunning: boolean;
   /** How to find pages to save: the PAGEMAP_SCAN ioctl, or reading /proc/PID/pagemap. */
   pageScan?: "auto" | "ioctl" | "pagemap";
+  /** The tree is a job of the user's shell: dump the terminal it uses (--shell-job). */
+  shellJob?: boolean;
 }
 
 export interface DumpResult {
@@ -69,6 +75,8 @@ export interface DumpResult {
   proc: ProcCounters;
   mapFiles: MapFilesCounters;
   pages: PageCounters;
+  /** fds, open files, and how often kcmp had to tell shared files apart (seed 004). */
+  files: FileIdCounters & { fds: number; openFiles: number };
   bytesWritten: number;
 }
 
@@ -103,6 +111,10 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const freezer = new Freezer(proc);
   const guard = new InterruptGuard();
   const table = new FileTable();
+  const files: FilesDump = {
+    ids: new FileIds(), kinds: new Map(),
+    ctx: { proc, table, opts: { shellJob: opts.shellJob ?? false }, sockets: new SocketTable(), shared: new Map() },
+  };
   const kobj = new KobjIds(proc);
   const mapFiles: MapFilesCounters = { fileAreas: 0, distinctFiles: 0 };
   const pageCounters = newPageCounters();
@@ -122,12 +134,13 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
 
     for (const p of tree) {
       try {
-        dumped.push(dumpProcess(proc, p, table, kobj, fdTables, mapFiles, pageCounters, opts));
+        dumped.push(dumpProcess(proc, p, files, kobj, fdTables, mapFiles, pageCounters, opts));
       } catch (e) {
         throw explainProcessError(p.pid, e);
       }
       await guard.checkpoint();
     }
+    finishFds(files);
     memdumpMs = dumped.reduce((s, d) => s + d.pages.ms, 0);
 
     const writeAll = (): void => {
@@ -135,6 +148,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       for (const [i, d] of dumped.entries()) writePages(out, d, i + 1);
       memwriteMs = performance.now() - t;
       writeImages(out, dumped, table, tree, clocks);
+      writeShmem(out, table, dumped.length);
     };
 
     if (opts.leaveRunning) {
@@ -166,7 +180,9 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       dir: opts.dir, pid: opts.pid, processes: tree.length,
       threads: tree.reduce((s, p) => s + p.threads.length, 0),
       leftRunning: opts.leaveRunning, figures, syscalls: callCountsSince(calls0),
-      proc: { ...proc.counters }, mapFiles, pages: pageCounters, bytesWritten: out.bytes,
+      proc: { ...proc.counters }, mapFiles, pages: pageCounters,
+      files: { ...files.ids.counters, fds: [...fdTables.values()].reduce((s, t) => s + t.length, 0), openFiles: files.kinds.size },
+      bytesWritten: out.bytes,
     };
   } catch (e) {
     if (!released) release(freezer, "resume");
@@ -209,7 +225,7 @@ function release(freezer: Freezer, mode: "resume" | "kill"): void {
   for (const p of freezer.release(mode)) process.stderr.write(`ckpt: warning: while letting the tree go: ${p}\n`);
 }
 
-function dumpProcess(proc: ProcFs, p: FrozenProcess, table: FileTable, kobj: KobjIds, fdTables: Map<number, FdinfoEntry[]>, mapFiles: MapFilesCounters, pageCounters: PageCounters, opts: DumpOptions): DumpedProcess {
+function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, kobj: KobjIds, fdTables: Map<number, FdinfoEntry[]>, mapFiles: MapFilesCounters, pageCounters: PageCounters, opts: DumpOptions): DumpedProcess {
   const { pid } = p;
   const stat = readStat(proc, pid);
   const status = readStatus(proc, pid);
@@ -217,13 +233,14 @@ function dumpProcess(proc: ProcFs, p: FrozenProcess, table: FileTable, kobj: Kob
   // POSIX timers are not saved yet: refuse rather than drop them silently.
   if (proc.readText(pid, "timers").trim() !== "") throw new Error(`process ${pid} has POSIX timers (timer_create), which ckpt cannot dump yet`);
   const ids = kobj.of(pid);
+  const { table } = files.ctx;
 
   // Files first: exe, cwd, root, then the fds and the mapped files.
   const exeId = dumpLinkedFile(proc, pid, "exe", table);
   const cwdId = dumpLinkedFile(proc, pid, "cwd", table);
   const rootId = dumpLinkedFile(proc, pid, "root", table);
   // Processes that share one fd table (CLONE_FILES) share its fdinfo image.
-  const fdinfo = fdTables.get(ids.filesId) ?? dumpFds(proc, pid, table);
+  const fdinfo = fdTables.get(ids.filesId) ?? dumpFds(files, pid);
   fdTables.set(ids.filesId, fdinfo);
   const areas = readSmaps(proc, pid, false);
   const vmas = dumpVmas(proc, pid, areas, table, mapFiles);
@@ -314,9 +331,34 @@ function writeImages(out: ImageDirWriter, dumped: readonly DumpedProcess[], tabl
   const files = new ImageEncoder(kind("FILES"));
   for (const e of table.entries) files.add(FileEntrySchema, e);
   out.writeImage("files.img", files);
+  for (const [name, enc] of table.images) out.writeImage(name, enc);
   out.writeImage("seccomp.img", new ImageEncoder(kind("SECCOMP")).add(SeccompEntrySchema, create(SeccompEntrySchema, {})));
   out.writeImage("timens-0.img", new ImageEncoder(kind("TIMENS")).add(TimensEntrySchema, create(TimensEntrySchema, {
     monotonic: create(TimespecSchema, clocks.monotonic),
     boottime: create(TimespecSchema, clocks.boottime),
   })));
+}
+
+/**
+ * memfd contents: per memfd inode a pagemap-shmem image (entries at file
+ * offsets) and its pages image. Pages ids follow the processes' own.
+ */
+function writeShmem(out: ImageDirWriter, table: FileTable, processes: number): void {
+  table.shmem.forEach((m, i) => {
+    const pagesId = processes + 1 + i;
+    const enc = new ImageEncoder(kind("PAGEMAP")).add(PagemapHeadSchema, create(PagemapHeadSchema, { pagesId }));
+    for (const r of m.runs) {
+      const nr = r.data.length / PAGE_SIZE;
+      enc.add(PagemapEntrySchema, create(PagemapEntrySchema, { vaddr: r.offset, compatNrPages: nr, nrPages: BigInt(nr), flags: PE_PRESENT }));
+    }
+    out.writeImage(`pagemap-shmem-${m.shmid}.img`, enc);
+    out.writeWith(`pages-${pagesId}.img`, (fd) => {
+      let bytes = 0;
+      for (const r of m.runs) {
+        writeAll(fd, r.data);
+        bytes += r.data.length;
+      }
+      return bytes;
+    });
+  });
 }

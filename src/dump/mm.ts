@@ -17,7 +17,7 @@ import type { MapArea } from "../proc/maps";
 import type { ProcFs } from "../proc/procfs";
 import type { ProcStat } from "../proc/stat";
 import { MAP, O, PROT } from "../sys/nr";
-import { type FileTable, UnsupportedFileError } from "./files";
+import { type FileTable, UnsupportedFileError } from "./files/file-table";
 
 /** vma_entry.status bits (CRIU's VMA_* flags). */
 export const VMA = {

@@ -1,14 +1,14 @@
 /** Decode an image file's bytes: head magic, image magic, then framed entries. */
 import { fromBinary, type Message } from "@bufbuild/protobuf";
 import { ImageError } from "./errors";
-import { entrySchema, kindByMagic, MAGIC_COMMON, MAGIC_SERVICE, type ImageKind } from "./magic";
+import { entrySchema, kindByMagic, MAGIC_COMMON, MAGIC_SERVICE, payloadSize, type ImageKind } from "./magic";
 
 /** Larger entries than this are taken for corruption, not allocated. */
 export const MAX_ENTRY_SIZE = 64 * 1024 * 1024;
 
 export interface ImageEntry {
   message: Message;
-  /** Raw bytes that follow the entry in images that carry them (pipe data, ...). */
+  /** Raw bytes that follow the entry in images that carry them (pipe data, socket queues, ghost files). */
   payload?: Uint8Array;
 }
 
@@ -71,8 +71,9 @@ export function decodeImage(bytes: Uint8Array, file: string): DecodedImage {
     }
     off = bodyAt + len;
     const entry: ImageEntry = { message };
-    if (kind.payloadSize && schema === kind.entry) {
-      const size = kind.payloadSize(message as unknown as Record<string, unknown>);
+    const follows = payloadSize(kind, entries.length, message as unknown as Record<string, unknown>);
+    if (follows !== undefined) {
+      const size = follows === "rest" ? bytes.length - off : follows;
       if (size > bytes.length - off) {
         throw new ImageError(file, off, "truncated", `truncated payload: entry says ${size} bytes, ${bytes.length - off} left`);
       }

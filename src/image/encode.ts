@@ -1,6 +1,6 @@
 /** Encode entries into an image file's bytes: magic words, then u32-framed messages. */
 import { toBinary, type DescMessage, type Message, type MessageShape } from "@bufbuild/protobuf";
-import { entrySchema, MAGIC_COMMON, MAGIC_SERVICE, type ImageKind } from "./magic";
+import { entrySchema, MAGIC_COMMON, MAGIC_SERVICE, payloadSize, type ImageKind } from "./magic";
 
 /**
  * Builds one image in memory. Entries are appended in order; the first must be
@@ -10,6 +10,8 @@ export class ImageEncoder {
   private readonly chunks: Uint8Array[] = [];
   private size = 0;
   private count = 0;
+  /** Set once an entry's payload ran to the end of the file: nothing may follow. */
+  private ended = false;
 
   constructor(readonly kind: ImageKind) {
     const head = new Uint8Array(kind.head === "none" ? 4 : 8);
@@ -31,16 +33,18 @@ export class ImageEncoder {
   /**
    * Append one entry, with its raw payload where the image kind carries one.
    * The payload must be exactly as long as the entry says, or the image would
-   * not read back.
+   * not read back; a payload that runs to the end of the file (a small ghost
+   * file's contents) may have any length, and ends the image.
    */
   add<D extends DescMessage>(schema: D, message: MessageShape<D>, payload?: Uint8Array): this {
     const where = `${this.kind.name} image: entry ${this.count}`;
+    if (this.ended) throw new Error(`${where}: the previous entry's payload runs to the end of the image`);
     const want = entrySchema(this.kind, this.count);
     if (schema.typeName !== want.typeName) throw new Error(`${where} must be ${want.typeName}, got ${schema.typeName}`);
-    const payloadSize = this.kind.payloadSize && schema === this.kind.entry ? this.kind.payloadSize(message as unknown as Record<string, unknown>) : undefined;
-    if (payloadSize === undefined && payload) throw new Error(`${where}: this kind of entry carries no payload`);
-    if (payloadSize !== undefined && (payload?.length ?? 0) !== payloadSize) {
-      throw new Error(`${where}: entry says ${payloadSize} payload bytes, ${payload?.length ?? 0} given`);
+    const size = payloadSize(this.kind, this.count, message as unknown as Record<string, unknown>);
+    if (size === undefined && payload) throw new Error(`${where}: this kind of entry carries no payload`);
+    if (typeof size === "number" && (payload?.length ?? 0) !== size) {
+      throw new Error(`${where}: entry says ${size} payload bytes, ${payload?.length ?? 0} given`);
     }
     let body: Uint8Array;
     try {
@@ -54,6 +58,7 @@ export class ImageEncoder {
     this.push(len);
     this.push(body);
     if (payload) this.push(payload);
+    if (size === "rest") this.ended = true;
     this.count++;
     return this;
   }

@@ -9,14 +9,19 @@ import { FdinfoEntrySchema, FileEntrySchema } from "./gen/fdinfo_pb";
 import { IrmapCacheEntrySchema } from "./gen/fh_pb";
 import { FsEntrySchema } from "./gen/fs_pb";
 import { FanotifyFileEntrySchema, FanotifyMarkEntrySchema, InotifyFileEntrySchema, InotifyWdEntrySchema } from "./gen/fsnotify_pb";
+import { GhostChunkEntrySchema, GhostFileEntrySchema } from "./gen/ghost-file_pb";
 import { InventoryEntrySchema } from "./gen/inventory_pb";
+import { MemfdInodeEntrySchema } from "./gen/memfd_pb";
 import { MmEntrySchema } from "./gen/mm_pb";
 import { PagemapEntrySchema, PagemapHeadSchema } from "./gen/pagemap_pb";
 import { PipeDataEntrySchema } from "./gen/pipe_pb";
 import { PstreeEntrySchema } from "./gen/pstree_pb";
+import { RemapFilePathEntrySchema } from "./gen/remap-file-path_pb";
 import { SeccompEntrySchema } from "./gen/seccomp_pb";
+import { SkPacketEntrySchema } from "./gen/sk-packet_pb";
 import { StatsEntrySchema } from "./gen/stats_pb";
 import { TimensEntrySchema } from "./gen/timens_pb";
+import { TtyInfoEntrySchema } from "./gen/tty_pb";
 
 /** Head magic of ordinary images. */
 export const MAGIC_COMMON = 0x54564319;
@@ -32,10 +37,32 @@ export interface ImageKind {
   head: HeadKind;
   /** Message type of every entry (after the first, where `first` is set). */
   entry: DescMessage;
-  /** Message type of the first entry when it differs (pagemap's head). */
+  /** Message type of the first entry when it differs (pagemap's head, a ghost file's header). */
   first?: DescMessage;
-  /** For images where a raw payload follows an entry: the payload's byte count. */
-  payloadSize?: (entry: Record<string, unknown>) => number;
+  /**
+   * For images where raw bytes follow every `entry`-typed entry: the entry's
+   * field (as protobuf-es names it) that says how many.
+   */
+  payloadSizeField?: string;
+  /**
+   * For images whose first entry may be followed by the rest of the file as
+   * raw bytes, with no further entries (a small ghost file's contents):
+   * whether this first entry is.
+   */
+  restAfterFirst?: (first: Record<string, unknown>) => boolean;
+}
+
+/** Payload after an entry: a byte count, or everything up to the end of the file. */
+export type PayloadSize = number | "rest";
+
+/**
+ * What follows entry number `index` (from 0) of an image of kind `k`, given
+ * the entry itself; undefined when the next entry follows directly.
+ */
+export function payloadSize(k: ImageKind, index: number, entry: Record<string, unknown>): PayloadSize | undefined {
+  if (index === 0 && k.first) return k.restAfterFirst?.(entry) ? "rest" : undefined;
+  if (k.payloadSizeField === undefined) return undefined;
+  return Number(entry[k.payloadSizeField]);
 }
 
 const kinds: ImageKind[] = [
@@ -44,14 +71,25 @@ const kinds: ImageKind[] = [
   { name: "CORE", magic: 0x55053847, head: "common", entry: CoreEntrySchema },
   { name: "IDS", magic: 0x54432030, head: "common", entry: TaskKobjIdsEntrySchema },
   { name: "MM", magic: 0x57492820, head: "common", entry: MmEntrySchema },
+  // pagemap-PID.img, and pagemap-shmem-SHMID.img for shared memory and memfd contents.
   { name: "PAGEMAP", magic: 0x56084025, head: "common", entry: PagemapEntrySchema, first: PagemapHeadSchema },
   { name: "FDINFO", magic: 0x56213732, head: "common", entry: FdinfoEntrySchema },
   { name: "FILES", magic: 0x56303138, head: "common", entry: FileEntrySchema },
   { name: "FS", magic: 0x51403912, head: "common", entry: FsEntrySchema },
+  { name: "PIPES_DATA", magic: 0x56453709, head: "common", entry: PipeDataEntrySchema, payloadSizeField: "bytes" },
+  // A fifo's unread data, laid out like pipes-data.img.
+  { name: "FIFO_DATA", magic: 0x59333054, head: "common", entry: PipeDataEntrySchema, payloadSizeField: "bytes" },
+  // Packets queued on sockets, each followed by its data.
+  { name: "SK_QUEUES", magic: 0x56264026, head: "common", entry: SkPacketEntrySchema, payloadSizeField: "length" },
+  { name: "REMAP_FPATH", magic: 0x59133954, head: "common", entry: RemapFilePathEntrySchema },
+  // A header, then the contents raw to the end of the file, or in chunks.
   {
-    name: "PIPES_DATA", magic: 0x56453709, head: "common", entry: PipeDataEntrySchema,
-    payloadSize: (e) => Number(e.bytes),
+    name: "GHOST_FILE", magic: 0x52583605, head: "common", entry: GhostChunkEntrySchema, first: GhostFileEntrySchema,
+    payloadSizeField: "len", restAfterFirst: (f) => f.chunks !== true,
   },
+  { name: "TTY_INFO", magic: 0x59453036, head: "common", entry: TtyInfoEntrySchema },
+  // memfd.img; the contents are in pagemap-shmem-SHMID.img (PAGEMAP) and pages-N.img.
+  { name: "MEMFD_INODE", magic: 0x48453499, head: "common", entry: MemfdInodeEntrySchema },
   { name: "SECCOMP", magic: 0x64413049, head: "common", entry: SeccompEntrySchema },
   { name: "TIMENS", magic: 0x43114433, head: "common", entry: TimensEntrySchema },
   { name: "INOTIFY_FILE", magic: 0x48424431, head: "common", entry: InotifyFileEntrySchema },

@@ -2,8 +2,9 @@
  * Images to JSON in crit's shape: `{"magic": NAME, "entries": [...]}`, protobuf
  * field names, only the fields that are set, enums by value name, 64-bit
  * integers as exact JSON numbers and bytes as base64 in Python's
- * encodebytes layout (a newline after every 76 characters and at the end), so
- * that `ckpt show` and `crit decode` print the same values.
+ * encodebytes layout (a newline after every 76 characters and at the end),
+ * except where crit prints a bytes field as quoted-printable, so that
+ * `ckpt show` and `crit decode` print the same values.
  */
 import { ScalarType, type DescEnum, type DescField, type DescMessage, type Message } from "@bufbuild/protobuf";
 import { reflect, type ReflectList, type ReflectMessage } from "@bufbuild/protobuf/reflect";
@@ -18,6 +19,67 @@ export function base64Lines(bytes: Uint8Array): string {
   let out = "";
   for (let i = 0; i < b64.length; i += 76) out += `${b64.slice(i, i + 76)}\n`;
   return out;
+}
+
+/**
+ * bytes fields that crit prints as quoted-printable text (Python's
+ * quopri.encodestring) instead of base64: unix socket addresses.
+ */
+const QUOTED_PRINTABLE_FIELDS = new Set(["ckpt.images.UnixSkEntry.name"]);
+
+const QP_LINE = 76;
+const hexByte = (b: number): string => b.toString(16).toUpperCase().padStart(2, "0");
+
+/**
+ * Quoted-printable as Python's binascii.b2a_qp writes it in text mode:
+ * "=XX" for bytes outside printable ASCII, for "=", for a lone "." line and
+ * for a space or tab at the end of a line or of the data; line ends kept (as
+ * CRLF throughout if the first one is CRLF); "=" soft breaks keep lines
+ * under 76 characters.
+ */
+export function quotedPrintable(data: Uint8Array): string {
+  const NL = 0x0a, CR = 0x0d, TAB = 0x09, SP = 0x20, DOT = 0x2e, EQ = 0x3d;
+  const firstNl = data.indexOf(NL);
+  const eol = firstNl > 0 && data[firstNl - 1] === CR ? "\r\n" : "\n";
+  const out: string[] = [];
+  let line = 0;
+  let i = 0;
+  while (i < data.length) {
+    const c = data[i]!;
+    const last = i + 1 === data.length;
+    const next = last ? -1 : data[i + 1]!;
+    const escape =
+      c > 126 ||
+      c === EQ ||
+      (c === DOT && line === 0 && (last || next === NL || next === CR || next === 0)) ||
+      ((c === TAB || c === SP) && last) ||
+      (c < 33 && c !== CR && c !== NL && c !== TAB && c !== SP);
+    if (escape) {
+      if (line + 3 >= QP_LINE) {
+        out.push(`=${eol}`);
+        line = 0;
+      }
+      out.push(`=${hexByte(c)}`);
+      line += 3;
+      i++;
+    } else if (c === NL || (c === CR && next === NL)) {
+      // Whitespace just before a line end is escaped so it survives transport.
+      const prev = out.at(-1);
+      if (prev === " " || prev === "\t") out[out.length - 1] = `=${hexByte(prev.charCodeAt(0))}`;
+      out.push(eol);
+      line = 0;
+      i += c === CR ? 2 : 1;
+    } else {
+      if (!last && next !== NL && line + 1 >= QP_LINE) {
+        out.push(`=${eol}`);
+        line = 0;
+      }
+      out.push(String.fromCharCode(c));
+      line++;
+      i++;
+    }
+  }
+  return out.join("");
 }
 
 function enumName(desc: DescEnum, value: number): JsonValue {
@@ -56,7 +118,9 @@ function reflectedJson(r: ReflectMessage): { [key: string]: JsonValue } {
     if (!r.isSet(field)) continue;
     switch (field.fieldKind) {
       case "scalar":
-        out[field.name] = scalarJson(field.scalar, r.get(field));
+        out[field.name] = QUOTED_PRINTABLE_FIELDS.has(`${field.parent.typeName}.${field.name}`)
+          ? quotedPrintable(r.get(field) as Uint8Array)
+          : scalarJson(field.scalar, r.get(field));
         break;
       case "enum":
         out[field.name] = enumName(field.enum, r.get(field) as number);

@@ -13,6 +13,18 @@ export interface InotifyWatchInfo {
   fhandle: Uint8Array;
 }
 
+/** One file an eventpoll fd watches ("tfd:" line). */
+export interface EpollTargetInfo {
+  /** fd number of the watched file in the table it was added from. */
+  tfd: number;
+  events: number;
+  data: bigint;
+  pos: bigint;
+  ino: bigint;
+  /** Device in the kernel's internal form, like inotify's sdev. */
+  sdev: number;
+}
+
 export interface FdInfo {
   pos: bigint;
   /** O_* flags (octal in the file). */
@@ -23,6 +35,8 @@ export interface FdInfo {
   fields: Map<string, string>;
   /** inotify fds only. */
   inotify: InotifyWatchInfo[];
+  /** eventpoll fds only. */
+  epoll: EpollTargetInfo[];
 }
 
 /** Split "a:1 b:2" into a map; values stay strings. */
@@ -44,6 +58,7 @@ function hexBytes(s: string): Uint8Array {
 export function parseFdInfo(text: string): FdInfo {
   const fields = new Map<string, string>();
   const inotify: InotifyWatchInfo[] = [];
+  const epoll: EpollTargetInfo[] = [];
   for (const line of text.split("\n")) {
     const colon = line.indexOf(":");
     if (colon <= 0) continue;
@@ -61,6 +76,17 @@ export function parseFdInfo(text: string): FdInfo {
         fhandleType: Number.parseInt(p.get("fhandle-type") ?? "0", 16),
         fhandle: hexBytes(p.get("f_handle") ?? ""),
       });
+    } else if (key === "tfd") {
+      // tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x
+      const p = pairs(`tfd:${rest.replace(/:\s+/g, ":")}`);
+      epoll.push({
+        tfd: Number(p.get("tfd") ?? "-1"),
+        events: Number.parseInt(p.get("events") ?? "0", 16),
+        data: BigInt(`0x${p.get("data") ?? "0"}`),
+        pos: BigInt(p.get("pos") ?? "0"),
+        ino: BigInt(`0x${p.get("ino") ?? "0"}`),
+        sdev: Number.parseInt(p.get("sdev") ?? "0", 16),
+      });
     } else {
       fields.set(key, rest.trim());
     }
@@ -72,6 +98,7 @@ export function parseFdInfo(text: string): FdInfo {
     ino: BigInt(fields.get("ino") ?? "0"),
     fields,
     inotify,
+    epoll,
   };
 }
 

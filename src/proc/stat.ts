@@ -8,6 +8,10 @@ export interface ProcStat {
   ppid: number;
   pgrp: number;
   session: number;
+  /** Controlling terminal (new_encode_dev form; 0 when none). */
+  ttyNr: number;
+  /** Foreground process group of the controlling terminal (-1 when none). */
+  tpgid: number;
   flags: number;
   nice: number;
   numThreads: number;
@@ -52,6 +56,8 @@ export function parseStat(text: string): ProcStat {
     ppid: num(4),
     pgrp: num(5),
     session: num(6),
+    ttyNr: num(7),
+    tpgid: num(8),
     flags: num(9),
     nice: num(19),
     numThreads: num(20),

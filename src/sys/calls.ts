@@ -4,7 +4,7 @@
  * userfaultfd. Each throws a SysError naming the call on failure.
  */
 import { addressOf, cstr, syscall } from "./libc";
-import { KCMP, SYS } from "./nr";
+import { F, KCMP, SYS } from "./nr";
 import { decodeFileHandle, emptyFileHandle, encodeFileHandle, type FileHandle } from "./structs";
 
 /** kcmp's verdict on two kernel objects: equal, or ordered for sorting, or merely different. */
@@ -52,4 +52,48 @@ export function openByHandleAt(mountFd: number, handle: FileHandle, flags: numbe
 /** userfaultfd(2). */
 export function userfaultfd(flags: number): number {
   return Number(syscall("userfaultfd", SYS.userfaultfd, [flags], [`0x${flags.toString(16)}`]));
+}
+
+const F_NAME: Record<number, string> = Object.fromEntries(Object.entries(F).map(([k, v]) => [v, `F_${k}`]));
+
+/** fcntl(2) with an integer argument; returns the call's result. */
+export function fcntl(fd: number, cmd: number, arg = 0): number {
+  return Number(syscall("fcntl", SYS.fcntl, [fd, cmd, arg], [String(fd), F_NAME[cmd] ?? String(cmd), String(arg)]));
+}
+
+/** fcntl(2) with a pointer argument (F_GETOWN_EX, F_GETOWNER_UIDS): fills `buf`. */
+export function fcntlInto(fd: number, cmd: number, buf: Int32Array | Uint32Array): void {
+  syscall("fcntl", SYS.fcntl, [fd, cmd, addressOf(buf)], [String(fd), F_NAME[cmd] ?? String(cmd)]);
+}
+
+/** pipe2(2): [read end, write end]. */
+export function pipe2(flags: number): [number, number] {
+  const fds = new Int32Array(2);
+  syscall("pipe2", SYS.pipe2, [addressOf(fds), flags], [`0${flags.toString(8)}`]);
+  return [fds[0] ?? -1, fds[1] ?? -1];
+}
+
+/** tee(2): duplicate up to `len` bytes of pipe `fdIn` into pipe `fdOut` without consuming them. */
+export function tee(fdIn: number, fdOut: number, len: number, flags: number): number {
+  return Number(syscall("tee", SYS.tee, [fdIn, fdOut, len, flags], [String(fdIn), String(fdOut), String(len), `0x${flags.toString(16)}`]));
+}
+
+/** fstatfs(2): the filesystem's magic (f_type). */
+export function fstatfsType(fd: number): number {
+  const buf = new BigInt64Array(15); // struct statfs is 120 bytes; f_type comes first
+  syscall("fstatfs", SYS.fstatfs, [fd, addressOf(buf)], [String(fd)]);
+  return Number(BigInt.asUintN(32, buf[0] ?? 0n));
+}
+
+/**
+ * kcmp(KCMP_EPOLL_TFD): whether fd `fd` of `pid1` is the file that epoll fd
+ * `efd` of `pid2` watches under fd number `tfd` (`toff`: which of several
+ * watches registered under that number).
+ */
+export function kcmpEpollTarget(pid1: number, fd: number, pid2: number, efd: number, tfd: number, toff = 0): KcmpOrder {
+  const slot = new Uint32Array([efd, tfd, toff]);
+  const r = syscall("kcmp", SYS.kcmp, [pid1, pid2, KCMP.EPOLL_TFD, fd, addressOf(slot)], [String(pid1), String(pid2), "KCMP_EPOLL_TFD", String(fd), `{efd ${efd}, tfd ${tfd}, toff ${toff}}`]);
+  const order = KCMP_RESULT[Number(r)];
+  if (!order) throw new Error(`kcmp returned ${r}`);
+  return order;
 }

@@ -54,7 +54,7 @@ export function lastErrno(): number {
  * before the argument strings are built (building them may allocate, and an
  * allocation may make libc calls of its own).
  */
-function fail(errno: number, call: string, args: readonly string[]): never {
+export function fail(errno: number, call: string, args: readonly string[]): never {
   throw new SysError(call, args, errno);
 }
 
@@ -65,7 +65,7 @@ function fail(errno: number, call: string, args: readonly string[]): never {
  */
 export const callCounts: Record<string, number> = {};
 
-function counted(call: string): void {
+export function counted(call: string): void {
   callCounts[call] = (callCounts[call] ?? 0) + 1;
 }
 

@@ -9,7 +9,20 @@ export const SYS = {
   process_vm_readv: 310, process_vm_writev: 311, kcmp: 312, userfaultfd: 323, statx: 332,
   rseq: 334, pidfd_open: 434, clone3: 435, pidfd_getfd: 438, getitimer: 36,
   brk: 12, clock_gettime: 228, sched_getparam: 143, sched_getscheduler: 145,
+  fcntl: 72, fstatfs: 138, tee: 276, pipe2: 293,
 } as const;
+
+/** fcntl(2) commands. F_GETOWNER_UIDS exists for checkpoint/restore (CONFIG_CHECKPOINT_RESTORE). */
+export const F = {
+  GETFL: 3, GETSIG: 11, GETOWN_EX: 16, GETOWNER_UIDS: 17, SETPIPE_SZ: 1031, GETPIPE_SZ: 1032,
+  GET_SEALS: 1034,
+} as const;
+
+/** ioctl requests on files. */
+export const FIONREAD = 0x541b;
+
+/** Filesystem magics (statfs f_type). */
+export const FS_MAGIC = { TMPFS: 0x01021994, HUGETLBFS: 0x958458f6 } as const;
 
 /** open(2) flags. */
 export const O = {

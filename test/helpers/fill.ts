@@ -4,6 +4,7 @@
  */
 import { create, ScalarType, type DescField, type DescMessage, type Message } from "@bufbuild/protobuf";
 import { reflect, type ReflectMessage } from "@bufbuild/protobuf/reflect";
+import type { ImageKind } from "../../src/image/magic";
 
 function scalarValue(type: ScalarType, n: number): unknown {
   switch (type) {
@@ -80,4 +81,15 @@ export function filledMessage<D extends DescMessage>(schema: D): Message {
   const r = reflect(schema, create(schema));
   fillInto(r, 0);
   return r.message;
+}
+
+/**
+ * Set the field of an entry of kind `k` that counts the raw bytes after it
+ * (pipe data's `bytes`, a queued packet's `length`, a ghost chunk's `len`)
+ * to `n`: a filled message would otherwise ask for gigabytes.
+ */
+export function setPayloadSize(k: ImageKind, m: Message, n: number): void {
+  if (k.payloadSizeField === undefined) return;
+  const fields = m as unknown as Record<string, unknown>;
+  fields[k.payloadSizeField] = typeof fields[k.payloadSizeField] === "bigint" ? BigInt(n) : n;
 }

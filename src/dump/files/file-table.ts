@@ -1,0 +1,83 @@
+/**
+ * files.img under construction, and the images that hang off its entries
+ * (pipe data, socket queues, ghost files ...). File ids are unique across
+ * every kind: fdinfo, fs, mm and vma entries all refer to them.
+ */
+import { create } from "@bufbuild/protobuf";
+import { FdTypes, FileEntrySchema, type FileEntry } from "../../image/gen/fdinfo_pb";
+import { FownEntrySchema, type FownEntry } from "../../image/gen/fown_pb";
+import { RegFileEntrySchema } from "../../image/gen/regfile_pb";
+import { ImageEncoder } from "../../image/encode";
+import { kind } from "../../image/magic";
+import type { Statx } from "../../sys/structs";
+import type { ShmemContents } from "./memfd";
+
+/** An fd kind (or a state of one) this dump cannot save. */
+export class UnsupportedFileError extends Error {
+  constructor(readonly pid: number, readonly fd: number | string, readonly what: string) {
+    super(`process ${pid}: ${typeof fd === "number" ? `fd ${fd}` : fd} is ${what}, which ckpt cannot dump yet`);
+    this.name = "UnsupportedFileError";
+  }
+}
+
+/** F_SETOWN/F_SETSIG state of a file nobody asked to be signalled about. */
+export function noOwner(): FownEntry {
+  return create(FownEntrySchema, { uid: 0, euid: 0, signum: 0, pidType: 0, pid: 0 });
+}
+
+/** What a regular-file entry needs to know about an open file or a mapped one. */
+export interface RegularFile {
+  path: string;
+  /** O_* flags without O_CLOEXEC (that one is per fd). */
+  flags: number;
+  pos: bigint;
+  st: Statx;
+  mntId: number;
+  fown?: FownEntry;
+}
+
+export class FileTable {
+  readonly entries: FileEntry[] = [];
+  /** memfd contents, written with pages images of their own when the dump is written. */
+  readonly shmem: ShmemContents[] = [];
+  /** Further images by file name, in the order they were first used. */
+  readonly images = new Map<string, ImageEncoder>();
+  private nextId = 1;
+
+  newId(): number {
+    return this.nextId++;
+  }
+
+  add(entry: FileEntry): void {
+    this.entries.push(entry);
+  }
+
+  /** The encoder of a further image (e.g. "pipes-data.img" of kind PIPES_DATA), made on first use. */
+  image(fileName: string, kindName: string): ImageEncoder {
+    let enc = this.images.get(fileName);
+    if (!enc) {
+      enc = new ImageEncoder(kind(kindName));
+      this.images.set(fileName, enc);
+    }
+    return enc;
+  }
+
+  /** Add a regular file (or directory, or memory device) under `id` (a new id if not given); returns the id. */
+  addRegular(f: RegularFile, id = this.newId()): number {
+    this.entries.push(create(FileEntrySchema, {
+      type: FdTypes.REG,
+      id,
+      reg: create(RegFileEntrySchema, {
+        id,
+        flags: f.flags,
+        pos: f.pos,
+        fown: f.fown ?? noOwner(),
+        name: f.path,
+        mntId: f.mntId,
+        size: f.st.size,
+        mode: f.st.mode,
+      }),
+    }));
+    return id;
+  }
+}

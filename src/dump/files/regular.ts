@@ -1,0 +1,102 @@
+/**
+ * Regular files, directories and the "mem" character devices (/dev/null,
+ * /dev/zero, /dev/urandom ...), which CRIU also describes as regular files.
+ *
+ * A file that is open but unlinked has no path to reopen at restore, so its
+ * contents go into a ghost-file image (as CRIU's ghost files do) and a
+ * remap-fpath entry points the file entry at it.
+ */
+import { create } from "@bufbuild/protobuf";
+import { FdTypes } from "../../image/gen/fdinfo_pb";
+import { GhostFileEntrySchema } from "../../image/gen/ghost-file_pb";
+import { RemapFilePathEntrySchema, RemapType } from "../../image/gen/remap-file-path_pb";
+import type { ProcFs } from "../../proc/procfs";
+import { close, preadInto } from "../../sys/libc";
+import { O, S_IF, S_IFMT } from "../../sys/nr";
+import type { Statx } from "../../sys/structs";
+import { readFown, type OpenFd } from "./fd-access";
+import { UnsupportedFileError, type FileTable } from "./file-table";
+import type { FdDumpContext, FdKind } from "./kind";
+
+/** Character devices of the "mem" driver (null, zero, full, random, urandom ...). */
+const MEM_MAJOR = 1;
+const DELETED = " (deleted)";
+
+export function isPlainFile(st: Statx): boolean {
+  const type = st.mode & S_IFMT;
+  if (type === S_IF.REG || type === S_IF.DIR) return true;
+  return type === S_IF.CHR && st.rdevMajor === MEM_MAJOR;
+}
+
+/** The path of an fd or link, and whether the file behind it is unlinked. */
+function pathOf(link: string, st: Statx): { path: string; unlinked: boolean } {
+  if (link.endsWith(DELETED) && st.nlink === 0) return { path: link.slice(0, -DELETED.length), unlinked: true };
+  return { path: link, unlinked: false };
+}
+
+/** Bytes read per pread when saving an unlinked file. */
+const CHUNK = 1 << 20;
+
+/**
+ * Save the contents of the unlinked file behind fd `fd` of `pid` as a ghost
+ * file and point file `id` at it. The file is read through a new open of
+ * /proc/PID/fd/N, so a write-only fd does not matter and the target's own
+ * file position is not touched.
+ */
+function saveGhost(pid: number, fd: number | string, st: Statx, id: number, table: FileTable, file: number): void {
+  if ((st.mode & S_IFMT) !== S_IF.REG) throw new UnsupportedFileError(pid, fd, "an unlinked directory or device");
+  const size = Number(st.size);
+  const data = new Uint8Array(size);
+  for (let off = 0; off < size;) {
+    const n = preadInto(file, data.subarray(off, Math.min(size, off + CHUNK)), off);
+    if (n === 0) throw new Error(`process ${pid}: ${typeof fd === "number" ? `fd ${fd}` : fd}: unlinked file ended at ${off} of ${size} bytes while frozen`);
+    off += n;
+  }
+  const ghostId = table.newId();
+  table.image(`ghost-file-${ghostId.toString(16)}.img`, "GHOST_FILE").add(GhostFileEntrySchema, create(GhostFileEntrySchema, {
+    uid: st.uid, gid: st.gid, mode: st.mode, dev: st.dev, ino: st.ino,
+    mtim: { tvSec: st.mtimeSec, tvUsec: BigInt(Math.floor(st.mtimeNsec / 1000)) },
+    size: st.size,
+  }), data);
+  table.image("remap-fpath.img", "REMAP_FPATH").add(RemapFilePathEntrySchema, create(RemapFilePathEntrySchema, {
+    origId: id, remapId: ghostId, remapType: RemapType.GHOST,
+  }));
+}
+
+export const regularKind: FdKind = {
+  name: "regular file",
+  type: FdTypes.REG,
+  matches: (f) => isPlainFile(f.st),
+  dump(f: OpenFd, id: number, ctx: FdDumpContext): void {
+    if (!f.link.startsWith("/")) throw new UnsupportedFileError(f.pid, f.fd, `a file without a path (${f.link})`);
+    const { path, unlinked } = pathOf(f.link, f.st);
+    ctx.table.addRegular({
+      path, flags: f.info.flags & ~O.CLOEXEC, pos: f.info.pos, st: f.st, mntId: f.info.mntId,
+      fown: readFown(ctx.access.local(f.fd)),
+    }, id);
+    if (unlinked) saveGhost(f.pid, f.fd, f.st, id, ctx.table, ctx.access.reopen(f.fd, O.RDONLY));
+  },
+};
+
+/**
+ * A directory or file named by a /proc link (cwd, root, exe) as a
+ * regular-file entry; an unlinked exe keeps its contents as a ghost file.
+ */
+export function dumpLinkedFile(proc: ProcFs, pid: number, name: "cwd" | "root" | "exe", table: FileTable): number {
+  const link = proc.readlink(pid, name);
+  const st = proc.stat(pid, name);
+  if (!link.startsWith("/")) throw new UnsupportedFileError(pid, name, `not a file with a path (${link})`);
+  const { path, unlinked } = pathOf(link, st);
+  if (unlinked && name !== "exe") throw new UnsupportedFileError(pid, name, `a removed directory (${link})`);
+  const flags = name === "exe" ? O.RDONLY : O.RDONLY | O.DIRECTORY;
+  const id = table.addRegular({ path, flags, pos: 0n, st, mntId: Number(st.mntId) });
+  if (unlinked) {
+    const file = proc.open(pid, name, O.RDONLY);
+    try {
+      saveGhost(pid, name, st, id, table, file);
+    } finally {
+      close(file);
+    }
+  }
+  return id;
+}
