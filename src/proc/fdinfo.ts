@@ -78,7 +78,7 @@ export function parseFdInfo(text: string): FdInfo {
       });
     } else if (key === "tfd") {
       // tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x
-      const p = pairs(`tfd:${rest.replace(/:\s+/g, ":")}`);
+      const p = pairs(`tfd:${rest}`.replace(/:\s+/g, ":"));
       epoll.push({
         tfd: Number(p.get("tfd") ?? "-1"),
         events: Number.parseInt(p.get("events") ?? "0", 16),
