@@ -186,3 +186,90 @@ int main(int argc, char **argv) {
 }
 `);
 }
+
+/**
+ * oddfd MODE: one process holding an fd the dump must refuse (or, for "tty",
+ * save only with --shell-job). Prints "ready PID" where PID is the process to
+ * dump (for "tty", a child in its own session whose stdio is a pty slave).
+ *   inotify          an inotify fd with a watch
+ *   tcp-established  a connected TCP socket over loopback
+ *   pending          a unix listener with a connection not yet accepted
+ *   inflight         a unix socket with an fd in flight (SCM_RIGHTS, unread)
+ *   tty              stdio on a pty
+ */
+export function oddFdTarget(): string {
+  return buildC("oddfd", `
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+  const char *mode = argc > 1 ? argv[1] : "";
+  pid_t subject = getpid();
+  if (!strcmp(mode, "inotify")) {
+    int in = inotify_init1(0);
+    if (in < 0 || inotify_add_watch(in, "/tmp", IN_CREATE) < 0) return 2;
+  } else if (!strcmp(mode, "tcp-established")) {
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t al = sizeof a;
+    if (bind(l, (struct sockaddr *)&a, sizeof a) || listen(l, 1) || getsockname(l, (struct sockaddr *)&a, &al)) return 3;
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(c, (struct sockaddr *)&a, sizeof a)) return 4;
+    if (accept(l, NULL, NULL) < 0) return 5;
+  } else if (!strcmp(mode, "pending")) {
+    int l = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un u = { .sun_family = AF_UNIX };
+    snprintf(u.sun_path + 1, sizeof u.sun_path - 1, "ckpt-pending-%d", getpid());
+    socklen_t ul = offsetof(struct sockaddr_un, sun_path) + 1 + strlen(u.sun_path + 1);
+    if (bind(l, (struct sockaddr *)&u, ul) || listen(l, 4)) return 6;
+    int c = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (connect(c, (struct sockaddr *)&u, ul)) return 7;
+  } else if (!strcmp(mode, "inflight")) {
+    int s[2];
+    if (socketpair(AF_UNIX, SOCK_DGRAM, 0, s)) return 8;
+    int fd = open("/dev/null", O_RDONLY);
+    char c = 'F'; struct iovec iov = { &c, 1 };
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } cm;
+    struct msghdr m = { 0 }; m.msg_iov = &iov; m.msg_iovlen = 1; m.msg_control = cm.buf; m.msg_controllen = sizeof cm.buf;
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m); h->cmsg_level = SOL_SOCKET; h->cmsg_type = SCM_RIGHTS; h->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(h), &fd, sizeof fd);
+    if (sendmsg(s[0], &m, 0) != 1) return 9;
+  } else if (!strcmp(mode, "tty")) {
+    int master = posix_openpt(O_RDWR | O_NOCTTY);
+    if (master < 0 || grantpt(master) || unlockpt(master)) return 10;
+    const char *slave = ptsname(master);
+    int ready[2]; if (pipe(ready)) return 11;
+    pid_t child = fork();
+    if (child == 0) {
+      close(master);
+      setsid();
+      int s = open(slave, O_RDWR);
+      if (s < 0 || ioctl(s, TIOCSCTTY, 0)) _exit(12);
+      struct winsize ws = { .ws_row = 33, .ws_col = 101 };
+      ioctl(s, TIOCSWINSZ, &ws);
+      dup2(s, 0); dup2(s, 1); dup2(s, 2); if (s > 2) close(s);
+      close(ready[0]); close(ready[1]);
+      for (;;) pause();
+    }
+    close(ready[1]);
+    char c; if (read(ready[0], &c, 1) != 0) return 13;
+    subject = child;
+  } else {
+    return 14;
+  }
+  printf("ready %d\\n", subject);
+  fflush(stdout);
+  for (;;) pause();
+}
+`);
+}
