@@ -26,6 +26,7 @@ const NEWER_THAN_CRIT = new Set([
   "CORE.thread_core.cg_set",
   "CORE.thread_core.creds.cap_amb",
   "CORE.thread_info.fpregs.xsave.cet",
+  "MEMFD_INODE.mode",
 ]);
 
 /**

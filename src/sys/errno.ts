@@ -54,6 +54,7 @@ const ERRNO: ReadonlyArray<readonly [number, string, string]> = [
   [77, "EBADFD", "File descriptor in bad state"],
   [84, "EILSEQ", "Invalid or incomplete multibyte or wide character"],
   [88, "ENOTSOCK", "Socket operation on non-socket"],
+  [92, "ENOPROTOOPT", "Protocol not available"],
   [95, "EOPNOTSUPP", "Operation not supported"],
   [98, "EADDRINUSE", "Address already in use"],
   [99, "EADDRNOTAVAIL", "Cannot assign requested address"],
