@@ -34,7 +34,7 @@ export class FdAccess {
 
   constructor(private readonly proc: ProcFs, readonly pid: number) {}
 
-  /** ckpt's own fd on the open file behind `fd` (pidfd_getfd), kept until `close`. */
+  /** ckpt's own fd on the open file behind `fd` (pidfd_getfd), kept until `release`. */
   local(fd: number): number {
     const have = this.copies.get(fd);
     if (have !== undefined) return have;
@@ -51,10 +51,19 @@ export class FdAccess {
     return f;
   }
 
-  close(): void {
+  /**
+   * Close what was opened for the fd just dumped. Called after every fd, so
+   * ckpt holds a handful of fds however many the tree has (10,000 would pass
+   * ckpt's own RLIMIT_NOFILE).
+   */
+  release(): void {
     for (const f of [...this.copies.values(), ...this.opened]) close(f);
     this.copies.clear();
     this.opened.length = 0;
+  }
+
+  close(): void {
+    this.release();
     if (this.pidfd >= 0) close(this.pidfd);
     this.pidfd = -1;
   }

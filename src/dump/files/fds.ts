@@ -45,7 +45,11 @@ export function dumpFds(files: FilesDump, pid: number): FdinfoEntry[] {
         const f: OpenFd = { pid, fd, link: proc.readlink(pid, `fd/${fd}`), st, info };
         kind = findKind(f, ctx);
         if (!kind) throw new UnsupportedFileError(pid, fd, describeKind(f));
-        kind.dump(f, id, ctx);
+        try {
+          kind.dump(f, id, ctx);
+        } finally {
+          access.release();
+        }
         files.kinds.set(id, kind);
       }
       out.push(create(FdinfoEntrySchema, { id, flags: info.flags & O.CLOEXEC ? FD_CLOEXEC : 0, type: kind.type as FdTypes, fd }));
