@@ -15,6 +15,11 @@
  * about log2(k)+1 kcmp calls when k distinct files share its genid, and one
  * call for the common case of a dup of the only file with that key. A plain
  * sorted array does the insertions; they move pointers, not kcmp calls.
+ *
+ * One more cheap guess comes first: a child that inherited its parent's table
+ * usually holds the same file at the same fd number. When an earlier fd with
+ * this genid had this number, one kcmp against it settles the common case;
+ * a miss costs that one call.
  */
 import { kcmp } from "../../sys/calls";
 import { KCMP } from "../../sys/nr";
@@ -41,6 +46,8 @@ export function genid(dev: number, ino: bigint, pos: bigint): string {
 
 export class FileIds {
   private readonly byGenid = new Map<string, Representative[]>();
+  /** Per genid and fd number: the file an earlier process had at that number. */
+  private readonly byNumber = new Map<string, Representative>();
   readonly counters: FileIdCounters = { genidCollisions: 0, kcmpCalls: 0, sharedFds: 0 };
 
   /**
@@ -50,12 +57,22 @@ export class FileIds {
    */
   identify(pid: number, fd: number, key: string, newId: () => number): { id: number; fresh: boolean } {
     const reps = this.byGenid.get(key);
+    const numberKey = `${key}#${fd}`;
     if (!reps) {
-      const id = newId();
-      this.byGenid.set(key, [{ pid, fd, id }]);
-      return { id, fresh: true };
+      const rep = { pid, fd, id: newId() };
+      this.byGenid.set(key, [rep]);
+      this.byNumber.set(numberKey, rep);
+      return { id: rep.id, fresh: true };
     }
     this.counters.genidCollisions++;
+    const guess = this.byNumber.get(numberKey);
+    if (guess && guess.pid !== pid) {
+      this.counters.kcmpCalls++;
+      if (kcmp(guess.pid, pid, KCMP.FILE, guess.fd, fd) === "equal") {
+        this.counters.sharedFds++;
+        return { id: guess.id, fresh: false };
+      }
+    }
     let lo = 0;
     let hi = reps.length;
     while (lo < hi) {
@@ -65,6 +82,7 @@ export class FileIds {
       const order = kcmp(rep.pid, pid, KCMP.FILE, rep.fd, fd);
       if (order === "equal") {
         this.counters.sharedFds++;
+        if (!this.byNumber.has(numberKey)) this.byNumber.set(numberKey, rep);
         return { id: rep.id, fresh: false };
       }
       // "less": the representative's file sorts before this fd's file.
@@ -72,8 +90,9 @@ export class FileIds {
       else if (order === "greater") hi = mid;
       else throw new Error(`kcmp gave no order for fd ${rep.fd} of ${rep.pid} and fd ${fd} of ${pid}`);
     }
-    const id = newId();
-    reps.splice(lo, 0, { pid, fd, id });
-    return { id, fresh: true };
+    const rep = { pid, fd, id: newId() };
+    reps.splice(lo, 0, rep);
+    if (!this.byNumber.has(numberKey)) this.byNumber.set(numberKey, rep);
+    return { id: rep.id, fresh: true };
   }
 }
