@@ -11,13 +11,14 @@
  * waitpid, process_vm_readv, injected calls). Every figure is measured here.
  * Run: bun bench/dump.ts    (REPS=3 REPS_BIG=2 SKIP_BIG=1 to adjust)
  */
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { dump, type DumpResult } from "../src/dump/dump";
 import { RemoteSyscalls } from "../src/dump/inject";
 import { allBlocked } from "../test/helpers/images";
 import { startDetached, tempDir, waitFor, type Target } from "../test/helpers/target";
+import { BenchCleanup } from "./cleanup";
 import { memTarget, vmaTarget } from "../test/helpers/workloads";
 
 const REPS = Number(process.env.REPS ?? 3);
@@ -29,24 +30,9 @@ const IDEAL_GBPS = 5;
 const METHODS = ["ioctl", "pagemap"] as const;
 type Method = (typeof METHODS)[number];
 
-const targets: Target[] = [];
-const cleanup: string[] = [];
-
-function killAll(): void {
-  for (const t of targets) t.kill();
-  targets.length = 0;
-  for (const d of cleanup) rmSync(d, { recursive: true, force: true });
-  cleanup.length = 0;
-}
 // The frozen part of a dump is synchronous: a signal is handled at the engine's
 // next checkpoint (up to a few seconds for 2 GiB), then the workloads go.
-for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
-  process.on(sig, () => {
-    killAll();
-    process.stderr.write(`\nbench/dump: ${sig}, workloads killed\n`);
-    process.exit(130);
-  });
-}
+const left = new BenchCleanup("bench/dump");
 
 // Bench-only instrumentation: count the calls injected into the tasks (each
 // one costs several ptrace requests and waits), by wrapping the method on the
@@ -64,11 +50,11 @@ let injectedCalls = 0;
 /** Start a workload detached and wait (long enough for 2 GiB) for its "ready" line, then for every thread to block. */
 async function startWorkload(argv: string[]): Promise<Target> {
   const outDir = tempDir("bench-dump-out");
-  cleanup.push(outDir);
+  left.dirs.push(outDir);
   const out = join(outDir, "out");
   writeFileSync(out, "");
   const target = await startDetached(argv, out);
-  targets.push(target);
+  left.targets.push(target);
   await waitFor(`${argv.join(" ")} to print "ready"`, () => readFileSync(out, "utf8").startsWith("ready"), 120_000);
   await waitFor(`${argv.join(" ")} to block`, () => allBlocked(target.pid), 10_000);
   return target;
@@ -95,7 +81,7 @@ async function oneDump(pid: number, method: Method, first = false): Promise<Run>
   await waitFor(`${pid} to block again`, () => allBlocked(pid), 10_000);
   const dir = join(tempDir("bench-dump"), "img");
   const parent = join(dir, "..");
-  cleanup.push(parent);
+  left.dirs.push(parent);
   const inj0 = injectedCalls;
   try {
     const t0 = performance.now();
@@ -103,8 +89,7 @@ async function oneDump(pid: number, method: Method, first = false): Promise<Run>
     const wallMs = performance.now() - t0;
     return { method, first, wallMs, injected: injectedCalls - inj0, r };
   } finally {
-    rmSync(parent, { recursive: true, force: true });
-    cleanup.splice(cleanup.indexOf(parent), 1);
+    left.remove(parent);
   }
 }
 
@@ -223,5 +208,5 @@ try {
   await benchWorkload("(c) 4096 one-page areas", areas, REPS);
   console.log(`\ntotal ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 } finally {
-  killAll();
+  left.killAll();
 }

@@ -16,10 +16,11 @@
  * of the open() calls it made. Every figure printed is measured here.
  * Run: bun bench/files.ts    (SIZES=2500,5000,10000 REPS=2 FILES=16 to adjust)
  */
-import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { allBlocked } from "../test/helpers/images";
-import { buildC, startDetached, tempDir, waitFor, type Target } from "../test/helpers/target";
+import { buildC, killablePid, startDetached, tempDir, waitFor, type Target } from "../test/helpers/target";
+import { BenchCleanup } from "./cleanup";
 
 const SIZES = (process.env.SIZES ?? "2500,5000,10000").split(",").map(Number);
 const REPS = Number(process.env.REPS ?? 2);
@@ -173,36 +174,9 @@ int main(int argc, char **argv) {
 
 // ---- cleanup: every target process, the running ckpt, every temp directory
 
-const targets: Target[] = [];
-const cleanup: string[] = [];
 let ckptChild: ReturnType<typeof Bun.spawn> | undefined;
-
-const killer = (pid: number): Target => ({
-  pid,
-  kill() {
-    try {
-      process.kill(pid, "SIGKILL");
-    } catch {
-      // already gone
-    }
-  },
-});
-
-function killAll(): void {
-  // SIGINT lets a running dump resume the tree it froze; the tree is killed anyway.
-  ckptChild?.kill("SIGINT");
-  for (const t of targets) t.kill();
-  targets.length = 0;
-  for (const d of cleanup) rmSync(d, { recursive: true, force: true });
-  cleanup.length = 0;
-}
-for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
-  process.on(sig, () => {
-    killAll();
-    process.stderr.write(`\nbench/files: ${sig}, workloads killed\n`);
-    process.exit(130);
-  });
-}
+// SIGINT lets a running dump resume the tree it froze; the tree is killed anyway.
+const left = new BenchCleanup("bench/files", () => ckptChild?.kill("SIGINT"));
 
 // ---- the workload and what /proc says about it
 
@@ -225,14 +199,14 @@ function childrenOf(pid: number): number[] {
 
 async function startTree(n: number): Promise<Tree> {
   const data = tempDir("bench-files-data");
-  cleanup.push(data);
+  left.dirs.push(data);
   const outDir = tempDir("bench-files-out");
-  cleanup.push(outDir);
+  left.dirs.push(outDir);
   const out = join(outDir, "out");
   writeFileSync(out, "");
   const argv = [fdTree(), data, String(n), String(FILES)];
   const root = await startDetached(argv, out);
-  targets.push(root);
+  left.targets.push(root);
   const lines = (): string[] => readFileSync(out, "utf8").split("\n");
   try {
     await waitFor(`fdtree ${n} to print "ready"`, () => lines().some((l) => l.startsWith("ready")) || !alive(root.pid), 60_000);
@@ -241,7 +215,7 @@ async function startTree(n: number): Promise<Tree> {
   }
   if (!alive(root.pid)) throw new Error(`fdtree ${n} exited: ${readFileSync(out, "utf8")}`);
   const pids = [root.pid, ...childrenOf(root.pid)];
-  for (const p of pids.slice(1)) targets.push(killer(p));
+  for (const p of pids.slice(1)) left.targets.push(killablePid(p));
   if (pids.length !== NPROC) throw new Error(`fdtree ${n}: ${pids.length} processes, expected ${NPROC}`);
   for (const p of pids) await waitFor(`fdtree pid ${p} to block`, () => allBlocked(p), 10_000);
 
@@ -292,7 +266,7 @@ type Run = { ok: true; wallMs: number; s: Summary; gone: number[] } | { ok: fals
 async function oneDump(tree: Tree): Promise<Run> {
   for (const p of tree.pids) await waitFor(`${p} to block again`, () => allBlocked(p), 10_000);
   const parent = tempDir("bench-files-img");
-  cleanup.push(parent);
+  left.dirs.push(parent);
   try {
     const t0 = performance.now();
     const child = Bun.spawn([process.execPath, MAIN, "dump", "-t", String(tree.pids[0]), "-D", join(parent, "img"), "-R", "--json"], {
@@ -311,8 +285,7 @@ async function oneDump(tree: Tree): Promise<Run> {
       return { ok: false, wallMs, gone, error: `unparsable --json output (${(e as Error).message}): ${stdout.slice(0, 500)}` };
     }
   } finally {
-    rmSync(parent, { recursive: true, force: true });
-    cleanup.splice(cleanup.indexOf(parent), 1);
+    left.remove(parent);
   }
 }
 
@@ -388,8 +361,7 @@ try {
     for (let rep = 0; rep < REPS; rep++) m.runs.push(await oneDump(tree));
     results.push(m);
     // Done with this tree: kill it, and let it go, before the next (bigger) one starts.
-    for (const t of targets) t.kill();
-    targets.length = 0;
+    left.killTargets();
     for (const p of tree.pids) await waitFor(`fdtree pid ${p} to exit`, () => !alive(p), 10_000);
   }
 
@@ -437,5 +409,5 @@ try {
   console.log(`\ntotal ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   if (found.length) process.exitCode = 1;
 } finally {
-  killAll();
+  left.killAll();
 }

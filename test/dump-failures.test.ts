@@ -9,7 +9,7 @@ import { join } from "node:path";
 import * as ptrace from "../src/sys/ptrace";
 import { runCkpt } from "./helpers/cli";
 import { allBlocked, ptraceState, runsFree } from "./helpers/images";
-import { buildC, startReady, tempDir, waitFor, type Target } from "./helpers/target";
+import { buildC, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { memTarget, selfCheck, treeTarget } from "./helpers/workloads";
 
 const MAIN = `${import.meta.dir}/../src/cli/main.ts`;
@@ -23,7 +23,7 @@ async function start(argv: string[], pids?: (words: string[]) => number[]): Prom
   targets.push(r.target);
   const all = pids ? pids(r.words) : [r.target.pid];
   // Kill every process of the workload afterwards, not only its root.
-  for (const p of all) if (p !== r.target.pid) targets.push({ pid: p, kill: () => { try { process.kill(p, "SIGKILL"); } catch { /* gone */ } } });
+  for (const p of all) if (p !== r.target.pid) targets.push(killablePid(p));
   await waitFor("the workload to block", () => all.every(allBlocked), 20000);
   return { pid: r.target.pid, words: r.words, out: r.out };
 }

@@ -11,7 +11,7 @@ import { TtyInfoEntrySchema, TtyType } from "../src/image/gen/tty_pb";
 import { runCkpt } from "./helpers/cli";
 import { critFailures, entries, runsFree } from "./helpers/images";
 import { oddFdTarget } from "./helpers/fd-workloads";
-import { startReady, tempDir, type Target } from "./helpers/target";
+import { killablePid, startReady, tempDir, type Target } from "./helpers/target";
 
 const targets: Target[] = [];
 afterAll(() => {
@@ -22,7 +22,7 @@ async function start(mode: string): Promise<number> {
   const r = await startReady([oddFdTarget(), mode]);
   targets.push(r.target);
   const pid = Number(r.words[0]);
-  if (pid !== r.target.pid) targets.push({ pid, kill: () => { try { process.kill(pid, "SIGKILL"); } catch { /* gone */ } } });
+  if (pid !== r.target.pid) targets.push(killablePid(pid));
   return pid;
 }
 

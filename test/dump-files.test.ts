@@ -16,7 +16,7 @@ import { parseExactJson, runCkpt } from "./helpers/cli";
 import { critFailures, entries, runsFree } from "./helpers/images";
 import { DATA, FD, fdTarget } from "./helpers/fd-workloads";
 import { selfCheck } from "./helpers/workloads";
-import { startReady, tempDir, type Target } from "./helpers/target";
+import { killablePid, startReady, tempDir, type Target } from "./helpers/target";
 
 const targets: Target[] = [];
 afterAll(() => {
@@ -35,7 +35,7 @@ describe("dump -R of a tree holding every kind of fd", async () => {
   const r0 = await startReady([fdTarget(), work]);
   targets.push(r0.target);
   const [parent, child, tcpPort] = r0.words.map(Number) as [number, number, number];
-  targets.push({ pid: child, kill: () => { try { process.kill(child, "SIGKILL"); } catch { /* gone */ } } });
+  targets.push(killablePid(child));
   const dir = join(tempDir("fds"), "images");
   const r = runCkpt(["dump", "-t", String(parent), "-D", dir, "-R", "--json"]);
   if (r.code !== 0) throw new Error(`dump failed: ${r.stderr}`);

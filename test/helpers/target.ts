@@ -40,6 +40,11 @@ export async function startDetached(argv: string[], stdoutFile = "/dev/null"): P
   const [out, code] = await Promise.all([new Response(sh.stdout).text(), sh.exited]);
   const pid = Number(out.trim());
   if (code !== 0 || !(pid > 0)) throw new Error(`could not start ${argv.join(" ")}`);
+  return killablePid(pid);
+}
+
+/** A Target for a process known by pid (a workload's child, say). */
+export function killablePid(pid: number): Target {
   return {
     pid,
     kill() {
@@ -64,7 +69,13 @@ export async function startReady(argv: string[]): Promise<{ target: Target; word
   const readyLine = (): string | undefined => readFileSync(out, "utf8").split("\n").find((l) => l.startsWith("ready"));
   // Generous: a workload filling hundreds of MiB first-touches every page,
   // which takes seconds on this kind of VM when the other core is busy.
-  await waitFor(`${argv[0]} to print "ready"`, () => readyLine() !== undefined, 30000);
+  try {
+    await waitFor(`${argv[0]} to print "ready"`, () => readyLine() !== undefined, 30000);
+  } catch (e) {
+    // The caller never learns of this target, so nothing else would kill it.
+    target.kill();
+    throw e;
+  }
   return { target, words: readyLine()!.split(" ").slice(1), out };
 }
 
