@@ -10,7 +10,7 @@ import { FileEntrySchema } from "../src/image/gen/fdinfo_pb";
 import { MmEntrySchema } from "../src/image/gen/mm_pb";
 import { PstreeEntrySchema } from "../src/image/gen/pstree_pb";
 import { StatsEntrySchema } from "../src/image/gen/stats_pb";
-import { VMA } from "../src/dump/mm";
+import { VMA } from "../src/image/vma-status";
 import { NT } from "../src/sys/nr";
 import * as ptrace from "../src/sys/ptrace";
 import { decodeUserRegs, USER_REGS, USER_REGS_SIZE } from "../src/sys/structs";

@@ -19,29 +19,11 @@ import { Errno, SysError } from "../sys/errno";
 import { addressOf, syscall } from "../sys/libc";
 import { NT, PTRACE, SYS } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
-import { decodeUserFpregs, decodeUserRegs, USER_REGS_SIZE, type UserRegs } from "../sys/structs";
+import { decodeUserFpregs, decodeUserRegs, USER_REGS_SIZE, XFEATURE, XSAVE_HEADER_BV, XSAVE_SW_XCR0, type UserRegs } from "../sys/structs";
 
 /** Largest xstate the kernel hands out (AMX tiles make it ~11 KiB); the kernel trims iov_len. */
 const XSTATE_MAX = 16384;
 
-/**
- * Where each user xstate component lives in the standard (non-compacted) XSAVE
- * layout, which the NT_X86_XSTATE regset always uses, and how many u64 or u32
- * words CRIU's xsave entry keeps of it.
- */
-const XFEATURE = {
-  YMM: { bit: 2, offset: 576, bytes: 256 },
-  BNDREGS: { bit: 3, offset: 960, bytes: 64 },
-  BNDCSR: { bit: 4, offset: 1024, bytes: 16 },
-  OPMASK: { bit: 5, offset: 1088, bytes: 64 },
-  ZMM_HI256: { bit: 6, offset: 1152, bytes: 512 },
-  HI16_ZMM: { bit: 7, offset: 1664, bytes: 1024 },
-  PKRU: { bit: 9, offset: 2688, bytes: 8 },
-} as const;
-
-/** Byte offsets in the XSAVE area: the header's xstate_bv, and XCR0 in the FXSAVE software bytes. */
-const XSAVE_HEADER_BV = 512;
-const SW_XCR0 = 464;
 
 /** Registers of one thread, raw (restore and tests want the bytes) and decoded. */
 export interface ThreadRegs {
@@ -70,7 +52,7 @@ function u32s(v: DataView, off: number, bytes: number): number[] {
 export function xsaveEntry(xstate: Uint8Array): UserX86XsaveEntry | undefined {
   if (xstate.length <= XSAVE_HEADER_BV) return undefined;
   const v = new DataView(xstate.buffer, xstate.byteOffset, xstate.byteLength);
-  const xcr0 = v.getBigUint64(SW_XCR0, true);
+  const xcr0 = v.getBigUint64(XSAVE_SW_XCR0, true);
   const has = (f: { bit: number; offset: number; bytes: number }): boolean =>
     (xcr0 & (1n << BigInt(f.bit))) !== 0n && f.offset + f.bytes <= xstate.length;
   const e: MessageInitShape<typeof UserX86XsaveEntrySchema> & Record<string, unknown> = { xstateBv: v.getBigUint64(XSAVE_HEADER_BV, true) };

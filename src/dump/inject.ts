@@ -52,7 +52,7 @@ import { ProcFs } from "../proc/procfs";
 import {
   MAX_ERRNO, RED_ZONE, SCRATCH_MAP_FLAGS, SCRATCH_PROT, SIGINFO_OFF, SYSCALL_INSN,
   SYSCALL_INSN_SIZE, TRAP, USER_CS_64, signalName,
-} from "./inject-consts";
+} from "../sys/inject-consts";
 
 const PAGE = 4096n;
 const U64_MASK = (1n << 64n) - 1n;

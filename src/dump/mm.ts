@@ -17,21 +17,9 @@ import type { MapArea } from "../proc/maps";
 import type { ProcFs } from "../proc/procfs";
 import type { ProcStat } from "../proc/stat";
 import { MAP, O, PROT } from "../sys/nr";
+import { VMA } from "../image/vma-status";
 import { type FileTable, UnsupportedFileError } from "./files/file-table";
 
-/** vma_entry.status bits (CRIU's VMA_* flags). */
-export const VMA = {
-  AREA_REGULAR: 1 << 0,
-  AREA_STACK: 1 << 1,
-  AREA_VSYSCALL: 1 << 2,
-  AREA_VDSO: 1 << 3,
-  AREA_HEAP: 1 << 5,
-  FILE_PRIVATE: 1 << 6,
-  FILE_SHARED: 1 << 7,
-  ANON_SHARED: 1 << 8,
-  ANON_PRIVATE: 1 << 9,
-  AREA_VVAR: 1 << 12,
-} as const;
 
 /** smaps VmFlags mnemonics that CRIU keeps as madvise bits (1 << MADV_*). */
 const MADV_BY_VMFLAG: Record<string, number> = {

@@ -18,7 +18,7 @@ import { InjectionError, type RemoteSyscalls } from "./inject";
 import {
   ITIMER, ITIMERVAL_SIZE, KSIGACTION_SIZE, KSIGSET_SIZE, PR_GET_TID_ADDRESS, PTRACE_GET_RSEQ_CONFIGURATION,
   RSEQ_CONFIGURATION_SIZE, SIGMAX, STACK_T_OFF, STACK_T_SIZE, signalName,
-} from "./inject-consts";
+} from "../sys/inject-consts";
 
 const hex = (v: bigint): string => `0x${v.toString(16)}`;
 

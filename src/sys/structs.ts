@@ -147,6 +147,27 @@ export function decodeUserFpregs(buf: Uint8Array): UserFpregs {
   };
 }
 
+// ---------------------------------------------------------------- XSAVE area (NT_X86_XSTATE)
+
+/**
+ * Where each user xstate component lives in the standard (non-compacted) XSAVE
+ * layout, which the NT_X86_XSTATE regset always uses, and how many u64 or u32
+ * words CRIU's xsave entry keeps of it.
+ */
+export const XFEATURE = {
+  YMM: { bit: 2, offset: 576, bytes: 256 },
+  BNDREGS: { bit: 3, offset: 960, bytes: 64 },
+  BNDCSR: { bit: 4, offset: 1024, bytes: 16 },
+  OPMASK: { bit: 5, offset: 1088, bytes: 64 },
+  ZMM_HI256: { bit: 6, offset: 1152, bytes: 512 },
+  HI16_ZMM: { bit: 7, offset: 1664, bytes: 1024 },
+  PKRU: { bit: 9, offset: 2688, bytes: 8 },
+} as const;
+
+/** Byte offsets in the XSAVE area: the header's xstate_bv, and XCR0 in the FXSAVE software bytes. */
+export const XSAVE_HEADER_BV = 512;
+export const XSAVE_SW_XCR0 = 464;
+
 // ---------------------------------------------------------------- PAGEMAP_SCAN
 
 /** struct pm_scan_arg: twelve u64 fields. */
