@@ -97,3 +97,128 @@ export function kcmpEpollTarget(pid1: number, fd: number, pid2: number, efd: num
   if (!order) throw new Error(`kcmp returned ${r}`);
   return order;
 }
+
+// ---------------------------------------------------------------- calls restore makes on ckpt's own files
+
+/** lseek(2); returns the resulting offset. */
+export function lseek(fd: number, offset: bigint, whence: number): bigint {
+  return syscall("lseek", SYS.lseek, [fd, offset, whence], [String(fd), String(offset), ["SEEK_SET", "SEEK_CUR", "SEEK_END"][whence] ?? String(whence)]);
+}
+
+/** ftruncate(2). */
+export function ftruncate(fd: number, size: bigint): void {
+  syscall("ftruncate", SYS.ftruncate, [fd, size], [String(fd), String(size)]);
+}
+
+/** fchmod(2). */
+export function fchmod(fd: number, mode: number): void {
+  syscall("fchmod", SYS.fchmod, [fd, mode], [String(fd), `0${mode.toString(8)}`]);
+}
+
+/** fchown(2). */
+export function fchown(fd: number, uid: number, gid: number): void {
+  syscall("fchown", SYS.fchown, [fd, uid, gid], [String(fd), String(uid), String(gid)]);
+}
+
+/** fchmodat(2) of a path relative to the working directory (a socket file, which cannot be opened). */
+export function chmodPath(path: string, mode: number): void {
+  const p = cstr(path);
+  syscall("fchmodat", SYS.fchmodat, [-100, addressOf(p), mode, 0], ["AT_FDCWD", JSON.stringify(path), `0${mode.toString(8)}`]);
+}
+
+/** fchownat(2) of a path relative to the working directory, not following a final symlink. */
+export function chownPath(path: string, uid: number, gid: number): void {
+  const p = cstr(path);
+  syscall("fchownat", SYS.fchownat, [-100, addressOf(p), uid, gid, 0x100], ["AT_FDCWD", JSON.stringify(path), String(uid), String(gid), "AT_SYMLINK_NOFOLLOW"]);
+}
+
+/** futimens(3) through utimensat(fd, NULL, times, 0): access and modification times in ns since the epoch. */
+export function futimens(fd: number, atime: { sec: bigint; nsec: bigint }, mtime: { sec: bigint; nsec: bigint }): void {
+  const times = new BigInt64Array([atime.sec, atime.nsec, mtime.sec, mtime.nsec]);
+  syscall("utimensat", SYS.utimensat, [fd, 0, addressOf(times), 0], [String(fd), "NULL", `{${atime.sec}.${atime.nsec}, ${mtime.sec}.${mtime.nsec}}`, "0"]);
+}
+
+/** eventfd2(2): an eventfd whose counter starts at `initval` (32 bits; write(2) the rest). */
+export function eventfd2(initval: number, flags: number): number {
+  return Number(syscall("eventfd2", SYS.eventfd2, [initval, flags], [String(initval), `0${flags.toString(8)}`]));
+}
+
+/** signalfd4(2) creating a new signalfd (fd -1) for the signals in `mask` (bit N-1 for signal N). */
+export function signalfd4(mask: bigint, flags: number): number {
+  const set = new BigUint64Array([mask]);
+  return Number(syscall("signalfd4", SYS.signalfd4, [-1, addressOf(set), 8, flags], ["-1", `0x${mask.toString(16)}`, "8", `0${flags.toString(8)}`]));
+}
+
+/** struct itimerspec: interval and value, seconds and nanoseconds. */
+export interface Itimerspec {
+  intervalSec: bigint;
+  intervalNsec: bigint;
+  valueSec: bigint;
+  valueNsec: bigint;
+}
+
+/** timerfd_create(2). */
+export function timerfdCreate(clockid: number, flags: number): number {
+  return Number(syscall("timerfd_create", SYS.timerfd_create, [clockid, flags], [String(clockid), `0${flags.toString(8)}`]));
+}
+
+/** timerfd_settime(2) without asking for the old setting. */
+export function timerfdSettime(fd: number, flags: number, t: Itimerspec): void {
+  const spec = new BigInt64Array([t.intervalSec, t.intervalNsec, t.valueSec, t.valueNsec]);
+  syscall("timerfd_settime", SYS.timerfd_settime, [fd, flags, addressOf(spec), 0], [String(fd), String(flags), `{value ${t.valueSec}.${t.valueNsec}, interval ${t.intervalSec}.${t.intervalNsec}}`]);
+}
+
+/** timerfd_gettime(2): the time left (relative) and the interval. */
+export function timerfdGettime(fd: number): Itimerspec {
+  const spec = new BigInt64Array(4);
+  syscall("timerfd_gettime", SYS.timerfd_gettime, [fd, addressOf(spec)], [String(fd)]);
+  return { intervalSec: spec[0] ?? 0n, intervalNsec: spec[1] ?? 0n, valueSec: spec[2] ?? 0n, valueNsec: spec[3] ?? 0n };
+}
+
+/** clock_gettime(2) of `clockid`. */
+export function clockGettime(clockid: number): { sec: bigint; nsec: bigint } {
+  const ts = new BigInt64Array(2);
+  syscall("clock_gettime", SYS.clock_gettime, [clockid, addressOf(ts)], [String(clockid)]);
+  return { sec: ts[0] ?? 0n, nsec: ts[1] ?? 0n };
+}
+
+/** epoll_create1(2). */
+export function epollCreate1(flags: number): number {
+  return Number(syscall("epoll_create1", SYS.epoll_create1, [flags], [`0${flags.toString(8)}`]));
+}
+
+/** memfd_create(2) in ckpt itself. */
+export function memfdCreate(name: string, flags: number): number {
+  const n = cstr(name);
+  return Number(syscall("memfd_create", SYS.memfd_create, [addressOf(n), flags], [JSON.stringify(name), `0x${flags.toString(16)}`]));
+}
+
+/** A resource limit; RLIM_INFINITY is 2^64-1. */
+export interface Rlimit {
+  soft: bigint;
+  hard: bigint;
+}
+
+/** prlimit64(2): a process's limit of `resource` (pid 0: ckpt itself), setting it to `set` when given; returns the old one. */
+export function prlimit(pid: number, resource: number, set?: Rlimit): Rlimit {
+  const next = set ? new BigUint64Array([set.soft, set.hard]) : null;
+  const old = new BigUint64Array(2);
+  syscall("prlimit64", SYS.prlimit64, [pid, resource, next ? addressOf(next) : 0, addressOf(old)], [String(pid), String(resource), set ? `{${set.soft}, ${set.hard}}` : "NULL"]);
+  return { soft: old[0] ?? 0n, hard: old[1] ?? 0n };
+}
+
+/** getresuid(2): real, effective and saved uid of the calling thread. */
+export function getresuid(): [number, number, number] {
+  const [r, e, s] = [new Uint32Array(1), new Uint32Array(1), new Uint32Array(1)];
+  syscall("getresuid", SYS.getresuid, [addressOf(r), addressOf(e), addressOf(s)], []);
+  return [r[0] ?? 0, e[0] ?? 0, s[0] ?? 0];
+}
+
+/**
+ * setresuid(2) as the raw system call: unlike glibc's wrapper it changes the
+ * calling thread only, which is what a short switch of identity around one
+ * call (F_SETOWN_EX records the caller's uids) wants. -1 keeps an id.
+ */
+export function setresuidThread(ruid: number, euid: number, suid: number): void {
+  syscall("setresuid", SYS.setresuid, [ruid, euid, suid], [String(ruid), String(euid), String(suid)]);
+}

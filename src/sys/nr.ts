@@ -10,12 +10,22 @@ export const SYS = {
   rseq: 334, pidfd_open: 434, clone3: 435, pidfd_getfd: 438, getitimer: 36,
   brk: 12, clock_gettime: 228, sched_getparam: 143, sched_getscheduler: 145,
   fcntl: 72, fstatfs: 138, tee: 276, pipe2: 293,
+  // Used by restore inside the tasks it rebuilds.
+  mprotect: 10, mremap: 25, setitimer: 38, exit: 60, fchdir: 81, umask: 95, setpgid: 109,
+  setsid: 112, setgroups: 116, setresuid: 117, setresgid: 119, setfsuid: 122, setfsgid: 123,
+  capset: 126, rt_sigqueueinfo: 129, setpriority: 141, sched_setscheduler: 144, chroot: 161,
+  epoll_ctl: 233, set_robust_list: 273, dup3: 292, rt_tgsigqueueinfo: 297, memfd_create: 319,
+  close_range: 436,
+  // Used by restore to re-create open files in ckpt itself.
+  lseek: 8, ftruncate: 77, fchmod: 91, fchown: 93, getresuid: 118, fchownat: 260, fchmodat: 268,
+  utimensat: 280, timerfd_create: 283, timerfd_settime: 286, timerfd_gettime: 287, signalfd4: 289,
+  eventfd2: 290, epoll_create1: 291,
 } as const;
 
 /** fcntl(2) commands. F_GETOWNER_UIDS exists for checkpoint/restore (CONFIG_CHECKPOINT_RESTORE). */
 export const F = {
   GETFL: 3, GETSIG: 11, GETOWN_EX: 16, GETOWNER_UIDS: 17, SETPIPE_SZ: 1031, GETPIPE_SZ: 1032,
-  GET_SEALS: 1034,
+  GET_SEALS: 1034, SETFD: 2, DUPFD_CLOEXEC: 1030, SETFL: 4, SETSIG: 10, SETOWN_EX: 15, ADD_SEALS: 1033,
 } as const;
 
 /** ioctl requests on files. */
@@ -61,8 +71,11 @@ export const PTRACE = {
   GETFPREGS: 14, DETACH: 17, SETOPTIONS: 0x4200, GETEVENTMSG: 0x4201, GETSIGINFO: 0x4202,
   GETREGSET: 0x4204, SETREGSET: 0x4205, SEIZE: 0x4206, INTERRUPT: 0x4207, LISTEN: 0x4208,
   PEEKSIGINFO: 0x4209, GETSIGMASK: 0x420a, SETSIGMASK: 0x420b, GET_SYSCALL_INFO: 0x420e,
-  GET_THREAD_AREA: 25, GET_RSEQ_CONFIGURATION: 0x420f,
+  GET_THREAD_AREA: 25, GET_RSEQ_CONFIGURATION: 0x420f, SYSCALL: 24,
 } as const;
+
+/** PTRACE_EVENT_* numbers of the stops TRACEFORK/TRACEVFORK/TRACECLONE report. */
+export const PTRACE_EVENT = { FORK: 1, VFORK: 2, CLONE: 3, EXEC: 4, EXIT: 6 } as const;
 
 /** ptrace options (PTRACE_O_*). */
 export const PTRACE_O = { TRACESYSGOOD: 1, TRACEFORK: 2, TRACEVFORK: 4, TRACECLONE: 8, EXITKILL: 0x100000 } as const;
@@ -78,7 +91,7 @@ export const KCMP = { FILE: 0, VM: 1, FILES: 2, FS: 3, SIGHAND: 4, IO: 5, SYSVSE
 
 /** mmap(2) protections and flags. */
 export const PROT = { NONE: 0, READ: 1, WRITE: 2, EXEC: 4 } as const;
-export const MAP = { SHARED: 1, PRIVATE: 2, FIXED: 0x10, ANONYMOUS: 0x20, GROWSDOWN: 0x100, NORESERVE: 0x4000, POPULATE: 0x8000 } as const;
+export const MAP = { SHARED: 1, PRIVATE: 2, FIXED: 0x10, FIXED_NOREPLACE: 0x100000, ANONYMOUS: 0x20, GROWSDOWN: 0x100, NORESERVE: 0x4000, POPULATE: 0x8000 } as const;
 
 /** madvise(2) advice values. */
 export const MADV_NOHUGEPAGE = 15;
@@ -101,3 +114,22 @@ export const UFFD_FEATURE = { PAGEFAULT_FLAG_WP: 1 << 0, WP_UNPOPULATED: 1 << 13
 
 /** Size of one page on x86_64. */
 export const PAGE_SIZE = 4096;
+
+/** Flags of eventfd2, signalfd4, timerfd_create, epoll_create1 and memfd_create (each CLOEXEC is O_CLOEXEC). */
+export const EFD = { SEMAPHORE: 1, NONBLOCK: 0o4000, CLOEXEC: 0o2000000 } as const;
+export const SFD = { NONBLOCK: 0o4000, CLOEXEC: 0o2000000 } as const;
+export const TFD = { NONBLOCK: 0o4000, CLOEXEC: 0o2000000, TIMER_ABSTIME: 1, TIMER_CANCEL_ON_SET: 2 } as const;
+export const EPOLL_CLOEXEC = 0o2000000;
+export const MFD = { CLOEXEC: 1, ALLOW_SEALING: 2, HUGETLB: 4, NOEXEC_SEAL: 8, EXEC: 0x10 } as const;
+
+/** memfd seals (F_ADD_SEALS / F_GET_SEALS). */
+export const F_SEAL = { SEAL: 1, SHRINK: 2, GROW: 4, WRITE: 8, FUTURE_WRITE: 0x10, EXEC: 0x20 } as const;
+
+/** TFD_IOC_SET_TICKS: _IOW('T', 0, u64), sets a timerfd's expiration count (CONFIG_CHECKPOINT_RESTORE). */
+export const TFD_IOC_SET_TICKS = 0x40085400;
+
+/** lseek(2) whence. */
+export const SEEK = { SET: 0, CUR: 1, END: 2 } as const;
+
+/** prlimit(2) resources ckpt sets on itself. */
+export const RLIMIT_NOFILE = 7;

@@ -1,0 +1,72 @@
+/**
+ * Regular files, directories and the "mem" character devices (/dev/null ...):
+ * opened again by path with the recorded flags, at the recorded position.
+ * As CRIU does, a regular file whose size is not the dumped one is refused:
+ * its contents changed, and the restored process would read something else.
+ * Unlinked files come back from their ghost images (ghost.ts).
+ */
+import { isFieldSet } from "@bufbuild/protobuf";
+import { FdTypes, type FileEntry } from "../../image/gen/fdinfo_pb";
+import { RegFileEntrySchema, type RegFileEntry } from "../../image/gen/regfile_pb";
+import { Errno, SysError } from "../../sys/errno";
+import { fstat, openat, statx } from "../../sys/libc";
+import { AT, O, S_IF, S_IFMT } from "../../sys/nr";
+import { reopenFlags, restoreFileState } from "./file-state";
+import { Ghosts } from "./ghost";
+import { forFile, part, type FileRestoreContext, type FileRestoreKind } from "./kind";
+
+const TYPE_NAMES: Record<number, string> = {
+  [S_IF.REG]: "regular file", [S_IF.DIR]: "directory", [S_IF.CHR]: "character device", [S_IF.BLK]: "block device",
+  [S_IF.FIFO]: "FIFO", [S_IF.SOCK]: "socket", [S_IF.LNK]: "symbolic link",
+};
+
+/** "a directory", "a regular file" ... for a st_mode. */
+export function fileTypeName(mode: number): string {
+  return TYPE_NAMES[mode & S_IFMT] ?? `file of type 0${(mode & S_IFMT).toString(8)}`;
+}
+
+/** The file at `path` now, not following a final symlink; a clear error when it is gone. */
+function statNow(path: string): { mode: number } {
+  try {
+    return statx(AT.FDCWD, path, AT.SYMLINK_NOFOLLOW);
+  } catch (e) {
+    if (e instanceof SysError && e.errno === Errno.ENOENT) throw new Error(`${path} is gone`, { cause: e });
+    throw e;
+  }
+}
+
+function checkType(path: string, recordedMode: number | undefined, mode: number): void {
+  if (recordedMode !== undefined && (recordedMode & S_IFMT) !== (mode & S_IFMT)) {
+    throw new Error(`${path} is a ${fileTypeName(mode)} now; it was a ${fileTypeName(recordedMode)} when dumped`);
+  }
+}
+
+function openRegular(e: FileEntry, reg: RegFileEntry, ghosts: Ghosts, ctx: FileRestoreContext): number {
+  if (!reg.name.startsWith("/")) throw new Error(`the dumped path "${reg.name}" is not absolute`);
+  const ghost = ghosts.pathFor(e, reg);
+  const path = ghost ?? reg.name;
+  const mode = isFieldSet(reg, RegFileEntrySchema.field.mode) ? reg.mode : undefined;
+  // Look before opening: a path that became a FIFO would block the open.
+  if (!ghost) checkType(path, mode, statNow(path).mode);
+  const fd = ctx.own(openat(AT.FDCWD, path, reopenFlags(reg.flags) | O.NOFOLLOW));
+  const st = fstat(fd);
+  checkType(path, mode, st.mode);
+  if ((st.mode & S_IFMT) === S_IF.REG && isFieldSet(reg, RegFileEntrySchema.field.size) && st.size !== reg.size) {
+    throw new Error(`${reg.name} is ${st.size} bytes now but was ${reg.size} bytes when dumped; ckpt restores only files that did not change`);
+  }
+  // An O_PATH fd has no position, owner or status flags to set.
+  if (!(reg.flags & O.PATH)) restoreFileState(fd, { flags: reg.flags, fown: reg.fown, pos: reg.pos });
+  return fd;
+}
+
+export const regularKind: FileRestoreKind = {
+  name: "regular file",
+  type: FdTypes.REG,
+  open(entries, ctx) {
+    const ghosts = new Ghosts(ctx);
+    for (const e of entries) {
+      const reg = part(e, e.reg, "reg");
+      forFile(e.id, reg.name, () => ctx.keep(e.id, openRegular(e, reg, ghosts, ctx)));
+    }
+  },
+};

@@ -1,0 +1,82 @@
+/**
+ * Read side of an image directory, for restore: typed entries by file name,
+ * each image decoded once. An image set is complete only when inventory.img
+ * is there (dump writes it last), so opening checks that first.
+ */
+import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
+import { readImageFile } from "../image/image-file";
+import type { ImageEntry } from "../image/decode";
+import { SysError, Errno } from "../sys/errno";
+import { statx } from "../sys/libc";
+import { AT } from "../sys/nr";
+
+/** An image the set should hold is missing, or holds the wrong kind or count of entries. */
+export class ImageSetError extends Error {
+  override readonly name = "ImageSetError";
+}
+
+export class ImageSet {
+  private readonly cache = new Map<string, ImageEntry[]>();
+
+  private constructor(readonly dir: string) {}
+
+  /** Open a complete image set (one with inventory.img). */
+  static open(dir: string): ImageSet {
+    try {
+      const st = statx(AT.FDCWD, dir);
+      if ((st.mode & 0o170000) !== 0o040000) throw new ImageSetError(`${dir} is not a directory`);
+    } catch (e) {
+      if (e instanceof SysError && e.errno === Errno.ENOENT) throw new ImageSetError(`image directory ${dir} does not exist`);
+      throw e;
+    }
+    const set = new ImageSet(dir);
+    if (!set.has("inventory.img")) {
+      throw new ImageSetError(`${dir} holds no inventory.img: not a complete image set (a dump that failed or is still running?)`);
+    }
+    return set;
+  }
+
+  path(name: string): string {
+    return `${this.dir}/${name}`;
+  }
+
+  has(name: string): boolean {
+    try {
+      statx(AT.FDCWD, this.path(name));
+      return true;
+    } catch (e) {
+      if (e instanceof SysError && e.errno === Errno.ENOENT) return false;
+      throw e;
+    }
+  }
+
+  /** Raw entries (message + payload) of an image; [] when `optional` and the file is absent. */
+  raw(name: string, optional = false): ImageEntry[] {
+    let entries = this.cache.get(name);
+    if (!entries) {
+      if (optional && !this.has(name)) return [];
+      if (!this.has(name)) throw new ImageSetError(`${this.dir}: ${name} is missing from the image set`);
+      entries = readImageFile(this.path(name)).entries;
+      this.cache.set(name, entries);
+    }
+    return entries;
+  }
+
+  /** Every entry of an image, checked to be of `schema`. */
+  entries<D extends DescMessage>(name: string, schema: D, optional = false): MessageShape<D>[] {
+    return this.raw(name, optional).map((e, i) => {
+      if (e.message.$typeName !== schema.typeName) {
+        throw new ImageSetError(`${this.path(name)}: entry ${i} is a ${e.message.$typeName}, expected ${schema.typeName}`);
+      }
+      return e.message as MessageShape<D>;
+    });
+  }
+
+  /** The single entry of an image such as core-TID.img or mm-PID.img. */
+  one<D extends DescMessage>(name: string, schema: D): MessageShape<D> {
+    const all = this.entries(name, schema);
+    const first = all[0];
+    if (all.length !== 1 || !first) throw new ImageSetError(`${this.path(name)}: expected one entry, found ${all.length}`);
+    return first;
+  }
+}
