@@ -1,0 +1,34 @@
+/** `ckpt restore`: bring a dumped process tree back from an image directory. */
+import { defineCommand } from "citty";
+import { restore, waitForRoot } from "../restore/restore";
+import { rejectUnknownArgs, UsageError } from "./exit";
+
+export const restoreCommand = defineCommand({
+  meta: { name: "restore", description: "Restore the process tree saved in DIR, with its original pids; waits for it to exit unless -d" },
+  args: {
+    "images-dir": { type: "string", alias: "D", description: "directory holding a complete image set (from ckpt dump)", required: true },
+    "restore-detached": { type: "boolean", alias: "d", description: "return once the tree runs, leaving it on its own (its root is reparented to init)", default: false },
+    pidfile: { type: "string", description: "write the restored root's pid to this file" },
+    "shell-job": { type: "boolean", alias: "j", description: "the tree was dumped with --shell-job: give it this terminal and session", default: false },
+    json: { type: "boolean", description: "print a JSON summary instead of one line", default: false },
+  },
+  async run({ args, rawArgs }) {
+    rejectUnknownArgs(rawArgs, ["images-dir", "D", "restore-detached", "d", "pidfile", "shell-job", "j", "json"], 0, ["images-dir", "D", "pidfile"]);
+    const dir = String(args["images-dir"]);
+    if (dir === "") throw new UsageError("-D/--images-dir needs a directory");
+    const detach = Boolean(args["restore-detached"]);
+    const result = await restore({
+      dir, detach, shellJob: Boolean(args["shell-job"]),
+      ...(args.pidfile !== undefined ? { pidfile: String(args.pidfile) } : {}),
+    });
+    if (args.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+    else {
+      const f = result.figures;
+      process.stdout.write(
+        `restored ${result.processes} process(es), ${result.threads} thread(s) as tree ${result.root} from ${result.dir}: ` +
+          `${result.pagesRestored} pages, total ${f.totalMs.toFixed(1)} ms${detach ? "" : "; waiting for it to exit"}\n`,
+      );
+    }
+    if (!detach) process.exitCode = waitForRoot(result.root);
+  },
+});

@@ -1,0 +1,187 @@
+/**
+ * A task ckpt is rebuilding, driven by injected system calls.
+ *
+ * Unlike dump's injection, nothing of the task's own state needs keeping:
+ * restore owns these tasks from their first instruction and sets every
+ * register from the images at the very end. What matters here is that no
+ * signal is involved at all: each call runs between a syscall-enter-stop and
+ * a syscall-exit-stop (PTRACE_SYSCALL), so no forced SIGTRAP ever resets a
+ * handler or unblocks a signal, and a call may even unmap the page holding
+ * its own `syscall` instruction, since the task never returns to user mode
+ * before ckpt has set its final registers.
+ *
+ * Every task is seized with PTRACE_O_EXITKILL: if ckpt dies mid-restore the
+ * kernel kills every half-built task.
+ */
+import { errnoName, errnoText, SysError } from "../sys/errno";
+import { addressOf, processVmWritev, syscall as rawSyscall, waitpid } from "../sys/libc";
+import { NT, PTRACE, PTRACE_EVENT, PTRACE_EVENT_STOP, SYS, W } from "../sys/nr";
+import * as ptrace from "../sys/ptrace";
+import { decodeUserRegs, encodeUserRegs, USER_REGS_SIZE, type UserRegs } from "../sys/structs";
+
+/** Options every restored task is traced with (auto-attached clones inherit them). */
+export const RESTORE_PTRACE_OPTIONS = 0x1 /* TRACESYSGOOD */ | 0x2 /* TRACEFORK */ | 0x4 /* TRACEVFORK */ | 0x8 /* TRACECLONE */ | 0x100000 /* EXITKILL */;
+
+const U64_MASK = (1n << 64n) - 1n;
+const MAX_ERRNO = 4095n;
+/** What TRACESYSGOOD makes a syscall stop's signal. */
+const SYSCALL_STOP_SIG = 5 | 0x80;
+
+const SYSCALL_NAMES: ReadonlyMap<number, string> = new Map(Object.entries(SYS).map(([name, nr]) => [nr, name]));
+
+export type Arg = number | bigint;
+
+/** An injected call returned -errno. */
+export class PuppetCallError extends SysError {
+  constructor(readonly tid: number, call: string, args: readonly string[], errno: number) {
+    super(call, args, errno);
+    this.message = `${call}(${args.join(", ")}) in restored task ${tid}: ${errnoName(errno)} (${errnoText(errno)})`;
+  }
+}
+
+/** A restored task stopped being drivable (it died, or stopped in a way restore did not expect). */
+export class PuppetError extends Error {
+  override readonly name = "PuppetError";
+  constructor(message: string, readonly tid: number) {
+    super(message);
+  }
+}
+
+const regsBuf = new Uint8Array(USER_REGS_SIZE);
+
+export function getRegs(tid: number): UserRegs {
+  ptrace.getRegset(tid, NT.PRSTATUS, regsBuf);
+  return decodeUserRegs(regsBuf);
+}
+
+export function setRegs(tid: number, regs: UserRegs): void {
+  ptrace.setRegset(tid, NT.PRSTATUS, encodeUserRegs(regs, regsBuf));
+}
+
+function ptraceSyscall(tid: number): void {
+  rawSyscall("ptrace", SYS.ptrace, [PTRACE.SYSCALL, tid, 0, 0], ["PTRACE_SYSCALL", String(tid)]);
+}
+
+/** Block every signal of a stopped tracee (SIGKILL and SIGSTOP cannot be). */
+export function blockAllSignals(tid: number): void {
+  const all = new BigUint64Array([U64_MASK]);
+  rawSyscall("ptrace", SYS.ptrace, [PTRACE.SETSIGMASK, tid, 8, addressOf(all)], ["PTRACE_SETSIGMASK", String(tid), "all"]);
+}
+
+export function setSigmask(tid: number, mask: bigint): void {
+  const m = new BigUint64Array([mask]);
+  rawSyscall("ptrace", SYS.ptrace, [PTRACE.SETSIGMASK, tid, 8, addressOf(m)], ["PTRACE_SETSIGMASK", String(tid), `0x${mask.toString(16)}`]);
+}
+
+function eventMessage(tid: number): number {
+  const msg = new BigUint64Array(1);
+  rawSyscall("ptrace", SYS.ptrace, [PTRACE.GETEVENTMSG, tid, 0, addressOf(msg)], ["PTRACE_GETEVENTMSG", String(tid)]);
+  return Number(msg[0] ?? 0n);
+}
+
+/** Counters for the stats: injected calls and ptrace stops. */
+export const puppetCounters = { calls: 0, stops: 0 };
+
+export class Puppet {
+  /** Registers the calls start from (segment selectors, flags, fs_base of the task as it is). */
+  private readonly base: UserRegs;
+  /** Children this task created by clone/fork, from the ptrace events of its calls. */
+  readonly newTasks: number[] = [];
+
+  constructor(
+    readonly tid: number,
+    /** Address of a `syscall` instruction mapped in this task. */
+    public syscallAt: bigint,
+  ) {
+    this.base = getRegs(tid);
+  }
+
+  /** Run one system call in the task; returns the raw result (-errno on failure). */
+  raw(nr: number, args: readonly Arg[]): bigint {
+    const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
+    setRegs(this.tid, {
+      ...this.base, ip: this.syscallAt, ax: BigInt(nr), orig_ax: U64_MASK,
+      di: a[0] ?? 0n, si: a[1] ?? 0n, dx: a[2] ?? 0n, r10: a[3] ?? 0n, r8: a[4] ?? 0n, r9: a[5] ?? 0n,
+    });
+    puppetCounters.calls++;
+    this.resumeUntilSyscallStop(nr); // enter
+    this.resumeUntilSyscallStop(nr); // exit
+    return BigInt.asIntN(64, getRegs(this.tid).ax);
+  }
+
+  /** Run a system call that must succeed; the error names the call, its arguments and the task. */
+  call(nr: number, args: readonly Arg[], shown: readonly string[] = args.map((x) => (typeof x === "bigint" ? `0x${x.toString(16)}` : String(x)))): bigint {
+    const r = this.raw(nr, args);
+    if (r < 0n && r >= -MAX_ERRNO) throw new PuppetCallError(this.tid, SYSCALL_NAMES.get(nr) ?? `syscall ${nr}`, shown, Number(-r));
+    return r;
+  }
+
+  /** Copy bytes into the task's memory (it must be writable there). */
+  write(address: bigint, bytes: Uint8Array): void {
+    const local = new BigUint64Array([BigInt(addressOf(bytes)), BigInt(bytes.length)]);
+    const remote = new BigUint64Array([address, BigInt(bytes.length)]);
+    const n = processVmWritev(this.tid, local, 1, remote, 1);
+    if (n !== bytes.length) throw new PuppetError(`process_vm_writev to task ${this.tid} at 0x${address.toString(16)} wrote ${n} of ${bytes.length} bytes`, this.tid);
+  }
+
+  /**
+   * Make the last call, the one whose return leaves nothing to return to
+   * (exit_group): resume into it and wait for the task to be gone.
+   */
+  callNoReturn(nr: number, args: readonly Arg[]): void {
+    const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
+    setRegs(this.tid, { ...this.base, ip: this.syscallAt, ax: BigInt(nr), orig_ax: U64_MASK, di: a[0] ?? 0n });
+    ptraceSyscall(this.tid);
+    for (;;) {
+      const { status } = waitpid(this.tid, W.ALL);
+      if (ptrace.isExited(status) || ptrace.isSignaled(status)) return;
+      rawSyscall("ptrace", SYS.ptrace, [PTRACE.CONT, this.tid, 0, 0], ["PTRACE_CONT", String(this.tid)]);
+    }
+  }
+
+  /**
+   * Leave the syscall-exit-stop of the last call for a PTRACE_EVENT_STOP in
+   * get_signal(): registers set there are the ones the kernel's
+   * syscall-restart rules then look at, exactly as for a task stopped by a
+   * dump's PTRACE_INTERRUPT.
+   */
+  parkInSignalStop(): void {
+    ptrace.interrupt(this.tid);
+    rawSyscall("ptrace", SYS.ptrace, [PTRACE.CONT, this.tid, 0, 0], ["PTRACE_CONT", String(this.tid)]);
+    for (;;) {
+      const status = this.waitStop("to park");
+      if (ptrace.ptraceEvent(status) === PTRACE_EVENT_STOP) return;
+      // Anything else on the way (a syscall-stop cannot be: PTRACE_CONT) is resumed without a signal.
+      rawSyscall("ptrace", SYS.ptrace, [PTRACE.CONT, this.tid, 0, 0], ["PTRACE_CONT", String(this.tid)]);
+    }
+  }
+
+  private waitStop(what: string): number {
+    const { status } = waitpid(this.tid, W.ALL);
+    puppetCounters.stops++;
+    if (ptrace.isExited(status)) throw new PuppetError(`restored task ${this.tid} exited with status ${ptrace.exitCode(status)} ${what}`, this.tid);
+    if (ptrace.isSignaled(status)) throw new PuppetError(`restored task ${this.tid} was killed by signal ${ptrace.termSig(status)} ${what}`, this.tid);
+    return status;
+  }
+
+  private resumeUntilSyscallStop(nr: number): void {
+    ptraceSyscall(this.tid);
+    for (;;) {
+      const status = this.waitStop(`in ${SYSCALL_NAMES.get(nr) ?? `syscall ${nr}`}`);
+      if (ptrace.stopSig(status) === SYSCALL_STOP_SIG) return;
+      const event = ptrace.ptraceEvent(status);
+      if (event === PTRACE_EVENT.FORK || event === PTRACE_EVENT.VFORK || event === PTRACE_EVENT.CLONE) this.newTasks.push(eventMessage(this.tid));
+      // Event stops and signals (all are blocked; only SIGSTOP/SIGKILL can come) are passed over without a signal.
+      ptraceSyscall(this.tid);
+    }
+  }
+}
+
+/** Wait for the first stop of a task auto-attached through a clone event. */
+export function waitNewTask(tid: number): void {
+  for (;;) {
+    const { status } = waitpid(tid, W.ALL);
+    if (ptrace.isExited(status) || ptrace.isSignaled(status)) throw new PuppetError(`new task ${tid} died before its first stop`, tid);
+    if (ptrace.isStopped(status)) return;
+  }
+}

@@ -1,0 +1,164 @@
+/**
+ * Process- and thread-wide state from the core images, put back by injected
+ * calls (signal actions, timers, alternate stacks, rseq, credentials ...) or
+ * from ckpt with calls that take a pid (rlimits, scheduling).
+ */
+import type { CoreEntry, TaskCoreEntry, ThreadCoreEntry } from "../image/gen/core_pb";
+import type { CredsEntry } from "../image/gen/creds_pb";
+import type { ItimerEntry } from "../image/gen/timer_pb";
+import { readWholeFile } from "../sys/file";
+import { addressOf, syscall } from "../sys/libc";
+import { KSIGACTION_SIZE, KSIGSET_SIZE, SIGMAX, signalName } from "../sys/inject-consts";
+import { SIG, SYS } from "../sys/nr";
+import type { Puppet } from "./puppet";
+
+const hex = (v: bigint | number): string => `0x${v.toString(16)}`;
+
+const PR = {
+  SET_PDEATHSIG: 1, SET_NAME: 15, CAPBSET_DROP: 24, SET_SECUREBITS: 28, SET_CHILD_SUBREAPER: 36,
+  CAP_AMBIENT: 47,
+} as const;
+const PR_CAP_AMBIENT_RAISE = 2;
+const SS_DISABLE = 2;
+const SIGINFO_SIZE = 128;
+const SECBIT_NO_SETUID_FIXUP = 1 << 2;
+const LINUX_CAPABILITY_VERSION_3 = 0x20080522;
+
+/** Signals a task core lists actions for: 1..64 without SIGKILL and SIGSTOP, in order. */
+function actionSignals(): number[] {
+  const out: number[] = [];
+  for (let sig = 1; sig <= SIGMAX; sig++) if (sig !== SIG.KILL && sig !== SIG.STOP) out.push(sig);
+  return out;
+}
+
+/** Every signal action that is not the default one (handler 0, no flags, empty mask). */
+export function restoreSigactions(p: Puppet, scratch: bigint, tc: TaskCoreEntry): void {
+  const signals = actionSignals();
+  if (tc.sigactions.length !== 0 && tc.sigactions.length !== signals.length) {
+    throw new Error(`task core of ${p.tid} lists ${tc.sigactions.length} signal actions, expected ${signals.length}`);
+  }
+  const buf = new Uint8Array(KSIGACTION_SIZE);
+  const v = new DataView(buf.buffer);
+  tc.sigactions.forEach((sa, i) => {
+    const sig = signals[i] ?? 0;
+    if (sa.sigaction === 0n && sa.flags === 0n && sa.mask === 0n) return;
+    v.setBigUint64(0, sa.sigaction, true);
+    v.setBigUint64(8, sa.flags, true);
+    v.setBigUint64(16, sa.restorer, true);
+    v.setBigUint64(24, sa.mask, true);
+    p.write(scratch, buf);
+    p.call(SYS.rt_sigaction, [sig, scratch, 0, KSIGSET_SIZE], [signalName(sig), hex(sa.sigaction), "NULL", String(KSIGSET_SIZE)]);
+  });
+}
+
+function isZero(t: ItimerEntry | undefined): boolean {
+  return !t || (t.isec === 0n && t.iusec === 0n && t.vsec === 0n && t.vusec === 0n);
+}
+
+export function restoreItimers(p: Puppet, scratch: bigint, tc: TaskCoreEntry): void {
+  const t = tc.timers;
+  if (!t) return;
+  [t.real, t.virt, t.prof].forEach((it, which) => {
+    if (!it || isZero(it)) return;
+    const v = new BigUint64Array([it.isec, it.iusec, it.vsec, it.vusec]);
+    // A timer that had 0 left fires at once rather than never.
+    if (it.vsec === 0n && it.vusec === 0n) v[3] = 1n;
+    p.write(scratch, new Uint8Array(v.buffer));
+    p.call(SYS.setitimer, [which, scratch, 0]);
+  });
+}
+
+/** Signals queued at dump time, queued again by the task to itself (the kernel allows any si_code then). */
+export function requeueSignals(p: Puppet, scratch: bigint, tgid: number, queue: { siginfo: Uint8Array }[] | undefined, threadTid?: number): void {
+  for (const { siginfo } of queue ?? []) {
+    if (siginfo.length !== SIGINFO_SIZE) throw new Error(`a queued signal of ${p.tid} is ${siginfo.length} bytes, not a siginfo_t`);
+    const signo = new DataView(siginfo.buffer, siginfo.byteOffset, 4).getInt32(0, true);
+    p.write(scratch, siginfo);
+    if (threadTid === undefined) p.call(SYS.rt_sigqueueinfo, [tgid, signo, scratch], [String(tgid), signalName(signo), "siginfo"]);
+    else p.call(SYS.rt_tgsigqueueinfo, [tgid, threadTid, signo, scratch], [String(tgid), String(threadTid), signalName(signo), "siginfo"]);
+  }
+}
+
+/** Per-thread kernel state a thread sets on itself. */
+export function restoreThreadState(p: Puppet, scratch: bigint, core: CoreEntry, tc: ThreadCoreEntry): void {
+  const info = core.threadInfo;
+  if (info) p.call(SYS.set_tid_address, [info.clearTidAddr]);
+  if (tc.futexRla !== 0n) p.call(SYS.set_robust_list, [tc.futexRla, tc.futexRlaLen]);
+  const sas = tc.sas;
+  if (sas && (sas.ssFlags & SS_DISABLE) === 0) {
+    const b = new Uint8Array(24);
+    const v = new DataView(b.buffer);
+    v.setBigUint64(0, sas.ssSp, true);
+    v.setUint32(8, sas.ssFlags, true);
+    v.setBigUint64(16, sas.ssSize, true);
+    p.write(scratch, b);
+    p.call(SYS.sigaltstack, [scratch, 0], [`{sp ${hex(sas.ssSp)}, size ${sas.ssSize}}`, "NULL"]);
+  }
+  const rseq = tc.rseqEntry;
+  if (rseq && rseq.rseqAbiPointer !== 0n) p.call(SYS.rseq, [rseq.rseqAbiPointer, rseq.rseqAbiSize, 0, rseq.signature]);
+  if (tc.comm) {
+    const name = new Uint8Array(16);
+    name.set(new TextEncoder().encode(tc.comm).subarray(0, 15));
+    p.write(scratch, name);
+    p.call(SYS.prctl, [PR.SET_NAME, scratch], ["PR_SET_NAME", JSON.stringify(tc.comm)]);
+  }
+  if (tc.pdeathSig) p.call(SYS.prctl, [PR.SET_PDEATHSIG, tc.pdeathSig], ["PR_SET_PDEATHSIG", signalName(tc.pdeathSig)]);
+}
+
+/** Scheduling policy, priority and nice value, set from ckpt (these calls take a tid). */
+export function restoreScheduling(tid: number, tc: ThreadCoreEntry): void {
+  const policy = tc.schedPolicy ?? 0;
+  if (policy !== 0) {
+    const param = new Int32Array([tc.schedPrio ?? 0]);
+    syscall("sched_setscheduler", SYS.sched_setscheduler, [tid, policy, addressOf(param)], [String(tid), String(policy), String(tc.schedPrio ?? 0)]);
+  }
+  if ((tc.schedNice ?? 0) !== 0) syscall("setpriority", SYS.setpriority, [0, tid, tc.schedNice ?? 0], ["PRIO_PROCESS", String(tid), String(tc.schedNice)]);
+}
+
+export function setChildSubreaper(p: Puppet): void {
+  p.call(SYS.prctl, [PR.SET_CHILD_SUBREAPER, 1], ["PR_SET_CHILD_SUBREAPER", "1"]);
+}
+
+const word64 = (w: readonly number[]): bigint => BigInt(w[0] ?? 0) | (BigInt(w[1] ?? 0) << 32n);
+
+/** The highest capability this kernel knows. */
+function lastCap(): number {
+  return Number.parseInt(new TextDecoder().decode(readWholeFile("/proc/sys/kernel/cap_last_cap")), 10);
+}
+
+/**
+ * A thread's credentials, in the order that keeps the privileges each step
+ * needs: keep capabilities across the uid change (NO_SETUID_FIXUP), set
+ * groups and ids, drop the bounding set (needs CAP_SETPCAP), set the real
+ * securebits, then the capability sets, then raise ambient ones.
+ */
+export function restoreCreds(p: Puppet, scratch: bigint, c: CredsEntry): void {
+  p.call(SYS.prctl, [PR.SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP], ["PR_SET_SECUREBITS", "NO_SETUID_FIXUP"]);
+  const groups = new Uint32Array(c.groups);
+  if (groups.length) p.write(scratch, new Uint8Array(groups.buffer));
+  p.call(SYS.setgroups, [groups.length, groups.length ? scratch : 0], [String(groups.length), `[${c.groups.join(",")}]`]);
+  p.call(SYS.setresgid, [c.gid, c.egid, c.sgid]);
+  p.call(SYS.setfsgid, [c.fsgid]);
+  p.call(SYS.setresuid, [c.uid, c.euid, c.suid]);
+  p.call(SYS.setfsuid, [c.fsuid]);
+  const bnd = word64(c.capBnd);
+  const last = lastCap();
+  for (let cap = 0; cap <= last; cap++) {
+    if ((bnd & (1n << BigInt(cap))) === 0n) p.call(SYS.prctl, [PR.CAPBSET_DROP, cap], ["PR_CAPBSET_DROP", String(cap)]);
+  }
+  p.call(SYS.prctl, [PR.SET_SECUREBITS, c.secbits], ["PR_SET_SECUREBITS", hex(c.secbits)]);
+  const eff = word64(c.capEff);
+  const prm = word64(c.capPrm);
+  const inh = word64(c.capInh);
+  const b = new Uint32Array([
+    LINUX_CAPABILITY_VERSION_3, 0,
+    Number(eff & 0xffffffffn), Number(prm & 0xffffffffn), Number(inh & 0xffffffffn),
+    Number(eff >> 32n), Number(prm >> 32n), Number(inh >> 32n),
+  ]);
+  p.write(scratch, new Uint8Array(b.buffer));
+  p.call(SYS.capset, [scratch, scratch + 8n], ["v3", `eff ${hex(eff)} prm ${hex(prm)} inh ${hex(inh)}`]);
+  const amb = word64(c.capAmb);
+  for (let cap = 0; cap <= last; cap++) {
+    if ((amb & (1n << BigInt(cap))) !== 0n) p.call(SYS.prctl, [PR.CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0], ["PR_CAP_AMBIENT_RAISE", String(cap)]);
+  }
+}

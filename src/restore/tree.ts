@@ -1,0 +1,117 @@
+/**
+ * The process tree of pstree.img, recreated with its original pids: each
+ * process is cloned (clone3 with set_tid) by an injected call in its parent,
+ * the root by the seed with CLONE_PARENT so that it becomes a child of the
+ * seed's parent (ckpt, as subreaper, or init) and not of the seed. Threads
+ * are cloned the same way inside their process.
+ *
+ * Sessions and groups: a process whose sid is its own pid calls setsid()
+ * before it clones its children, so they inherit the session; a process
+ * group leader calls setpgid(0, 0) likewise; the others join their group
+ * afterwards. A session or group the tree cannot make (led by a process
+ * outside it) is allowed only when it is the root's, which the root then
+ * takes from the seed (a new session, or ckpt's own with --shell-job).
+ */
+import type { PstreeEntry } from "../image/gen/pstree_pb";
+import { SIG, SYS } from "../sys/nr";
+import { Puppet, PuppetCallError, waitNewTask } from "./puppet";
+import { Errno } from "../sys/errno";
+
+const CLONE_ARGS_SIZE = 88;
+const CLONE = {
+  VM: 0x100, FS: 0x200, FILES: 0x400, SIGHAND: 0x800, PARENT: 0x8000, THREAD: 0x10000, SYSVSEM: 0x40000,
+} as const;
+const THREAD_FLAGS = CLONE.VM | CLONE.FS | CLONE.FILES | CLONE.SIGHAND | CLONE.THREAD | CLONE.SYSVSEM;
+
+/** A pid or tid of the image is in use on this host. */
+export class PidTakenError extends Error {
+  override readonly name = "PidTakenError";
+  constructor(readonly pid: number, what: string) {
+    super(`pid ${pid} (${what}) is taken on this host: a task with that pid is running`);
+  }
+}
+
+/** clone3 from `parent` with set_tid = [tid]; returns the new task, stopped and traced. */
+function cloneWithTid(parent: Puppet, scratch: bigint, tid: number, flags: number, what: string): Puppet {
+  const buf = new Uint8Array(CLONE_ARGS_SIZE + 8);
+  const v = new DataView(buf.buffer);
+  v.setBigUint64(0, BigInt(flags), true);
+  // CLONE_PARENT and CLONE_THREAD want exit_signal 0 (it comes from the parent, or there is none).
+  v.setBigUint64(32, flags & (CLONE.PARENT | CLONE.THREAD) ? 0n : BigInt(SIG.CHLD), true);
+  v.setBigUint64(64, scratch + BigInt(CLONE_ARGS_SIZE), true);
+  v.setBigUint64(72, 1n, true);
+  v.setInt32(CLONE_ARGS_SIZE, tid, true);
+  parent.write(scratch, buf);
+  let got: number;
+  try {
+    got = Number(parent.call(SYS.clone3, [scratch, CLONE_ARGS_SIZE], [`{flags 0x${flags.toString(16)}, set_tid [${tid}]}`, String(CLONE_ARGS_SIZE)]));
+  } catch (e) {
+    if (e instanceof PuppetCallError && e.errno === Errno.EEXIST) throw new PidTakenError(tid, what);
+    throw e;
+  }
+  if (got !== tid) throw new Error(`clone3 for ${what} gave pid ${got}, not ${tid}`);
+  waitNewTask(got);
+  return new Puppet(got, parent.syscallAt);
+}
+
+export interface RestoredTree {
+  /** Thread-group leaders by pid, in pstree order (parents first). */
+  processes: Map<number, Puppet>;
+}
+
+/**
+ * Clone every process of the tree from `seed` (whose syscall page is at
+ * `seed.syscallAt`, with scratch at `scratch`). `created` gets each pid as
+ * soon as it exists, so a failure can kill exactly what was made.
+ */
+export function createProcesses(seed: Puppet, scratch: bigint, pstree: readonly PstreeEntry[], created: number[]): RestoredTree {
+  const root = pstree[0];
+  if (!root) throw new Error("pstree.img lists no process");
+  const inTree = new Set(pstree.map((e) => e.pid));
+  const byPid = new Map(pstree.map((e) => [e.pid, e]));
+  const processes = new Map<number, Puppet>();
+
+  const make = (e: PstreeEntry, parent: Puppet, flags: number): void => {
+    const p = cloneWithTid(parent, scratch, e.pid, flags, e.pid === root.pid ? "the root process" : `a process, child of ${e.ppid}`);
+    created.push(e.pid);
+    processes.set(e.pid, p);
+    if (e.sid === e.pid) p.call(SYS.setsid, []);
+    else if (e.pgid === e.pid) p.call(SYS.setpgid, [0, 0]);
+    for (const child of pstree) if (child.ppid === e.pid && child.pid !== e.pid) make(child, p, 0);
+  };
+  checkSessions(pstree, byPid, inTree);
+  make(root, seed, CLONE.PARENT);
+
+  // Groups led by another process of the tree: joined once every leader has its group.
+  for (const e of pstree) {
+    if (e.pgid === e.pid || e.sid === e.pid || !inTree.has(e.pgid)) continue;
+    const p = processes.get(e.pid);
+    if (p) p.call(SYS.setpgid, [0, e.pgid]);
+  }
+  return { processes };
+}
+
+/** Refuse sessions and groups the clone order cannot give back. */
+function checkSessions(pstree: readonly PstreeEntry[], byPid: Map<number, PstreeEntry>, inTree: Set<number>): void {
+  const root = pstree[0];
+  if (!root) return;
+  for (const e of pstree) {
+    if (e.pid === root.pid) continue;
+    const parent = byPid.get(e.ppid);
+    if (e.sid !== e.pid && e.sid !== parent?.sid) {
+      throw new Error(`process ${e.pid} is in session ${e.sid}, which is neither its own nor its parent's: restore cannot recreate that`);
+    }
+    if (!inTree.has(e.pgid) && e.pgid !== root.pgid) {
+      throw new Error(`process ${e.pid} is in process group ${e.pgid}, led by a process outside the tree`);
+    }
+  }
+}
+
+/** Clone the other threads of a process (its leader must be the caller). */
+export function createThreads(leader: Puppet, scratch: bigint, tids: readonly number[], created: number[]): Puppet[] {
+  return tids.map((tid) => {
+    const t = cloneWithTid(leader, scratch, tid, THREAD_FLAGS, `a thread of ${leader.tid}`);
+    created.push(tid);
+    return t;
+  });
+}

@@ -1,0 +1,249 @@
+/**
+ * Workloads for restore tests. Each sets up state before it prints "ready",
+ * then on SIGUSR1 checks that state from the inside and prints "ok" or
+ * "bad WHAT", so a restored copy verifies itself.
+ */
+import { buildC } from "./target";
+
+/**
+ * restoretarget DIR: memory (anonymous, heap, a private file mapping it wrote
+ * to, a shared one), two threads (one blocked in read() on a pipe, one in a
+ * nanosleep loop), fds with positions and sharing, a pipe with data, signal
+ * actions, a blocked SIGUSR2 queued with a value, an alternate signal stack and
+ * an interval timer. Prints "ready PID TID_READER TID_SLEEPER".
+ */
+export function restoreTarget(): string {
+  return buildC("restoretarget", `
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MIB (8u << 20)
+static volatile sig_atomic_t check_requested, got_usr2;
+static volatile int usr2_value;
+static unsigned long long *anon;
+static unsigned char *heap, *priv, *shared;
+static int wake_pipe[2];
+static volatile int reader_state; /* 0 waiting, 1 got 'x', 2 read failed */
+static volatile unsigned long sleeper_rounds;
+static volatile int sleeper_eintr_ok = 1;
+static __thread unsigned long long tls_tag;
+static volatile unsigned long long reader_tls, sleeper_tls;
+static char altstack[65536];
+static pid_t tids[2];
+
+static void on_usr1(int s) { (void)s; check_requested = 1; }
+static void on_usr2(int s, siginfo_t *si, void *u) { (void)s; (void)u; got_usr2 = 1; usr2_value = si->si_value.sival_int; }
+static unsigned long long word(size_t k) { return (k * 0x9e3779b97f4a7c15ULL) ^ 0xfeedULL; }
+
+static void only_main_gets_signals(void) {
+  sigset_t all; sigfillset(&all); pthread_sigmask(SIG_BLOCK, &all, NULL);
+}
+static void *reader(void *p) {
+  (void)p; only_main_gets_signals();
+  tls_tag = 0xaaaa0001ULL; tids[0] = (pid_t)syscall(SYS_gettid);
+  char c;
+  ssize_t n = read(wake_pipe[0], &c, 1);   /* blocked here across dump and restore */
+  reader_tls = tls_tag;
+  reader_state = (n == 1 && c == 'x') ? 1 : 2;
+  for (;;) pause();
+}
+static void on_urg(int s) { (void)s; }
+static void *sleeper(void *p) {
+  (void)p; only_main_gets_signals();
+  /* SIGURG (handled, no SA_RESTART) is how the check wakes this thread. */
+  sigset_t urg; sigemptyset(&urg); sigaddset(&urg, SIGURG); pthread_sigmask(SIG_UNBLOCK, &urg, NULL);
+  tls_tag = 0xbbbb0002ULL; tids[1] = (pid_t)syscall(SYS_gettid);
+  for (;;) {
+    struct timespec ts = { 1000, 0 };
+    if (nanosleep(&ts, NULL) != 0 && errno != EINTR) sleeper_eintr_ok = 0;
+    sleeper_tls = tls_tag;
+    sleeper_rounds++;
+  }
+}
+
+#define BAD(what) do { printf("bad %s\\n", what); fflush(stdout); return; } while (0)
+static void check(void) {
+  for (size_t k = 0; k < MIB / 8; k++) if (anon[k] != word(k)) BAD("anonymous memory");
+  for (size_t i = 0; i < (1u << 20); i++) if (heap[i] != (unsigned char)(i * 13)) BAD("heap");
+  if (priv[0] != 'M' || priv[1] != 'M' || priv[4096] != (unsigned char)(4096 % 251)) BAD("private file mapping");
+  for (size_t i = 0; i < 65536; i++) if (shared[i] != (unsigned char)(i % 251)) BAD("shared file mapping");
+  if (lseek(10, 0, SEEK_CUR) != 5) BAD("position of fd 10");
+  if (write(11, "X", 1) != 1 || lseek(10, 0, SEEK_CUR) != 6) BAD("fd 11 does not share fd 10's file");
+  if (lseek(12, 0, SEEK_CUR) != 2) BAD("position of fd 12 (a separate open)");
+  if (fcntl(13, F_GETFD) != FD_CLOEXEC || fcntl(10, F_GETFD) != 0) BAD("close-on-exec flags");
+  char buf[16] = {0};
+  if (read(20, buf, 8) != 8 || memcmp(buf, "pipedata", 8)) BAD("pipe data");
+  struct sigaction sa;
+  sigaction(SIGUSR1, NULL, &sa);
+  if (sa.sa_handler != on_usr1 || !(sa.sa_flags & SA_RESTART) || !sigismember(&sa.sa_mask, SIGTERM)) BAD("SIGUSR1 action");
+  stack_t ss; sigaltstack(NULL, &ss);
+  if (ss.ss_sp != altstack || ss.ss_size != sizeof altstack) BAD("sigaltstack");
+  struct itimerval it; getitimer(ITIMER_REAL, &it);
+  if (it.it_value.tv_sec <= 0 || it.it_value.tv_sec > 5000 || it.it_interval.tv_sec != 5000) BAD("itimer");
+  if (got_usr2) BAD("SIGUSR2 delivered while blocked");
+  sigset_t usr2; sigemptyset(&usr2); sigaddset(&usr2, SIGUSR2);
+  sigprocmask(SIG_UNBLOCK, &usr2, NULL);
+  if (!got_usr2 || usr2_value != 42) BAD("pending SIGUSR2 lost or without its value");
+  sigprocmask(SIG_BLOCK, &usr2, NULL);
+  if (write(wake_pipe[1], "x", 1) != 1) BAD("wake pipe");
+  for (int i = 0; i < 5000 && reader_state == 0; i++) usleep(1000);
+  if (reader_state != 1) BAD("reader thread: read() did not go on after restore");
+  if (reader_tls != 0xaaaa0001ULL) BAD("reader thread TLS");
+  unsigned long before = sleeper_rounds;
+  syscall(SYS_tgkill, getpid(), tids[1], SIGURG);
+  for (int i = 0; i < 5000 && sleeper_rounds == before; i++) usleep(1000);
+  if (sleeper_rounds == before) BAD("sleeper thread does not run");
+  if (!sleeper_eintr_ok || sleeper_tls != 0xbbbb0002ULL) BAD("sleeper thread state");
+  printf("ok\\n"); fflush(stdout);
+}
+
+int main(int argc, char **argv) {
+  const char *dir = argc > 1 ? argv[1] : ".";
+  char path[4096];
+  anon = mmap(NULL, MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  for (size_t k = 0; k < MIB / 8; k++) anon[k] = word(k);
+  heap = malloc(1u << 20);
+  for (size_t i = 0; i < (1u << 20); i++) heap[i] = (unsigned char)(i * 13);
+  snprintf(path, sizeof path, "%s/data", dir);
+  int df = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  static unsigned char content[65536];
+  for (size_t i = 0; i < sizeof content; i++) content[i] = (unsigned char)(i % 251);
+  if (write(df, content, sizeof content) != sizeof content) return 2;
+  priv = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_PRIVATE, df, 0);
+  shared = mmap(NULL, 65536, PROT_READ, MAP_SHARED, df, 0);
+  close(df);
+  priv[0] = 'M'; priv[1] = 'M';
+  snprintf(path, sizeof path, "%s/log", dir);
+  int a = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  if (write(a, "hello", 5) != 5) return 3;
+  dup2(a, 10); close(a);
+  dup2(10, 11);
+  int b = open(path, O_RDONLY); lseek(b, 2, SEEK_SET); dup2(b, 12); close(b);
+  int c = open("/dev/null", O_RDONLY | O_CLOEXEC); dup3(c, 13, O_CLOEXEC); close(c);
+  int p[2]; if (pipe(p)) return 4;
+  dup2(p[0], 20); dup2(p[1], 21); close(p[0]); close(p[1]);
+  if (write(21, "pipedata", 8) != 8) return 5;
+  if (pipe(wake_pipe)) return 6;
+
+  struct sigaction sa; memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_usr1; sigemptyset(&sa.sa_mask); sigaddset(&sa.sa_mask, SIGTERM); sa.sa_flags = SA_RESTART;
+  sigaction(SIGUSR1, &sa, NULL);
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_usr2; sa.sa_flags = SA_SIGINFO; sigemptyset(&sa.sa_mask);
+  sigaction(SIGUSR2, &sa, NULL);
+  sigset_t usr2; sigemptyset(&usr2); sigaddset(&usr2, SIGUSR2);
+  sigprocmask(SIG_BLOCK, &usr2, NULL);
+  union sigval v; v.sival_int = 42;
+  sigqueue(getpid(), SIGUSR2, v);
+  stack_t ss = { .ss_sp = altstack, .ss_size = sizeof altstack, .ss_flags = 0 };
+  sigaltstack(&ss, NULL);
+  struct itimerval it = { { 5000, 0 }, { 4000, 0 } };
+  signal(SIGALRM, SIG_IGN);
+  memset(&sa, 0, sizeof sa); sa.sa_handler = on_urg; sigemptyset(&sa.sa_mask);
+  sigaction(SIGURG, &sa, NULL);
+  sigset_t urg; sigemptyset(&urg); sigaddset(&urg, SIGURG); sigprocmask(SIG_BLOCK, &urg, NULL);
+  setitimer(ITIMER_REAL, &it, NULL);
+
+  pthread_t t1, t2;
+  pthread_create(&t1, NULL, reader, NULL);
+  pthread_create(&t2, NULL, sleeper, NULL);
+  while (!tids[0] || !tids[1]) usleep(1000);
+  usleep(20000);
+  printf("ready %d %d %d\\n", getpid(), tids[0], tids[1]);
+  fflush(stdout);
+  for (;;) {
+    pause();
+    if (check_requested) { check_requested = 0; check(); }
+  }
+}
+`);
+}
+
+/**
+ * sharedtree DIR: a root, its child and grandchild, all holding fd 10 (one
+ * open file of DIR/shared, inherited) and fd 11/12 (a pipe the children
+ * report through). On SIGUSR1 the root writes "R" through fd 10 and signals
+ * the child, which checks that the shared position moved, writes "C" and
+ * signals the grandchild, which does the same with "G"; each reports over the
+ * pipe and the root prints "ok" or "bad ...". Each checks that it finds the
+ * position where the previous writer left it, which only a shared file does. Prints "ready ROOT CHILD GRANDCHILD".
+ */
+export function sharedTreeTarget(): string {
+  return buildC("sharedtree", `
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static volatile sig_atomic_t check_requested;
+static void on_usr1(int s) { (void)s; check_requested = 1; }
+static pid_t next_pid;
+static int rounds;
+/* The three write in turn (R, C, G) through one shared position, so each
+   finds it where the one before left it: 5 bytes of "start", 3 per round. */
+static void relay(char mark) {
+  int turn = mark == 'R' ? 0 : mark == 'C' ? 1 : 2;
+  off_t before = lseek(10, 0, SEEK_CUR);
+  char report = (before == 5 + 3 * rounds + turn && write(10, &mark, 1) == 1) ? mark : '!';
+  rounds++;
+  if (next_pid) {
+    kill(next_pid, SIGUSR1);
+  }
+  if (write(12, &report, 1) != 1) _exit(9);
+}
+static void serve(char mark) {
+  for (;;) { pause(); if (check_requested) { check_requested = 0; relay(mark); } }
+}
+int main(int argc, char **argv) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/shared", argc > 1 ? argv[1] : ".");
+  int f = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  dup2(f, 10); close(f);
+  if (write(10, "start", 5) != 5) return 2;
+  int p[2]; if (pipe(p)) return 3;
+  dup2(p[0], 11); dup2(p[1], 12); close(p[0]); close(p[1]);
+  struct sigaction sa; memset(&sa, 0, sizeof sa); sa.sa_handler = on_usr1; sigaction(SIGUSR1, &sa, NULL);
+  int ready[2]; if (pipe(ready)) return 4;
+  pid_t child = fork();
+  if (child == 0) {
+    pid_t grandchild = fork();
+    if (grandchild == 0) { close(ready[0]); close(ready[1]); serve('G'); }
+    next_pid = grandchild;
+    if (write(ready[1], &grandchild, sizeof grandchild) != sizeof grandchild) return 5;
+    close(ready[0]); close(ready[1]);
+    serve('C');
+  }
+  pid_t grandchild;
+  if (read(ready[0], &grandchild, sizeof grandchild) != sizeof grandchild) return 6;
+  close(ready[0]); close(ready[1]);
+  next_pid = child;
+  printf("ready %d %d %d\\n", getpid(), child, grandchild);
+  fflush(stdout);
+  for (;;) {
+    pause();
+    if (!check_requested) continue;
+    check_requested = 0;
+    relay('R');
+    char got[3] = {0};
+    for (int i = 0; i < 3; i++) if (read(11, &got[i], 1) != 1) got[i] = '?';
+    /* Order of the reports depends on scheduling; each mark must come back once. */
+    int r = 0, c = 0, g = 0;
+    for (int i = 0; i < 3; i++) { r += got[i] == 'R'; c += got[i] == 'C'; g += got[i] == 'G'; }
+    if (r == 1 && c == 1 && g == 1) printf("ok\\n"); else printf("bad reports %c%c%c\\n", got[0], got[1], got[2]);
+    fflush(stdout);
+  }
+}
+`);
+}

@@ -1,0 +1,199 @@
+/**
+ * dump → kill → restore on real workloads that check themselves afterwards:
+ * memory, threads blocked in system calls, fds with positions and sharing,
+ * signal actions and queued signals; a 3-process tree with its pids, links
+ * and a shared file; pids that are taken; failures that leave nothing behind.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { existsSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { runCkpt } from "./helpers/cli";
+import { kcmp } from "../src/sys/calls";
+import { KCMP } from "../src/sys/nr";
+import { FD, fdTarget } from "./helpers/fd-workloads";
+import { restoreTarget, sharedTreeTarget } from "./helpers/restore-workloads";
+import { killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
+import { selfCheck } from "./helpers/workloads";
+
+const cleanup: Target[] = [];
+afterEach(() => {
+  for (const t of cleanup.splice(0)) t.kill();
+});
+
+function alive(pid: number): boolean {
+  try {
+    const state = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.[0];
+    return state !== "Z" && state !== "X";
+  } catch {
+    return false;
+  }
+}
+
+function statFields(pid: number): { ppid: number; pgid: number; sid: number } {
+  const rest = (readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1] ?? "").split(" ");
+  return { ppid: Number(rest[1]), pgid: Number(rest[2]), sid: Number(rest[3]) };
+}
+
+async function dumpAndKill(pids: number[], dir: string): Promise<void> {
+  const root = pids[0] ?? 0;
+  const r = runCkpt(["dump", "-t", String(root), "-D", dir]);
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+  // Gone for good: a zombie still holds its pid.
+  await waitFor("the dumped tree to be gone", () => pids.every((p) => !existsSync(`/proc/${p}`)), 10000);
+}
+
+function restoreDetached(dir: string, extra: string[] = []): { code: number; stderr: string; json: Record<string, unknown> } {
+  const r = runCkpt(["restore", "-D", dir, "-d", "--json", ...extra]);
+  return { code: r.code, stderr: r.stderr, json: r.code === 0 ? (JSON.parse(r.stdout) as Record<string, unknown>) : {} };
+}
+
+describe("ckpt restore", () => {
+  test("a dumped and killed process comes back whole and verifies itself", async () => {
+    const work = tempDir("restore-work");
+    const images = join(tempDir("restore-img"), "img");
+    const { target, words, out } = await startReady([restoreTarget(), work]);
+    cleanup.push(target);
+    const [pid, reader, sleeper] = words.map(Number) as [number, number, number];
+    await dumpAndKill([pid], images);
+
+    const r = restoreDetached(images);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(r.json.root).toBe(pid);
+    expect(r.json.threads).toBe(3);
+    expect(alive(pid)).toBe(true);
+    // The same tids, and the threads are back where they were: in read() and nanosleep().
+    for (const tid of [reader, sleeper]) expect(existsSync(`/proc/${pid}/task/${tid}`)).toBe(true);
+    expect(readFileSync(`/proc/${pid}/task/${reader}/syscall`, "utf8").split(" ")[0]).toBe("0");
+    expect(readFileSync(`/proc/${pid}/task/${sleeper}/syscall`, "utf8").split(" ")[0]).toBe("230"); // clock_nanosleep
+    expect(readFileSync(`/proc/${pid}/comm`, "utf8").trim()).toStartWith("restoretarget");
+    expect(readlinkSync(`/proc/${pid}/exe`)).toBe(restoreTarget());
+    expect(await selfCheck(pid, out)).toBe("ok");
+    // Nothing of restore's is left in the task: no tracer, no extra mapping or fd.
+    expect(readFileSync(`/proc/${pid}/status`, "utf8")).toContain("TracerPid:\t0");
+    const fds = (await Array.fromAsync(new Bun.Glob("*").scan({ cwd: `/proc/${pid}/fd`, onlyFiles: false }))).map(Number).sort((a, b) => a - b);
+    expect(fds).toEqual([0, 1, 2, 3, 4, 10, 11, 12, 13, 20, 21]);
+  });
+
+  test("a 3-process tree comes back with its pids, links, groups and one shared file", async () => {
+    const work = tempDir("restore-tree");
+    const images = join(tempDir("restore-img"), "img");
+    // setsid: the tree has its own session and group, which restore gives back.
+    const { words, out } = await startReady(["setsid", sharedTreeTarget(), work]);
+    const pids = words.map(Number) as [number, number, number];
+    cleanup.push(...pids.map(killablePid));
+    const before = pids.map(statFields);
+    expect(before[0]?.sid).toBe(pids[0]);
+    await dumpAndKill(pids, images);
+
+    const r = restoreDetached(images);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const after = pids.map(statFields);
+    expect(after[1]?.ppid).toBe(pids[0]);
+    expect(after[2]?.ppid).toBe(pids[1]);
+    after.forEach((a, i) => {
+      expect(a.sid).toBe(before[i]?.sid ?? -1);
+      expect(a.pgid).toBe(before[i]?.pgid ?? -1);
+    });
+    expect(await selfCheck(pids[0], out)).toBe("ok");
+    expect(readFileSync(join(work, "shared"), "utf8")).toBe("startRCG");
+  });
+
+  test("a second restore fails while the pids are taken, leaves nothing, and works once they are free", async () => {
+    const work = tempDir("restore-twice");
+    const images = join(tempDir("restore-img"), "img");
+    const { words, out } = await startReady([sharedTreeTarget(), work]);
+    const pids = words.map(Number) as [number, number, number];
+    cleanup.push(...pids.map(killablePid));
+    await dumpAndKill(pids, images);
+    const dumpedOut = readFileSync(out);
+    expect(restoreDetached(images).code).toBe(0);
+
+    const again = runCkpt(["restore", "-D", images, "-d"]);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain(`pid ${pids[0]}`);
+    expect(again.stderr).toContain("taken");
+    expect(again.stderr.trim().split("\n")).toHaveLength(1);
+    // The first tree is untouched.
+    expect(pids.every(alive)).toBe(true);
+    expect(await selfCheck(pids[0], out)).toBe("ok");
+
+    for (const p of pids) killablePid(p).kill();
+    await waitFor("the first tree to exit", () => pids.every((p) => !existsSync(`/proc/${p}`)), 10000);
+    // The check wrote to the shared file and to stdout; put both back as the dump saw them.
+    writeFileSync(join(work, "shared"), "start");
+    writeFileSync(out, dumpedOut);
+    const third = restoreDetached(images);
+    expect(third.stderr).toBe("");
+    expect(third.code).toBe(0);
+    expect(await selfCheck(pids[0], out)).toBe("ok");
+  });
+
+  test("a restore that fails half-way kills every task it made and says what failed", async () => {
+    const work = tempDir("restore-fail");
+    const images = join(tempDir("restore-img"), "img");
+    const { words } = await startReady([sharedTreeTarget(), work]);
+    const pids = words.map(Number) as [number, number, number];
+    cleanup.push(...pids.map(killablePid));
+    await dumpAndKill(pids, images);
+    // The shared file changes size after the dump: its fds cannot be restored faithfully.
+    writeFileSync(join(work, "shared"), "start and more");
+    const r = runCkpt(["restore", "-D", images, "-d"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(join(work, "shared"));
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    for (const p of pids) expect(alive(p)).toBe(false);
+  });
+
+  test("without -d ckpt waits for the restored root and exits with its status", async () => {
+    const work = tempDir("restore-fg");
+    const images = join(tempDir("restore-img"), "img");
+    const { words, out } = await startReady([restoreTarget(), work]);
+    const pid = Number(words[0]);
+    cleanup.push(killablePid(pid));
+    await dumpAndKill([pid], images);
+    const ckpt = Bun.spawn([process.execPath, `${import.meta.dir}/../src/cli/main.ts`, "restore", "-D", images], { stdout: "pipe", stderr: "pipe" });
+    await waitFor("the restored process", () => alive(pid) && readFileSync(`/proc/${pid}/status`, "utf8").includes("TracerPid:\t0"), 20000);
+    expect(statFields(pid).ppid).toBe(ckpt.pid);
+    expect(await selfCheck(pid, out)).toBe("ok");
+    process.kill(pid, "SIGTERM");
+    expect(await ckpt.exited).toBe(128 + 15);
+  });
+
+  test("every fd kind the dump saves comes back: the fd workload finds its data, queues and positions", async () => {
+    const work = tempDir("restore-fds");
+    const images = join(tempDir("restore-img"), "img");
+    const { words, out } = await startReady([fdTarget(), work]);
+    const pids = words.slice(0, 2).map(Number) as [number, number];
+    const port = Number(words[2]);
+    cleanup.push(...pids.map(killablePid));
+    await dumpAndKill(pids, images);
+    const r = restoreDetached(images);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(r.json.processes).toBe(2);
+    expect(await selfCheck(pids[0], out)).toBe("ok");
+    // fds shared between the two processes are one open file again (kcmp says so).
+    for (const fd of [FD.FILE_A, FD.PIPE_R, FD.STREAM_A, FD.MEMFD, FD.EPOLL]) {
+      expect(kcmp(pids[0], pids[1], KCMP.FILE, fd, fd)).toBe("equal");
+    }
+    expect(kcmp(pids[0], pids[0], KCMP.FILE, FD.FILE_A, FD.FILE_A_DUP)).toBe("equal");
+    expect(kcmp(pids[0], pids[0], KCMP.FILE, FD.FILE_A, FD.FILE_A_AGAIN)).not.toBe("equal");
+    // The listening TCP socket is back on its port.
+    const sock = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {} } });
+    sock.end();
+  });
+
+  test("bad input: no image set, a directory without inventory", () => {
+    const empty = tempDir("restore-empty");
+    const r = runCkpt(["restore", "-D", empty, "-d"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("inventory.img");
+    const missing = runCkpt(["restore", "-D", join(empty, "nope"), "-d"]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain("does not exist");
+    expect(runCkpt(["restore", "-d"]).code).toBe(2);
+  });
+});
