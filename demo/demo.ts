@@ -4,11 +4,14 @@
  *   1. `ckpt check` on this kernel;
  *   2. start a workload: a process with a 64 MiB memory pattern and two threads,
  *      plus a child process (built from C with gcc);
- *   3. `ckpt dump -R` it into a fresh image directory;
+ *   3. ask it for its tick counter, then `ckpt dump` it into a fresh image
+ *      directory (which kills it);
  *   4. summarise the images with `ckpt show` (and crit, when installed);
- *   5. ask the workload, which ran on, to verify its own memory and threads.
+ *   5. `ckpt restore -d` it: same pids, memory, threads and files;
+ *   6. ask the restored workload to verify its own memory and threads: its
+ *      tick counter carries on from where the dump left it.
  */
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -26,14 +29,20 @@ const WORKLOAD_C = `
 static unsigned long long *mem;
 static size_t words;
 static volatile sig_atomic_t check;
+static volatile unsigned long ticks;
 static void on_usr1(int s) { (void)s; check = 1; }
-static void *idle(void *p) { (void)p; for (;;) pause(); return NULL; }
+static void *ticker(void *p) {
+  (void)p;
+  sigset_t all; sigfillset(&all); pthread_sigmask(SIG_BLOCK, &all, NULL);
+  for (;;) { usleep(10000); ticks++; }
+  return NULL;
+}
 int main(void) {
   words = (64u << 20) / 8;
   mem = mmap(NULL, words * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   for (size_t k = 0; k < words; k++) mem[k] = k * 0x9e3779b97f4a7c15ULL;
   pthread_t t[2];
-  for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, idle, NULL);
+  for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, ticker, NULL);
   if (fork() == 0) for (;;) pause();
   signal(SIGUSR1, on_usr1);
   printf("ready\\n"); fflush(stdout);
@@ -43,7 +52,8 @@ int main(void) {
     check = 0;
     size_t bad = 0;
     for (size_t k = 0; k < words; k++) if (mem[k] != k * 0x9e3779b97f4a7c15ULL) bad++;
-    printf(bad ? "workload: %zu words of memory differ\\n" : "workload: all 64 MiB of memory verified, threads alive\\n", bad);
+    if (bad) printf("workload %d: %zu words of memory differ\\n", getpid(), bad);
+    else printf("workload %d: all 64 MiB of memory verified; %lu ticks counted by its threads so far\\n", getpid(), ticks);
     fflush(stdout);
   }
 }
@@ -89,9 +99,18 @@ try {
   await Bun.sleep(100);
   console.log(`workload pid ${pid}`);
 
-  step("3. Checkpoint it, leaving it running (-R)");
+  const verdicts = (): string[] => readFileSync(out, "utf8").split("\n").filter((l) => l.startsWith("workload"));
+  const verdict = async (): Promise<string> => {
+    const seen = verdicts().length;
+    process.kill(pid, "SIGUSR1");
+    for (let i = 0; i < 1000 && verdicts().length === seen; i++) await Bun.sleep(10);
+    return verdicts()[seen] ?? "(the workload did not answer)";
+  };
+  console.log(await verdict());
+
+  step("3. Checkpoint it into an image directory (this stops the workload for good)");
   const dir = join(WORK, "images");
-  const dump = ckpt("dump", "-t", String(pid), "-D", dir, "-R", "--json");
+  const dump = ckpt("dump", "-t", String(pid), "-D", dir, "--json");
   if (dump.code !== 0) throw new Error("ckpt dump failed");
   const summary = JSON.parse(dump.stdout) as {
     processes: number; threads: number; bytesWritten: number;
@@ -104,6 +123,8 @@ try {
       `freezing ${f.freezingMs.toFixed(1)} ms, frozen ${f.frozenMs.toFixed(1)} ms, whole dump ${f.totalMs.toFixed(1)} ms; ` +
       `${summary.syscalls.ptrace ?? 0} ptrace calls, ${summary.syscalls.process_vm_readv ?? 0} process_vm_readv calls`,
   );
+  for (let i = 0; i < 500 && existsSync(`/proc/${pid}`); i++) await Bun.sleep(10);
+  console.log(`process ${pid} is ${existsSync(`/proc/${pid}`) ? "still there?!" : "gone"}`);
 
   step("4. The image set (ckpt show; crit decodes the same files)");
   const show = ckpt("show", dir, "--json");
@@ -116,10 +137,16 @@ try {
     Bun.spawnSync(["crit", "show", join(dir, "pstree.img")], { stdout: "inherit", stderr: "inherit" });
   }
 
-  step("5. The workload ran on: it verifies its own memory");
-  process.kill(pid, "SIGUSR1");
-  console.log(await waitForLine(out, (l) => l.startsWith("workload:"), "the workload's verdict"));
-  process.exitCode = check.code;
+  step("5. Restore it (-d: leave it running on its own)");
+  const restored = ckpt("restore", "-D", dir, "-d");
+  process.stdout.write(restored.stdout);
+  if (restored.code !== 0) throw new Error("ckpt restore failed");
+
+  step("6. The restored workload carries on: same pid, memory verified, its counter goes on from where it was");
+  await Bun.sleep(200);
+  const final = await verdict();
+  console.log(final);
+  process.exitCode = final.startsWith(`workload ${pid}: all`) ? check.code : 1;
 } finally {
   // The child first, then the parent.
   Bun.spawnSync(["pkill", "-KILL", "-P", String(pid)]);
