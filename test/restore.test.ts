@@ -11,7 +11,7 @@ import { runCkpt } from "./helpers/cli";
 import { kcmp } from "../src/sys/calls";
 import { KCMP } from "../src/sys/nr";
 import { FD, fdTarget } from "./helpers/fd-workloads";
-import { restoreTarget, sharedTreeTarget } from "./helpers/restore-workloads";
+import { credTarget, restoreTarget, sharedTreeTarget } from "./helpers/restore-workloads";
 import { killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { selfCheck } from "./helpers/workloads";
 
@@ -184,6 +184,19 @@ describe("ckpt restore", () => {
     // The listening TCP socket is back on its port.
     const sock = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {} } });
     sock.end();
+  });
+
+  test("a process that dropped root comes back with its ids, groups, empty capabilities and limits", async () => {
+    const images = join(tempDir("restore-img"), "img");
+    const { words, out } = await startReady([credTarget()]);
+    const pid = Number(words[0]);
+    cleanup.push(killablePid(pid));
+    await dumpAndKill([pid], images);
+    const r = restoreDetached(images);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(readFileSync(`/proc/${pid}/status`, "utf8")).toContain("Uid:\t1000\t1001\t1002\t1001");
+    expect(await selfCheck(pid, out)).toBe("ok");
   });
 
   test("bad input: no image set, a directory without inventory", () => {

@@ -121,15 +121,35 @@ export function robustList(tid: number): { head: bigint; len: number } {
 /** RLIMIT_* count CRIU saves (RLIM_NLIMITS on Linux). */
 const RLIM_NLIMITS = 16;
 
-/** Every resource limit of a process, read from outside with prlimit64(pid, r, NULL, &old). */
-export function rlimits(pid: number): RlimitEntry[] {
+const RLIM_INFINITY = (1n << 64n) - 1n;
+
+/**
+ * Every resource limit of a process, read from outside with
+ * prlimit64(pid, r, NULL, &old). The kernel refuses that for a process with
+ * other uids unless ckpt has CAP_SYS_RESOURCE (which some containers drop);
+ * /proc/PID/limits then gives the same values, one line per limit in
+ * RLIMIT_* order.
+ */
+export function rlimits(proc: ProcFs, pid: number): RlimitEntry[] {
   const old = new BigUint64Array(2);
   const out: RlimitEntry[] = [];
-  for (let r = 0; r < RLIM_NLIMITS; r++) {
-    syscall("prlimit64", SYS.prlimit64, [pid, r, 0, addressOf(old)], [String(pid), String(r), "NULL"]);
-    out.push(create(RlimitEntrySchema, { cur: old[0] ?? 0n, max: old[1] ?? 0n }));
+  try {
+    for (let r = 0; r < RLIM_NLIMITS; r++) {
+      syscall("prlimit64", SYS.prlimit64, [pid, r, 0, addressOf(old)], [String(pid), String(r), "NULL"]);
+      out.push(create(RlimitEntrySchema, { cur: old[0] ?? 0n, max: old[1] ?? 0n }));
+    }
+    return out;
+  } catch (e) {
+    if (!(e instanceof SysError) || e.errno !== Errno.EPERM) throw e;
   }
-  return out;
+  const value = (w: string): bigint => (w === "unlimited" ? RLIM_INFINITY : BigInt(w));
+  const lines = proc.readText(pid, "limits").split("\n").slice(1).filter((l) => l.trim() !== "");
+  if (lines.length < RLIM_NLIMITS) throw new Error(`process ${pid}: /proc/${pid}/limits lists ${lines.length} limits, expected ${RLIM_NLIMITS}`);
+  return lines.slice(0, RLIM_NLIMITS).map((line) => {
+    // "Max open files            1024                 4096                 files"
+    const [cur = "", max = ""] = line.slice(26).trim().split(/\s+/);
+    return create(RlimitEntrySchema, { cur: value(cur), max: value(max) });
+  });
 }
 
 /** A 64-bit capability set as CRIU's two u32 words. */

@@ -287,7 +287,7 @@ function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, kobj: Kob
         blkSigset: sigmasks.get(tid) ?? 0n,
         comm: stat.comm,
         timers: task.timers,
-        rlimits: create(TaskRlimitsEntrySchema, { rlimits: rlimits(pid) }),
+        rlimits: create(TaskRlimitsEntrySchema, { rlimits: rlimits(proc, pid) }),
         signalsS: signalQueue(tid, true),
         loginuid: readProcNumber(proc, pid, "loginuid") >>> 0,
         oomScoreAdj: readProcNumber(proc, pid, "oom_score_adj"),

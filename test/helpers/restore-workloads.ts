@@ -247,3 +247,53 @@ int main(int argc, char **argv) {
 }
 `);
 }
+
+/**
+ * credtarget: gives itself groups [1234], gids 2000/2001/2002, uids
+ * 1000/1001/1002 (which clears its capabilities) and a 3000-fd soft limit,
+ * then prints "ready". On SIGUSR1 it checks all of them again.
+ */
+export function credTarget(): string {
+  return buildC("credtarget", `
+#define _GNU_SOURCE
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+static volatile sig_atomic_t check_requested;
+static void on_usr1(int s) { (void)s; check_requested = 1; }
+static const char *cap_line(const char *name) {
+  static char line[256];
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return "";
+  while (fgets(line, sizeof line, f)) if (!strncmp(line, name, strlen(name))) { fclose(f); return line; }
+  fclose(f);
+  return "";
+}
+int main(void) {
+  gid_t g = 1234;
+  struct rlimit rl = { 3000, 4000 };
+  if (setrlimit(RLIMIT_NOFILE, &rl) || setgroups(1, &g) || setresgid(2000, 2001, 2002) || setresuid(1000, 1001, 1002)) return 2;
+  signal(SIGUSR1, on_usr1);
+  printf("ready %d\\n", getpid()); fflush(stdout);
+  for (;;) {
+    pause();
+    if (!check_requested) continue;
+    check_requested = 0;
+    uid_t r, e, s; gid_t gr, ge, gs; gid_t groups[8];
+    getresuid(&r, &e, &s); getresgid(&gr, &ge, &gs);
+    int n = getgroups(8, groups);
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (r != 1000 || e != 1001 || s != 1002) printf("bad uids %u %u %u\\n", r, e, s);
+    else if (gr != 2000 || ge != 2001 || gs != 2002) printf("bad gids\\n");
+    else if (n != 1 || groups[0] != 1234) printf("bad groups\\n");
+    else if (strcmp(cap_line("CapEff:"), "CapEff:\\t0000000000000000\\n") || strcmp(cap_line("CapPrm:"), "CapPrm:\\t0000000000000000\\n")) printf("bad capabilities\\n");
+    else if (rl.rlim_cur != 3000 || rl.rlim_max != 4000) printf("bad rlimit\\n");
+    else printf("ok\\n");
+    fflush(stdout);
+  }
+}
+`);
+}
