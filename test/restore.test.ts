@@ -8,6 +8,9 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { runCkpt } from "./helpers/cli";
+import { CoreEntrySchema, type CoreEntry } from "../src/image/gen/core_pb";
+import { readImageFile, writeImageFile } from "../src/image/image-file";
+import { kind } from "../src/image/magic";
 import { kcmp } from "../src/sys/calls";
 import { KCMP } from "../src/sys/nr";
 import { FD, fdTarget } from "./helpers/fd-workloads";
@@ -197,6 +200,25 @@ describe("ckpt restore", () => {
     expect(r.code).toBe(0);
     expect(readFileSync(`/proc/${pid}/status`, "utf8")).toContain("Uid:\t1000\t1001\t1002\t1001");
     expect(await selfCheck(pid, out)).toBe("ok");
+  });
+
+  test("a failure after the threads exist kills them all and ckpt still exits with the error", async () => {
+    const work = tempDir("restore-fail-threads");
+    const images = join(tempDir("restore-img"), "img");
+    const { words } = await startReady([restoreTarget(), work]);
+    const [pid, , sleeper] = words.map(Number) as [number, number, number];
+    cleanup.push(killablePid(pid));
+    await dumpAndKill([pid], images);
+    // A scheduling policy no kernel has: the restore fails while setting up that thread.
+    const file = join(images, `core-${sleeper}.img`);
+    const core = readImageFile(file).entries[0]?.message as CoreEntry;
+    core.threadCore!.schedPolicy = 77;
+    writeImageFile(file, kind("CORE"), CoreEntrySchema, [core]);
+    const r = Bun.spawnSync([process.execPath, `${import.meta.dir}/../src/cli/main.ts`, "restore", "-D", images, "-d"], { stdout: "pipe", stderr: "pipe", timeout: 30000 });
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr.toString()).toContain(`sched_setscheduler(${sleeper}, 77`);
+    // Killed: init reaps the root (its parent) soon after.
+    await waitFor("the half-restored process to be gone", () => !existsSync(`/proc/${pid}`), 5000);
   });
 
   test("bad input: no image set, a directory without inventory", () => {

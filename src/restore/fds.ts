@@ -54,18 +54,15 @@ export function addEpollWatches(p: Puppet, scratch: bigint, fdinfo: readonly Fdi
   }
 }
 
-/** cwd and root through fds pulled from ckpt, then the umask. */
+/** Root (chroot first: it does not move the cwd) and cwd through fds pulled from ckpt, then the umask. */
 export function restoreFs(p: Puppet, fds: TargetFds, fs: FsEntry, files: FileSource, scratch: bigint): void {
+  const root = fds.pull(files.fd(fs.rootId));
+  // chroot takes a path: the task's own /proc/self/fd link leads to the directory.
+  p.write(scratch, new TextEncoder().encode(`/proc/self/fd/${root}\0`));
+  p.call(SYS.chroot, [scratch], [`/proc/self/fd/${root}`]);
+  fds.close(root);
   const cwd = fds.pull(files.fd(fs.cwdId));
   p.call(SYS.fchdir, [cwd]);
   fds.close(cwd);
-  if (fs.rootId !== fs.cwdId) {
-    const root = fds.pull(files.fd(fs.rootId));
-    // chroot takes a path: the task's own /proc/self/fd link leads to the directory.
-    const path = new TextEncoder().encode(`/proc/self/fd/${root}\0`);
-    p.write(scratch, path);
-    p.call(SYS.chroot, [scratch], [`/proc/self/fd/${root}`]);
-    fds.close(root);
-  }
   if (fs.umask !== undefined) p.call(SYS.umask, [fs.umask]);
 }

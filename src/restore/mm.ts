@@ -15,8 +15,9 @@
  *     protection and its madvise flags;
  *  5. PR_SET_MM_MAP: code/data/brk/stack/args/env bounds, auxv, and the exe
  *     link (which must no longer be mapped from the seed's ELF by then).
+ * The dumpable flag comes later (task.ts), after the credentials that reset it.
  */
-import type { MmEntry, } from "../image/gen/mm_pb";
+import type { MmEntry } from "../image/gen/mm_pb";
 import type { VmaEntry } from "../image/gen/vma_pb";
 import type { PagemapEntry } from "../image/gen/pagemap_pb";
 import { VMA } from "../image/vma-status";
@@ -31,8 +32,6 @@ import type { TargetFds } from "./target-fds";
 const SPECIAL = VMA.AREA_VDSO | VMA.AREA_VVAR;
 const PR_SET_MM = 35;
 const PR_SET_MM_MAP = 14;
-const PR_SET_DUMPABLE = 4;
-const PR_SET_THP_DISABLE = 41;
 /** struct prctl_mm_map: eleven u64 bounds, auxv pointer, auxv_size and exe_fd (u32 each). */
 const PRCTL_MM_MAP_SIZE = 104;
 /** madvise values whose bits vma.madv keeps (1 << MADV_*). */
@@ -136,8 +135,6 @@ function setMmMap(r: MmRebuild): void {
   r.puppet.write(r.scratch, buf);
   r.puppet.call(SYS.prctl, [PR_SET_MM, PR_SET_MM_MAP, r.scratch, PRCTL_MM_MAP_SIZE], ["PR_SET_MM", "PR_SET_MM_MAP", hex(r.scratch), String(PRCTL_MM_MAP_SIZE)]);
   r.fds.close(exeFd);
-  if (m.dumpable !== undefined) r.puppet.call(SYS.prctl, [PR_SET_DUMPABLE, m.dumpable], ["PR_SET_DUMPABLE", String(m.dumpable)]);
-  if (m.thpDisabled) r.puppet.call(SYS.prctl, [PR_SET_THP_DISABLE, 1, 0, 0, 0], ["PR_SET_THP_DISABLE", "1"]);
 }
 
 export function rebuildMm(r: MmRebuild): PageFill {

@@ -24,6 +24,17 @@ export function entryPages(e: PagemapEntry): number {
   return e.nrPages !== undefined && e.nrPages !== 0n ? Number(e.nrPages) : e.compatNrPages;
 }
 
+/** The remote address the `done`th byte of a batch of `n` runs goes to. */
+function remoteAddressAt(remote: BigUint64Array, n: number, done: number): bigint {
+  let left = BigInt(done);
+  for (let i = 0; i < n; i++) {
+    const len = remote[i * 2 + 1] ?? 0n;
+    if (left < len) return (remote[i * 2] ?? 0n) + left;
+    left -= len;
+  }
+  return 0n;
+}
+
 /** Copy every entry's pages from `pagesPath` to `pid` at the entries' addresses (all must be writable now). */
 export function fillPages(pid: number, pagesPath: string, entries: readonly PagemapEntry[]): PageFill {
   const started = performance.now();
@@ -48,7 +59,7 @@ export function fillPages(pid: number, pagesPath: string, entries: readonly Page
     if (n === 0) return;
     const wrote = processVmWritev(pid, local, n, remote, n);
     fill.calls++;
-    if (wrote !== batchBytes) throw new Error(`process_vm_writev to ${pid} wrote ${wrote} of ${batchBytes} bytes: a page of the image has no writable mapping`);
+    if (wrote !== batchBytes) throw new Error(`process ${pid}: no writable memory at 0x${remoteAddressAt(remote, n, wrote).toString(16)} for the image's pages (process_vm_writev wrote ${wrote} of ${batchBytes} bytes)`);
     n = 0;
     batchBytes = 0;
   };

@@ -15,7 +15,7 @@
  */
 import { errnoName, errnoText, SysError } from "../sys/errno";
 import { addressOf, processVmWritev, syscall as rawSyscall, waitpid } from "../sys/libc";
-import { NT, PTRACE, PTRACE_EVENT, PTRACE_EVENT_STOP, SYS, W } from "../sys/nr";
+import { NT, PTRACE, PTRACE_EVENT_STOP, SYS, W } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
 import { decodeUserRegs, encodeUserRegs, USER_REGS_SIZE, type UserRegs } from "../sys/structs";
 
@@ -62,21 +62,25 @@ function ptraceSyscall(tid: number): void {
   rawSyscall("ptrace", SYS.ptrace, [PTRACE.SYSCALL, tid, 0, 0], ["PTRACE_SYSCALL", String(tid)]);
 }
 
-/** Block every signal of a stopped tracee (SIGKILL and SIGSTOP cannot be). */
-export function blockAllSignals(tid: number): void {
-  const all = new BigUint64Array([U64_MASK]);
-  rawSyscall("ptrace", SYS.ptrace, [PTRACE.SETSIGMASK, tid, 8, addressOf(all)], ["PTRACE_SETSIGMASK", String(tid), "all"]);
-}
-
+/** A stopped tracee's blocked-signal mask (PTRACE_SETSIGMASK; SIGKILL and SIGSTOP stay unblocked whatever it says). */
 export function setSigmask(tid: number, mask: bigint): void {
   const m = new BigUint64Array([mask]);
   rawSyscall("ptrace", SYS.ptrace, [PTRACE.SETSIGMASK, tid, 8, addressOf(m)], ["PTRACE_SETSIGMASK", String(tid), `0x${mask.toString(16)}`]);
 }
 
-function eventMessage(tid: number): number {
-  const msg = new BigUint64Array(1);
-  rawSyscall("ptrace", SYS.ptrace, [PTRACE.GETEVENTMSG, tid, 0, addressOf(msg)], ["PTRACE_GETEVENTMSG", String(tid)]);
-  return Number(msg[0] ?? 0n);
+/** Every signal blocked: nothing is delivered while restore drives the task. */
+export const ALL_SIGNALS = U64_MASK;
+
+/**
+ * Wait for the next stop of a tracee; its death is an error naming `what`
+ * it was doing. Stops are counted for the stats.
+ */
+export function waitStop(tid: number, what: string): number {
+  const { status } = waitpid(tid, W.ALL);
+  puppetCounters.stops++;
+  if (ptrace.isExited(status)) throw new PuppetError(`restored task ${tid} exited with status ${ptrace.exitCode(status)} ${what}`, tid);
+  if (ptrace.isSignaled(status)) throw new PuppetError(`restored task ${tid} was killed by signal ${ptrace.termSig(status)} ${what}`, tid);
+  return status;
 }
 
 /** Counters for the stats: injected calls and ptrace stops. */
@@ -85,8 +89,6 @@ export const puppetCounters = { calls: 0, stops: 0 };
 export class Puppet {
   /** Registers the calls start from (segment selectors, flags, fs_base of the task as it is). */
   private readonly base: UserRegs;
-  /** Children this task created by clone/fork, from the ptrace events of its calls. */
-  readonly newTasks: number[] = [];
 
   constructor(
     readonly tid: number,
@@ -96,14 +98,19 @@ export class Puppet {
     this.base = getRegs(tid);
   }
 
-  /** Run one system call in the task; returns the raw result (-errno on failure). */
-  raw(nr: number, args: readonly Arg[]): bigint {
+  /** Point the task at the syscall instruction with call `nr` and its arguments loaded. */
+  private load(nr: number, args: readonly Arg[]): void {
     const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
     setRegs(this.tid, {
       ...this.base, ip: this.syscallAt, ax: BigInt(nr), orig_ax: U64_MASK,
       di: a[0] ?? 0n, si: a[1] ?? 0n, dx: a[2] ?? 0n, r10: a[3] ?? 0n, r8: a[4] ?? 0n, r9: a[5] ?? 0n,
     });
     puppetCounters.calls++;
+  }
+
+  /** Run one system call in the task; returns the raw result (-errno on failure). */
+  raw(nr: number, args: readonly Arg[]): bigint {
+    this.load(nr, args);
     this.resumeUntilSyscallStop(nr); // enter
     this.resumeUntilSyscallStop(nr); // exit
     return BigInt.asIntN(64, getRegs(this.tid).ax);
@@ -129,13 +136,12 @@ export class Puppet {
    * (exit_group): resume into it and wait for the task to be gone.
    */
   callNoReturn(nr: number, args: readonly Arg[]): void {
-    const a = args.map((x) => BigInt.asUintN(64, BigInt(x)));
-    setRegs(this.tid, { ...this.base, ip: this.syscallAt, ax: BigInt(nr), orig_ax: U64_MASK, di: a[0] ?? 0n });
-    ptraceSyscall(this.tid);
+    this.load(nr, args);
+    ptrace.cont(this.tid);
     for (;;) {
       const { status } = waitpid(this.tid, W.ALL);
       if (ptrace.isExited(status) || ptrace.isSignaled(status)) return;
-      rawSyscall("ptrace", SYS.ptrace, [PTRACE.CONT, this.tid, 0, 0], ["PTRACE_CONT", String(this.tid)]);
+      ptrace.cont(this.tid);
     }
   }
 
@@ -147,41 +153,24 @@ export class Puppet {
    */
   parkInSignalStop(): void {
     ptrace.interrupt(this.tid);
-    rawSyscall("ptrace", SYS.ptrace, [PTRACE.CONT, this.tid, 0, 0], ["PTRACE_CONT", String(this.tid)]);
+    ptrace.cont(this.tid);
     for (;;) {
-      const status = this.waitStop("to park");
+      const status = waitStop(this.tid, "while parked for its registers");
       if (ptrace.ptraceEvent(status) === PTRACE_EVENT_STOP) return;
       // Anything else on the way (a syscall-stop cannot be: PTRACE_CONT) is resumed without a signal.
-      rawSyscall("ptrace", SYS.ptrace, [PTRACE.CONT, this.tid, 0, 0], ["PTRACE_CONT", String(this.tid)]);
+      ptrace.cont(this.tid);
     }
-  }
-
-  private waitStop(what: string): number {
-    const { status } = waitpid(this.tid, W.ALL);
-    puppetCounters.stops++;
-    if (ptrace.isExited(status)) throw new PuppetError(`restored task ${this.tid} exited with status ${ptrace.exitCode(status)} ${what}`, this.tid);
-    if (ptrace.isSignaled(status)) throw new PuppetError(`restored task ${this.tid} was killed by signal ${ptrace.termSig(status)} ${what}`, this.tid);
-    return status;
   }
 
   private resumeUntilSyscallStop(nr: number): void {
     ptraceSyscall(this.tid);
     for (;;) {
-      const status = this.waitStop(`in ${SYSCALL_NAMES.get(nr) ?? `syscall ${nr}`}`);
+      const status = waitStop(this.tid, `in ${SYSCALL_NAMES.get(nr) ?? `syscall ${nr}`}`);
       if (ptrace.stopSig(status) === SYSCALL_STOP_SIG) return;
-      const event = ptrace.ptraceEvent(status);
-      if (event === PTRACE_EVENT.FORK || event === PTRACE_EVENT.VFORK || event === PTRACE_EVENT.CLONE) this.newTasks.push(eventMessage(this.tid));
-      // Event stops and signals (all are blocked; only SIGSTOP/SIGKILL can come) are passed over without a signal.
+      // Clone events (the new task is waited for by tree.ts) and signals (all
+      // blocked; only a SIGSTOP from outside can come) pass without a signal.
       ptraceSyscall(this.tid);
     }
   }
 }
 
-/** Wait for the first stop of a task auto-attached through a clone event. */
-export function waitNewTask(tid: number): void {
-  for (;;) {
-    const { status } = waitpid(tid, W.ALL);
-    if (ptrace.isExited(status) || ptrace.isSignaled(status)) throw new PuppetError(`new task ${tid} died before its first stop`, tid);
-    if (ptrace.isStopped(status)) return;
-  }
-}

@@ -40,13 +40,14 @@ import { OpenedFiles } from "./files/open-files";
 import { ImageSet } from "./image-set";
 import { findFree, type Range } from "./layout";
 import { rebuildMm } from "./mm";
-import { blockAllSignals, Puppet, puppetCounters, RESTORE_PTRACE_OPTIONS, setSigmask } from "./puppet";
+import { ALL_SIGNALS, Puppet, puppetCounters, RESTORE_PTRACE_OPTIONS, setSigmask, waitStop } from "./puppet";
 import { restoreRegisters } from "./regs";
 import { startSeed } from "./seed";
 import {
-  requeueSignals, restoreCreds, restoreItimers, restoreScheduling, restoreSigactions, restoreThreadState, setChildSubreaper,
+  PR, requeueSignals, restoreCreds, restoreDumpable, restoreItimers, restoreScheduling, restoreSigactions, restoreThreadState,
+  setChildSubreaper, setPdeathSignal,
 } from "./task";
-import { createProcesses, createThreads, PidTakenError } from "./tree";
+import { createProcesses, PidTakenError, type RestoredTree } from "./tree";
 import { TargetFds } from "./target-fds";
 
 export interface RestoreOptions {
@@ -84,7 +85,6 @@ export interface RestoreResult {
 /** Bytes restore maps for its own code and scratch in each task; unmapped before the task runs. */
 const SYSCALL_PAGE_SIZE = 0x10000n;
 const SCRATCH_OFFSET = 0x100n;
-const PR_SET_CHILD_SUBREAPER = 36;
 const TASK_STOPPED = 3;
 
 /** Everything the images say about one process. */
@@ -145,7 +145,11 @@ function checkPidsFree(plan: readonly ProcessPlan[]): void {
   }
 }
 
-/** Kill what a failed restore made; never throws. */
+/**
+ * Kill what a failed restore made; never throws. Exits are collected in
+ * reverse order of creation: a traced thread stays a zombie until its tracer
+ * waits for it, and until then the kernel holds back its leader's exit.
+ */
 function killAll(pids: readonly number[]): void {
   for (const pid of pids) {
     try {
@@ -154,7 +158,7 @@ function killAll(pids: readonly number[]): void {
       // Already gone.
     }
   }
-  for (const pid of pids) {
+  for (const pid of [...pids].reverse()) {
     try {
       // Collect the exit as tracer (and as parent, for the root under a subreaper ckpt).
       for (;;) if (!ptrace.isStopped(waitpid(pid, W.ALL).status)) break;
@@ -162,6 +166,76 @@ function killAll(pids: readonly number[]): void {
       // Not ours to wait for, or already collected.
     }
   }
+}
+
+/** What every process's restore shares. */
+interface RestoreContext {
+  proc: ProcFs;
+  files: OpenedFiles;
+  syscallPage: Range;
+  scratch: bigint;
+  epollsDone: Set<number>;
+  figures: RestoreFigures;
+}
+
+/**
+ * One process, up to (not including) its registers: address space and pages,
+ * fds, fs, signal actions and timers, limits, per-thread state and queued
+ * signals, then credentials, and what a change of credentials resets
+ * (dumpable, parent-death signal) after them. Returns the pages copied and
+ * whether a SIGSTOP was queued (the task must end up stopped).
+ */
+function restoreProcess(ctx: RestoreContext, p: ProcessPlan, tree: RestoredTree): { pages: number; stop: boolean } {
+  const pid = p.entry.pid;
+  const task = tree.processes.get(pid);
+  const tc = p.cores.get(pid)?.tc;
+  if (!task || !tc) throw new Error(`process ${pid} was not created`);
+  const { files, scratch } = ctx;
+  const fds = new TargetFds(task, process.pid);
+  fds.reset(aboveAll(p.fdinfo));
+  let t = performance.now();
+  const fill = rebuildMm({
+    puppet: task, pid, mm: p.mm, pagemap: p.pagemap, pagesPath: p.pagesPath, syscallPage: ctx.syscallPage, scratch, fds,
+    ckptFd: (id) => files.fd(id), proc: ctx.proc,
+  });
+  ctx.figures.mmMs += performance.now() - t;
+  ctx.figures.pagesMs += fill.ms;
+  t = performance.now();
+  placeFds(fds, p.fdinfo, files);
+  restoreFs(task, fds, p.fs, files, scratch);
+  addEpollWatches(task, scratch, p.fdinfo, files, ctx.epollsDone);
+  fds.done();
+  ctx.figures.filesMs += performance.now() - t;
+
+  restoreSigactions(task, scratch, tc);
+  restoreItimers(task, scratch, tc);
+  task.call(SYS.personality, [tc.personality]);
+  if (tc.childSubreaper) setChildSubreaper(task);
+  if (tc.oomScoreAdj !== undefined && tc.oomScoreAdj !== 0) writeWholeFile(`/proc/${pid}/oom_score_adj`, new TextEncoder().encode(String(tc.oomScoreAdj)));
+  // Limits now, with every fd and area in place (a low RLIMIT_NOFILE or
+  // RLIMIT_DATA would have refused restore's own steps), and before the
+  // credentials change: prlimit64 on a task of other uids needs CAP_SYS_RESOURCE.
+  restoreRlimits(p);
+
+  let stop = false;
+  const all = p.entry.threads.map((tid) => {
+    const th = tree.threads.get(tid);
+    const core = p.cores.get(tid);
+    if (!th || !core?.threadCore) throw new Error(`thread ${tid} of process ${pid} was not created`);
+    return { th, core, thc: core.threadCore };
+  });
+  for (const { th, core, thc } of all) {
+    restoreThreadState(th, scratch, core, thc);
+    restoreScheduling(th.tid, thc);
+    stop = requeueSignals(th, scratch, pid, thc.signalsP?.signals, th.tid) || stop;
+  }
+  stop = requeueSignals(task, scratch, pid, tc.signalsS?.signals) || stop;
+  for (const { th, thc } of all) {
+    if (thc.creds) restoreCreds(th, scratch, thc.creds);
+    if (thc.pdeathSig) setPdeathSignal(th, thc.pdeathSig);
+  }
+  restoreDumpable(task, p.mm);
+  return { pages: fill.pages, stop: stop || tc.taskState === TASK_STOPPED };
 }
 
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
@@ -177,14 +251,16 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let files: OpenedFiles | undefined;
   const figures: RestoreFigures = { forkMs: 0, mmMs: 0, pagesMs: 0, filesMs: 0, totalMs: 0 };
   let pagesRestored = 0;
-  if (!opts.detach) syscall("prctl", SYS.prctl, [PR_SET_CHILD_SUBREAPER, 1], ["PR_SET_CHILD_SUBREAPER", "1"]);
+  // Without -d ckpt waits for the root: as a subreaper it becomes the root's parent.
+  if (!opts.detach) syscall("prctl", SYS.prctl, [PR.SET_CHILD_SUBREAPER, 1], ["PR_SET_CHILD_SUBREAPER", "1"]);
+  const root = plan[0]?.entry.pid ?? 0;
   try {
     const seed = await startSeed(!opts.shellJob);
     seedPid = seed.pid;
     ptrace.seize(seed.pid, RESTORE_PTRACE_OPTIONS);
     ptrace.interrupt(seed.pid);
-    ptrace.waitTracee(seed.pid);
-    blockAllSignals(seed.pid);
+    waitStop(seed.pid, "(the seed) before restore took hold of it");
+    setSigmask(seed.pid, ALL_SIGNALS);
     const seedTask = new Puppet(seed.pid, seed.syscallAddress);
 
     const taken: Range[] = [...plan.flatMap((p) => p.mm.vmas), ...readMaps(proc, seed.pid)];
@@ -201,79 +277,34 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     seedPid = 0;
     figures.forkMs = performance.now() - started;
 
-    for (const p of plan) restoreRlimits(p);
-    let t = performance.now();
+    const t = performance.now();
     files = OpenedFiles.open(images, { shellJob: opts.shellJob ?? false });
     figures.filesMs += performance.now() - t;
-
-    const epollsDone = new Set<number>();
-    const threads = new Map<number, Puppet>();
+    const ctx: RestoreContext = { proc, files, syscallPage, scratch, epollsDone: new Set(), figures };
+    const stopped = new Set<number>();
     for (const p of plan) {
-      const pid = p.entry.pid;
-      const task = tree.processes.get(pid);
-      if (!task) throw new Error(`process ${pid} was not created`);
-      const opened = files;
-      const fds = new TargetFds(task, process.pid);
-      fds.reset(aboveAll(p.fdinfo));
-      t = performance.now();
-      const fill = rebuildMm({
-        puppet: task, pid, mm: p.mm, pagemap: p.pagemap, pagesPath: p.pagesPath, syscallPage, scratch, fds,
-        ckptFd: (id) => opened.fd(id), proc,
-      });
-      figures.mmMs += performance.now() - t;
-      figures.pagesMs += fill.ms;
-      pagesRestored += fill.pages;
-      t = performance.now();
-      placeFds(fds, p.fdinfo, opened);
-      restoreFs(task, fds, p.fs, opened, scratch);
-      addEpollWatches(task, scratch, p.fdinfo, opened, epollsDone);
-      fds.done();
-      figures.filesMs += performance.now() - t;
-
-      const tc = p.cores.get(pid)?.tc;
-      if (!tc) throw new Error(`core-${pid}.img has no task core`);
-      restoreSigactions(task, scratch, tc);
-      restoreItimers(task, scratch, tc);
-      task.call(SYS.personality, [tc.personality]);
-      if (tc.childSubreaper) setChildSubreaper(task);
-      if (tc.oomScoreAdj !== undefined && tc.oomScoreAdj !== 0) writeWholeFile(`/proc/${pid}/oom_score_adj`, new TextEncoder().encode(String(tc.oomScoreAdj)));
-
-      const others = createThreads(task, scratch, p.entry.threads.slice(1), created);
-      const all = [task, ...others];
-      for (const th of all) {
-        threads.set(th.tid, th);
-        const core = p.cores.get(th.tid);
-        const thc = core?.threadCore;
-        if (!core || !thc) throw new Error(`core-${th.tid}.img has no thread core`);
-        restoreThreadState(th, scratch, core, thc);
-        restoreScheduling(th.tid, thc);
-        requeueSignals(th, scratch, pid, thc.signalsP?.signals, th.tid);
-      }
-      requeueSignals(task, scratch, pid, tc.signalsS?.signals);
-      for (const th of all) {
-        const creds = p.cores.get(th.tid)?.threadCore?.creds;
-        if (creds) restoreCreds(th, scratch, creds);
-      }
+      const r = restoreProcess(ctx, p, tree);
+      pagesRestored += r.pages;
+      if (r.stop) stopped.add(p.entry.pid);
     }
     files.finish();
     files = undefined;
 
     // Last: the syscall page goes, and every thread gets its registers in a signal stop.
     for (const p of plan) {
-      const leader = tree.processes.get(p.entry.pid);
-      leader?.call(SYS.munmap, [syscallPage.start, SYSCALL_PAGE_SIZE]);
+      tree.processes.get(p.entry.pid)?.call(SYS.munmap, [syscallPage.start, SYSCALL_PAGE_SIZE]);
       for (const tid of p.entry.threads) {
-        const th = threads.get(tid);
         const core = p.cores.get(tid);
-        if (!th || !core?.threadInfo) throw new Error(`thread ${tid} has no state to resume with`);
-        th.parkInSignalStop();
+        if (!core?.threadInfo) throw new Error(`thread ${tid} has no registers in its core image`);
+        tree.threads.get(tid)?.parkInSignalStop();
         restoreRegisters(tid, core.threadInfo);
         setSigmask(tid, core.threadCore?.blkSigset ?? core.tc?.blkSigset ?? 0n);
       }
     }
-    for (const p of plan) {
-      if (p.cores.get(p.entry.pid)?.tc?.taskState === TASK_STOPPED) kill(p.entry.pid, SIG.STOP);
-    }
+    // Before the tree runs, so that a bad path fails the restore and not after it.
+    if (opts.pidfile) writeWholeFile(opts.pidfile, new TextEncoder().encode(`${root}\n`), 0o644);
+    // Pending when the tasks are let go, so they stop before running a single instruction.
+    for (const pid of stopped) kill(pid, SIG.STOP);
     for (const p of plan) for (const tid of p.entry.threads) ptrace.detach(tid);
     created.length = 0;
   } catch (e) {
@@ -283,8 +314,6 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   } finally {
     proc.close();
   }
-  const root = plan[0]?.entry.pid ?? 0;
-  if (opts.pidfile) writeWholeFile(opts.pidfile, new TextEncoder().encode(`${root}\n`), 0o644);
   figures.totalMs = performance.now() - started;
   return {
     dir: opts.dir, root, processes: plan.length,

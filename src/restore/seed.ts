@@ -1,8 +1,10 @@
 /**
  * The seed: the first process of a restore, from which every restored task is
  * cloned. It must be single-threaded with a tiny address space (restore
- * replaces that address space wholesale), and it must not be a child of
- * ckpt's Bun runtime, whose own child reaping would steal ptrace stops.
+ * replaces that address space wholesale), and it must not be a process Bun
+ * spawned: Bun waits for the pids it spawns, and its wait would steal their
+ * ptrace stops. (It may still become ckpt's child by reparenting, when ckpt
+ * is a subreaper; Bun does not wait for pids it did not spawn.)
  *
  * No helper binary is shipped or needed: ckpt writes a 300-byte static x86_64
  * ELF into a memfd and executes it. That program forks; the parent exits at

@@ -10,17 +10,18 @@ import { readWholeFile } from "../sys/file";
 import { addressOf, syscall } from "../sys/libc";
 import { KSIGACTION_SIZE, KSIGSET_SIZE, SIGMAX, signalName } from "../sys/inject-consts";
 import { SIG, SYS } from "../sys/nr";
+import { SIGINFO_SIZE } from "../sys/structs";
+import type { MmEntry } from "../image/gen/mm_pb";
 import type { Puppet } from "./puppet";
 
 const hex = (v: bigint | number): string => `0x${v.toString(16)}`;
 
-const PR = {
-  SET_PDEATHSIG: 1, SET_NAME: 15, CAPBSET_DROP: 24, SET_SECUREBITS: 28, SET_CHILD_SUBREAPER: 36,
-  CAP_AMBIENT: 47,
+export const PR = {
+  SET_PDEATHSIG: 1, SET_DUMPABLE: 4, SET_NAME: 15, CAPBSET_DROP: 24, SET_SECUREBITS: 28, SET_CHILD_SUBREAPER: 36,
+  SET_THP_DISABLE: 41, CAP_AMBIENT: 47,
 } as const;
 const PR_CAP_AMBIENT_RAISE = 2;
 const SS_DISABLE = 2;
-const SIGINFO_SIZE = 128;
 const SECBIT_NO_SETUID_FIXUP = 1 << 2;
 const LINUX_CAPABILITY_VERSION_3 = 0x20080522;
 
@@ -68,15 +69,26 @@ export function restoreItimers(p: Puppet, scratch: bigint, tc: TaskCoreEntry): v
   });
 }
 
-/** Signals queued at dump time, queued again by the task to itself (the kernel allows any si_code then). */
-export function requeueSignals(p: Puppet, scratch: bigint, tgid: number, queue: { siginfo: Uint8Array }[] | undefined, threadTid?: number): void {
+/**
+ * Signals queued at dump time, queued again by the task to itself (the
+ * kernel allows any si_code then). A SIGSTOP cannot be blocked while restore
+ * drives the task, so it is not queued: the return value says one was, and
+ * the caller stops the task just before letting it go.
+ */
+export function requeueSignals(p: Puppet, scratch: bigint, tgid: number, queue: { siginfo: Uint8Array }[] | undefined, threadTid?: number): boolean {
+  let stop = false;
   for (const { siginfo } of queue ?? []) {
     if (siginfo.length !== SIGINFO_SIZE) throw new Error(`a queued signal of ${p.tid} is ${siginfo.length} bytes, not a siginfo_t`);
     const signo = new DataView(siginfo.buffer, siginfo.byteOffset, 4).getInt32(0, true);
+    if (signo === SIG.STOP) {
+      stop = true;
+      continue;
+    }
     p.write(scratch, siginfo);
     if (threadTid === undefined) p.call(SYS.rt_sigqueueinfo, [tgid, signo, scratch], [String(tgid), signalName(signo), "siginfo"]);
     else p.call(SYS.rt_tgsigqueueinfo, [tgid, threadTid, signo, scratch], [String(tgid), String(threadTid), signalName(signo), "siginfo"]);
   }
+  return stop;
 }
 
 /** Per-thread kernel state a thread sets on itself. */
@@ -102,7 +114,21 @@ export function restoreThreadState(p: Puppet, scratch: bigint, core: CoreEntry, 
     p.write(scratch, name);
     p.call(SYS.prctl, [PR.SET_NAME, scratch], ["PR_SET_NAME", JSON.stringify(tc.comm)]);
   }
-  if (tc.pdeathSig) p.call(SYS.prctl, [PR.SET_PDEATHSIG, tc.pdeathSig], ["PR_SET_PDEATHSIG", signalName(tc.pdeathSig)]);
+}
+
+/** The parent-death signal; after the credentials, whose change clears it. */
+export function setPdeathSignal(p: Puppet, sig: number): void {
+  p.call(SYS.prctl, [PR.SET_PDEATHSIG, sig], ["PR_SET_PDEATHSIG", signalName(sig)]);
+}
+
+/**
+ * Dumpable and THP-disabled flags of the address space. Dumpable goes after
+ * the credentials, whose change resets it; only 0 and 1 can be set (2, the
+ * suid_dumpable mode, is what a change of credentials leaves anyway).
+ */
+export function restoreDumpable(p: Puppet, mm: MmEntry): void {
+  if (mm.dumpable === 0 || mm.dumpable === 1) p.call(SYS.prctl, [PR.SET_DUMPABLE, mm.dumpable], ["PR_SET_DUMPABLE", String(mm.dumpable)]);
+  if (mm.thpDisabled) p.call(SYS.prctl, [PR.SET_THP_DISABLE, 1, 0, 0, 0], ["PR_SET_THP_DISABLE", "1"]);
 }
 
 /** Scheduling policy, priority and nice value, set from ckpt (these calls take a tid). */

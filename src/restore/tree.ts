@@ -14,7 +14,7 @@
  */
 import type { PstreeEntry } from "../image/gen/pstree_pb";
 import { SIG, SYS } from "../sys/nr";
-import { Puppet, PuppetCallError, waitNewTask } from "./puppet";
+import { Puppet, PuppetCallError, waitStop } from "./puppet";
 import { Errno } from "../sys/errno";
 
 const CLONE_ARGS_SIZE = 88;
@@ -50,19 +50,23 @@ function cloneWithTid(parent: Puppet, scratch: bigint, tid: number, flags: numbe
     throw e;
   }
   if (got !== tid) throw new Error(`clone3 for ${what} gave pid ${got}, not ${tid}`);
-  waitNewTask(got);
+  // Its first stop: the auto-attach stop of a clone event.
+  waitStop(got, "before its first stop");
   return new Puppet(got, parent.syscallAt);
 }
 
 export interface RestoredTree {
   /** Thread-group leaders by pid, in pstree order (parents first). */
   processes: Map<number, Puppet>;
+  /** Every task by tid, leaders included. */
+  threads: Map<number, Puppet>;
 }
 
 /**
- * Clone every process of the tree from `seed` (whose syscall page is at
- * `seed.syscallAt`, with scratch at `scratch`). `created` gets each pid as
- * soon as it exists, so a failure can kill exactly what was made.
+ * Clone every process and thread of the tree from `seed` (whose syscall page
+ * is at `seed.syscallAt`, with scratch at `scratch`), so that every pid and
+ * tid of the image is held from the start. `created` gets each one as soon as
+ * it exists, so a failure can kill exactly what was made.
  */
 export function createProcesses(seed: Puppet, scratch: bigint, pstree: readonly PstreeEntry[], created: number[]): RestoredTree {
   const root = pstree[0];
@@ -70,14 +74,21 @@ export function createProcesses(seed: Puppet, scratch: bigint, pstree: readonly 
   const inTree = new Set(pstree.map((e) => e.pid));
   const byPid = new Map(pstree.map((e) => [e.pid, e]));
   const processes = new Map<number, Puppet>();
+  const threads = new Map<number, Puppet>();
 
   const make = (e: PstreeEntry, parent: Puppet, flags: number): void => {
     const p = cloneWithTid(parent, scratch, e.pid, flags, e.pid === root.pid ? "the root process" : `a process, child of ${e.ppid}`);
     created.push(e.pid);
     processes.set(e.pid, p);
+    threads.set(e.pid, p);
     if (e.sid === e.pid) p.call(SYS.setsid, []);
     else if (e.pgid === e.pid) p.call(SYS.setpgid, [0, 0]);
     for (const child of pstree) if (child.ppid === e.pid && child.pid !== e.pid) make(child, p, 0);
+    // Threads last: a clone of a multi-threaded process would copy only the caller.
+    for (const tid of e.threads.slice(1)) {
+      threads.set(tid, cloneWithTid(p, scratch, tid, THREAD_FLAGS, `a thread of ${e.pid}`));
+      created.push(tid);
+    }
   };
   checkSessions(pstree, byPid, inTree);
   make(root, seed, CLONE.PARENT);
@@ -88,7 +99,7 @@ export function createProcesses(seed: Puppet, scratch: bigint, pstree: readonly 
     const p = processes.get(e.pid);
     if (p) p.call(SYS.setpgid, [0, e.pgid]);
   }
-  return { processes };
+  return { processes, threads };
 }
 
 /** Refuse sessions and groups the clone order cannot give back. */
@@ -105,13 +116,4 @@ function checkSessions(pstree: readonly PstreeEntry[], byPid: Map<number, Pstree
       throw new Error(`process ${e.pid} is in process group ${e.pgid}, led by a process outside the tree`);
     }
   }
-}
-
-/** Clone the other threads of a process (its leader must be the caller). */
-export function createThreads(leader: Puppet, scratch: bigint, tids: readonly number[], created: number[]): Puppet[] {
-  return tids.map((tid) => {
-    const t = cloneWithTid(leader, scratch, tid, THREAD_FLAGS, `a thread of ${leader.tid}`);
-    created.push(tid);
-    return t;
-  });
 }

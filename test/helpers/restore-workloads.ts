@@ -250,8 +250,9 @@ int main(int argc, char **argv) {
 
 /**
  * credtarget: gives itself groups [1234], gids 2000/2001/2002, uids
- * 1000/1001/1002 (which clears its capabilities) and a 3000-fd soft limit,
- * then prints "ready". On SIGUSR1 it checks all of them again.
+ * 1000/1001/1002 (which clears its capabilities and its dumpable flag), then
+ * sets dumpable again, a parent-death signal and a 3000-fd soft limit, and
+ * prints "ready". On SIGUSR1 it checks all of them again.
  */
 export function credTarget(): string {
   return buildC("credtarget", `
@@ -260,6 +261,7 @@ export function credTarget(): string {
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 static volatile sig_atomic_t check_requested;
@@ -276,6 +278,7 @@ int main(void) {
   gid_t g = 1234;
   struct rlimit rl = { 3000, 4000 };
   if (setrlimit(RLIMIT_NOFILE, &rl) || setgroups(1, &g) || setresgid(2000, 2001, 2002) || setresuid(1000, 1001, 1002)) return 2;
+  if (prctl(PR_SET_DUMPABLE, 1) || prctl(PR_SET_PDEATHSIG, SIGWINCH)) return 3;
   signal(SIGUSR1, on_usr1);
   printf("ready %d\\n", getpid()); fflush(stdout);
   for (;;) {
@@ -291,7 +294,8 @@ int main(void) {
     else if (n != 1 || groups[0] != 1234) printf("bad groups\\n");
     else if (strcmp(cap_line("CapEff:"), "CapEff:\\t0000000000000000\\n") || strcmp(cap_line("CapPrm:"), "CapPrm:\\t0000000000000000\\n")) printf("bad capabilities\\n");
     else if (rl.rlim_cur != 3000 || rl.rlim_max != 4000) printf("bad rlimit\\n");
-    else printf("ok\\n");
+    else if (prctl(PR_GET_DUMPABLE) != 1) printf("bad dumpable\\n");
+    else { int sig = 0; prctl(PR_GET_PDEATHSIG, &sig); if (sig != SIGWINCH) printf("bad pdeathsig %d\\n", sig); else printf("ok\\n"); }
     fflush(stdout);
   }
 }
