@@ -6,9 +6,8 @@
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { readImageFile } from "../image/image-file";
 import type { ImageEntry } from "../image/decode";
-import { SysError, Errno } from "../sys/errno";
-import { statx } from "../sys/libc";
-import { AT } from "../sys/nr";
+import { statOrNull } from "../sys/file";
+import { S_IF, S_IFMT } from "../sys/nr";
 
 /** An image the set should hold is missing, or holds the wrong kind or count of entries. */
 export class ImageSetError extends Error {
@@ -22,13 +21,9 @@ export class ImageSet {
 
   /** Open a complete image set (one with inventory.img). */
   static open(dir: string): ImageSet {
-    try {
-      const st = statx(AT.FDCWD, dir);
-      if ((st.mode & 0o170000) !== 0o040000) throw new ImageSetError(`${dir} is not a directory`);
-    } catch (e) {
-      if (e instanceof SysError && e.errno === Errno.ENOENT) throw new ImageSetError(`image directory ${dir} does not exist`);
-      throw e;
-    }
+    const st = statOrNull(dir);
+    if (!st) throw new ImageSetError(`image directory ${dir} does not exist`);
+    if ((st.mode & S_IFMT) !== S_IF.DIR) throw new ImageSetError(`${dir} is not a directory`);
     const set = new ImageSet(dir);
     if (!set.has("inventory.img")) {
       throw new ImageSetError(`${dir} holds no inventory.img: not a complete image set (a dump that failed or is still running?)`);
@@ -41,21 +36,17 @@ export class ImageSet {
   }
 
   has(name: string): boolean {
-    try {
-      statx(AT.FDCWD, this.path(name));
-      return true;
-    } catch (e) {
-      if (e instanceof SysError && e.errno === Errno.ENOENT) return false;
-      throw e;
-    }
+    return statOrNull(this.path(name)) !== null;
   }
 
   /** Raw entries (message + payload) of an image; [] when `optional` and the file is absent. */
   raw(name: string, optional = false): ImageEntry[] {
     let entries = this.cache.get(name);
     if (!entries) {
-      if (optional && !this.has(name)) return [];
-      if (!this.has(name)) throw new ImageSetError(`${this.dir}: ${name} is missing from the image set`);
+      if (!this.has(name)) {
+        if (optional) return [];
+        throw new ImageSetError(`${this.dir}: ${name} is missing from the image set`);
+      }
       entries = readImageFile(this.path(name)).entries;
       this.cache.set(name, entries);
     }

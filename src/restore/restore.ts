@@ -30,11 +30,10 @@ import { PstreeEntrySchema, type PstreeEntry } from "../image/gen/pstree_pb";
 import { CoreEntry_March, TaskKobjIdsEntrySchema, type TaskKobjIdsEntry } from "../image/gen/core_pb";
 import { readMaps } from "../proc/maps";
 import { ProcFs } from "../proc/procfs";
-import { writeWholeFile } from "../sys/file";
-import { addressOf, callCountsSince, kill, snapshotCallCounts, statx, syscall, waitpid } from "../sys/libc";
-import { AT, MAP, PROT, SIG, SYS, W } from "../sys/nr";
+import { statOrNull, writeWholeFile } from "../sys/file";
+import { addressOf, callCountsSince, kill, snapshotCallCounts, syscall, waitpid } from "../sys/libc";
+import { MAP, PROT, SIG, SYS, W } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
-import { SysError, Errno } from "../sys/errno";
 import { addEpollWatches, aboveAll, placeFds, restoreFs } from "./fds";
 import { OpenedFiles } from "./files/open-files";
 import { ImageSet } from "./image-set";
@@ -127,20 +126,10 @@ function loadPlan(images: ImageSet): ProcessPlan[] {
   });
 }
 
-function taskExists(pid: number): boolean {
-  try {
-    statx(AT.FDCWD, `/proc/${pid}`);
-    return true;
-  } catch (e) {
-    if (e instanceof SysError && e.errno === Errno.ENOENT) return false;
-    throw e;
-  }
-}
-
 function checkPidsFree(plan: readonly ProcessPlan[]): void {
   for (const p of plan) {
     for (const tid of p.entry.threads) {
-      if (taskExists(tid)) throw new PidTakenError(tid, tid === p.entry.pid ? `process ${p.entry.pid}` : `thread of process ${p.entry.pid}`);
+      if (statOrNull(`/proc/${tid}`)) throw new PidTakenError(tid, tid === p.entry.pid ? `process ${p.entry.pid}` : `thread of process ${p.entry.pid}`);
     }
   }
 }

@@ -1,7 +1,18 @@
 /** Whole-file reads and writes and directory listings through the libc layer. */
-import { close, fstat, getdents64, openat, preadInto, pwriteAll } from "./libc";
+import { Errno, SysError } from "./errno";
+import { close, fstat, getdents64, openat, preadInto, pwriteAll, statx } from "./libc";
 import { AT, O } from "./nr";
-import { decodeDirents } from "./structs";
+import { decodeDirents, type Statx } from "./structs";
+
+/** statx of `path`, or null when nothing is there (ENOENT); other errors throw. */
+export function statOrNull(path: string, flags = 0): Statx | null {
+  try {
+    return statx(AT.FDCWD, path, flags);
+  } catch (e) {
+    if (e instanceof SysError && e.errno === Errno.ENOENT) return null;
+    throw e;
+  }
+}
 
 /** Contents of a regular file. */
 export function readWholeFile(path: string): Uint8Array {

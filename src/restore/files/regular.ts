@@ -8,8 +8,8 @@
 import { isFieldSet } from "@bufbuild/protobuf";
 import { FdTypes, type FileEntry } from "../../image/gen/fdinfo_pb";
 import { RegFileEntrySchema, type RegFileEntry } from "../../image/gen/regfile_pb";
-import { Errno, SysError } from "../../sys/errno";
-import { fstat, openat, statx } from "../../sys/libc";
+import { statOrNull } from "../../sys/file";
+import { fstat, openat } from "../../sys/libc";
 import { AT, O, S_IF, S_IFMT } from "../../sys/nr";
 import { reopenFlags, restoreFileState } from "./file-state";
 import { Ghosts } from "./ghost";
@@ -27,12 +27,9 @@ export function fileTypeName(mode: number): string {
 
 /** The file at `path` now, not following a final symlink; a clear error when it is gone. */
 function statNow(path: string): { mode: number } {
-  try {
-    return statx(AT.FDCWD, path, AT.SYMLINK_NOFOLLOW);
-  } catch (e) {
-    if (e instanceof SysError && e.errno === Errno.ENOENT) throw new Error(`${path} is gone`, { cause: e });
-    throw e;
-  }
+  const st = statOrNull(path, AT.SYMLINK_NOFOLLOW);
+  if (!st) throw new Error(`${path} is gone`);
+  return st;
 }
 
 function checkType(path: string, recordedMode: number | undefined, mode: number): void {

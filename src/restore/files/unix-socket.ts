@@ -28,7 +28,8 @@ import type { UnixSkEntry } from "../../image/gen/sk-unix_pb";
 import { unixSocket } from "../../proc/sock-diag";
 import { chmodPath, chownPath } from "../../sys/calls";
 import { Errno, SysError } from "../../sys/errno";
-import { statx, unlinkat } from "../../sys/libc";
+import { statOrNull } from "../../sys/file";
+import { unlinkat } from "../../sys/libc";
 import { AT, S_IF, S_IFMT } from "../../sys/nr";
 import { AF, bind, connect, getsockoptInt, listen, MSG, sendto, setsockoptInt, SHUT, shutdown, SO, SOCK, sockaddrUn, socket, socketpair, SOL, TCP_STATE, unixName } from "../../sys/socket";
 import { restoreFileState } from "./file-state";
@@ -70,21 +71,11 @@ function describe(usk: UnixSkEntry, name: SkName | null): string {
   return `unix ${TYPE_NAMES[usk.type] ?? `type ${usk.type}`} socket${name ? ` ${name.text}` : ""}`;
 }
 
-/** The file now at `path` (not following links), or null. */
-function fileAt(path: string): { mode: number } | null {
-  try {
-    return statx(AT.FDCWD, path, AT.SYMLINK_NOFOLLOW);
-  } catch (e) {
-    if (e instanceof SysError && e.errno === Errno.ENOENT) return null;
-    throw e;
-  }
-}
-
 function bindName(sk: Sk, name: SkName): void {
   const { usk } = sk;
   if (!name.abstract) {
     if (!name.text.startsWith("/")) throw new Error(`bound to the relative path ${name.text}, which the images do not say where to resolve`);
-    const there = fileAt(name.text);
+    const there = statOrNull(name.text, AT.SYMLINK_NOFOLLOW);
     if (there && usk.deleted) {
       throw new Error(`its socket file ${name.text} was removed before the dump, and that path is now taken by a ${fileTypeName(there.mode)}`);
     }
