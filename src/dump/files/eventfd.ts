@@ -3,7 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { EventfdFileEntrySchema } from "../../image/gen/eventfd_pb";
 import { FdTypes, FileEntrySchema } from "../../image/gen/fdinfo_pb";
 import { O } from "../../sys/nr";
-import { readFown } from "./fd-access";
+import { fdinfoField, readFown } from "./fd-access";
 import type { FdKind } from "./kind";
 
 /**
@@ -19,8 +19,7 @@ export const eventfdKind: FdKind = {
   type: FdTypes.EVENTFD,
   matches: (f) => f.link === "anon_inode:[eventfd]",
   dump(f, id, ctx) {
-    const count = f.info.fields.get("eventfd-count");
-    if (count === undefined) throw new Error(`process ${f.pid} fd ${f.fd}: eventfd fdinfo has no eventfd-count`);
+    const count = fdinfoField(f, "eventfd", "eventfd-count");
     const semaphore = f.info.fields.get("eventfd-semaphore") === "1" ? EVENTFD_SEMAPHORE_FLAG : 0;
     ctx.table.add(create(FileEntrySchema, {
       type: FdTypes.EVENTFD, id,

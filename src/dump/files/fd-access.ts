@@ -26,6 +26,13 @@ export interface OpenFd {
   info: FdInfo;
 }
 
+/** A line of the fd's fdinfo that its kind always has; its absence is an error naming the fd. */
+export function fdinfoField(f: OpenFd, kind: string, key: string): string {
+  const v = f.info.fields.get(key);
+  if (v === undefined) throw new Error(`process ${f.pid} fd ${f.fd}: ${kind} fdinfo has no "${key}"`);
+  return v;
+}
+
 /** Access to the fds of one process; `close` releases everything it opened. */
 export class FdAccess {
   private pidfd = -1;

@@ -6,13 +6,11 @@ import { create } from "@bufbuild/protobuf";
 import { FdTypes, FileEntrySchema } from "../../image/gen/fdinfo_pb";
 import { TimerfdEntrySchema } from "../../image/gen/timerfd_pb";
 import { O } from "../../sys/nr";
-import { readFown, type OpenFd } from "./fd-access";
+import { fdinfoField, readFown, type OpenFd } from "./fd-access";
 import type { FdKind } from "./kind";
 
 function field(f: OpenFd, key: string): string {
-  const v = f.info.fields.get(key);
-  if (v === undefined) throw new Error(`process ${f.pid} fd ${f.fd}: timerfd fdinfo has no "${key}"`);
-  return v;
+  return fdinfoField(f, "timerfd", key);
 }
 
 /** "(SEC, NSEC)" as fdinfo prints a timespec. */
