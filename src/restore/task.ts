@@ -147,9 +147,12 @@ export function setChildSubreaper(p: Puppet): void {
 
 const word64 = (w: readonly number[]): bigint => BigInt(w[0] ?? 0) | (BigInt(w[1] ?? 0) << 32n);
 
-/** The highest capability this kernel knows. */
+let lastCapKnown: number | undefined;
+
+/** The highest capability this kernel knows (read once, not per thread). */
 function lastCap(): number {
-  return Number.parseInt(new TextDecoder().decode(readWholeFile("/proc/sys/kernel/cap_last_cap")), 10);
+  lastCapKnown ??= Number.parseInt(new TextDecoder().decode(readWholeFile("/proc/sys/kernel/cap_last_cap")), 10);
+  return lastCapKnown;
 }
 
 /**
