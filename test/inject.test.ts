@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { isFieldSet } from "@bufbuild/protobuf";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { InjectionError, RemoteSyscallError, RemoteSyscalls, readTaskMemory } from "../src/dump/inject";
+import { InjectionError, RemoteSyscallError, RemoteSyscalls, readTaskMemory, type RemoteSyscallsOptions } from "../src/dump/inject";
 import { dumpedSignals, readClearTidAddress, readItimers, readRseq, readSigactions, readSigaltstack } from "../src/dump/task-state";
 import { SaEntrySchema } from "../src/image/gen/sa_pb";
 import { ProcFs } from "../src/proc/procfs";
@@ -357,6 +357,20 @@ function expectUnchanged(tid: number, before: Snapshot): void {
   expect(after.shdPnd).toBe(before.shdPnd);
 }
 
+/**
+ * Open a RemoteSyscalls on a frozen thread, run `body` with it, close it, and
+ * check that the thread is exactly as `before` (the shape of most tests here).
+ */
+function injectInto(tid: number, before: Snapshot, body: (remote: RemoteSyscalls) => void, options: RemoteSyscallsOptions = {}): void {
+  const remote = RemoteSyscalls.open(tid, { proc, ...options });
+  try {
+    body(remote);
+  } finally {
+    remote.close();
+  }
+  expectUnchanged(tid, before);
+}
+
 const sigbit = (sig: number): bigint => 1n << BigInt(sig - 1);
 
 async function outputLine(out: string, pred: (line: string) => boolean, what: string): Promise<string> {
@@ -524,8 +538,7 @@ describe("remote system calls", () => {
         expect(regs.orig_ax).toBe(230n);
         expect(BigInt.asIntN(64, regs.ax)).toBe(-516n); // -ERESTART_RESTARTBLOCK
         const mapsBefore = readMaps(proc, target.pid);
-        const remote = RemoteSyscalls.open(target.pid, { proc, ...options });
-        try {
+        injectInto(target.pid, before, (remote) => {
           if ("instruction" in options) {
             expect(remote.instruction).toEqual({ address: regs.ip - 2n, source: "interrupted-syscall" });
             expect(remote.scratch.kind).toBe("mmap");
@@ -537,10 +550,7 @@ describe("remote system calls", () => {
           expect(remote.syscall(SYS.getpid)).toBe(BigInt(target.pid));
           expect(remote.syscall(SYS.gettid)).toBe(BigInt(target.pid));
           readSigaltstack(remote);
-        } finally {
-          remote.close();
-        }
-        expectUnchanged(target.pid, before);
+        }, options);
         expect(readMaps(proc, target.pid)).toEqual(mapsBefore);
       } finally {
         release(seized);
@@ -568,14 +578,10 @@ describe("remote system calls", () => {
       const before = snapshot(target.pid);
       expect(before.sigmask).toBe(sigbit(10));
       expect(BigInt.asIntN(64, decodeUserRegs(before.regs).ax)).toBe(-514n); // -ERESTARTNOHAND
-      const remote = RemoteSyscalls.open(target.pid, { proc });
-      try {
+      injectInto(target.pid, before, (remote) => {
         expect(remote.savedSigmask).toBe(sigbit(10));
         readSigaltstack(remote);
-      } finally {
-        remote.close();
-      }
-      expectUnchanged(target.pid, before);
+      });
       // PTRACE_SETSIGMASK dropped the "restore the saved mask" state: the real mask is now the current one.
       expect(statusField(target.pid, "SigBlk")).toBe("0000000000000200");
     } finally {
@@ -603,16 +609,12 @@ describe("remote system calls", () => {
       const mapsBefore = readMaps(proc, target.pid);
       expect(() => RemoteSyscalls.open(target.pid, { proc, scratch: "stack" })).toThrow(/no room for 4096 scratch bytes below rsp/);
       expectUnchanged(target.pid, before);
-      const remote = RemoteSyscalls.open(target.pid, { proc });
-      try {
+      injectInto(target.pid, before, (remote) => {
         expect(remote.scratch.kind).toBe("mmap");
         expect(remote.scratch.size).toBe(4096);
         expect(readSigaltstack(remote).ssFlags).toBe(2); // SS_DISABLE: none set
         expect(readClearTidAddress(remote)).not.toBe(0n);
-      } finally {
-        remote.close();
-      }
-      expectUnchanged(target.pid, before);
+      });
       expect(readMaps(proc, target.pid)).toEqual(mapsBefore);
     } finally {
       release(seized);
@@ -627,15 +629,11 @@ describe("remote system calls", () => {
       await waitInSyscall(target.pid, target.pid, 230);
       seized = freeze([target.pid]);
       const before = snapshot(target.pid);
-      const remote = RemoteSyscalls.open(target.pid, { proc });
-      try {
+      injectInto(target.pid, before, (remote) => {
         process.kill(target.pid, "SIGSTOP");
         expect(remote.syscall(SYS.getpid)).toBe(BigInt(target.pid));
         expect(remote.intercepted).toEqual([{ signo: 19, code: 0, handling: "passed" }]);
-      } finally {
-        remote.close();
-      }
-      expectUnchanged(target.pid, before);
+      });
     } finally {
       release(seized);
     }
