@@ -16,6 +16,8 @@ export const SYS = {
   capset: 126, rt_sigqueueinfo: 129, setpriority: 141, sched_setscheduler: 144, chroot: 161,
   epoll_ctl: 233, set_robust_list: 273, dup3: 292, rt_tgsigqueueinfo: 297, memfd_create: 319,
   close_range: 436,
+  // The tiny programs (src/sys/tiny-elf.ts) and the dirty tracker's lifetime.
+  fork: 57, chdir: 80, ppoll: 271, poll: 7, pidfd_send_signal: 424, alarm: 37, pause: 34,
   // Used by restore to re-create open files in ckpt itself.
   lseek: 8, ftruncate: 77, fchmod: 91, fchown: 93, getresuid: 118, fchownat: 260, fchmodat: 268,
   utimensat: 280, timerfd_create: 283, timerfd_settime: 286, timerfd_gettime: 287, signalfd4: 289,

@@ -1,0 +1,143 @@
+/**
+ * Tiny static x86_64 programs that ckpt writes into a memfd and executes, so
+ * that no helper binary has to be shipped: the restore seed and the dirty
+ * tracker of iterative dumps. Each is one read+execute segment at a fixed
+ * address, with hand-assembled code (the `asm` helpers below).
+ *
+ * Both start the same way: fork, the parent exits at once (so the program
+ * runs on as nobody's Bun child: Bun waits for the pids it spawns, and that
+ * wait would steal ptrace stops or reap what must stay), the child writes its
+ * pid to stdout as 4 raw bytes and closes stdout.
+ */
+import { Errno, SysError } from "./errno";
+import { addressOf, close, cstr, syscall, writeAll } from "./libc";
+import { SYS } from "./nr";
+
+/** Where a tiny program's one segment is loaded (a fixed ET_EXEC address). */
+export const TINY_ELF_BASE = 0x400000n;
+const EHDR_SIZE = 64;
+const PHDR_SIZE = 56;
+/** Offset of the first code byte in the file (and from TINY_ELF_BASE in memory). */
+export const TINY_CODE_OFFSET = EHDR_SIZE + PHDR_SIZE;
+
+const imm32 = (n: number): number[] => [n & 0xff, (n >>> 8) & 0xff, (n >>> 16) & 0xff, (n >>> 24) & 0xff];
+function imm64(n: bigint): number[] {
+  const out: number[] = [];
+  for (let i = 0n; i < 8n; i++) out.push(Number((n >> (8n * i)) & 0xffn));
+  return out;
+}
+
+/** The few instructions the tiny programs use, as bytes. */
+export const asm = {
+  movEax: (n: number): number[] => [0xb8, ...imm32(n)],
+  movEdi: (n: number): number[] => [0xbf, ...imm32(n)],
+  movEsi: (n: number): number[] => [0xbe, ...imm32(n)],
+  movEdx: (n: number): number[] => [0xba, ...imm32(n)],
+  movR8d: (n: number): number[] => [0x41, 0xb8, ...imm32(n)],
+  movabsRax: (n: bigint): number[] => [0x48, 0xb8, ...imm64(n)],
+  xorEdi: [0x31, 0xff],
+  xorR10d: [0x45, 0x31, 0xd2],
+  movRdiRsp: [0x48, 0x89, 0xe7],
+  movRsiRsp: [0x48, 0x89, 0xe6],
+  movRdxRsp: [0x48, 0x89, 0xe2],
+  pushRax: [0x50],
+  pushImm8: (n: number): number[] => [0x6a, n & 0xff],
+  testEax: [0x85, 0xc0],
+  jnz: (rel: number): number[] => [0x75, rel],
+  syscall: [0x0f, 0x05],
+} as const;
+
+/** fork(); test eax, eax; jnz over `child` to `parent` — the shape both programs start with. */
+export function forkThenChild(child: readonly number[]): number[] {
+  const parent = [...asm.xorEdi, ...asm.movEax(SYS.exit_group), ...asm.syscall];
+  if (child.length > 127) throw new RangeError(`tiny program child part of ${child.length} bytes is too long for a short jump`);
+  return [...asm.movEax(SYS.fork), ...asm.syscall, ...asm.testEax, ...asm.jnz(child.length), ...child, ...parent];
+}
+
+/** Offset in forkThenChild()'s output where `child` begins. */
+export const FORK_PROLOGUE_SIZE = 5 + 2 + 2 + 2;
+
+/** The child's first steps: write(1, &pid, 4), close(1). */
+export function reportPid(): number[] {
+  return [
+    ...asm.movEax(SYS.getpid), ...asm.syscall,
+    ...asm.pushRax,
+    ...asm.movEdi(1), ...asm.movRsiRsp, ...asm.movEdx(4), ...asm.movEax(SYS.write), ...asm.syscall,
+    ...asm.movEdi(1), ...asm.movEax(SYS.close), ...asm.syscall,
+  ];
+}
+
+/** A whole ELF file around `code`. */
+export function tinyElf(code: readonly number[]): Uint8Array {
+  const size = TINY_CODE_OFFSET + code.length;
+  const bytes = new Uint8Array(size);
+  const v = new DataView(bytes.buffer);
+  bytes.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0]); // ELF, 64-bit, little-endian, version 1, SysV
+  v.setUint16(16, 2, true); // ET_EXEC
+  v.setUint16(18, 62, true); // EM_X86_64
+  v.setUint32(20, 1, true);
+  v.setBigUint64(24, TINY_ELF_BASE + BigInt(TINY_CODE_OFFSET), true); // e_entry
+  v.setBigUint64(32, BigInt(EHDR_SIZE), true); // e_phoff
+  v.setUint16(52, EHDR_SIZE, true);
+  v.setUint16(54, PHDR_SIZE, true);
+  v.setUint16(56, 1, true); // one program header
+  const ph = EHDR_SIZE;
+  v.setUint32(ph, 1, true); // PT_LOAD
+  v.setUint32(ph + 4, 5, true); // PF_R | PF_X
+  v.setBigUint64(ph + 16, TINY_ELF_BASE, true);
+  v.setBigUint64(ph + 24, TINY_ELF_BASE, true);
+  v.setBigUint64(ph + 32, BigInt(size), true);
+  v.setBigUint64(ph + 40, BigInt(size), true);
+  v.setBigUint64(ph + 48, 0x1000n, true);
+  bytes.set(code, TINY_CODE_OFFSET);
+  return bytes;
+}
+
+const MFD_CLOEXEC = 1;
+const MFD_EXEC = 0x10;
+
+/** `bytes` in a new memfd of ckpt's; the caller closes it. */
+function programMemfd(name: string, bytes: Uint8Array): number {
+  const cname = cstr(name);
+  let fd: number;
+  try {
+    fd = Number(syscall("memfd_create", SYS.memfd_create, [addressOf(cname), MFD_CLOEXEC | MFD_EXEC], [JSON.stringify(name), "MFD_CLOEXEC|MFD_EXEC"]));
+  } catch (e) {
+    // Kernels before 6.3 know no MFD_EXEC; their memfds are executable anyway.
+    if (!(e instanceof SysError) || e.errno !== Errno.EINVAL) throw e;
+    fd = Number(syscall("memfd_create", SYS.memfd_create, [addressOf(cname), MFD_CLOEXEC], [JSON.stringify(name), "MFD_CLOEXEC"]));
+  }
+  try {
+    writeAll(fd, bytes);
+  } catch (e) {
+    close(fd);
+    throw e;
+  }
+  return fd;
+}
+
+export interface LaunchOptions {
+  /** Start in a new session (setsid), away from ckpt's terminal and process group. */
+  ownSession: boolean;
+  /** ckpt's fds that become the program's fds 3, 4, ... */
+  fds?: readonly number[];
+}
+
+/**
+ * Run a tiny program that starts with forkThenChild(reportPid() ...) and
+ * return the pid its child reported, once the launching parent has exited.
+ */
+export async function launchTinyElf(name: string, bytes: Uint8Array, opts: LaunchOptions): Promise<number> {
+  const fd = programMemfd(name, bytes);
+  try {
+    const launcher = Bun.spawn([`/proc/${process.pid}/fd/${fd}`], {
+      stdio: ["ignore", "pipe", "ignore", ...(opts.fds ?? [])],
+      detached: opts.ownSession,
+    });
+    const [out, code] = await Promise.all([new Response(launcher.stdout).arrayBuffer(), launcher.exited]);
+    if (out.byteLength !== 4) throw new Error(`${name} did not start (launcher exit ${code}, ${out.byteLength} bytes of output)`);
+    return new DataView(out).getInt32(0, true);
+  } finally {
+    close(fd);
+  }
+}
