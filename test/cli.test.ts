@@ -118,7 +118,7 @@ describe("show", () => {
 describe("check", () => {
   test("reports every feature and exits 0 exactly when a dump can work", () => {
     const r = runCkpt(["check", "--json"]);
-    const out = JSON.parse(r.stdout) as { dumpCanWork: boolean; features: { name: string; ok: boolean; requiredForDump: boolean; detail: string }[] };
+    const out = JSON.parse(r.stdout) as { dumpCanWork: boolean; dirtyTracking: string | null; features: { name: string; ok: boolean; requiredForDump: boolean; detail: string }[] };
     expect(r.code).toBe(out.dumpCanWork ? 0 : 1);
     const names = out.features.map((f) => f.name);
     for (const n of ["ptrace_seize", "kcmp", "pidfd_getfd", "process_vm_readv", "pagemap_scan", "soft_dirty", "uffd_wp_async", "open_by_handle_at", "cap_checkpoint_restore"]) {
@@ -129,6 +129,9 @@ describe("check", () => {
     // Independent witness: smaps shows the "sd" VmFlag only on kernels with soft-dirty.
     const softDirty = out.features.find((f) => f.name === "soft_dirty")!;
     expect(softDirty.ok).toBe(/^VmFlags:.*\bsd\b/m.test(readFileSync("/proc/self/smaps", "utf8")));
+    // pre-dump prefers soft-dirty and falls back to userfaultfd write-protect.
+    const uffd = out.features.find((f) => f.name === "uffd_wp_async")!;
+    expect(out.dirtyTracking).toBe(softDirty.ok ? "soft-dirty" : uffd.ok ? "uffd-wp" : null);
     // We run as root here, so seizing a process of our own must work.
     if (process.getuid?.() === 0) expect(out.features.find((f) => f.name === "ptrace_seize")!.ok).toBe(true);
   });
@@ -136,8 +139,9 @@ describe("check", () => {
   test("plain output has one line per feature and a verdict", () => {
     const r = runCkpt(["check"]);
     const lines = r.stdout.trimEnd().split("\n");
-    expect(lines.length).toBe(11);
-    expect(lines.at(-1)).toMatch(/^dump can(not)? work/);
+    expect(lines.length).toBe(12);
+    expect(lines.at(-2)).toMatch(/^dump can(not)? work/);
+    expect(lines.at(-1)).toMatch(/^pre-dump (tracks written pages with (soft-dirty|uffd-wp)|cannot work)/);
   });
 
   test("leaves no probe process behind", () => {

@@ -681,7 +681,7 @@ describe("remote system calls", () => {
       const blocking = RemoteSyscalls.open(target.pid, { proc, timeoutMs: 200 });
       try {
         const started = performance.now();
-        expect(() => blocking.syscall(34 /* pause */)).toThrow(new RegExp(`^thread ${target.pid}: injected syscall 34\\(\\) did not return within 200 ms; interrupted, it returned -514 \\(ERESTARTNOHAND\\)$`));
+        expect(() => blocking.syscall(SYS.pause)).toThrow(new RegExp(`^thread ${target.pid}: injected pause\\(\\) did not return within 200 ms; interrupted, it returned -514 \\(ERESTARTNOHAND\\)$`));
         expect(performance.now() - started).toBeLessThan(2000);
         expect(blocking.syscall(SYS.getpid)).toBe(BigInt(target.pid)); // still usable
       } finally {

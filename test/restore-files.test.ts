@@ -15,7 +15,6 @@ import { ImageEncoder } from "../src/image/encode";
 import { TaskKobjIdsEntrySchema, type TaskKobjIdsEntry } from "../src/image/gen/core_pb";
 import { FdTypes, FdinfoEntrySchema, FileEntrySchema, type FileEntry } from "../src/image/gen/fdinfo_pb";
 import { FownEntrySchema } from "../src/image/gen/fown_pb";
-import { InotifyFileEntrySchema } from "../src/image/gen/fsnotify_pb";
 import { RegFileEntrySchema } from "../src/image/gen/regfile_pb";
 import { writeEncodedImage } from "../src/image/image-file";
 import { kind } from "../src/image/magic";
@@ -395,9 +394,9 @@ describe("the files of a dumped tree holding every fd kind", async () => {
   });
 
   test("a kind ckpt cannot restore is refused before anything is opened, naming id and type", () => {
-    const synthetic = syntheticSet(dir, [devNull(1), create(FileEntrySchema, { type: FdTypes.INOTIFY, id: 2, ify: create(InotifyFileEntrySchema, { id: 2, flags: 0, fown: create(FownEntrySchema, { uid: 0, euid: 0, signum: 0, pidType: 0, pid: 0 }) }) })]);
+    const synthetic = syntheticSet(dir, [devNull(1), create(FileEntrySchema, { type: FdTypes.PACKETSK, id: 2 })]);
     const was = openFds();
-    expect(() => OpenedFiles.open(ImageSet.open(synthetic), { shellJob: false })).toThrow("file id 2 is of type INOTIFY (8), which ckpt cannot restore");
+    expect(() => OpenedFiles.open(ImageSet.open(synthetic), { shellJob: false })).toThrow("file id 2 is of type PACKETSK (10), which ckpt cannot restore");
     expect(newFds(was)).toEqual([]);
   });
 

@@ -15,7 +15,7 @@ import { kcmp } from "../src/sys/calls";
 import { KCMP } from "../src/sys/nr";
 import { FD, fdTarget } from "./helpers/fd-workloads";
 import { credTarget, restoreTarget, sharedTreeTarget } from "./helpers/restore-workloads";
-import { killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
+import { alive, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { selfCheck } from "./helpers/workloads";
 
 const cleanup: Target[] = [];
@@ -23,14 +23,6 @@ afterEach(() => {
   for (const t of cleanup.splice(0)) t.kill();
 });
 
-function alive(pid: number): boolean {
-  try {
-    const state = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.[0];
-    return state !== "Z" && state !== "X";
-  } catch {
-    return false;
-  }
-}
 
 function statFields(pid: number): { ppid: number; pgid: number; sid: number } {
   const rest = (readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1] ?? "").split(" ");

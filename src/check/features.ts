@@ -9,10 +9,10 @@ import { kcmp, nameToHandleAt, openByHandleAt, pidfdGetfd, pidfdOpen, userfaultf
 import { addressOf, close, getpid, ioctl, kill, memoryView, mmap, munmap, openat, preadInto, processVmReadv, writeAll } from "../sys/libc";
 import {
   AT, KCMP, MAP, O, PAGE_IS, PAGE_SIZE, PAGEMAP_SCAN, PROT, SIG, UFFD_API, UFFD_FEATURE,
-  UFFD_USER_MODE_ONLY, UFFDIO_API,
+  PM_SCAN, UFFD_USER_MODE_ONLY, UFFDIO_API, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_WP,
 } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
-import { encodePmScanArg, PAGE_REGION_SIZE, setIovec, UFFDIO_API_SIZE } from "../sys/structs";
+import { encodePmScanArg, encodeUffdioRegister, PAGE_REGION_SIZE, setIovec, UFFDIO_API_SIZE } from "../sys/structs";
 import { startProbeTarget } from "./probe-target";
 
 export interface FeatureResult {
@@ -157,7 +157,7 @@ function softDirtyBit(addr: number): boolean {
   return ((ownPagemapEntry(addr) >> 55n) & 1n) === 1n;
 }
 
-function probeSoftDirty(): string {
+export function probeSoftDirty(): string {
   return withTouchedPage((addr, page) => {
     const fd = openat(AT.FDCWD, "/proc/self/clear_refs", O.WRONLY | O.CLOEXEC);
     try {
@@ -175,7 +175,11 @@ function probeSoftDirty(): string {
   });
 }
 
-function probeUffdWpAsync(): string {
+/**
+ * Arm write-protection on a page of our own and write to it: async mode must
+ * resolve the write by itself and PAGEMAP_SCAN must then call the page WRITTEN.
+ */
+export function probeUffdWpAsync(): string {
   const fd = userfaultfd(O.CLOEXEC | O.NONBLOCK | UFFD_USER_MODE_ONLY);
   try {
     const api = new Uint8Array(UFFDIO_API_SIZE);
@@ -183,7 +187,29 @@ function probeUffdWpAsync(): string {
     v.setBigUint64(0, BigInt(UFFD_API), true);
     v.setBigUint64(8, BigInt(UFFD_FEATURE.WP_ASYNC | UFFD_FEATURE.WP_UNPOPULATED), true);
     ioctl(fd, UFFDIO_API, api, "UFFDIO_API(WP_ASYNC|WP_UNPOPULATED)");
-    return "userfaultfd write-protect in async mode is available";
+    return withTouchedPage((addr, page) => {
+      ioctl(fd, UFFDIO_REGISTER, encodeUffdioRegister(BigInt(addr), BigInt(PAGE_SIZE), UFFDIO_REGISTER_MODE_WP), "UFFDIO_REGISTER(MODE_WP)");
+      const written = (protect: boolean): boolean => {
+        const pm = openat(AT.FDCWD, "/proc/self/pagemap", O.RDONLY | O.CLOEXEC);
+        try {
+          const vec = new Uint8Array(PAGE_REGION_SIZE * 4);
+          const arg = encodePmScanArg({
+            flags: protect ? BigInt(PM_SCAN.WP_MATCHING) : 0n, start: BigInt(addr), end: BigInt(addr + PAGE_SIZE), vec: BigInt(addressOf(vec)),
+            vec_len: 4n, max_pages: 0n, category_inverted: 0n, category_mask: BigInt(PAGE_IS.PRESENT),
+            category_anyof_mask: 0n, return_mask: BigInt(PAGE_IS.WRITTEN),
+          });
+          const n = ioctl(pm, PAGEMAP_SCAN, arg, protect ? "PAGEMAP_SCAN(WP_MATCHING)" : "PAGEMAP_SCAN");
+          return n === 1 && (new DataView(vec.buffer).getBigUint64(16, true) & BigInt(PAGE_IS.WRITTEN)) !== 0n;
+        } finally {
+          close(pm);
+        }
+      };
+      written(true);
+      if (written(false)) throw new Error("a write-protected page is reported written before any write");
+      page[1] = 2;
+      if (!written(false)) throw new Error("a write to a protected page is not reported");
+      return "userfaultfd write-protect in async mode tracks writes (PAGEMAP_SCAN reports them)";
+    });
   } finally {
     close(fd);
   }

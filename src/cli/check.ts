@@ -1,6 +1,7 @@
 /** `ckpt check`: which kernel features ckpt can use here. */
 import { defineCommand } from "citty";
 import { checkFeatures, dumpCanWork } from "../check/features";
+import { chooseTracking } from "../dump/tracking/method";
 import { EXIT_FAILURE, rejectUnknownArgs } from "./exit";
 
 export const check = defineCommand({
@@ -12,14 +13,17 @@ export const check = defineCommand({
     rejectUnknownArgs(rawArgs, ["json"], 0);
     const results = await checkFeatures();
     const ok = dumpCanWork(results);
+    // Which of the two probes (soft_dirty, uffd_wp_async) pre-dump will use.
+    const dirtyTracking = chooseTracking().method;
     if (args.json) {
-      process.stdout.write(`${JSON.stringify({ dumpCanWork: ok, features: results }, null, 2)}\n`);
+      process.stdout.write(`${JSON.stringify({ dumpCanWork: ok, dirtyTracking, features: results }, null, 2)}\n`);
     } else {
       for (const r of results) {
         const mark = r.ok ? "yes" : r.requiredForDump ? "NO " : "no ";
         process.stdout.write(`${mark}  ${r.name.padEnd(24)} ${r.detail}\n`);
       }
       process.stdout.write(ok ? "dump can work on this kernel\n" : "dump cannot work: a required feature is missing\n");
+      process.stdout.write(dirtyTracking ? `pre-dump tracks written pages with ${dirtyTracking}\n` : "pre-dump cannot work: neither soft-dirty nor userfaultfd write-protect tracks written pages here\n");
     }
     if (!ok) process.exitCode = EXIT_FAILURE;
   },

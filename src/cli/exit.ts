@@ -42,6 +42,25 @@ export function rejectUnknownArgs(rawArgs: readonly string[], known: readonly st
   }
 }
 
+/**
+ * Every value given for a repeatable option (`--name V` or `--name=V`, under
+ * any of `names`), in order; citty keeps only the last. `valued` is as for
+ * rejectUnknownArgs, so the value of another option is never taken for one.
+ */
+export function flagValues(rawArgs: readonly string[], names: readonly string[], valued: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < rawArgs.length; i++) {
+    const arg = rawArgs[i] ?? "";
+    if (arg === "--") break;
+    if (!arg.startsWith("-") || arg === "-") continue;
+    const [name = "", ...value] = arg.replace(/^--?/, "").split("=");
+    const inline = arg.includes("=");
+    if (names.includes(name)) out.push(inline ? value.join("=") : (rawArgs[i + 1] ?? ""));
+    if (valued.includes(name) && !inline) i++;
+  }
+  return out;
+}
+
 /** Print `ckpt: message` on stderr, one line. */
 export function reportError(e: unknown): void {
   const msg = e instanceof Error ? e.message : String(e);

@@ -44,13 +44,16 @@ import { Freezer, type FrozenProcess } from "./freeze";
 import { KobjIds } from "./ids";
 import { ImageDirWriter } from "./image-dir";
 import { InterruptGuard } from "./interrupt";
-import { inventoryEntry } from "./inventory";
+import { Irmap, type IrmapCounters } from "./irmap";
+import { inventoryEntry, uptimeMicros } from "./inventory";
 import { dumpVmas, mmEntry, parseAuxv, type MapFilesCounters } from "./mm";
 import { readTaskState, type ProcessTaskState } from "./remote-state";
-import { copyProcessPages, type PageCopy } from "./page-dump";
+import { copyProcessPages, writeProcessPages, type PageCopy } from "./page-dump";
 import { newPageCounters, PE_PRESENT, type PageCounters } from "./pages";
 import { pstreeEntries } from "./pstree";
-import { statsEntry, type DumpFigures } from "./stats";
+import { statsEntry, type DumpFigures, type RoundResult } from "./stats";
+import { ParentImages } from "./parent";
+import { RoundTracking } from "./tracking/round";
 
 export interface DumpOptions {
   pid: number;
@@ -61,23 +64,22 @@ export interface DumpOptions {
   pageScan?: "auto" | "ioctl" | "pagemap";
   /** The tree is a job of the user's shell: dump the terminal it uses (--shell-job). */
   shellJob?: boolean;
+  /** Directories to search for the paths of watched inodes (--irmap-scan-path); the irmap's defaults when none. */
+  irmapScanPaths?: string[];
+  /**
+   * The previous round (--prev-images-dir), relative to `dir` unless
+   * absolute: pages unchanged since then are recorded as in-parent.
+   */
+  prevImagesDir?: string;
 }
 
-export interface DumpResult {
-  dir: string;
-  pid: number;
-  processes: number;
-  threads: number;
+export interface DumpResult extends RoundResult {
   leftRunning: boolean;
-  figures: DumpFigures;
-  /** Syscalls made through the libc layer during the dump, by name. */
-  syscalls: Record<string, number>;
-  proc: ProcCounters;
   mapFiles: MapFilesCounters;
-  pages: PageCounters;
   /** fds, open files, and how often kcmp had to tell shared files apart (seed 004). */
   files: FileIdCounters & { fds: number; openFiles: number };
-  bytesWritten: number;
+  /** Paths of watched inodes: how each was found, and the time it took. */
+  irmap: IrmapCounters & { ms: number };
 }
 
 /** Everything read from one process while it was frozen. */
@@ -113,7 +115,10 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const table = new FileTable();
   const files: FilesDump = {
     ids: new FileIds(), kinds: new Map(),
-    ctx: { proc, table, opts: { shellJob: opts.shellJob ?? false }, sockets: new SocketTable(), shared: new Map() },
+    ctx: {
+      proc, table, opts: { shellJob: opts.shellJob ?? false }, sockets: new SocketTable(), shared: new Map(),
+      irmap: new Irmap({ scanPaths: opts.irmapScanPaths, cacheDirs: [opts.dir, `${opts.dir}/parent`], proc }),
+    },
   };
   const kobj = new KobjIds(proc);
   const mapFiles: MapFilesCounters = { fileAreas: 0, distinctFiles: 0 };
@@ -125,16 +130,22 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   let frozenMs = 0;
   let memdumpMs = 0;
   let memwriteMs = 0;
+  let tracking: RoundTracking | null = null;
   try {
+    const parent = opts.prevImagesDir === undefined ? null : ParentImages.open(out, opts.prevImagesDir);
+    // Read the irmap cache (through the parent link just made) before the freeze.
+    files.ctx.irmap.load();
     const tree = freezer.freeze(opts.pid);
     frozenAt = performance.now();
+    const frozenUptime = uptimeMicros(proc);
+    tracking = RoundTracking.begin(proc, "dump", parent);
     // The clocks a restore in a new time namespace continues from.
     const clocks = { monotonic: clockNow(CLOCK_MONOTONIC), boottime: clockNow(CLOCK_BOOTTIME) };
     await guard.checkpoint();
 
     for (const p of tree) {
       try {
-        dumped.push(dumpProcess(proc, p, files, kobj, fdTables, mapFiles, pageCounters, opts));
+        dumped.push(dumpProcess(proc, p, files, kobj, fdTables, mapFiles, pageCounters, opts, tracking));
       } catch (e) {
         throw explainProcessError(p.pid, e);
       }
@@ -169,12 +180,16 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       totalMs: performance.now() - started,
       pagesScanned: dumped.reduce((s, d) => s + d.pages.pagesScanned, 0),
       pagesWritten: dumped.reduce((s, d) => s + d.pages.pagesWritten, 0),
+      pagesInParent: dumped.reduce((s, d) => s + d.pages.pagesInParent, 0),
+      irmapMs: files.ctx.irmap.ms,
     };
     out.writeImage("stats-dump", new ImageEncoder(kind("STATS")).add(StatsEntrySchema, statsEntry(figures)));
     const root = dumped[0];
-    const inv = inventoryEntry(proc, crypto.randomUUID());
+    const inv = inventoryEntry(crypto.randomUUID(), frozenUptime);
     if (root) inv.rootIds = create(TaskKobjIdsEntrySchema, root.ids);
     out.commitInventory(new ImageEncoder(kind("INVENTORY")).add(InventoryEntrySchema, inv));
+    // The dump is complete: tracking is over (the tracker ends, the tree is unregistered).
+    tracking.finish();
     figures.totalMs = performance.now() - started;
     return {
       dir: opts.dir, pid: opts.pid, processes: tree.length,
@@ -183,8 +198,11 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       proc: { ...proc.counters }, mapFiles, pages: pageCounters,
       files: { ...files.ids.counters, fds: [...fdTables.values()].reduce((s, t) => s + t.length, 0), openFiles: files.kinds.size },
       bytesWritten: out.bytes,
+      tracking: tracking.summary,
+      irmap: { ...files.ctx.irmap.counters, ms: files.ctx.irmap.ms },
     };
   } catch (e) {
+    tracking?.abort();
     if (!released) release(freezer, "resume");
     out.discard();
     throw e;
@@ -225,7 +243,7 @@ function release(freezer: Freezer, mode: "resume" | "kill"): void {
   for (const p of freezer.release(mode)) process.stderr.write(`ckpt: warning: while letting the tree go: ${p}\n`);
 }
 
-function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, kobj: KobjIds, fdTables: Map<number, FdinfoEntry[]>, mapFiles: MapFilesCounters, pageCounters: PageCounters, opts: DumpOptions): DumpedProcess {
+function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, kobj: KobjIds, fdTables: Map<number, FdinfoEntry[]>, mapFiles: MapFilesCounters, pageCounters: PageCounters, opts: DumpOptions, tracking: RoundTracking): DumpedProcess {
   const { pid } = p;
   const stat = readStat(proc, pid);
   const status = readStatus(proc, pid);
@@ -251,7 +269,8 @@ function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, kobj: Kob
   const sigmasks = new Map(p.threads.map((tid) => [tid, ptrace.getSigmask(tid)]));
   const task: ProcessTaskState = readTaskState(proc, p.threads);
 
-  const pages = copyProcessPages(pid, vmas.filter((v) => v.savePages).map((v) => v.area), opts.pageScan ?? "auto", proc, pageCounters);
+  const saved = vmas.filter((v) => v.savePages).map((v) => v.area);
+  const pages = copyProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved));
 
   const cores = new Map<number, CoreEntry>();
   for (const tid of p.threads) {
@@ -302,10 +321,7 @@ function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, kobj: Kob
 }
 
 function writePages(out: ImageDirWriter, d: DumpedProcess, pagesId: number): void {
-  const enc = new ImageEncoder(kind("PAGEMAP")).add(PagemapHeadSchema, create(PagemapHeadSchema, { pagesId }));
-  for (const e of d.pages.entries) enc.add(PagemapEntrySchema, e as PagemapEntry);
-  out.writeImage(`pagemap-${d.tree.pid}.img`, enc);
-  out.writeWith(`pages-${pagesId}.img`, (fd) => d.pages.writeTo(fd));
+  writeProcessPages(out, d.tree.pid, pagesId, d.pages);
 }
 
 type Clock = ReturnType<typeof clockNow>;

@@ -5,6 +5,7 @@
  * last, under a temporary name renamed into place. A failed dump calls
  * discard(), which removes what it wrote, so it can never look complete.
  */
+import { symlinkat } from "../sys/calls";
 import { SysError, Errno } from "../sys/errno";
 import { close, fstat, mkdirat, openat, renameat, unlinkat, writeAll } from "../sys/libc";
 import { AT, O, S_IF, S_IFMT } from "../sys/nr";
@@ -92,6 +93,17 @@ export class ImageDirWriter {
 
   writeImage(name: string, enc: ImageEncoder): void {
     this.write(name, enc.bytes());
+  }
+
+  /** A symbolic link `name` → `target` (the `parent` link of an iterative dump). */
+  symlink(name: string, target: string): void {
+    try {
+      symlinkat(target, this.dirfd, name);
+    } catch (e) {
+      if (e instanceof SysError && e.errno === Errno.EEXIST) throw new ImageDirError(`${this.path}/${name} exists already; dump into an empty directory`);
+      throw new ImageDirError(`cannot create ${this.path}/${name}: ${(e as Error).message}`);
+    }
+    this.written.push(name);
   }
 
   /** The last step of a dump: the inventory appears whole or not at all. */

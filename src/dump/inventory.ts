@@ -10,14 +10,18 @@ export function uptimeMicros(proc: ProcFs): bigint {
   return BigInt(whole) * 1_000_000n + BigInt(frac.padEnd(6, "0").slice(0, 6));
 }
 
-/** An inventory in the form CRIU 4.x restores: version 2, fdinfo and namespaces per id. */
-export function inventoryEntry(proc: ProcFs, runId: string): InventoryEntry {
+/**
+ * An inventory in the form CRIU 4.x restores: version 2, fdinfo and
+ * namespaces per id. `frozenUptime`: host uptime (µs) when the tasks were
+ * frozen — a later round tells reused pids by start times after it.
+ */
+export function inventoryEntry(runId: string, frozenUptime: bigint): InventoryEntry {
   return create(InventoryEntrySchema, {
     imgVersion: 2,
     fdinfoPerId: true,
     nsPerId: true,
     lsmtype: Lsmtype.NO_LSM,
-    dumpUptime: uptimeMicros(proc),
+    dumpUptime: frozenUptime,
     dumpCriuRunId: runId,
   });
 }

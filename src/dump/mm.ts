@@ -61,6 +61,16 @@ function isMaySharedArea(a: MapArea): boolean {
   return a.shared || hasFlag(a, "sh") || hasFlag(a, "ms");
 }
 
+/**
+ * Whether an area's pages go into the image: private memory only (shared
+ * file pages live in the file), and not vvar (kernel data pages of this
+ * boot) nor the vsyscall page.
+ */
+export function savesPages(a: MapArea): boolean {
+  if (a.path === "[vsyscall]" || isMaySharedArea(a)) return false;
+  return a.inode !== 0n || SPECIAL_NAMES[a.path] !== VMA.AREA_VVAR;
+}
+
 /** Build the vma entries of one process; file areas get ids in `table`. */
 export function dumpVmas(proc: ProcFs, pid: number, areas: readonly MapArea[], table: FileTable, counters: MapFilesCounters): DumpedVma[] {
   const fileIds = new Map<string, number>();
@@ -80,7 +90,7 @@ export function dumpVmas(proc: ProcFs, pid: number, areas: readonly MapArea[], t
     const base = { start: a.start, end: a.end, pgoff: 0n, shmid: 0n, prot, fd: -1n, ...(madv ? { madv } : {}) };
 
     if (a.path === "[vsyscall]") {
-      out.push({ area: a, savePages: false, entry: create(VmaEntrySchema, { ...base, flags: MAP.PRIVATE | MAP.ANONYMOUS, status: VMA.AREA_VSYSCALL | VMA.ANON_PRIVATE }) });
+      out.push({ area: a, savePages: savesPages(a), entry: create(VmaEntrySchema, { ...base, flags: MAP.PRIVATE | MAP.ANONYMOUS, status: VMA.AREA_VSYSCALL | VMA.ANON_PRIVATE }) });
       continue;
     }
     if (a.inode === 0n) {
@@ -91,8 +101,7 @@ export function dumpVmas(proc: ProcFs, pid: number, areas: readonly MapArea[], t
       }
       out.push({
         area: a,
-        // vvar holds kernel data pages of this boot, not task memory.
-        savePages: special !== VMA.AREA_VVAR,
+        savePages: savesPages(a),
         entry: create(VmaEntrySchema, { ...base, flags: flags | MAP.ANONYMOUS, status: VMA.AREA_REGULAR | VMA.ANON_PRIVATE | special }),
       });
       continue;
@@ -117,7 +126,7 @@ export function dumpVmas(proc: ProcFs, pid: number, areas: readonly MapArea[], t
     }
     out.push({
       area: a,
-      savePages: !shared,
+      savePages: savesPages(a),
       entry: create(VmaEntrySchema, {
         ...base,
         pgoff: a.offset,

@@ -1,19 +1,46 @@
 /**
  * The memory part of one process's dump: which pages of its private areas to
- * save and their contents, copied while the tree is frozen and written to
- * pages-N.img later (pages.ts does the work; this shapes it for dump.ts).
+ * save and their contents (pages.ts does the work; this shapes it for the
+ * dump and pre-dump engines).
+ *
+ * Two steps, because a pre-dump scans while the tree is frozen and copies
+ * after letting it go: plan (scan, and with dirty tracking decide per run
+ * whether it is new or unchanged since the parent round) and copy.
+ *
+ * A run is left in the parent only when three things hold: its area is
+ * tracked (its pages' written state means "since the previous round"), the
+ * scan found it unwritten, and the parent's pagemap really holds those pages.
+ * Anything else is saved again — a wrong "in parent" would restore stale
+ * memory, an extra copy only costs bytes.
  */
-import type { PagemapEntry } from "../image/gen/pagemap_pb";
+import { create } from "@bufbuild/protobuf";
+import { ImageEncoder } from "../image/encode";
+import { PagemapEntrySchema, PagemapHeadSchema, type PagemapEntry } from "../image/gen/pagemap_pb";
+import { kind } from "../image/magic";
 import type { MapArea } from "../proc/maps";
 import type { ProcFs } from "../proc/procfs";
-import { collectPages, pagemapEntries, writePages, type PageCounters, type PageVma } from "./pages";
+import { PAGE_SIZE } from "../sys/nr";
+import type { ImageDirWriter } from "./image-dir";
+import type { PageCoverage } from "./parent";
+import { copyPages, pagemapEntries, scanPages, writePages, type DirtyScan, type PageCounters, type PageRun, type PageVma, type ScanMethod } from "./pages";
 
 export type PageScanChoice = "auto" | "ioctl" | "pagemap";
+
+/** Dirty tracking for one process in this round (tracking/round.ts decides it). */
+export interface ProcessTracking {
+  dirty: DirtyScan;
+  /** Start addresses of the areas whose written state is meaningful; the others are saved whole. */
+  tracked: ReadonlySet<bigint>;
+  /** What the parent holds for this process; null: nothing can be left in the parent. */
+  parent: PageCoverage | null;
+}
 
 export interface PageCopy {
   entries: PagemapEntry[];
   pagesScanned: number;
   pagesWritten: number;
+  /** Pages recorded as in the parent and not written (CRIU's pages_skipped_parent). */
+  pagesInParent: number;
   /** Time spent finding and copying the pages. */
   ms: number;
   /** Write the contents (pages-N.img); returns the byte count. */
@@ -21,22 +48,98 @@ export interface PageCopy {
   dispose(): void;
 }
 
-export function copyProcessPages(pid: number, areas: readonly MapArea[], choice: PageScanChoice, proc: ProcFs, counters: PageCounters): PageCopy {
+export interface PagePlan {
+  runs: PageRun[];
+  pagesScanned: number;
+  pagesToWrite: number;
+  pagesInParent: number;
+  scanMs: number;
+  /** Copy the runs to write; `running`: the task was let go since the scan. */
+  copy(running: boolean): PageCopy;
+}
+
+function methodOf(choice: PageScanChoice): "auto" | ScanMethod {
+  return choice === "ioctl" ? "pagemap-scan" : choice === "pagemap" ? "pagemap-read" : "auto";
+}
+
+function toVma(a: MapArea): PageVma {
+  return { start: a.start, end: a.end, readable: a.read, fileBacked: a.inode !== 0n };
+}
+
+/** Clean runs the parent does not hold (in part or whole) become dirty parts. */
+function checkAgainstParent(runs: readonly PageRun[], parent: PageCoverage | null): PageRun[] {
+  const out: PageRun[] = [];
+  for (const run of runs) {
+    if (run.dirty !== false) {
+      out.push(run);
+      continue;
+    }
+    if (!parent) {
+      out.push({ ...run, dirty: true });
+      continue;
+    }
+    const first = Number(run.vaddr) / PAGE_SIZE;
+    for (const part of parent.split(first, first + run.nrPages)) {
+      out.push({ vaddr: BigInt(part.first * PAGE_SIZE), nrPages: part.end - part.first, dirty: !part.covered });
+    }
+  }
+  return out;
+}
+
+/** Find the pages to save (the tree is frozen). */
+export function planProcessPages(pid: number, areas: readonly MapArea[], choice: PageScanChoice, proc: ProcFs, counters: PageCounters, tracking: ProcessTracking | null): PagePlan {
   const t = performance.now();
-  const vmas: PageVma[] = areas.map((a) => ({ start: a.start, end: a.end, readable: a.read, fileBacked: a.inode !== 0n }));
-  const method = choice === "ioctl" ? "pagemap-scan" : choice === "pagemap" ? "pagemap-read" : "auto";
-  const { scan, data } = collectPages(pid, vmas, { method, proc, counters });
+  const method = methodOf(choice);
+  const vmas = areas.map(toVma);
+  let runs: PageRun[];
+  let pagesScanned: number;
+  if (!tracking) {
+    const scan = scanPages(pid, vmas, { method, proc, counters });
+    runs = scan.runs;
+    pagesScanned = scan.pagesScanned;
+  } else {
+    const tracked = vmas.filter((v) => tracking.tracked.has(v.start));
+    const whole = vmas.filter((v) => !tracking.tracked.has(v.start));
+    const a = scanPages(pid, tracked, { method, proc, counters, dirty: tracking.dirty });
+    const b = scanPages(pid, whole, { method, proc, counters });
+    runs = checkAgainstParent([...a.runs, ...b.runs.map((r) => ({ ...r, dirty: true }))], tracking.parent);
+    runs.sort((x, y) => (x.vaddr < y.vaddr ? -1 : x.vaddr > y.vaddr ? 1 : 0));
+    pagesScanned = a.pagesScanned + b.pagesScanned;
+  }
+  const toWrite = runs.filter((r) => r.dirty !== false);
+  const pagesToWrite = toWrite.reduce((s, r) => s + r.nrPages, 0);
+  const pagesInParent = runs.reduce((s, r) => s + r.nrPages, 0) - pagesToWrite;
+  const scanMs = performance.now() - t;
   return {
-    entries: pagemapEntries(scan.runs),
-    pagesScanned: scan.pagesScanned,
-    pagesWritten: scan.pagesToSave,
-    ms: performance.now() - t,
-    writeTo(fd) {
-      writePages(fd, data);
-      return data.byteLength;
-    },
-    dispose() {
-      data.dispose();
+    runs, pagesScanned, pagesToWrite, pagesInParent, scanMs,
+    copy(running) {
+      const c = performance.now();
+      const data = copyPages(pid, vmas, toWrite, { proc, counters, running });
+      return {
+        entries: pagemapEntries(runs),
+        pagesScanned, pagesWritten: pagesToWrite, pagesInParent,
+        ms: scanMs + performance.now() - c,
+        writeTo(fd) {
+          writePages(fd, data);
+          return data.byteLength;
+        },
+        dispose() {
+          data.dispose();
+        },
+      };
     },
   };
+}
+
+/** Scan and copy while the tree is frozen (the dump). */
+export function copyProcessPages(pid: number, areas: readonly MapArea[], choice: PageScanChoice, proc: ProcFs, counters: PageCounters, tracking: ProcessTracking | null = null): PageCopy {
+  return planProcessPages(pid, areas, choice, proc, counters, tracking).copy(false);
+}
+
+/** pagemap-PID.img and pages-N.img of one process. */
+export function writeProcessPages(out: ImageDirWriter, pid: number, pagesId: number, pages: PageCopy): void {
+  const enc = new ImageEncoder(kind("PAGEMAP")).add(PagemapHeadSchema, create(PagemapHeadSchema, { pagesId }));
+  for (const e of pages.entries) enc.add(PagemapEntrySchema, e);
+  out.writeImage(`pagemap-${pid}.img`, enc);
+  out.writeWith(`pages-${pagesId}.img`, (fd) => pages.writeTo(fd));
 }

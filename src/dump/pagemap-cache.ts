@@ -24,6 +24,10 @@ export const PME_HI = {
   PRESENT: 1 << 31,
   SWAPPED: 1 << 30,
   FILE: 1 << 29,
+  /** Bit 57: still write-protected by a userfaultfd (not written since). */
+  UFFD_WP: 1 << 25,
+  /** Bit 55: soft-dirty. */
+  SOFT_DIRTY: 1 << 23,
   /** PFN bits 32-54. */
   PFN: 0x7fffff,
 } as const;

@@ -26,7 +26,7 @@ import { PagemapEntrySchema, type PagemapEntry } from "../image/gen/pagemap_pb";
 import { ProcFs } from "../proc/procfs";
 import { Errno, SysError } from "../sys/errno";
 import { addressOf, close, ioctl, madvise, memoryView, mmap, munmap, preadInto, processVmReadv, writeAll } from "../sys/libc";
-import { MAP, O, PAGE_IS, PAGE_SIZE, PAGEMAP_SCAN, PROT } from "../sys/nr";
+import { MAP, O, PAGE_IS, PAGE_SIZE, PAGEMAP_SCAN, PM_SCAN, PROT } from "../sys/nr";
 import { decodePageRegions, encodePmScanArg, PAGE_REGION_SIZE, PM_SCAN_ARG_SIZE, pmScanWalkEnd, setIovec } from "../sys/structs";
 import { entryPfn, MIN_WINDOW_BYTES, PagemapCache, PME_HI, zeroPagePfns, type PageSpan, type ZeroPfns } from "./pagemap-cache";
 
@@ -48,6 +48,23 @@ export interface PageVma {
 export interface PageRun {
   vaddr: bigint;
   nrPages: number;
+  /**
+   * With dirty tracking only: whether the pages were written since the
+   * tracking was armed (false: unchanged since the previous round).
+   */
+  dirty?: boolean;
+}
+
+/**
+ * Dirty tracking for a scan: which category says "written since the last
+ * round", and whether to re-arm it (write-protect every page found) as the
+ * scan goes, so that this round becomes the baseline of the next.
+ */
+export interface DirtyScan {
+  /** "written": userfaultfd write-protect (PAGE_IS_WRITTEN); "soft-dirty": the soft-dirty bit. */
+  category: "written" | "soft-dirty";
+  /** PM_SCAN_WP_MATCHING: only for "written", only with the ioctl, only on registered areas. */
+  protect: boolean;
 }
 
 /** Kernel calls made while scanning and copying, for the stats image and for tests. */
@@ -60,10 +77,12 @@ export interface PageCounters {
   processVmReadvCalls: number;
   /** preads of /proc/PID/mem (unreadable areas, and ranges process_vm_readv refused). */
   memPreads: number;
+  /** Pages a running task unmapped between the scan and the copy (saved as zeros; see CopyOptions.running). */
+  vanishedPages: number;
 }
 
 export function newPageCounters(): PageCounters {
-  return { pagemapScanIoctls: 0, pagemapPreads: 0, processVmReadvCalls: 0, memPreads: 0 };
+  return { pagemapScanIoctls: 0, pagemapPreads: 0, processVmReadvCalls: 0, memPreads: 0, vanishedPages: 0 };
 }
 
 /** How the pages were found: the PAGEMAP_SCAN ioctl or preads of /proc/PID/pagemap. */
@@ -80,6 +99,8 @@ export interface ScanOptions {
   scanVectorRegions?: number;
   /** Address space one pagemap pread covers at most in the fallback (at least 2 MiB). */
   pagemapWindowBytes?: number;
+  /** Report which pages were written since the previous round (runs get `dirty`). */
+  dirty?: DirtyScan;
 }
 
 export interface PageScan {
@@ -144,16 +165,20 @@ function areaIndexOf(areas: readonly Area[], page: number): number {
   return -1;
 }
 
-/** Builds runs from page ranges given in address order, merging within an area. */
+/**
+ * Builds runs from page ranges given in address order, merging within an
+ * area (and, with dirty tracking, only ranges that are alike in dirtiness).
+ */
 class RunCollector {
   readonly runs: PageRun[] = [];
   pages = 0;
   private area = -1;
   private firstPage = 0;
   private endPage = 0;
+  private dirty: boolean | undefined = undefined;
 
-  add(area: number, firstPage: number, endPage: number): void {
-    if (area === this.area && firstPage === this.endPage) {
+  add(area: number, firstPage: number, endPage: number, dirty?: boolean): void {
+    if (area === this.area && firstPage === this.endPage && dirty === this.dirty) {
       this.endPage = endPage;
       return;
     }
@@ -161,6 +186,7 @@ class RunCollector {
     this.area = area;
     this.firstPage = firstPage;
     this.endPage = endPage;
+    this.dirty = dirty;
   }
 
   finish(): PageRun[] {
@@ -171,7 +197,7 @@ class RunCollector {
   private flush(): void {
     if (this.area < 0) return;
     const nrPages = this.endPage - this.firstPage;
-    this.runs.push({ vaddr: BigInt(this.firstPage * PAGE_SIZE), nrPages });
+    this.runs.push(this.dirty === undefined ? { vaddr: BigInt(this.firstPage * PAGE_SIZE), nrPages } : { vaddr: BigInt(this.firstPage * PAGE_SIZE), nrPages, dirty: this.dirty });
     this.pages += nrPages;
     this.area = -1;
   }
@@ -231,15 +257,16 @@ export function scanPages(pid: number, vmas: readonly PageVma[], options: ScanOp
         const out = new RunCollector();
         const vectorRegions = options.scanVectorRegions ?? Math.max(MIN_SCAN_REGIONS, SCAN_REGIONS_PER_AREA * areas.length);
         try {
-          scanWithIoctl(fd, areas, vectorRegions, counters, out);
+          scanWithIoctl(fd, areas, vectorRegions, counters, out, options.dirty);
           return done(out, "pagemap-scan");
         } catch (e) {
           if (method === "pagemap-scan" || !isMissingIoctl(e)) throw e;
           // Kernel before 6.7: fall through to reading pagemap.
         }
       }
+      if (options.dirty?.protect) throw new Error("page scan: write-protecting needs the PAGEMAP_SCAN ioctl (Linux 6.7+)");
       const out = new RunCollector();
-      scanWithPagemapReads(fd, areas, options.pagemapWindowBytes ?? DEFAULT_WINDOW_BYTES, counters, out);
+      scanWithPagemapReads(fd, areas, options.pagemapWindowBytes ?? DEFAULT_WINDOW_BYTES, counters, out, options.dirty);
       return done(out, "pagemap-read");
     } finally {
       close(fd);
@@ -252,7 +279,12 @@ function isMissingIoctl(e: unknown): boolean {
   return e instanceof SysError && e.call === "ioctl" && (e.errno === Errno.ENOTTY || e.errno === Errno.EINVAL);
 }
 
-function scanWithIoctl(fd: number, areas: readonly Area[], vectorRegions: number, counters: PageCounters, out: RunCollector): void {
+/** The category bit that marks a page dirty. */
+function dirtyCategory(d: DirtyScan): number {
+  return d.category === "written" ? PAGE_IS.WRITTEN : PAGE_IS.SOFT_DIRTY;
+}
+
+function scanWithIoctl(fd: number, areas: readonly Area[], vectorRegions: number, counters: PageCounters, out: RunCollector, dirty?: DirtyScan): void {
   if (!(vectorRegions >= 1)) throw new Error(`page scan: vector of ${vectorRegions} regions`);
   if (scanVector.length < vectorRegions * PAGE_REGION_SIZE) scanVector = new Uint8Array(vectorRegions * PAGE_REGION_SIZE);
   const spanEnd = BigInt(areas[areas.length - 1]!.endPage * PAGE_SIZE);
@@ -260,13 +292,17 @@ function scanWithIoctl(fd: number, areas: readonly Area[], vectorRegions: number
   let cursor = 0;
   // End (in pages) of everything reported so far.
   let seenEnd = 0;
+  const dirtyBit = dirty ? dirtyCategory(dirty) : 0;
   for (;;) {
     encodePmScanArg({
-      flags: 0n, start, end: spanEnd, vec: BigInt(addressOf(scanVector)), vec_len: BigInt(vectorRegions), max_pages: 0n,
+      // Protecting applies to the pages that match the filter, i.e. exactly the
+      // pages saved; areas not registered with a userfaultfd are skipped whole.
+      flags: dirty?.protect ? BigInt(PM_SCAN.WP_MATCHING) : 0n, start, end: spanEnd, vec: BigInt(addressOf(scanVector)), vec_len: BigInt(vectorRegions), max_pages: 0n,
       category_inverted: SCAN_EXCLUDED, category_mask: SCAN_EXCLUDED, category_anyof_mask: SCAN_ANY_OF,
-      // Only the ranges are wanted: with no categories returned, the kernel
-      // merges neighbouring pages into one region whatever else differs.
-      return_mask: 0n,
+      // Without dirty tracking only the ranges are wanted: with no categories
+      // returned, the kernel merges neighbouring pages into one region
+      // whatever else differs. With it, regions split where dirtiness does.
+      return_mask: BigInt(dirtyBit),
     }, scanArg);
     counters.pagemapScanIoctls++;
     const found = ioctl(fd, PAGEMAP_SCAN, scanArg, `PAGEMAP_SCAN ${hex(start)}-${hex(spanEnd)}`);
@@ -276,7 +312,7 @@ function scanWithIoctl(fd: number, areas: readonly Area[], vectorRegions: number
       const first = Math.max(Number(region.start) / PAGE_SIZE, seenEnd);
       const end = Number(region.end) / PAGE_SIZE;
       if (first >= end) continue;
-      cursor = intersect(areas, cursor, first, end, out);
+      cursor = intersect(areas, cursor, first, end, out, dirty ? (Number(region.categories) & dirtyBit) !== 0 : undefined);
       seenEnd = end;
     }
     // A vector with room left means the walk reached the end. walk_end is
@@ -297,12 +333,12 @@ function scanWithIoctl(fd: number, areas: readonly Area[], vectorRegions: number
  * Regions come in address order, so the area cursor only moves forward;
  * returns the cursor for the next region.
  */
-function intersect(areas: readonly Area[], cursor: number, first: number, end: number, out: RunCollector): number {
+function intersect(areas: readonly Area[], cursor: number, first: number, end: number, out: RunCollector, dirty: boolean | undefined): number {
   while (cursor < areas.length && areas[cursor]!.endPage <= first) cursor++;
   for (let i = cursor; i < areas.length; i++) {
     const area = areas[i]!;
     if (area.firstPage >= end) break;
-    out.add(i, Math.max(first, area.firstPage), Math.min(end, area.endPage));
+    out.add(i, Math.max(first, area.firstPage), Math.min(end, area.endPage), dirty);
   }
   return cursor;
 }
@@ -311,7 +347,17 @@ function isZeroPfn(pfn: number, zero: ZeroPfns): boolean {
   return pfn === zero.small || (zero.hugeFirst >= 0 && pfn >= zero.hugeFirst && pfn < zero.hugeFirst + 512);
 }
 
-function scanWithPagemapReads(fd: number, areas: readonly Area[], windowBytes: number, counters: PageCounters, out: RunCollector): void {
+/**
+ * The pagemap entry bit (in the high word) that marks a page dirty, and
+ * whether a set bit means dirty: bit 55 is soft-dirty; bit 57 says the page
+ * is still write-protected by a userfaultfd, i.e. not written.
+ */
+function dirtyPagemapBit(d: DirtyScan): { bit: number; setMeansDirty: boolean } {
+  return d.category === "soft-dirty" ? { bit: PME_HI.SOFT_DIRTY, setMeansDirty: true } : { bit: PME_HI.UFFD_WP, setMeansDirty: false };
+}
+
+function scanWithPagemapReads(fd: number, areas: readonly Area[], windowBytes: number, counters: PageCounters, out: RunCollector, dirty?: DirtyScan): void {
+  const dirtyBit = dirty ? dirtyPagemapBit(dirty) : null;
   const zero = zeroPagePfns();
   const cache = new PagemapCache(fd, areas, Math.max(windowBytes, MIN_WINDOW_BYTES), () => counters.pagemapPreads++);
   const presentOrSwapped = PME_HI.PRESENT | PME_HI.SWAPPED;
@@ -322,21 +368,25 @@ function scanWithPagemapReads(fd: number, areas: readonly Area[], windowBytes: n
       if (!cache.covers(page)) cache.fill(i, page);
       const stop = Math.min(area.endPage, cache.endPage);
       const words = cache.words;
-      // Collect stretches of pages to save, one add() per stretch rather than per page.
+      // Collect stretches of alike pages to save, one add() per stretch rather than per page.
       let stretch = -1;
+      let stretchDirty: boolean | undefined = undefined;
       for (let k = (page - cache.firstPage) * 2; page < stop; page++, k += 2) {
         const hi = words[k + 1]!;
         const save = (hi & presentOrSwapped) !== 0 && (hi & PME_HI.FILE) === 0
           // Only a present entry carries a PFN; a swapped one holds a swap slot there.
           && ((hi & PME_HI.PRESENT) === 0 || !isZeroPfn(entryPfn(words[k]!, hi), zero));
-        if (save) {
-          if (stretch < 0) stretch = page;
-        } else if (stretch >= 0) {
-          out.add(i, stretch, page);
+        const pageDirty = dirtyBit ? ((hi & dirtyBit.bit) !== 0) === dirtyBit.setMeansDirty : undefined;
+        if (stretch >= 0 && (!save || pageDirty !== stretchDirty)) {
+          out.add(i, stretch, page, stretchDirty);
           stretch = -1;
         }
+        if (save && stretch < 0) {
+          stretch = page;
+          stretchDirty = pageDirty;
+        }
       }
-      if (stretch >= 0) out.add(i, stretch, stop);
+      if (stretch >= 0) out.add(i, stretch, stop, stretchDirty);
     }
   }
 }
@@ -459,6 +509,13 @@ export interface CopyOptions {
   /** Bytes per process_vm_readv or /proc/PID/mem pread (default 1 GiB). */
   maxBytesPerCall?: number;
   buffer?: PageBufferMode;
+  /**
+   * The task runs again (a pre-dump copies after letting it go): a range it
+   * has unmapped since the scan is saved as zeros instead of failing. That is
+   * safe because the next round cannot find those pages unchanged: a new
+   * mapping there is not the tracked one, so it is saved whole.
+   */
+  running?: boolean;
 }
 
 /**
@@ -513,7 +570,7 @@ export function copyPages(pid: number, vmas: readonly PageVma[], runs: readonly 
   const data = mapPageBuffer(byteLength, options.buffer);
   try {
     withProc(options.proc, (proc) => {
-      const copier = new Copier(pid, proc, data, counters, maxBytes);
+      const copier = new Copier(pid, proc, data, counters, maxBytes, options.running ?? false);
       try {
         copier.copy(pieces, maxIovecs);
       } finally {
@@ -536,6 +593,7 @@ class Copier {
     private readonly data: PageData,
     private readonly counters: PageCounters,
     private readonly maxBytes: number,
+    private readonly running: boolean,
   ) {}
 
   copy(pieces: readonly Piece[], maxIovecs: number): void {
@@ -621,8 +679,20 @@ class Copier {
     while (done < length) {
       const part = Math.min(length - done, this.maxBytes);
       this.counters.memPreads++;
-      const n = preadInto(this.memFd, this.data.view(offset + done, part), remote + done);
-      if (n === 0) throw new Error(`pread of /proc/${this.pid}/mem at ${hex(remote + done)} returned no data`);
+      let n = 0;
+      try {
+        n = preadInto(this.memFd, this.data.view(offset + done, part), remote + done);
+      } catch (e) {
+        if (!(this.running && e instanceof SysError && (e.errno === Errno.EIO || e.errno === Errno.EFAULT))) throw e;
+      }
+      if (n === 0) {
+        if (!this.running) throw new Error(`pread of /proc/${this.pid}/mem at ${hex(remote + done)} returned no data`);
+        // Unmapped since the scan: zeros for the rest of the page, then go on.
+        const skip = PAGE_SIZE - ((remote + done) % PAGE_SIZE);
+        this.data.view(offset + done, Math.min(skip, length - done)).fill(0);
+        this.counters.vanishedPages++;
+        n = Math.min(skip, length - done);
+      }
       done += n;
     }
   }
@@ -645,6 +715,8 @@ export function collectPages(pid: number, vmas: readonly PageVma[], options: Sca
 
 /** pagemap entry flag: the run's contents are in the pages file. */
 export const PE_PRESENT = 1 << 2;
+/** pagemap entry flag: the run's contents are in the parent image set (unchanged since that round). */
+export const PE_PARENT = 1 << 0;
 
 /** Bytes per write(2) of page data: large, and under the kernel's 2 GiB cap per call. */
 const WRITE_CHUNK_BYTES = 1024 * 1024 * 1024;
@@ -658,13 +730,15 @@ export function writePages(fd: number, data: PageData): void {
 
 /**
  * pagemap-N.img entries for the runs, in CRIU's shape: vaddr, page count and
- * PE_PRESENT. The count goes in both nr_pages and the pre-4.2 field.
+ * PE_PRESENT — or PE_PARENT for a run found unchanged since the previous
+ * round, whose contents are not written again. The count goes in both
+ * nr_pages and the pre-4.2 field.
  */
 export function pagemapEntries(runs: readonly PageRun[]): PagemapEntry[] {
   return runs.map((run) => create(PagemapEntrySchema, {
     vaddr: run.vaddr,
     compatNrPages: run.nrPages,
-    flags: PE_PRESENT,
+    flags: run.dirty === false ? PE_PARENT : PE_PRESENT,
     nrPages: BigInt(run.nrPages),
   }));
 }

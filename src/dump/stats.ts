@@ -4,6 +4,9 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { DumpStatsEntrySchema, StatsEntrySchema, type StatsEntry } from "../image/gen/stats_pb";
+import type { ProcCounters } from "../proc/procfs";
+import type { PageCounters } from "./pages";
+import type { TrackingSummary } from "./tracking/round";
 
 export interface DumpFigures {
   /** From the first PTRACE_SEIZE until every thread stopped. */
@@ -18,6 +21,26 @@ export interface DumpFigures {
   totalMs: number;
   pagesScanned: number;
   pagesWritten: number;
+  /** Pages recorded as in the parent image set, not written again. */
+  pagesInParent: number;
+  /** Finding paths for watched inodes (the irmap), when the dump had any. */
+  irmapMs?: number;
+}
+
+/** What `dump` and `pre-dump` both report (their JSON summaries). */
+export interface RoundResult {
+  dir: string;
+  pid: number;
+  processes: number;
+  threads: number;
+  figures: DumpFigures;
+  /** Syscalls made through the libc layer during the round, by name. */
+  syscalls: Record<string, number>;
+  proc: ProcCounters;
+  pages: PageCounters;
+  /** Iterative dumps: what came of the parent round's dirty tracking, and what this round armed. */
+  tracking: TrackingSummary;
+  bytesWritten: number;
 }
 
 const micros = (ms: number): number => Math.round(ms * 1000);
@@ -30,9 +53,10 @@ export function statsEntry(f: DumpFigures): StatsEntry {
       memdumpTime: micros(f.memdumpMs),
       memwriteTime: micros(f.memwriteMs),
       pagesScanned: BigInt(f.pagesScanned),
-      pagesSkippedParent: 0n,
+      pagesSkippedParent: BigInt(f.pagesInParent),
       pagesWritten: BigInt(f.pagesWritten),
       pagesLazy: 0n,
+      ...(f.irmapMs !== undefined ? { irmapResolve: micros(f.irmapMs) } : {}),
     }),
   });
 }

@@ -13,6 +13,39 @@ export interface InotifyWatchInfo {
   fhandle: Uint8Array;
 }
 
+/** What marks of a fanotify group have in common ("fanotify ..." lines). */
+interface FanotifyMarkCommon {
+  /** FAN_MARK_* flags the mark keeps (IGNORED_SURV_MODIFY, EVICTABLE, IGNORE). */
+  mflags: number;
+  mask: number;
+  ignoredMask: number;
+}
+
+/** One mark of a fanotify fd, by what it is on. */
+export type FanotifyMarkInfo =
+  | (FanotifyMarkCommon & {
+    type: "inode";
+    ino: bigint;
+    /** Kernel-internal form, as inotify's sdev. */
+    sdev: number;
+    fhandleBytes: number;
+    fhandleType: number;
+    fhandle: Uint8Array;
+  })
+  | (FanotifyMarkCommon & { type: "mount"; mntId: number })
+  | (FanotifyMarkCommon & { type: "filesystem"; sdev: number })
+  /** A mark on a mount namespace (FAN_MARK_MNTNS); `ns` names it as fdinfo does (inode or id, decimal). */
+  | (FanotifyMarkCommon & { type: "mntns"; ns: string })
+  /** A kind of mark newer than this parser: the line as the kernel wrote it. */
+  | (FanotifyMarkCommon & { type: "unknown"; line: string });
+
+/** A fanotify fd's group: fanotify_init's flags and event_f_flags, and its marks. */
+export interface FanotifyInfo {
+  flags: number;
+  eventFlags: number;
+  marks: FanotifyMarkInfo[];
+}
+
 /** One file an eventpoll fd watches ("tfd:" line). */
 export interface EpollTargetInfo {
   /** fd number of the watched file in the table it was added from. */
@@ -37,6 +70,8 @@ export interface FdInfo {
   inotify: InotifyWatchInfo[];
   /** eventpoll fds only. */
   epoll: EpollTargetInfo[];
+  /** fanotify fds only. */
+  fanotify?: FanotifyInfo;
 }
 
 /** Split "a:1 b:2" into a map; values stay strings. */
@@ -55,10 +90,41 @@ function hexBytes(s: string): Uint8Array {
   return out;
 }
 
+const hex = (p: Map<string, string>, key: string): number => Number.parseInt(p.get(key) ?? "0", 16);
+
+/**
+ * One "fanotify ..." line (`what` is the word after "fanotify ", `rest` what
+ * follows its colon): the group's "flags:%x event-flags:%x", or one mark.
+ */
+function parseFanotifyLine(info: FanotifyInfo, what: string, rest: string): void {
+  const p = pairs(`${what}:${rest}`);
+  if (what === "flags") {
+    info.flags = hex(p, "flags");
+    info.eventFlags = hex(p, "event-flags");
+    return;
+  }
+  const common = { mflags: hex(p, "mflags"), mask: hex(p, "mask"), ignoredMask: hex(p, "ignored_mask") };
+  if (what === "ino") {
+    info.marks.push({
+      ...common, type: "inode", ino: BigInt(`0x${p.get("ino") ?? "0"}`), sdev: hex(p, "sdev"),
+      fhandleBytes: hex(p, "fhandle-bytes"), fhandleType: hex(p, "fhandle-type"), fhandle: hexBytes(p.get("f_handle") ?? ""),
+    });
+  } else if (what === "mnt_id") {
+    info.marks.push({ ...common, type: "mount", mntId: hex(p, "mnt_id") });
+  } else if (what === "sdev") {
+    info.marks.push({ ...common, type: "filesystem", sdev: hex(p, "sdev") });
+  } else if (what === "mnt_ns" || what === "mnt_ns_id") {
+    info.marks.push({ ...common, type: "mntns", ns: p.get(what) ?? "" });
+  } else {
+    info.marks.push({ ...common, type: "unknown", line: `fanotify ${what}:${rest}`.trim() });
+  }
+}
+
 export function parseFdInfo(text: string): FdInfo {
   const fields = new Map<string, string>();
   const inotify: InotifyWatchInfo[] = [];
   const epoll: EpollTargetInfo[] = [];
+  let fanotify: FanotifyInfo | undefined;
   for (const line of text.split("\n")) {
     const colon = line.indexOf(":");
     if (colon <= 0) continue;
@@ -76,6 +142,9 @@ export function parseFdInfo(text: string): FdInfo {
         fhandleType: Number.parseInt(p.get("fhandle-type") ?? "0", 16),
         fhandle: hexBytes(p.get("f_handle") ?? ""),
       });
+    } else if (key.startsWith("fanotify ")) {
+      fanotify ??= { flags: 0, eventFlags: 0, marks: [] };
+      parseFanotifyLine(fanotify, key.slice("fanotify ".length), rest);
     } else if (key === "tfd") {
       // tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x
       const p = pairs(`tfd:${rest}`.replace(/:\s+/g, ":"));
@@ -99,6 +168,7 @@ export function parseFdInfo(text: string): FdInfo {
     fields,
     inotify,
     epoll,
+    ...(fanotify ? { fanotify } : {}),
   };
 }
 

@@ -19,12 +19,12 @@
  */
 import type { MmEntry } from "../image/gen/mm_pb";
 import type { VmaEntry } from "../image/gen/vma_pb";
-import type { PagemapEntry } from "../image/gen/pagemap_pb";
 import { VMA } from "../image/vma-status";
 import { readMaps, type MapArea } from "../proc/maps";
 import type { ProcFs } from "../proc/procfs";
 import { MAP, PROT, SYS } from "../sys/nr";
 import { findFree, type Range } from "./layout";
+import type { PageChain } from "./page-chain";
 import { fillPages, type PageFill } from "./pages";
 import type { Puppet } from "./puppet";
 import type { TargetFds } from "./target-fds";
@@ -43,8 +43,8 @@ export interface MmRebuild {
   puppet: Puppet;
   pid: number;
   mm: MmEntry;
-  pagemap: readonly PagemapEntry[];
-  pagesPath: string;
+  /** The process's saved pages, across the rounds of an iterative dump. */
+  pages: PageChain;
   /** The syscall page and its scratch area. */
   syscallPage: Range;
   scratch: bigint;
@@ -146,7 +146,7 @@ export function rebuildMm(r: MmRebuild): PageFill {
   }
   placeSpecials(r, seedAreas, r.mm.vmas);
   const fileFds = mapAreas(r);
-  const fill = fillPages(r.pid, r.pagesPath, r.pagemap);
+  const fill = fillPages(r.pid, r.pages);
   finishAreas(r);
   for (const fd of fileFds.values()) r.fds.close(fd);
   setMmMap(r);

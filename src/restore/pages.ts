@@ -1,12 +1,13 @@
 /**
- * A process's saved pages back into its rebuilt address space: ckpt maps its
- * pages-N.img read-only and copies with process_vm_writev, up to IOV_MAX
- * runs per call, so a pagemap of thousands of small runs costs a few calls
- * and a large run one; no buffer of ckpt's is touched in between.
+ * A process's saved pages back into its rebuilt address space: ckpt maps the
+ * pages files of every round it needs read-only and copies with
+ * process_vm_writev, up to IOV_MAX runs per call, so a pagemap of thousands
+ * of small runs costs a few calls and a large run one; no buffer of ckpt's
+ * is touched in between.
  */
-import type { PagemapEntry } from "../image/gen/pagemap_pb";
 import { close, fstat, mmap, munmap, openat, processVmWritev } from "../sys/libc";
-import { AT, MAP, O, PAGE_SIZE, PROT } from "../sys/nr";
+import { AT, MAP, O, PROT } from "../sys/nr";
+import type { PageChain, Round } from "./page-chain";
 
 /** Runs per process_vm_writev (the kernel's UIO_MAXIOV). */
 const IOV_MAX = 1024;
@@ -16,12 +17,9 @@ const MAX_RUN = 1 << 30;
 export interface PageFill {
   pages: number;
   calls: number;
+  /** Pages found in parent image sets (iterative dumps). */
+  fromParents: number;
   ms: number;
-}
-
-/** Pages of one pagemap entry (CRIU 4.2 writes nr_pages; older images only compat_nr_pages). */
-export function entryPages(e: PagemapEntry): number {
-  return e.nrPages !== undefined && e.nrPages !== 0n ? Number(e.nrPages) : e.compatNrPages;
 }
 
 /** The remote address the `done`th byte of a batch of `n` runs goes to. */
@@ -35,22 +33,25 @@ function remoteAddressAt(remote: BigUint64Array, n: number, done: number): bigin
   return 0n;
 }
 
-/** Copy every entry's pages from `pagesPath` to `pid` at the entries' addresses (all must be writable now). */
-export function fillPages(pid: number, pagesPath: string, entries: readonly PagemapEntry[]): PageFill {
-  const started = performance.now();
-  const fill: PageFill = { pages: 0, calls: 0, ms: 0 };
-  const total = entries.reduce((s, e) => s + entryPages(e), 0);
-  if (total === 0) return fill;
-  const fd = openat(AT.FDCWD, pagesPath, O.RDONLY | O.CLOEXEC);
-  let base = 0;
-  const size = total * PAGE_SIZE;
+/** A round's pages file mapped read-only. */
+function mapPagesFile(r: Round): { base: number; size: number } {
+  if (r.bytes === 0) return { base: 0, size: 0 };
+  const fd = openat(AT.FDCWD, r.pagesPath, O.RDONLY | O.CLOEXEC);
   try {
     const have = Number(fstat(fd).size);
-    if (have < size) throw new Error(`${pagesPath} holds ${have} bytes, its pagemap needs ${size}`);
-    base = mmap(0, size, PROT.READ, MAP.PRIVATE | MAP.POPULATE, fd, 0);
+    if (have < r.bytes) throw new Error(`${r.pagesPath} holds ${have} bytes, its pagemap needs ${r.bytes}`);
+    return { base: mmap(0, r.bytes, PROT.READ, MAP.PRIVATE | MAP.POPULATE, fd, 0), size: r.bytes };
   } finally {
     close(fd);
   }
+}
+
+/** Copy every saved page of the process (all must be writable now), following in-parent runs down the chain. */
+export function fillPages(pid: number, chain: PageChain): PageFill {
+  const started = performance.now();
+  const fill: PageFill = { pages: 0, calls: 0, fromParents: 0, ms: 0 };
+  const pieces = chain.pieces;
+  const maps: { base: number; size: number }[] = [];
   const local = new BigUint64Array(IOV_MAX * 2);
   const remote = new BigUint64Array(IOV_MAX * 2);
   let n = 0;
@@ -64,14 +65,14 @@ export function fillPages(pid: number, pagesPath: string, entries: readonly Page
     batchBytes = 0;
   };
   try {
-    let off = 0;
-    for (const e of entries) {
-      if (e.inParent) throw new Error(`pagemap of ${pid}: pages at 0x${e.vaddr.toString(16)} are in a parent image, which this restore does not follow`);
-      let left = entryPages(e) * PAGE_SIZE;
-      let at = e.vaddr;
+    for (const piece of pieces) {
+      const m = (maps[piece.round] ??= mapPagesFile(chain.loaded[piece.round]!));
+      let left = piece.length;
+      let off = piece.offset;
+      let at = piece.remote;
       while (left > 0) {
         const len = Math.min(left, MAX_RUN);
-        local[n * 2] = BigInt(base + off);
+        local[n * 2] = BigInt(m.base + off);
         local[n * 2 + 1] = BigInt(len);
         remote[n * 2] = at;
         remote[n * 2 + 1] = BigInt(len);
@@ -82,11 +83,13 @@ export function fillPages(pid: number, pagesPath: string, entries: readonly Page
         left -= len;
         if (n === IOV_MAX || batchBytes >= MAX_RUN) flush();
       }
-      fill.pages += entryPages(e);
+      const pages = piece.length / 4096;
+      fill.pages += pages;
+      if (piece.round > 0) fill.fromParents += pages;
     }
     flush();
   } finally {
-    munmap(base, size);
+    for (const m of maps) if (m && m.size > 0) munmap(m.base, m.size);
   }
   fill.ms = performance.now() - started;
   return fill;

@@ -25,7 +25,8 @@ import { CoreEntrySchema, type CoreEntry } from "../image/gen/core_pb";
 import { FdinfoEntrySchema, type FdinfoEntry } from "../image/gen/fdinfo_pb";
 import { FsEntrySchema, type FsEntry } from "../image/gen/fs_pb";
 import { MmEntrySchema, type MmEntry } from "../image/gen/mm_pb";
-import { PagemapHeadSchema, type PagemapEntry, type PagemapHead } from "../image/gen/pagemap_pb";
+import { PageChain } from "./page-chain";
+import { InventoryEntrySchema } from "../image/gen/inventory_pb";
 import { PstreeEntrySchema, type PstreeEntry } from "../image/gen/pstree_pb";
 import { CoreEntry_March, TaskKobjIdsEntrySchema, type TaskKobjIdsEntry } from "../image/gen/core_pb";
 import { readMaps } from "../proc/maps";
@@ -94,8 +95,7 @@ interface ProcessPlan {
   mm: MmEntry;
   fs: FsEntry;
   fdinfo: FdinfoEntry[];
-  pagemap: PagemapEntry[];
-  pagesPath: string;
+  pages: PageChain;
 }
 
 function loadPlan(images: ImageSet): ProcessPlan[] {
@@ -111,17 +111,12 @@ function loadPlan(images: ImageSet): ProcessPlan[] {
     }
     if (!cores.get(pid)?.tc) throw new Error(`core-${pid}.img has no task core`);
     const ids = images.one(`ids-${pid}.img`, TaskKobjIdsEntrySchema);
-    const raw = images.raw(`pagemap-${pid}.img`);
-    const first = raw[0]?.message;
-    if (!first || first.$typeName !== PagemapHeadSchema.typeName) throw new Error(`pagemap-${pid}.img has no head entry`);
-    const head = first as unknown as PagemapHead;
     return {
       entry, cores, ids,
       mm: images.one(`mm-${pid}.img`, MmEntrySchema),
       fs: images.one(`fs-${pid}.img`, FsEntrySchema),
       fdinfo: images.entries(`fdinfo-${ids.filesId}.img`, FdinfoEntrySchema),
-      pagemap: raw.slice(1).map((e) => e.message as unknown as PagemapEntry),
-      pagesPath: images.path(`pages-${head.pagesId}.img`),
+      pages: PageChain.open(images, pid),
     };
   });
 }
@@ -184,7 +179,7 @@ function restoreProcess(ctx: RestoreContext, p: ProcessPlan, tree: RestoredTree)
   fds.reset(aboveAll(p.fdinfo));
   let t = performance.now();
   const fill = rebuildMm({
-    puppet: task, pid, mm: p.mm, pagemap: p.pagemap, pagesPath: p.pagesPath, syscallPage: ctx.syscallPage, scratch, fds,
+    puppet: task, pid, mm: p.mm, pages: p.pages, syscallPage: ctx.syscallPage, scratch, fds,
     ckptFd: (id) => files.fd(id), proc: ctx.proc,
   });
   ctx.figures.mmMs += performance.now() - t;
@@ -232,6 +227,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const calls0 = snapshotCallCounts();
   const counters0 = { ...puppetCounters };
   const images = ImageSet.open(opts.dir);
+  if (images.one("inventory.img", InventoryEntrySchema).preDumpMode) {
+    throw new Error(`${opts.dir} is a pre-dump (memory only, the tree ran on); restore the final dump, made with --prev-images-dir`);
+  }
   const plan = loadPlan(images);
   checkPidsFree(plan);
   const proc = new ProcFs();

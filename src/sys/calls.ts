@@ -222,3 +222,35 @@ export function getresuid(): [number, number, number] {
 export function setresuidThread(ruid: number, euid: number, suid: number): void {
   syscall("setresuid", SYS.setresuid, [ruid, euid, suid], [String(ruid), String(euid), String(suid)]);
 }
+
+/** inotify_init1(2). */
+export function inotifyInit1(flags: number): number {
+  return Number(syscall("inotify_init1", SYS.inotify_init1, [flags], [`0${flags.toString(8)}`]));
+}
+
+/** inotify_add_watch(2): the watch descriptor of `path` in instance `fd` (an existing one when it is watched already). */
+export function inotifyAddWatch(fd: number, path: string, mask: number): number {
+  const p = cstr(path);
+  return Number(syscall("inotify_add_watch", SYS.inotify_add_watch, [fd, addressOf(p), mask >>> 0], [String(fd), JSON.stringify(path), `0x${(mask >>> 0).toString(16)}`]));
+}
+
+/** inotify_rm_watch(2). */
+export function inotifyRmWatch(fd: number, wd: number): void {
+  syscall("inotify_rm_watch", SYS.inotify_rm_watch, [fd, wd], [String(fd), String(wd)]);
+}
+
+/** fanotify_init(2): `flags` (FAN_*), `eventFlags` the open flags of the fds events carry. */
+export function fanotifyInit(flags: number, eventFlags: number): number {
+  return Number(syscall("fanotify_init", SYS.fanotify_init, [flags >>> 0, eventFlags >>> 0], [`0x${(flags >>> 0).toString(16)}`, `0${(eventFlags >>> 0).toString(8)}`]));
+}
+
+/** fanotify_mark(2) of `path` relative to the working directory. */
+export function fanotifyMark(fd: number, flags: number, mask: bigint, path: string): void {
+  const p = cstr(path);
+  syscall("fanotify_mark", SYS.fanotify_mark, [fd, flags >>> 0, mask, -100, addressOf(p)], [String(fd), `0x${(flags >>> 0).toString(16)}`, `0x${mask.toString(16)}`, "AT_FDCWD", JSON.stringify(path)]);
+}
+
+/** symlinkat(2): a symbolic link `path` (relative to `dirfd`) holding `target`. */
+export function symlinkat(target: string, dirfd: number, path: string): void {
+  syscall("symlinkat", SYS.symlinkat, [addressOf(cstr(target)), dirfd, addressOf(cstr(path))], [JSON.stringify(target), String(dirfd), JSON.stringify(path)]);
+}

@@ -17,11 +17,12 @@ export const SYS = {
   epoll_ctl: 233, set_robust_list: 273, dup3: 292, rt_tgsigqueueinfo: 297, memfd_create: 319,
   close_range: 436,
   // The tiny programs (src/sys/tiny-elf.ts) and the dirty tracker's lifetime.
-  fork: 57, chdir: 80, ppoll: 271, poll: 7, pidfd_send_signal: 424, alarm: 37, pause: 34,
+  fork: 57, chdir: 80, ppoll: 271, poll: 7, pidfd_send_signal: 424, alarm: 37, pause: 34, symlinkat: 266,
   // Used by restore to re-create open files in ckpt itself.
   lseek: 8, ftruncate: 77, fchmod: 91, fchown: 93, getresuid: 118, fchownat: 260, fchmodat: 268,
   utimensat: 280, timerfd_create: 283, timerfd_settime: 286, timerfd_gettime: 287, signalfd4: 289,
-  eventfd2: 290, epoll_create1: 291,
+  eventfd2: 290, epoll_create1: 291, inotify_add_watch: 254, inotify_rm_watch: 255, inotify_init1: 294,
+  fanotify_init: 300, fanotify_mark: 301,
 } as const;
 
 /** fcntl(2) commands. F_GETOWNER_UIDS exists for checkpoint/restore (CONFIG_CHECKPOINT_RESTORE). */
@@ -110,6 +111,9 @@ export const PM_SCAN = { WP_MATCHING: 1, CHECK_WPASYNC: 2 } as const;
 
 /** userfaultfd API handshake: _IOWR(0xAA, 0x3F, struct uffdio_api). */
 export const UFFDIO_API = 0xc018aa3f;
+/** Register a range with a userfaultfd: _IOWR(0xAA, 0x00, struct uffdio_register). */
+export const UFFDIO_REGISTER = 0xc020aa00;
+export const UFFDIO_REGISTER_MODE_WP = 2;
 export const UFFD_API = 0xaa;
 export const UFFD_USER_MODE_ONLY = 1;
 export const UFFD_FEATURE = { PAGEFAULT_FLAG_WP: 1 << 0, WP_UNPOPULATED: 1 << 13, WP_ASYNC: 1 << 15 } as const;
@@ -123,6 +127,16 @@ export const SFD = { NONBLOCK: 0o4000, CLOEXEC: 0o2000000 } as const;
 export const TFD = { NONBLOCK: 0o4000, CLOEXEC: 0o2000000, TIMER_ABSTIME: 1, TIMER_CANCEL_ON_SET: 2 } as const;
 export const EPOLL_CLOEXEC = 0o2000000;
 export const MFD = { CLOEXEC: 1, ALLOW_SEALING: 2, HUGETLB: 4, NOEXEC_SEAL: 8, EXEC: 0x10 } as const;
+
+/** inotify_init1 flags and the inotify_add_watch bits restore adds or reads back. */
+export const IN = { NONBLOCK: 0o4000, CLOEXEC: 0o2000000, DONT_FOLLOW: 0x02000000, IGNORED: 0x8000 } as const;
+
+/** fanotify_init flags and fanotify_mark flags (FAN_MARK_*). */
+export const FAN = { CLOEXEC: 1, NONBLOCK: 2 } as const;
+export const FAN_MARK = {
+  ADD: 1, REMOVE: 2, DONT_FOLLOW: 4, ONLYDIR: 8, MOUNT: 0x10, IGNORED_MASK: 0x20, IGNORED_SURV_MODIFY: 0x40,
+  FILESYSTEM: 0x100, EVICTABLE: 0x200, IGNORE: 0x400,
+} as const;
 
 /** memfd seals (F_ADD_SEALS / F_GET_SEALS). */
 export const F_SEAL = { SEAL: 1, SHRINK: 2, GROW: 4, WRITE: 8, FUTURE_WRITE: 0x10, EXEC: 0x20 } as const;

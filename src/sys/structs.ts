@@ -59,6 +59,11 @@ export function encodeKernelDev(major: number, minor: number): number {
   return ((major << 20) | (minor & 0xfffff)) >>> 0;
 }
 
+/** The major and minor number of a kernel-internal dev_t (see encodeKernelDev). */
+export function decodeKernelDev(dev: number): { major: number; minor: number } {
+  return { major: dev >>> 20, minor: dev & 0xfffff };
+}
+
 export function decodeStatx(buf: Uint8Array): Statx {
   const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const o = STATX_OFF;
@@ -289,6 +294,18 @@ export function encodePeeksiginfoArgs(off: number, flags: number, nr: number): U
   v.setBigUint64(0, BigInt(off), true);
   v.setUint32(8, flags, true);
   v.setInt32(12, nr, true);
+  return buf;
+}
+
+/** struct uffdio_register { struct { u64 start, len; } range; u64 mode; u64 ioctls; }. */
+export const UFFDIO_REGISTER_SIZE = 32;
+
+export function encodeUffdioRegister(start: bigint, len: bigint, mode: number, buf = new Uint8Array(UFFDIO_REGISTER_SIZE)): Uint8Array {
+  const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  v.setBigUint64(0, start, true);
+  v.setBigUint64(8, len, true);
+  v.setBigUint64(16, BigInt(mode), true);
+  v.setBigUint64(24, 0n, true);
   return buf;
 }
 

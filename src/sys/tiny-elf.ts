@@ -43,19 +43,25 @@ export const asm = {
   pushRax: [0x50],
   pushImm8: (n: number): number[] => [0x6a, n & 0xff],
   testEax: [0x85, 0xc0],
-  jnz: (rel: number): number[] => [0x75, rel],
+  jz: (rel: number): number[] => [0x74, rel],
   syscall: [0x0f, 0x05],
 } as const;
 
-/** fork(); test eax, eax; jnz over `child` to `parent` — the shape both programs start with. */
+/** exit_group(0) */
+const EXIT_0 = [...asm.xorEdi, ...asm.movEax(SYS.exit_group), ...asm.syscall];
+
+/** fork(); test eax, eax; jz to `child`; the parent exits — the shape both programs start with. */
 export function forkThenChild(child: readonly number[]): number[] {
-  const parent = [...asm.xorEdi, ...asm.movEax(SYS.exit_group), ...asm.syscall];
-  if (child.length > 127) throw new RangeError(`tiny program child part of ${child.length} bytes is too long for a short jump`);
-  return [...asm.movEax(SYS.fork), ...asm.syscall, ...asm.testEax, ...asm.jnz(child.length), ...child, ...parent];
+  return [...asm.movEax(SYS.fork), ...asm.syscall, ...asm.testEax, ...asm.jz(EXIT_0.length), ...EXIT_0, ...child];
 }
 
 /** Offset in forkThenChild()'s output where `child` begins. */
-export const FORK_PROLOGUE_SIZE = 5 + 2 + 2 + 2;
+export const FORK_PROLOGUE_SIZE = 5 + 2 + 2 + 2 + EXIT_0.length;
+
+/** exit_group(0), for the end of a child part. */
+export function exitZero(): number[] {
+  return [...EXIT_0];
+}
 
 /** The child's first steps: write(1, &pid, 4), close(1). */
 export function reportPid(): number[] {

@@ -191,7 +191,7 @@ int main(int argc, char **argv) {
  * oddfd MODE: one process holding an fd the dump must refuse (or, for "tty",
  * save only with --shell-job). Prints "ready PID" where PID is the process to
  * dump (for "tty", a child in its own session whose stdio is a pty slave).
- *   inotify          an inotify fd with a watch
+ *   fanotify-fs      a fanotify fd with a filesystem mark (no image form for it)
  *   tcp-established  a connected TCP socket over loopback
  *   pending          a unix listener with a connection not yet accepted
  *   inflight         a unix socket with an fd in flight (SCM_RIGHTS, unread)
@@ -206,7 +206,7 @@ export function oddFdTarget(): string {
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/inotify.h>
+#include <sys/fanotify.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -215,9 +215,9 @@ export function oddFdTarget(): string {
 int main(int argc, char **argv) {
   const char *mode = argc > 1 ? argv[1] : "";
   pid_t subject = getpid();
-  if (!strcmp(mode, "inotify")) {
-    int in = inotify_init1(0);
-    if (in < 0 || inotify_add_watch(in, "/tmp", IN_CREATE) < 0) return 2;
+  if (!strcmp(mode, "fanotify-fs")) {
+    int fa = fanotify_init(FAN_CLASS_NOTIF, O_RDONLY);
+    if (fa < 0 || fanotify_mark(fa, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_CLOSE_WRITE, AT_FDCWD, "/tmp")) return 2;
   } else if (!strcmp(mode, "tcp-established")) {
     int l = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };

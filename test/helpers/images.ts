@@ -30,8 +30,10 @@ export function critFailures(dir: string): string[] {
     return [];
   }
   const failures: string[] = [];
-  for (const name of readdirSync(dir)) {
-    if (/^pages-\d+\.img$/.test(name)) continue;
+  for (const name of readdirSync(dir, { withFileTypes: true })
+    // Not images: raw pages, the `parent` link of an iterative dump, ckpt's own dirty-tracking.json.
+    .filter((e) => e.isFile() && !/^pages-\d+\.img$/.test(e.name) && !e.name.endsWith(".json"))
+    .map((e) => e.name)) {
     const r = Bun.spawnSync(["crit", "decode", "-i", join(dir, name)], { stdout: "pipe", stderr: "pipe" });
     if (r.exitCode !== 0) failures.push(`${name}: ${r.stderr.toString().trim().split("\n").pop()}`);
   }

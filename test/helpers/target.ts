@@ -43,6 +43,16 @@ export async function startDetached(argv: string[], stdoutFile = "/dev/null"): P
   return killablePid(pid);
 }
 
+/** The process runs (a zombie or a dead one does not). */
+export function alive(pid: number): boolean {
+  try {
+    const state = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.[0];
+    return state !== "Z" && state !== "X";
+  } catch {
+    return false;
+  }
+}
+
 /** A Target for a process known by pid (a workload's child, say). */
 export function killablePid(pid: number): Target {
   return {

@@ -6,6 +6,7 @@
 import type { FdTypes } from "../../image/gen/fdinfo_pb";
 import type { ProcFs } from "../../proc/procfs";
 import type { SocketTable } from "../../proc/sock-diag";
+import type { Irmap } from "../irmap";
 import type { FdAccess, OpenFd } from "./fd-access";
 import type { FileTable } from "./file-table";
 
@@ -24,6 +25,8 @@ export interface FdDumpContext {
   sockets: SocketTable;
   /** State a kind keeps across the whole dump (e.g. the unix sockets of the netns), by kind name. */
   shared: Map<string, unknown>;
+  /** Paths for the inodes inotify watches and fanotify marks name. */
+  irmap: Irmap;
 }
 
 export interface FdKind {

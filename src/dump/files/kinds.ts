@@ -5,8 +5,10 @@
 import { S_IF, S_IFMT } from "../../sys/nr";
 import { eventfdKind } from "./eventfd";
 import { eventpollKind } from "./eventpoll";
+import { fanotifyKind } from "./fanotify";
 import type { OpenFd } from "./fd-access";
 import { inetSocketKind } from "./inet-socket";
+import { inotifyKind } from "./inotify";
 import type { FdDumpContext, FdKind } from "./kind";
 import { memfdKind } from "./memfd";
 import { fifoKind, pipeKind } from "./pipe";
@@ -20,6 +22,8 @@ import { unixSocketKind } from "./unix-socket";
 export const FD_KINDS: readonly FdKind[] = [
   memfdKind, regularKind, pipeKind, fifoKind, eventfdKind, eventpollKind, signalfdKind, timerfdKind,
   unixSocketKind, inetSocketKind, ttyKind,
+  inotifyKind,
+  fanotifyKind,
 ];
 
 export function findKind(f: OpenFd, ctx: FdDumpContext): FdKind | undefined {

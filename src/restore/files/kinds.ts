@@ -6,8 +6,10 @@
 import type { FdTypes } from "../../image/gen/fdinfo_pb";
 import { eventfdKind } from "./eventfd";
 import { eventpollKind } from "./eventpoll";
+import { fanotifyKind } from "./fanotify";
 import { fifoKind } from "./fifo";
 import { inetSocketKind } from "./inet-socket";
+import { inotifyKind } from "./inotify";
 import type { FileRestoreKind } from "./kind";
 import { memfdKind } from "./memfd";
 import { pipeKind } from "./pipe";
@@ -17,10 +19,10 @@ import { timerfdKind } from "./timerfd";
 import { ttyKind } from "./tty";
 import { unixSocketKind } from "./unix-socket";
 
-/** Kinds that fail for reasons outside ckpt (a changed file, a taken name or port, no terminal) come first, before much is made. */
+/** Kinds that fail for reasons outside ckpt (a changed file, a watched path gone, a taken name or port, no terminal) come first, before much is made. */
 export const RESTORE_KINDS: readonly FileRestoreKind[] = [
-  regularKind, fifoKind, ttyKind, inetSocketKind, unixSocketKind, pipeKind, memfdKind, eventfdKind, signalfdKind,
-  timerfdKind, eventpollKind,
+  regularKind, fifoKind, inotifyKind, fanotifyKind, ttyKind, inetSocketKind, unixSocketKind, pipeKind, memfdKind,
+  eventfdKind, signalfdKind, timerfdKind, eventpollKind,
 ];
 
 const byType = new Map(RESTORE_KINDS.map((k) => [k.type, k]));

@@ -1,0 +1,42 @@
+/** The flags `ckpt dump` and `ckpt pre-dump` share, and their checks. */
+import { flagValues, rejectUnknownArgs, UsageError } from "./exit";
+
+const PAGE_SCANS = ["auto", "ioctl", "pagemap"] as const;
+export type PageScan = (typeof PAGE_SCANS)[number];
+
+export const sharedDumpArgs = {
+  tree: { type: "string", alias: "t", description: "PID of the root of the tree", required: true },
+  "images-dir": { type: "string", alias: "D", description: "directory for the images (created 0700 if missing; must not hold an image set)", required: true },
+  "prev-images-dir": { type: "string", description: "the previous pre-dump's images, relative to DIR unless absolute: pages unchanged since then are not saved again" },
+  "page-scan": { type: "string", description: "how to find the pages to save: auto, ioctl (PAGEMAP_SCAN) or pagemap (read /proc/PID/pagemap)", default: "auto" },
+  "irmap-scan-path": { type: "string", description: "a directory to search for the paths of inodes inotify/fanotify watch (repeatable; replaces the defaults /etc, /var/log, /var/lib ...)" },
+  json: { type: "boolean", description: "print a JSON summary (stats, syscall counts) instead of one line", default: false },
+} as const;
+
+const SHARED_KNOWN = ["tree", "t", "images-dir", "D", "prev-images-dir", "page-scan", "irmap-scan-path", "json"];
+const SHARED_VALUED = ["tree", "t", "images-dir", "D", "prev-images-dir", "page-scan", "irmap-scan-path"];
+
+export interface SharedDumpArgs {
+  pid: number;
+  dir: string;
+  prevImagesDir?: string;
+  pageScan: PageScan;
+  irmapScanPaths: string[];
+}
+
+/** Check the command line (`known`/`valued`: the command's own flags) and read the shared flags. */
+export function parseSharedDumpArgs(args: Record<string, unknown>, rawArgs: readonly string[], known: readonly string[], valued: readonly string[]): SharedDumpArgs {
+  const allValued = [...SHARED_VALUED, ...valued];
+  rejectUnknownArgs(rawArgs, [...SHARED_KNOWN, ...known], 0, allValued);
+  const irmapScanPaths = flagValues(rawArgs, ["irmap-scan-path"], allValued);
+  if (irmapScanPaths.some((p) => p === "")) throw new UsageError("--irmap-scan-path needs a directory");
+  const pidText = String(args.tree);
+  if (!/^[1-9]\d*$/.test(pidText)) throw new UsageError(`-t/--tree needs a process id, got ${JSON.stringify(pidText)}`);
+  const dir = String(args["images-dir"]);
+  if (dir === "") throw new UsageError("-D/--images-dir needs a directory");
+  const pageScan = String(args["page-scan"]);
+  if (!(PAGE_SCANS as readonly string[]).includes(pageScan)) throw new UsageError(`--page-scan must be one of ${PAGE_SCANS.join(", ")}`);
+  const prev = args["prev-images-dir"];
+  if (prev !== undefined && String(prev) === "") throw new UsageError("--prev-images-dir needs a directory");
+  return { pid: Number(pidText), dir, pageScan: pageScan as PageScan, irmapScanPaths, ...(prev !== undefined ? { prevImagesDir: String(prev) } : {}) };
+}

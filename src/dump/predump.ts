@@ -1,0 +1,170 @@
+/**
+ * `ckpt pre-dump`: save a tree's memory with the shortest freeze, as the
+ * first rounds of an iterative migration, and leave it running.
+ *
+ * While frozen, only what must be exact at one instant: per process, the
+ * areas, (re-)arming dirty tracking and the page scan — which under
+ * userfaultfd tracking write-protects every page it reports, in the same
+ * walk. Then the tree runs again, and the pages are copied out of the
+ * running processes: a page written after the scan may be copied half old,
+ * half new, but the write is tracked, so the next round saves it again.
+ *
+ * With the tree running, the pre-dump also resolves the path of every inode
+ * the tree watches with inotify/fanotify and writes them as `irmap-cache`
+ * (seed 002): the dump that follows then only revalidates them, which costs
+ * next to nothing, instead of searching the filesystem while the tree is
+ * frozen.
+ *
+ * Last, the tracker that keeps the tracking alive until the next round is
+ * started and recorded (dirty-tracking.json), then stats-dump and the
+ * inventory (marked as a pre-dump, which restore refuses: the set holds
+ * memory only).
+ */
+import { create } from "@bufbuild/protobuf";
+import { ImageEncoder } from "../image/encode";
+import { InventoryEntrySchema } from "../image/gen/inventory_pb";
+import { PstreeEntrySchema } from "../image/gen/pstree_pb";
+import { StatsEntrySchema } from "../image/gen/stats_pb";
+import { kind } from "../image/magic";
+import { readSmaps } from "../proc/maps";
+import { ProcFs } from "../proc/procfs";
+import { readStat } from "../proc/stat";
+import { callCountsSince, snapshotCallCounts } from "../sys/libc";
+import { Freezer, type FrozenProcess } from "./freeze";
+import { ImageDirWriter } from "./image-dir";
+import { InterruptGuard } from "./interrupt";
+import { inventoryEntry, uptimeMicros } from "./inventory";
+import { Irmap, resolveTreeWatches, type IrmapCounters } from "./irmap";
+import { savesPages } from "./mm";
+import { planProcessPages, writeProcessPages, type PagePlan, type PageScanChoice } from "./page-dump";
+import { newPageCounters } from "./pages";
+import { ParentImages } from "./parent";
+import { pstreeEntries } from "./pstree";
+import { statsEntry, type DumpFigures, type RoundResult } from "./stats";
+import { encodeTrackingRecord, TRACKING_FILE } from "./tracking/record";
+import { RoundTracking } from "./tracking/round";
+
+/** CRIU's inventory pre_dump_mode for a pre-dump that reads memory while the tasks run (PRE_DUMP_READ). */
+export const PRE_DUMP_MODE_READ = 2;
+/** How long an unclaimed tracker keeps tracking alive by default. */
+export const DEFAULT_TRACK_TIMEOUT_SECONDS = 600;
+
+export interface PreDumpOptions {
+  pid: number;
+  dir: string;
+  /** The previous pre-dump, relative to `dir` unless absolute. */
+  prevImagesDir?: string;
+  pageScan?: PageScanChoice;
+  irmapScanPaths?: string[];
+  /** Seconds the tracker keeps tracking alive when no later round claims it. */
+  trackTimeoutSeconds?: number;
+}
+
+export interface PreDumpResult extends RoundResult {
+  /** The watched inodes resolved while the tree ran, and how. */
+  irmap: IrmapCounters & { watches: number; ms: number };
+}
+
+interface Planned {
+  process: FrozenProcess;
+  startTime: bigint;
+  plan: PagePlan;
+}
+
+export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
+  const started = performance.now();
+  const calls0 = snapshotCallCounts();
+  const timeout = opts.trackTimeoutSeconds ?? DEFAULT_TRACK_TIMEOUT_SECONDS;
+  if (!Number.isInteger(timeout) || timeout < 1) throw new RangeError(`the tracking timeout must be a whole number of seconds ≥ 1, got ${timeout}`);
+  const out = ImageDirWriter.open(opts.dir);
+  const proc = new ProcFs();
+  const freezer = new Freezer(proc);
+  const guard = new InterruptGuard();
+  const counters = newPageCounters();
+  let tracking: RoundTracking | null = null;
+  let released = false;
+  try {
+    const parent = opts.prevImagesDir === undefined ? null : ParentImages.open(out, opts.prevImagesDir);
+    const tree = freezer.freeze(opts.pid);
+    const frozenAt = performance.now();
+    const frozenUptime = uptimeMicros(proc);
+    tracking = RoundTracking.begin(proc, "pre-dump", parent);
+    const planned: Planned[] = [];
+    for (const p of tree) {
+      try {
+        const startTime = readStat(proc, p.pid).startTime;
+        const areas = readSmaps(proc, p.pid, false).filter(savesPages);
+        const plan = planProcessPages(p.pid, areas, opts.pageScan ?? "auto", proc, counters, tracking.forProcess(p.pid, startTime, areas));
+        tracking.afterScan(p.pid);
+        planned.push({ process: p, startTime, plan });
+      } catch (e) {
+        if (e instanceof Error && !e.message.includes(String(p.pid))) e.message = `process ${p.pid}: ${e.message}`;
+        throw e;
+      }
+      await guard.checkpoint();
+    }
+    for (const warning of freezer.release("resume")) process.stderr.write(`ckpt: warning: while letting the tree go: ${warning}\n`);
+    released = true;
+    const frozenMs = performance.now() - frozenAt;
+
+    // The tree runs again from here on.
+    let memdumpMs = planned.reduce((s, x) => s + x.plan.scanMs, 0);
+    let memwriteMs = 0;
+    for (const [i, x] of planned.entries()) {
+      const copy = x.plan.copy(true);
+      try {
+        memdumpMs += copy.ms - x.plan.scanMs;
+        const t = performance.now();
+        writeProcessPages(out, x.process.pid, i + 1, copy);
+        memwriteMs += performance.now() - t;
+      } finally {
+        copy.dispose();
+      }
+      await guard.checkpoint();
+    }
+
+    const irmap = new Irmap({ scanPaths: opts.irmapScanPaths, cacheDirs: [opts.dir, `${opts.dir}/parent`], proc });
+    const watches = resolveTreeWatches(proc, tree.map((p) => p.pid), irmap);
+    out.writeImage("irmap-cache", irmap.cacheImage());
+
+    const pstree = new ImageEncoder(kind("PSTREE"));
+    for (const e of pstreeEntries(tree)) pstree.add(PstreeEntrySchema, e);
+    out.writeImage("pstree.img", pstree);
+
+    const record = await tracking.arm(opts.pid, planned.map((x) => ({ pid: x.process.pid, startTime: x.startTime })), timeout);
+    out.write(TRACKING_FILE, encodeTrackingRecord(record));
+
+    const figures: DumpFigures = {
+      freezingMs: freezer.freezingMs, frozenMs, memdumpMs, memwriteMs,
+      totalMs: performance.now() - started,
+      pagesScanned: planned.reduce((s, x) => s + x.plan.pagesScanned, 0),
+      pagesWritten: planned.reduce((s, x) => s + x.plan.pagesToWrite, 0),
+      pagesInParent: planned.reduce((s, x) => s + x.plan.pagesInParent, 0),
+      irmapMs: irmap.ms,
+    };
+    out.writeImage("stats-dump", new ImageEncoder(kind("STATS")).add(StatsEntrySchema, statsEntry(figures)));
+    const inv = inventoryEntry(crypto.randomUUID(), frozenUptime);
+    inv.preDumpMode = PRE_DUMP_MODE_READ;
+    out.commitInventory(new ImageEncoder(kind("INVENTORY")).add(InventoryEntrySchema, inv));
+    // The tracker holds the userfaultfds now; ckpt's copies go.
+    tracking.finish();
+    figures.totalMs = performance.now() - started;
+    return {
+      dir: opts.dir, pid: opts.pid, processes: tree.length,
+      threads: tree.reduce((s, p) => s + p.threads.length, 0),
+      figures, syscalls: callCountsSince(calls0), proc: { ...proc.counters }, pages: counters,
+      tracking: tracking.summary,
+      irmap: { ...irmap.counters, watches, ms: irmap.ms },
+      bytesWritten: out.bytes,
+    };
+  } catch (e) {
+    tracking?.abort();
+    if (!released) for (const warning of freezer.release("resume")) process.stderr.write(`ckpt: warning: while letting the tree go: ${warning}\n`);
+    out.discard();
+    throw e;
+  } finally {
+    guard.dispose();
+    out.close();
+    proc.close();
+  }
+}

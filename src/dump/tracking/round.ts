@@ -1,0 +1,223 @@
+/**
+ * Dirty tracking across the rounds of an iterative dump: what this round
+ * inherits from the parent round, what it arms for the next one, and the
+ * rule that keeps "in parent" honest.
+ *
+ * The rule: pages can be left in the parent only if the tracking that says
+ * "unwritten" was armed by exactly that parent round. A round that re-arms
+ * tracking (every pre-dump) therefore first ends the parent's tracker — after
+ * taking copies of the userfaultfds it held, so the tracking itself lives on
+ * in ckpt — and starts its own tracker once its images are written. If that
+ * round then fails or ckpt dies, no tracker vouches for any set any more, and
+ * the next round saves everything: slower, never wrong. A dump re-arms
+ * nothing: it leaves the parent's tracker alone until it has succeeded, and
+ * then ends it, which unregisters everything in the tree.
+ *
+ * A process whose pid the parent recorded with another start time, or which
+ * started after the parent round froze (task start time against the parent's
+ * dump uptime), is not the process the parent saw: it is saved whole.
+ */
+import type { MapArea } from "../../proc/maps";
+import type { ProcFs } from "../../proc/procfs";
+import { close, openat, writeAll } from "../../sys/libc";
+import { AT, O } from "../../sys/nr";
+import type { ProcessTracking } from "../page-dump";
+import type { ParentImages } from "../parent";
+import { chooseTracking, type TrackingMethod } from "./method";
+import type { TrackedProcess, TrackingRecord } from "./record";
+import { LiveTracker, startTracker, type TrackerId } from "./tracker";
+import { makeUffd, registerWp } from "./uffd";
+
+export type RoundKind = "pre-dump" | "dump";
+
+/** What the round did about tracking, for the JSON summary and the tests. */
+export interface TrackingSummary {
+  method: TrackingMethod | null;
+  /** The parent's tracker was found alive, so this round could leave pages in the parent. */
+  inherited: boolean;
+  /** Processes saved whole although a parent was given, and why. */
+  wholeProcesses: { pid: number; reason: string }[];
+  /** Areas registered for write-protect tracking in this round, and areas the kernel refused. */
+  areasRegistered: number;
+  areasRefused: number;
+  /** The tracker this round started (pre-dump) or ended (dump). */
+  trackerStarted: TrackerId | null;
+  trackerEnded: TrackerId | null;
+  /** Why nothing could be inherited from the parent, when so. */
+  note: string | null;
+}
+
+export class RoundTracking {
+  /** ckpt's copies of the userfaultfds, by pid. */
+  private readonly uffds = new Map<number, number>();
+  private readonly recorded = new Map<number, TrackedProcess>();
+  private started: TrackerId | null = null;
+  readonly summary: TrackingSummary;
+
+  private constructor(
+    private readonly proc: ProcFs,
+    private readonly kind: RoundKind,
+    private readonly parent: ParentImages | null,
+    readonly method: TrackingMethod | null,
+    private live: LiveTracker | null,
+  ) {
+    this.summary = {
+      method, inherited: false, wholeProcesses: [], areasRegistered: 0, areasRefused: 0,
+      trackerStarted: null, trackerEnded: null, note: null,
+    };
+  }
+
+  /** Start a round; the tree is frozen. */
+  static begin(proc: ProcFs, kind: RoundKind, parent: ParentImages | null): RoundTracking {
+    let method: TrackingMethod | null;
+    if (kind === "pre-dump") {
+      const choice = chooseTracking();
+      if (!choice.method) throw new Error(`pre-dump needs a way to track written pages, and this kernel has none (soft-dirty: ${choice.soft}; userfaultfd write-protect: ${choice.uffd})`);
+      method = choice.method;
+    } else {
+      method = parent?.tracking?.method ?? null;
+    }
+    const round = new RoundTracking(proc, kind, parent, method, null);
+    round.inherit();
+    return round;
+  }
+
+  private inherit(): void {
+    const rec = this.parent?.tracking;
+    if (!this.parent) return;
+    if (!rec) {
+      this.summary.note = `${this.parent.path} armed no dirty tracking (not a pre-dump): everything is saved again`;
+      return;
+    }
+    if (rec.method !== this.method) {
+      this.summary.note = `${this.parent.path} tracked with ${rec.method}, this round uses ${this.method}: everything is saved again`;
+      return;
+    }
+    const live = LiveTracker.find(this.proc, rec.tracker);
+    if (!live) {
+      this.summary.note = `the tracker of ${this.parent.path} (pid ${rec.tracker.pid}) is gone — timed out, ended by a later round, or the tree's root exited: everything is saved again`;
+      return;
+    }
+    try {
+      for (const p of rec.processes) {
+        this.recorded.set(p.pid, p);
+        if (p.held !== null) this.uffds.set(p.pid, live.takeHeld(p.held));
+      }
+    } catch (e) {
+      live.close();
+      this.closeUffds();
+      throw e;
+    }
+    this.summary.inherited = true;
+    if (this.kind === "pre-dump") {
+      // This round re-arms: from now on the parent set is no longer the last round.
+      live.end();
+      this.summary.trackerEnded = live.id;
+    } else {
+      this.live = live;
+    }
+  }
+
+  /** How to scan process `pid` (frozen) and its areas to save; null: no tracking at all this round. */
+  forProcess(pid: number, startTime: bigint, areas: readonly MapArea[]): ProcessTracking | null {
+    if (!this.method) return null;
+    const reason = this.inheritProblem(pid, startTime);
+    if (reason) {
+      this.summary.wholeProcesses.push({ pid, reason });
+      // A userfaultfd taken for a pid that is now another process belongs to another mm.
+      const stale = this.uffds.get(pid);
+      if (stale !== undefined) close(stale);
+      this.uffds.delete(pid);
+    }
+    const parent = reason ? null : this.parent?.coverage(pid) ?? null;
+    if (!reason && this.parent && !parent) this.summary.wholeProcesses.push({ pid, reason: "the parent holds no pagemap for it" });
+
+    if (this.method === "soft-dirty") {
+      // New areas are born soft-dirty, so every area is tracked once the process is the parent's.
+      return { dirty: { category: "soft-dirty", protect: false }, tracked: new Set(reason ? [] : areas.map((a) => a.start)), parent };
+    }
+    let uffd = this.uffds.get(pid);
+    if (uffd === undefined) {
+      // A dump arms nothing: a process the parent did not track is saved whole.
+      if (this.kind === "dump") return { dirty: { category: "written", protect: false }, tracked: new Set(), parent: null };
+      uffd = makeUffd(this.proc, pid);
+      this.uffds.set(pid, uffd);
+    }
+    // Registering an area again with the same userfaultfd changes nothing, and
+    // proves the area is ours: one registered with another userfaultfd (the
+    // process's own) is refused with EBUSY, and its protect bits — which are
+    // not ours — are never read as ours. An area new since the parent gets
+    // registered here, with no page protected yet: every page reads written.
+    const tracked = new Set<bigint>();
+    for (const a of areas) {
+      if (registerWp(uffd, a.start, a.end)) tracked.add(a.start);
+      else this.summary.areasRefused++;
+    }
+    this.summary.areasRegistered += tracked.size;
+    return { dirty: { category: "written", protect: this.kind === "pre-dump" }, tracked, parent };
+  }
+
+  /** Why `pid` cannot use what the parent recorded; null when it can (or there is no parent). */
+  private inheritProblem(pid: number, startTime: bigint): string | null {
+    if (!this.parent || !this.summary.inherited) return this.parent ? "the parent's tracking is not usable (see note)" : null;
+    const rec = this.recorded.get(pid);
+    if (this.parent.pidReused(startTime) || (rec && rec.startTime !== startTime.toString())) return "it started after the parent round: the pid was reused";
+    if (!rec) return "the parent round did not track it (new process)";
+    return null;
+  }
+
+  /** After the scan of a process in a pre-dump (still frozen): re-arm soft-dirty. */
+  afterScan(pid: number): void {
+    if (this.kind !== "pre-dump" || this.method !== "soft-dirty") return;
+    const fd = openat(AT.FDCWD, `/proc/${pid}/clear_refs`, O.WRONLY | O.CLOEXEC);
+    try {
+      writeAll(fd, new TextEncoder().encode("4"));
+    } finally {
+      close(fd);
+    }
+  }
+
+  /**
+   * Pre-dump, after the images are written: start the tracker that keeps
+   * this round's tracking for the next round; returns the record to save.
+   */
+  async arm(rootPid: number, processes: readonly { pid: number; startTime: bigint }[], timeoutSeconds: number): Promise<TrackingRecord> {
+    if (this.kind !== "pre-dump" || !this.method) throw new Error("only a pre-dump arms tracking");
+    const held: number[] = [];
+    const tracked: TrackedProcess[] = processes.map((p) => {
+      const fd = this.uffds.get(p.pid);
+      if (fd !== undefined) held.push(fd);
+      return { pid: p.pid, startTime: p.startTime.toString(), held: fd === undefined ? null : held.length - 1 };
+    });
+    this.started = await startTracker(this.proc, rootPid, held, timeoutSeconds);
+    this.summary.trackerStarted = this.started;
+    return { method: this.method, tracker: this.started, timeoutSeconds, processes: tracked };
+  }
+
+  /** The round succeeded: a dump ends the parent's tracker (tracking is over); ckpt's copies close either way. */
+  finish(): void {
+    if (this.live) {
+      this.live.end();
+      this.summary.trackerEnded = this.live.id;
+      this.live = null;
+    }
+    this.closeUffds();
+  }
+
+  /** The round failed: end what it started; a dump leaves the parent's tracker running (the parent set stays valid). */
+  abort(): void {
+    if (this.started) {
+      const t = LiveTracker.find(this.proc, this.started);
+      t?.end();
+      this.started = null;
+    }
+    this.live?.close();
+    this.live = null;
+    this.closeUffds();
+  }
+
+  private closeUffds(): void {
+    for (const fd of this.uffds.values()) close(fd);
+    this.uffds.clear();
+  }
+}

@@ -1,0 +1,142 @@
+/**
+ * The dirty tracker: a tiny process that keeps write tracking alive between
+ * separate ckpt runs (pre-dump → pre-dump → dump).
+ *
+ * With userfaultfd write-protection, the kernel tracks writes only while the
+ * userfaultfd exists; it vanishes with the last fd referring to it, and each
+ * ckpt run is a process that exits. So a pre-dump hands the userfaultfds
+ * (one per process of the tree, made inside the process and taken with
+ * pidfd_getfd) to a tracker, which holds them and nothing else. The tracker
+ * ends — and with it every registration and write-protect bit in the tree —
+ * when the next round takes over (it starts its own tracker), when the final
+ * dump is done, when the tree's root exits, or after a timeout: an abandoned
+ * pre-dump leaves nothing in the tree for long.
+ *
+ * The tracker is also the proof that a parent image set is still the last
+ * round: each round that re-arms tracking (write-protects again) first ends
+ * the previous tracker, so a set whose tracker is gone cannot serve as a
+ * parent any more, and the next round saves everything.
+ *
+ * The program (src/sys/tiny-elf.ts): fork; the child reports its pid, makes
+ * its own session, moves to / (to pin no mount), names itself
+ * "ckpt-tracker" and waits in ppoll() on fd 3 — a pidfd of the tree's root,
+ * readable once the root exits — with the timeout built into the code. Then
+ * it exits. fds 4, 5, ... are the userfaultfds it holds.
+ */
+import { Errno, SysError } from "../../sys/errno";
+import { pidfdGetfd, pidfdOpen } from "../../sys/calls";
+import { addressOf, close, syscall } from "../../sys/libc";
+import { SIG, SYS } from "../../sys/nr";
+import { asm, exitZero, forkThenChild, launchTinyElf, reportPid, tinyElf } from "../../sys/tiny-elf";
+import type { ProcFs } from "../../proc/procfs";
+import { readStat } from "../../proc/stat";
+
+export const TRACKER_COMM = "ckpt-tracker";
+/** fd of the root's pidfd in the tracker; userfaultfds follow it. */
+const ROOT_PIDFD = 3;
+const FIRST_HELD_FD = 4;
+const POLLIN = 1;
+const PR_SET_NAME = 15;
+
+/** Who the tracker is, as an image set records it: a pid and its start time tell a reused pid apart. */
+export interface TrackerId {
+  pid: number;
+  /** /proc/PID/stat start time, clock ticks after boot. */
+  startTime: string;
+}
+
+/** Little-endian bytes of an ASCII string, zero-padded to `n`, as a bigint. */
+function ascii64(s: string): bigint {
+  let v = 0n;
+  for (let i = Math.min(s.length, 8) - 1; i >= 0; i--) v = (v << 8n) | BigInt(s.charCodeAt(i) & 0xff);
+  return v;
+}
+
+function trackerCode(timeoutSeconds: number): number[] {
+  const name = TRACKER_COMM.padEnd(16, "\0");
+  const child = [
+    ...reportPid(),
+    ...asm.movEax(SYS.setsid), ...asm.syscall,
+    ...asm.pushImm8(0x2f), ...asm.movRdiRsp, ...asm.movEax(SYS.chdir), ...asm.syscall, // chdir("/")
+    ...asm.movabsRax(ascii64(name.slice(8))), ...asm.pushRax,
+    ...asm.movabsRax(ascii64(name.slice(0, 8))), ...asm.pushRax,
+    ...asm.movRsiRsp, ...asm.movEdi(PR_SET_NAME), ...asm.movEax(SYS.prctl), ...asm.syscall,
+    // struct timespec { tv_sec = timeout, tv_nsec = 0 } and struct pollfd { fd 3, POLLIN } on the stack.
+    ...asm.pushImm8(0), ...asm.movabsRax(BigInt(timeoutSeconds)), ...asm.pushRax, ...asm.movRdxRsp,
+    ...asm.movabsRax((BigInt(POLLIN) << 32n) | BigInt(ROOT_PIDFD)), ...asm.pushRax, ...asm.movRdiRsp,
+    ...asm.movEsi(1), ...asm.xorR10d, ...asm.movR8d(8), ...asm.movEax(SYS.ppoll), ...asm.syscall,
+    ...exitZero(),
+  ];
+  return forkThenChild(child);
+}
+
+/**
+ * Start a tracker holding `heldFds` (ckpt's fds; they become the tracker's
+ * fds 4, 5, ... in this order) until `rootPid` exits or `timeoutSeconds` pass.
+ */
+export async function startTracker(proc: ProcFs, rootPid: number, heldFds: readonly number[], timeoutSeconds: number): Promise<TrackerId> {
+  if (!Number.isInteger(timeoutSeconds) || timeoutSeconds < 1) throw new RangeError(`tracker timeout must be a whole number of seconds ≥ 1, got ${timeoutSeconds}`);
+  const rootPidfd = pidfdOpen(rootPid);
+  try {
+    const pid = await launchTinyElf(TRACKER_COMM, tinyElf(trackerCode(timeoutSeconds)), { ownSession: true, fds: [rootPidfd, ...heldFds] });
+    return { pid, startTime: readStat(proc, pid).startTime.toString() };
+  } finally {
+    close(rootPidfd);
+  }
+}
+
+/** Index → the tracker's fd number of the `i`th held fd. */
+export function heldFdNumber(i: number): number {
+  return FIRST_HELD_FD + i;
+}
+
+/**
+ * A tracker found alive and verified (same pid, same start time, our name),
+ * pinned by a pidfd so that its pid cannot be reused while we use it.
+ */
+export class LiveTracker {
+  private constructor(readonly id: TrackerId, private pidfd: number) {}
+
+  /** The tracker `id` if it still runs; null when it is gone (ended, timed out, or its pid reused). */
+  static find(proc: ProcFs, id: TrackerId): LiveTracker | null {
+    let pidfd: number;
+    try {
+      pidfd = pidfdOpen(id.pid);
+    } catch (e) {
+      if (e instanceof SysError && e.errno === Errno.ESRCH) return null;
+      throw e;
+    }
+    try {
+      const st = readStat(proc, id.pid);
+      if (st.startTime.toString() === id.startTime && st.comm === TRACKER_COMM && st.state !== "Z") return new LiveTracker(id, pidfd);
+    } catch {
+      // Exited between the two reads: gone.
+    }
+    close(pidfd);
+    return null;
+  }
+
+  /** A copy, in ckpt, of the `i`th fd the tracker holds. */
+  takeHeld(i: number): number {
+    return pidfdGetfd(this.pidfd, heldFdNumber(i));
+  }
+
+  /** SIGKILL the tracker and wait (up to 5 s) until it has exited, i.e. until its fds are closed. */
+  end(): void {
+    if (this.pidfd < 0) return;
+    try {
+      syscall("pidfd_send_signal", SYS.pidfd_send_signal, [this.pidfd, SIG.KILL, 0, 0], [String(this.pidfd), "SIGKILL", "NULL", "0"]);
+    } catch (e) {
+      if (!(e instanceof SysError && e.errno === Errno.ESRCH)) throw e;
+    }
+    // A pidfd turns readable when its process has exited (its files closed).
+    const pollfd = new Int32Array([this.pidfd, POLLIN]);
+    syscall("poll", SYS.poll, [addressOf(pollfd), 1, 5000], [`{${this.pidfd}, POLLIN}`, "1", "5000"]);
+    this.close();
+  }
+
+  close(): void {
+    if (this.pidfd >= 0) close(this.pidfd);
+    this.pidfd = -1;
+  }
+}

@@ -1,0 +1,144 @@
+/**
+ * Where each saved page of a process is, across the rounds of an iterative
+ * dump. A pagemap entry flagged PE_PRESENT has its contents in the round's
+ * own pages file; one flagged PE_PARENT (or the old in_parent) was unchanged
+ * since the previous round, and its contents are wherever that round has
+ * them — in its pages file, or again in its parent. Rounds are linked by the
+ * `parent` symlink each iterative dump leaves in its directory.
+ */
+import type { PagemapEntry, PagemapHead } from "../image/gen/pagemap_pb";
+import { PagemapHeadSchema } from "../image/gen/pagemap_pb";
+import { entryPageCount } from "../dump/parent";
+import { PE_PARENT, PE_PRESENT } from "../dump/pages";
+import { PAGE_SIZE } from "../sys/nr";
+import { ImageSet } from "./image-set";
+
+/** More rounds than any migration makes; a deeper chain is a symlink loop. */
+const MAX_ROUNDS = 256;
+
+/** One round's pagemap of the process, each present entry with its byte offset in the round's pages file. */
+export interface Round {
+  dir: string;
+  pagesPath: string;
+  entries: PagemapEntry[];
+  /** Byte offset in the pages file of entries[i] when it is present; -1 otherwise. */
+  offsets: number[];
+  /** Bytes the pagemap says the pages file holds. */
+  bytes: number;
+}
+
+/** A stretch of memory to fill: `length` bytes at `remote`, found at `offset` in round `round`'s pages file. */
+export interface PagePiece {
+  remote: bigint;
+  round: number;
+  offset: number;
+  length: number;
+}
+
+function inParent(e: PagemapEntry): boolean {
+  return ((e.flags ?? 0) & PE_PARENT) !== 0 || e.inParent === true;
+}
+
+function loadRound(images: ImageSet, pid: number): Round {
+  const name = `pagemap-${pid}.img`;
+  const raw = images.raw(name);
+  const first = raw[0]?.message;
+  if (!first || first.$typeName !== PagemapHeadSchema.typeName) throw new Error(`${images.path(name)} has no head entry`);
+  const head = first as unknown as PagemapHead;
+  const entries = raw.slice(1).map((e) => e.message as unknown as PagemapEntry);
+  const offsets: number[] = [];
+  let bytes = 0;
+  for (const e of entries) {
+    // Present and not in-parent: the contents follow in the pages file. (An entry with no flags at all is an old present one.)
+    const present = !inParent(e) && (e.flags === undefined || ((e.flags & PE_PRESENT) !== 0));
+    offsets.push(present ? bytes : -1);
+    if (present) bytes += entryPageCount(e) * PAGE_SIZE;
+  }
+  return { dir: images.dir, pagesPath: images.path(`pages-${head.pagesId}.img`), entries, offsets, bytes };
+}
+
+export class PageChain {
+  private readonly rounds: Round[];
+
+  private constructor(private readonly pid: number, top: Round) {
+    this.rounds = [top];
+  }
+
+  /**
+   * The process's pages in image set `images` and its parents. Every
+   * in-parent run is followed down the chain here, before a restore creates
+   * anything: a missing or incomplete parent fails it early.
+   */
+  static open(images: ImageSet, pid: number): PageChain {
+    const chain = new PageChain(pid, loadRound(images, pid));
+    chain.pieces = chain.resolveAll();
+    return chain;
+  }
+
+  /** Every piece to fill, in the top round's order. */
+  pieces: PagePiece[] = [];
+
+  /** Rounds loaded so far, the image set's own first. */
+  get loaded(): readonly Round[] {
+    return this.rounds;
+  }
+
+  private round(i: number): Round {
+    const have = this.rounds[i];
+    if (have) return have;
+    if (i >= MAX_ROUNDS) throw new Error(`${this.rounds[0]!.dir}: more than ${MAX_ROUNDS} parent links (a loop of parent symlinks?)`);
+    const below = this.round(i - 1);
+    const dir = `${below.dir}/parent`;
+    let images: ImageSet;
+    try {
+      images = ImageSet.open(dir);
+    } catch (e) {
+      throw new Error(`${below.dir} has pages in its parent image set, which cannot be read: ${(e as Error).message}`, { cause: e });
+    }
+    if (!images.has(`pagemap-${this.pid}.img`)) throw new Error(`${below.dir} has pages of process ${this.pid} in its parent ${dir}, which has no pagemap for it`);
+    const r = loadRound(images, this.pid);
+    this.rounds[i] = r;
+    return r;
+  }
+
+  private resolveAll(): PagePiece[] {
+    const out: PagePiece[] = [];
+    const top = this.rounds[0]!;
+    top.entries.forEach((e, i) => {
+      const length = entryPageCount(e) * PAGE_SIZE;
+      if (length === 0) return;
+      const offset = top.offsets[i]!;
+      if (offset >= 0) out.push({ remote: e.vaddr, round: 0, offset, length });
+      else if (inParent(e)) this.resolve(1, e.vaddr, e.vaddr + BigInt(length), out);
+      // Neither present nor in the parent (a lazy entry): nothing to fill here.
+    });
+    return out;
+  }
+
+  /** Pieces for [from, to) from round `i` down. */
+  private resolve(i: number, from: bigint, to: bigint, out: PagePiece[]): void {
+    const r = this.round(i);
+    // The entries are in address order; find the first that ends after `from`.
+    let lo = 0;
+    let hi = r.entries.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      const e = r.entries[mid]!;
+      if (e.vaddr + BigInt(entryPageCount(e) * PAGE_SIZE) <= from) lo = mid + 1;
+      else hi = mid;
+    }
+    let at = from;
+    for (let k = lo; k < r.entries.length && at < to; k++) {
+      const e = r.entries[k]!;
+      const end = e.vaddr + BigInt(entryPageCount(e) * PAGE_SIZE);
+      if (e.vaddr > at) break;
+      const stop = end < to ? end : to;
+      const offset = r.offsets[k]!;
+      if (offset >= 0) out.push({ remote: at, round: i, offset: offset + Number(at - e.vaddr), length: Number(stop - at) });
+      else if (inParent(e)) this.resolve(i + 1, at, stop, out);
+      else break;
+      at = stop;
+    }
+    if (at < to) throw new Error(`process ${this.pid}: pages 0x${at.toString(16)}-0x${to.toString(16)} are recorded as in the parent, but ${r.dir} does not hold them`);
+  }
+}
