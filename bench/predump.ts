@@ -111,7 +111,7 @@ async function irmapRounds(): Promise<void> {
     const c = d.irmap;
     console.log(row([name, c.ms.toFixed(2), c.cacheHits, c.stale, c.byHandle, c.byScan, d.figures.frozenMs.toFixed(0)]));
   }
-  console.log(`(the pre-dump resolved ${pre.irmap.watches} inodes in ${pre.irmap.ms.toFixed(2)} ms while the process ran)`);
+  console.log(`(the pre-dump resolved ${pre.irmap.inodes} inodes in ${pre.irmap.ms.toFixed(2)} ms while the process ran)`);
   left.killTargets();
   left.remove(dir);
 }

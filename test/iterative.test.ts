@@ -288,8 +288,8 @@ describe("irmap cache across rounds (seed 002)", () => {
 
     const pre = runCkpt(["pre-dump", "-t", String(pid), "-D", join(base, "1"), "--json"]);
     expect(pre.stderr).toBe("");
-    const preJson = JSON.parse(pre.stdout) as { irmap: { watches: number; byHandle: number } };
-    expect(preJson.irmap.watches).toBe(N);
+    const preJson = JSON.parse(pre.stdout) as { irmap: { inodes: number; byHandle: number } };
+    expect(preJson.irmap.inodes).toBe(N);
     const cached = readImageFile(join(base, "1", "irmap-cache")).entries.map((e) => (e.message as unknown as { path: string }).path).sort();
     expect(cached).toEqual(Array.from({ length: N }, (_, i) => join(watched, `f${i}`)).sort());
 
@@ -311,5 +311,29 @@ describe("irmap cache across rounds (seed 002)", () => {
     expect(r.stderr).toBe("");
     // Every watch, the moved file's too, delivers its event on its own wd.
     expect(await selfCheck(pid, out)).toBe(`ok ${N}`);
+  });
+});
+
+describe("a new chain of pre-dumps", () => {
+  test("ends the tracker an older, unfinished chain of the same tree left, and tracks on its own", async () => {
+    const base = tempDir("iter-chains");
+    const { target, words, out } = await startReady([dirtyTarget(), "8", String(STRIDE)]);
+    cleanup.push(target);
+    const pid = target.pid;
+    const old = ckptJson(["pre-dump", "-t", String(pid), "-D", join(base, "old")]);
+    const oldTracker = old.tracking.trackerStarted?.pid ?? 0;
+    const fresh = ckptJson(["pre-dump", "-t", String(pid), "-D", join(base, "1")]) as Summary & { tracking: { olderTrackersEnded: number[] } };
+    expect(fresh.tracking.olderTrackersEnded).toEqual([oldTracker]);
+    expect(trackerAlive(oldTracker)).toBe(false);
+    // Its areas were the old chain's; now they are the new chain's, and the next round leaves them in the parent.
+    await dirtyRound(pid, out, 1);
+    const d = ckptJson(["dump", "-t", String(pid), "-D", join(base, "2"), "--prev-images-dir", "../1"]);
+    expect(d.tracking.inherited).toBe(true);
+    const addr = BigInt(`0x${words[0]}`);
+    const pages = Number(words[1]) / 4096;
+    expect(pagesWith(pagemap(join(base, "2"), pid).entries, PE_PARENT, addr, pages).size).toBe(pages - pages / STRIDE);
+    await waitFor("the dumped process to be gone", () => !existsSync(`/proc/${pid}`), 10000);
+    expect(runCkpt(["restore", "-D", join(base, "2"), "-d"]).stderr).toBe("");
+    expect(await selfCheck(pid, out)).toBe("ok round 1");
   });
 });

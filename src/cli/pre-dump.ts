@@ -13,7 +13,7 @@ export const preDumpCommand = defineCommand({
   async run({ args, rawArgs }) {
     const shared = parseSharedDumpArgs(args, rawArgs, ["track-timeout"], ["track-timeout"]);
     const timeoutText = args["track-timeout"] === undefined ? String(DEFAULT_TRACK_TIMEOUT_SECONDS) : String(args["track-timeout"]);
-    if (!/^[1-9]\d*$/.test(timeoutText)) throw new UsageError(`--track-timeout needs a whole number of seconds, got ${JSON.stringify(timeoutText)}`);
+    if (!/^[1-9]\d{0,9}$/.test(timeoutText)) throw new UsageError(`--track-timeout needs a whole number of seconds, got ${JSON.stringify(timeoutText)}`);
     const result = await preDump({ ...shared, trackTimeoutSeconds: Number(timeoutText) });
     if (args.json) {
       process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);

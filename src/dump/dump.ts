@@ -19,7 +19,7 @@ import { FdinfoEntrySchema, FileEntrySchema, type FdinfoEntry } from "../image/g
 import { FsEntrySchema } from "../image/gen/fs_pb";
 import { InventoryEntrySchema } from "../image/gen/inventory_pb";
 import { MmEntrySchema, type MmEntry } from "../image/gen/mm_pb";
-import { PagemapEntrySchema, PagemapHeadSchema, type PagemapEntry } from "../image/gen/pagemap_pb";
+import { PagemapEntrySchema, PagemapHeadSchema } from "../image/gen/pagemap_pb";
 import { PstreeEntrySchema } from "../image/gen/pstree_pb";
 import { SeccompEntrySchema } from "../image/gen/seccomp_pb";
 import { StatsEntrySchema } from "../image/gen/stats_pb";
@@ -27,7 +27,7 @@ import { TaskKobjIdsEntrySchema } from "../image/gen/core_pb";
 import { TimensEntrySchema, TimespecSchema } from "../image/gen/timens_pb";
 import { kind } from "../image/magic";
 import { readSmaps } from "../proc/maps";
-import { ProcFs, type ProcCounters } from "../proc/procfs";
+import { ProcFs } from "../proc/procfs";
 import { readStat } from "../proc/stat";
 import { readStatus } from "../proc/status";
 import { addressOf, callCountsSince, snapshotCallCounts, syscall, writeAll } from "../sys/libc";
@@ -138,7 +138,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     const tree = freezer.freeze(opts.pid);
     frozenAt = performance.now();
     const frozenUptime = uptimeMicros(proc);
-    tracking = RoundTracking.begin(proc, "dump", parent);
+    tracking = RoundTracking.begin(proc, "dump", parent, opts.pid);
     // The clocks a restore in a new time namespace continues from.
     const clocks = { monotonic: clockNow(CLOCK_MONOTONIC), boottime: clockNow(CLOCK_BOOTTIME) };
     await guard.checkpoint();
@@ -189,7 +189,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     if (root) inv.rootIds = create(TaskKobjIdsEntrySchema, root.ids);
     out.commitInventory(new ImageEncoder(kind("INVENTORY")).add(InventoryEntrySchema, inv));
     // The dump is complete: tracking is over (the tracker ends, the tree is unregistered).
-    tracking.finish();
+    const warning = tracking.finish();
+    if (warning) process.stderr.write(`ckpt: warning: ${warning}\n`);
     figures.totalMs = performance.now() - started;
     return {
       dir: opts.dir, pid: opts.pid, processes: tree.length,

@@ -86,6 +86,19 @@ function checkAgainstParent(runs: readonly PageRun[], parent: PageCoverage | nul
   return out;
 }
 
+/** Areas split where one does not end exactly where the next begins (so no other mapping lies between). */
+function adjacentStretches(vmas: readonly PageVma[]): PageVma[][] {
+  const sorted = [...vmas].sort((a, b) => (a.start < b.start ? -1 : 1));
+  const out: PageVma[][] = [];
+  for (const v of sorted) {
+    const last = out[out.length - 1];
+    const prev = last?.[last.length - 1];
+    if (last && prev && prev.end === v.start) last.push(v);
+    else out.push([v]);
+  }
+  return out;
+}
+
 /** Find the pages to save (the tree is frozen). */
 export function planProcessPages(pid: number, areas: readonly MapArea[], choice: PageScanChoice, proc: ProcFs, counters: PageCounters, tracking: ProcessTracking | null): PagePlan {
   const t = performance.now();
@@ -100,11 +113,16 @@ export function planProcessPages(pid: number, areas: readonly MapArea[], choice:
   } else {
     const tracked = vmas.filter((v) => tracking.tracked.has(v.start));
     const whole = vmas.filter((v) => !tracking.tracked.has(v.start));
-    const a = scanPages(pid, tracked, { method, proc, counters, dirty: tracking.dirty });
+    // Protecting acts on every write-protect-async area in the scanned span,
+    // whoever registered it (the process itself, an older chain's tracker):
+    // so a protecting scan covers only stretches of our areas with nothing
+    // between them. A plain scan may span anything.
+    const groups = tracking.dirty.protect ? adjacentStretches(tracked) : [tracked];
+    const scans = groups.map((g) => scanPages(pid, g, { method, proc, counters, dirty: tracking.dirty }));
     const b = scanPages(pid, whole, { method, proc, counters });
-    runs = checkAgainstParent([...a.runs, ...b.runs.map((r) => ({ ...r, dirty: true }))], tracking.parent);
+    runs = checkAgainstParent([...scans.flatMap((a) => a.runs), ...b.runs.map((r) => ({ ...r, dirty: true }))], tracking.parent);
     runs.sort((x, y) => (x.vaddr < y.vaddr ? -1 : x.vaddr > y.vaddr ? 1 : 0));
-    pagesScanned = a.pagesScanned + b.pagesScanned;
+    pagesScanned = scans.reduce((s, a) => s + a.pagesScanned, 0) + b.pagesScanned;
   }
   const toWrite = runs.filter((r) => r.dirty !== false);
   const pagesToWrite = toWrite.reduce((s, r) => s + r.nrPages, 0);

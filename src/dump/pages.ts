@@ -63,7 +63,11 @@ export interface PageRun {
 export interface DirtyScan {
   /** "written": userfaultfd write-protect (PAGE_IS_WRITTEN); "soft-dirty": the soft-dirty bit. */
   category: "written" | "soft-dirty";
-  /** PM_SCAN_WP_MATCHING: only for "written", only with the ioctl, only on registered areas. */
+  /**
+   * PM_SCAN_WP_MATCHING: only for "written", only with the ioctl. It protects
+   * pages of every write-protect-async area between the first and the last
+   * area given, registered by us or not: give it adjacent areas only.
+   */
   protect: boolean;
 }
 
@@ -296,7 +300,7 @@ function scanWithIoctl(fd: number, areas: readonly Area[], vectorRegions: number
   for (;;) {
     encodePmScanArg({
       // Protecting applies to the pages that match the filter, i.e. exactly the
-      // pages saved; areas not registered with a userfaultfd are skipped whole.
+      // pages saved, in every write-protect-async area of the span (see DirtyScan).
       flags: dirty?.protect ? BigInt(PM_SCAN.WP_MATCHING) : 0n, start, end: spanEnd, vec: BigInt(addressOf(scanVector)), vec_len: BigInt(vectorRegions), max_pages: 0n,
       category_inverted: SCAN_EXCLUDED, category_mask: SCAN_EXCLUDED, category_anyof_mask: SCAN_ANY_OF,
       // Without dirty tracking only the ranges are wanted: with no categories

@@ -20,7 +20,6 @@
  * inventory (marked as a pre-dump, which restore refuses: the set holds
  * memory only).
  */
-import { create } from "@bufbuild/protobuf";
 import { ImageEncoder } from "../image/encode";
 import { InventoryEntrySchema } from "../image/gen/inventory_pb";
 import { PstreeEntrySchema } from "../image/gen/pstree_pb";
@@ -41,7 +40,9 @@ import { newPageCounters } from "./pages";
 import { ParentImages } from "./parent";
 import { pstreeEntries } from "./pstree";
 import { statsEntry, type DumpFigures, type RoundResult } from "./stats";
+import { chooseTracking } from "./tracking/method";
 import { encodeTrackingRecord, TRACKING_FILE } from "./tracking/record";
+import { checkTrackTimeout } from "./tracking/tracker";
 import { RoundTracking } from "./tracking/round";
 
 /** CRIU's inventory pre_dump_mode for a pre-dump that reads memory while the tasks run (PRE_DUMP_READ). */
@@ -61,8 +62,8 @@ export interface PreDumpOptions {
 }
 
 export interface PreDumpResult extends RoundResult {
-  /** The watched inodes resolved while the tree ran, and how. */
-  irmap: IrmapCounters & { watches: number; ms: number };
+  /** The watched inodes resolved while the tree ran (inodes; failures are left for the dump to report), and how. */
+  irmap: IrmapCounters & { inodes: number; ms: number };
 }
 
 interface Planned {
@@ -75,7 +76,11 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
   const started = performance.now();
   const calls0 = snapshotCallCounts();
   const timeout = opts.trackTimeoutSeconds ?? DEFAULT_TRACK_TIMEOUT_SECONDS;
-  if (!Number.isInteger(timeout) || timeout < 1) throw new RangeError(`the tracking timeout must be a whole number of seconds ≥ 1, got ${timeout}`);
+  checkTrackTimeout(timeout);
+  // Checked before anything is frozen or any tracker ended: write-protecting needs the ioctl.
+  if (chooseTracking().method === "uffd-wp" && opts.pageScan === "pagemap") {
+    throw new Error("--page-scan pagemap cannot arm userfaultfd write-protect tracking (that needs the PAGEMAP_SCAN ioctl); use auto or ioctl");
+  }
   const out = ImageDirWriter.open(opts.dir);
   const proc = new ProcFs();
   const freezer = new Freezer(proc);
@@ -88,7 +93,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
     const tree = freezer.freeze(opts.pid);
     const frozenAt = performance.now();
     const frozenUptime = uptimeMicros(proc);
-    tracking = RoundTracking.begin(proc, "pre-dump", parent);
+    tracking = RoundTracking.begin(proc, "pre-dump", parent, opts.pid);
     const planned: Planned[] = [];
     for (const p of tree) {
       try {
@@ -124,7 +129,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
     }
 
     const irmap = new Irmap({ scanPaths: opts.irmapScanPaths, cacheDirs: [opts.dir, `${opts.dir}/parent`], proc });
-    const watches = resolveTreeWatches(proc, tree.map((p) => p.pid), irmap);
+    const inodes = resolveTreeWatches(proc, tree.map((p) => p.pid), irmap);
     out.writeImage("irmap-cache", irmap.cacheImage());
 
     const pstree = new ImageEncoder(kind("PSTREE"));
@@ -147,14 +152,15 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
     inv.preDumpMode = PRE_DUMP_MODE_READ;
     out.commitInventory(new ImageEncoder(kind("INVENTORY")).add(InventoryEntrySchema, inv));
     // The tracker holds the userfaultfds now; ckpt's copies go.
-    tracking.finish();
+    const warning = tracking.finish();
+    if (warning) process.stderr.write(`ckpt: warning: ${warning}\n`);
     figures.totalMs = performance.now() - started;
     return {
       dir: opts.dir, pid: opts.pid, processes: tree.length,
       threads: tree.reduce((s, p) => s + p.threads.length, 0),
       figures, syscalls: callCountsSince(calls0), proc: { ...proc.counters }, pages: counters,
       tracking: tracking.summary,
-      irmap: { ...irmap.counters, watches, ms: irmap.ms },
+      irmap: { ...irmap.counters, inodes, ms: irmap.ms },
       bytesWritten: out.bytes,
     };
   } catch (e) {

@@ -7,10 +7,13 @@
  * `parent` symlink each iterative dump leaves in its directory.
  */
 import type { PagemapEntry, PagemapHead } from "../image/gen/pagemap_pb";
-import { PagemapHeadSchema } from "../image/gen/pagemap_pb";
+import { isFieldSet } from "@bufbuild/protobuf";
+import { PagemapEntrySchema, PagemapHeadSchema } from "../image/gen/pagemap_pb";
+import { isAbsolute, join } from "node:path";
+import { readlinkat } from "../sys/libc";
 import { entryPageCount } from "../dump/parent";
 import { PE_PARENT, PE_PRESENT } from "../dump/pages";
-import { PAGE_SIZE } from "../sys/nr";
+import { AT, PAGE_SIZE } from "../sys/nr";
 import { ImageSet } from "./image-set";
 
 /** More rounds than any migration makes; a deeper chain is a symlink loop. */
@@ -49,8 +52,10 @@ function loadRound(images: ImageSet, pid: number): Round {
   const offsets: number[] = [];
   let bytes = 0;
   for (const e of entries) {
-    // Present and not in-parent: the contents follow in the pages file. (An entry with no flags at all is an old present one.)
-    const present = !inParent(e) && (e.flags === undefined || ((e.flags & PE_PRESENT) !== 0));
+    // Present and not in-parent: the contents follow in the pages file. An
+    // entry with no flags field at all comes from an old writer, for which
+    // every entry not in_parent was present.
+    const present = !inParent(e) && (!isFieldSet(e, PagemapEntrySchema.field.flags) || (e.flags & PE_PRESENT) !== 0);
     offsets.push(present ? bytes : -1);
     if (present) bytes += entryPageCount(e) * PAGE_SIZE;
   }
@@ -88,7 +93,14 @@ export class PageChain {
     if (have) return have;
     if (i >= MAX_ROUNDS) throw new Error(`${this.rounds[0]!.dir}: more than ${MAX_ROUNDS} parent links (a loop of parent symlinks?)`);
     const below = this.round(i - 1);
-    const dir = `${below.dir}/parent`;
+    // Follow one link at a time: a path of many parent/parent/... would hit the kernel's 40-link limit.
+    let dir = `${below.dir}/parent`;
+    try {
+      const target = readlinkat(AT.FDCWD, dir);
+      dir = isAbsolute(target) ? target : join(below.dir, target);
+    } catch {
+      // Not a link (or missing): ImageSet.open below says what is there.
+    }
     let images: ImageSet;
     try {
       images = ImageSet.open(dir);
@@ -110,7 +122,7 @@ export class PageChain {
       const offset = top.offsets[i]!;
       if (offset >= 0) out.push({ remote: e.vaddr, round: 0, offset, length });
       else if (inParent(e)) this.resolve(1, e.vaddr, e.vaddr + BigInt(length), out);
-      // Neither present nor in the parent (a lazy entry): nothing to fill here.
+      else throw new Error(`${top.dir}: pagemap of process ${this.pid} has pages at 0x${e.vaddr.toString(16)} that are neither present nor in the parent (flags ${e.flags}); lazy pages are not supported`);
     });
     return out;
   }

@@ -6,7 +6,7 @@
  * is touched in between.
  */
 import { close, fstat, mmap, munmap, openat, processVmWritev } from "../sys/libc";
-import { AT, MAP, O, PROT } from "../sys/nr";
+import { AT, MAP, O, PAGE_SIZE, PROT } from "../sys/nr";
 import type { PageChain, Round } from "./page-chain";
 
 /** Runs per process_vm_writev (the kernel's UIO_MAXIOV). */
@@ -83,7 +83,7 @@ export function fillPages(pid: number, chain: PageChain): PageFill {
         left -= len;
         if (n === IOV_MAX || batchBytes >= MAX_RUN) flush();
       }
-      const pages = piece.length / 4096;
+      const pages = piece.length / PAGE_SIZE;
       fill.pages += pages;
       if (piece.round > 0) fill.fromParents += pages;
     }

@@ -6,7 +6,8 @@
  * that tells a reused pid apart and, for userfaultfd tracking, which of the
  * tracker's fds is that process's userfaultfd.
  */
-import { readFileSync } from "node:fs";
+import { Errno, SysError } from "../../sys/errno";
+import { readWholeFile } from "../../sys/file";
 import type { TrackingMethod } from "./method";
 import type { TrackerId } from "./tracker";
 
@@ -39,9 +40,9 @@ export function readTrackingRecord(dir: string): TrackingRecord | null {
   const path = `${dir}/${TRACKING_FILE}`;
   let text: string;
   try {
-    text = readFileSync(path, "utf8");
+    text = new TextDecoder().decode(readWholeFile(path));
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT") return null;
+    if (e instanceof SysError && e.errno === Errno.ENOENT) return null;
     throw new Error(`cannot read ${path}: ${(e as Error).message}`);
   }
   const bad = (why: string): Error => new Error(`${path} is malformed (${why})`);

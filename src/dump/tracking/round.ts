@@ -19,13 +19,14 @@
  */
 import type { MapArea } from "../../proc/maps";
 import type { ProcFs } from "../../proc/procfs";
+import { Errno, SysError } from "../../sys/errno";
 import { close, openat, writeAll } from "../../sys/libc";
 import { AT, O } from "../../sys/nr";
 import type { ProcessTracking } from "../page-dump";
 import type { ParentImages } from "../parent";
 import { chooseTracking, type TrackingMethod } from "./method";
 import type { TrackedProcess, TrackingRecord } from "./record";
-import { LiveTracker, startTracker, type TrackerId } from "./tracker";
+import { LiveTracker, startTracker, trackersOf, type TrackerId } from "./tracker";
 import { makeUffd, registerWp } from "./uffd";
 
 export type RoundKind = "pre-dump" | "dump";
@@ -43,6 +44,8 @@ export interface TrackingSummary {
   /** The tracker this round started (pre-dump) or ended (dump). */
   trackerStarted: TrackerId | null;
   trackerEnded: TrackerId | null;
+  /** Trackers of older, unfinished chains of this tree that a pre-dump ended. */
+  olderTrackersEnded: number[];
   /** Why nothing could be inherited from the parent, when so. */
   note: string | null;
 }
@@ -51,6 +54,7 @@ export class RoundTracking {
   /** ckpt's copies of the userfaultfds, by pid. */
   private readonly uffds = new Map<number, number>();
   private readonly recorded = new Map<number, TrackedProcess>();
+  private live: LiveTracker | null = null;
   private started: TrackerId | null = null;
   readonly summary: TrackingSummary;
 
@@ -59,16 +63,15 @@ export class RoundTracking {
     private readonly kind: RoundKind,
     private readonly parent: ParentImages | null,
     readonly method: TrackingMethod | null,
-    private live: LiveTracker | null,
   ) {
     this.summary = {
       method, inherited: false, wholeProcesses: [], areasRegistered: 0, areasRefused: 0,
-      trackerStarted: null, trackerEnded: null, note: null,
+      trackerStarted: null, trackerEnded: null, olderTrackersEnded: [], note: null,
     };
   }
 
-  /** Start a round; the tree is frozen. */
-  static begin(proc: ProcFs, kind: RoundKind, parent: ParentImages | null): RoundTracking {
+  /** Start a round; the tree (rooted at `rootPid`) is frozen. */
+  static begin(proc: ProcFs, kind: RoundKind, parent: ParentImages | null, rootPid: number): RoundTracking {
     let method: TrackingMethod | null;
     if (kind === "pre-dump") {
       const choice = chooseTracking();
@@ -77,8 +80,16 @@ export class RoundTracking {
     } else {
       method = parent?.tracking?.method ?? null;
     }
-    const round = new RoundTracking(proc, kind, parent, method, null);
+    const round = new RoundTracking(proc, kind, parent, method);
     round.inherit();
+    if (kind === "pre-dump") {
+      try {
+        round.endOlderChains(rootPid);
+      } catch (e) {
+        round.abort();
+        throw e;
+      }
+    }
     return round;
   }
 
@@ -93,37 +104,59 @@ export class RoundTracking {
       this.summary.note = `${this.parent.path} tracked with ${rec.method}, this round uses ${this.method}: everything is saved again`;
       return;
     }
+    const gone = `the tracker of ${this.parent.path} (pid ${rec.tracker.pid}) is gone — timed out, ended by a later round, or the tree's root exited: everything is saved again`;
     const live = LiveTracker.find(this.proc, rec.tracker);
     if (!live) {
-      this.summary.note = `the tracker of ${this.parent.path} (pid ${rec.tracker.pid}) is gone — timed out, ended by a later round, or the tree's root exited: everything is saved again`;
+      this.summary.note = gone;
       return;
     }
     try {
       for (const p of rec.processes) {
         this.recorded.set(p.pid, p);
-        if (p.held !== null) this.uffds.set(p.pid, live.takeHeld(p.held));
+        if (p.held === null) continue;
+        const fd = live.takeHeld(p.held);
+        if (fd === null) {
+          // It exited (timed out) just now: nothing it held can be trusted.
+          this.recorded.clear();
+          this.closeUffds();
+          live.close();
+          this.summary.note = gone;
+          return;
+        }
+        this.uffds.set(p.pid, fd);
+      }
+      this.summary.inherited = true;
+      if (this.kind === "pre-dump") {
+        // This round re-arms: from now on the parent set is no longer the last round.
+        this.summary.trackerEnded = live.id;
+        live.end();
+      } else {
+        this.live = live;
       }
     } catch (e) {
       live.close();
       this.closeUffds();
       throw e;
     }
-    this.summary.inherited = true;
-    if (this.kind === "pre-dump") {
-      // This round re-arms: from now on the parent set is no longer the last round.
-      live.end();
-      this.summary.trackerEnded = live.id;
-    } else {
-      this.live = live;
-    }
+  }
+
+  /**
+   * A pre-dump starts or continues one chain; trackers an older, unfinished
+   * chain of this tree left would keep their areas registered (refusing
+   * ours) or, with soft-dirty, lose their bits to our clear_refs anyway. End them.
+   */
+  private endOlderChains(rootPid: number): void {
+    const older = trackersOf(this.proc, rootPid);
+    for (const id of older) LiveTracker.find(this.proc, id)?.end();
+    if (older.length > 0) this.summary.olderTrackersEnded = older.map((t) => t.pid);
   }
 
   /** How to scan process `pid` (frozen) and its areas to save; null: no tracking at all this round. */
-  forProcess(pid: number, startTime: bigint, areas: readonly MapArea[]): ProcessTracking | null {
+  forProcess(pid: number, startTime: bigint, areas: readonly MapArea[], execed = false): ProcessTracking | null {
     if (!this.method) return null;
-    const reason = this.inheritProblem(pid, startTime);
+    const reason = execed ? "it ran exec since the parent round" : this.inheritProblem(pid, startTime);
     if (reason) {
-      this.summary.wholeProcesses.push({ pid, reason });
+      if (!execed) this.summary.wholeProcesses.push({ pid, reason });
       // A userfaultfd taken for a pid that is now another process belongs to another mm.
       const stale = this.uffds.get(pid);
       if (stale !== undefined) close(stale);
@@ -150,7 +183,18 @@ export class RoundTracking {
     // registered here, with no page protected yet: every page reads written.
     const tracked = new Set<bigint>();
     for (const a of areas) {
-      if (registerWp(uffd, a.start, a.end)) tracked.add(a.start);
+      let ok: boolean;
+      try {
+        ok = registerWp(uffd, a.start, a.end);
+      } catch (e) {
+        // ENOMEM: the userfaultfd's address space is gone — the process exec'd since the parent round.
+        if (!(e instanceof SysError && e.errno === Errno.ENOMEM) || tracked.size > 0) throw e;
+        close(uffd);
+        this.uffds.delete(pid);
+        this.summary.wholeProcesses.push({ pid, reason: "it ran exec since the parent round" });
+        return this.forProcess(pid, startTime, areas, true);
+      }
+      if (ok) tracked.add(a.start);
       else this.summary.areasRefused++;
     }
     this.summary.areasRegistered += tracked.size;
@@ -161,8 +205,8 @@ export class RoundTracking {
   private inheritProblem(pid: number, startTime: bigint): string | null {
     if (!this.parent || !this.summary.inherited) return this.parent ? "the parent's tracking is not usable (see note)" : null;
     const rec = this.recorded.get(pid);
-    if (this.parent.pidReused(startTime) || (rec && rec.startTime !== startTime.toString())) return "it started after the parent round: the pid was reused";
-    if (!rec) return "the parent round did not track it (new process)";
+    if (!rec) return "the parent round did not track it (a new process)";
+    if (this.parent.pidReused(startTime) || rec.startTime !== startTime.toString()) return "it started after the parent round: the pid was reused";
     return null;
   }
 
@@ -194,14 +238,24 @@ export class RoundTracking {
     return { method: this.method, tracker: this.started, timeoutSeconds, processes: tracked };
   }
 
-  /** The round succeeded: a dump ends the parent's tracker (tracking is over); ckpt's copies close either way. */
-  finish(): void {
+  /**
+   * The round succeeded: a dump ends the parent's tracker (tracking is over);
+   * ckpt's copies close either way. Best effort — the images are complete by
+   * now — so a problem is returned as a warning, never thrown.
+   */
+  finish(): string | null {
+    let warning: string | null = null;
     if (this.live) {
-      this.live.end();
-      this.summary.trackerEnded = this.live.id;
+      try {
+        this.summary.trackerEnded = this.live.id;
+        this.live.end();
+      } catch (e) {
+        warning = `could not end the tracker ${this.live.id.pid}: ${(e as Error).message}; it ends by its timeout`;
+      }
       this.live = null;
     }
     this.closeUffds();
+    return warning;
   }
 
   /** The round failed: end what it started; a dump leaves the parent's tracker running (the parent set stays valid). */

@@ -30,6 +30,7 @@ import { SIG, SYS } from "../../sys/nr";
 import { asm, exitZero, forkThenChild, launchTinyElf, reportPid, tinyElf } from "../../sys/tiny-elf";
 import type { ProcFs } from "../../proc/procfs";
 import { readStat } from "../../proc/stat";
+import { listDirectory } from "../../sys/file";
 
 export const TRACKER_COMM = "ckpt-tracker";
 /** fd of the root's pidfd in the tracker; userfaultfds follow it. */
@@ -75,19 +76,60 @@ function trackerCode(timeoutSeconds: number): number[] {
  * fds 4, 5, ... in this order) until `rootPid` exits or `timeoutSeconds` pass.
  */
 export async function startTracker(proc: ProcFs, rootPid: number, heldFds: readonly number[], timeoutSeconds: number): Promise<TrackerId> {
-  if (!Number.isInteger(timeoutSeconds) || timeoutSeconds < 1) throw new RangeError(`tracker timeout must be a whole number of seconds ≥ 1, got ${timeoutSeconds}`);
+  checkTrackTimeout(timeoutSeconds);
   const rootPidfd = pidfdOpen(rootPid);
   try {
     const pid = await launchTinyElf(TRACKER_COMM, tinyElf(trackerCode(timeoutSeconds)), { ownSession: true, fds: [rootPidfd, ...heldFds] });
-    return { pid, startTime: readStat(proc, pid).startTime.toString() };
+    try {
+      return { pid, startTime: readStat(proc, pid).startTime.toString() };
+    } catch (e) {
+      // Not recorded, so nothing would ever claim it: it must not hold the tracking until its timeout.
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+      throw e;
+    }
   } finally {
     close(rootPidfd);
   }
 }
 
-/** Index → the tracker's fd number of the `i`th held fd. */
-export function heldFdNumber(i: number): number {
+/** The longest a tracker may wait: a year, far inside ppoll's range. */
+const MAX_TIMEOUT_SECONDS = 366 * 24 * 3600;
+
+export function checkTrackTimeout(seconds: number): void {
+  if (!Number.isInteger(seconds) || seconds < 1 || seconds > MAX_TIMEOUT_SECONDS) {
+    throw new RangeError(`the tracking timeout must be a whole number of seconds from 1 to ${MAX_TIMEOUT_SECONDS}, got ${seconds}`);
+  }
+}
+
+function heldFdNumber(i: number): number {
   return FIRST_HELD_FD + i;
+}
+
+/**
+ * Trackers (other than `except`) that watch the tree rooted at `rootPid`:
+ * what an earlier, unfinished chain of pre-dumps of this tree left. Found by
+ * name and by the pid their fd 3 (a pidfd) refers to.
+ */
+export function trackersOf(proc: ProcFs, rootPid: number, except: readonly TrackerId[] = []): TrackerId[] {
+  const out: TrackerId[] = [];
+  for (const name of listDirectory("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    const pid = Number(name);
+    try {
+      if (proc.readText(pid, "comm").trim() !== TRACKER_COMM) continue;
+      const watched = /^Pid:\s+(\d+)$/m.exec(proc.readText(pid, `fdinfo/${ROOT_PIDFD}`))?.[1];
+      if (Number(watched) !== rootPid) continue;
+      const startTime = readStat(proc, pid).startTime.toString();
+      if (!except.some((e) => e.pid === pid && e.startTime === startTime)) out.push({ pid, startTime });
+    } catch {
+      // Exited meanwhile, or not ours to read.
+    }
+  }
+  return out;
 }
 
 /**
@@ -95,6 +137,7 @@ export function heldFdNumber(i: number): number {
  * pinned by a pidfd so that its pid cannot be reused while we use it.
  */
 export class LiveTracker {
+  /** The pidfd keeps the process (not its pid number) ours to signal: once it exits, signals fail instead of reaching a newcomer. */
   private constructor(readonly id: TrackerId, private pidfd: number) {}
 
   /** The tracker `id` if it still runs; null when it is gone (ended, timed out, or its pid reused). */
@@ -116,9 +159,14 @@ export class LiveTracker {
     return null;
   }
 
-  /** A copy, in ckpt, of the `i`th fd the tracker holds. */
-  takeHeld(i: number): number {
-    return pidfdGetfd(this.pidfd, heldFdNumber(i));
+  /** A copy, in ckpt, of the `i`th fd the tracker holds; null when the tracker has exited meanwhile. */
+  takeHeld(i: number): number | null {
+    try {
+      return pidfdGetfd(this.pidfd, heldFdNumber(i));
+    } catch (e) {
+      if (e instanceof SysError && (e.errno === Errno.ESRCH || e.errno === Errno.EBADF)) return null;
+      throw e;
+    }
   }
 
   /** SIGKILL the tracker and wait (up to 5 s) until it has exited, i.e. until its fds are closed. */
@@ -131,8 +179,12 @@ export class LiveTracker {
     }
     // A pidfd turns readable when its process has exited (its files closed).
     const pollfd = new Int32Array([this.pidfd, POLLIN]);
-    syscall("poll", SYS.poll, [addressOf(pollfd), 1, 5000], [`{${this.pidfd}, POLLIN}`, "1", "5000"]);
-    this.close();
+    try {
+      const ready = syscall("poll", SYS.poll, [addressOf(pollfd), 1, 5000], [`{${this.pidfd}, POLLIN}`, "1", "5000"]);
+      if (ready === 0n) throw new Error(`tracker ${this.id.pid} did not exit within 5 s of SIGKILL`);
+    } finally {
+      this.close();
+    }
   }
 
   close(): void {
