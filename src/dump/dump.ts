@@ -17,12 +17,10 @@ import { ImageEncoder } from "../image/encode";
 import { CoreEntry_March, CoreEntrySchema, TaskCoreEntrySchema, TaskRlimitsEntrySchema, ThreadCoreEntrySchema, ThreadSasEntrySchema, type CoreEntry, type TaskKobjIdsEntry } from "../image/gen/core_pb";
 import { FdinfoEntrySchema, FileEntrySchema, type FdinfoEntry } from "../image/gen/fdinfo_pb";
 import { FsEntrySchema } from "../image/gen/fs_pb";
-import { InventoryEntrySchema } from "../image/gen/inventory_pb";
 import { MmEntrySchema, type MmEntry } from "../image/gen/mm_pb";
 import { PagemapEntrySchema, PagemapHeadSchema } from "../image/gen/pagemap_pb";
 import { PstreeEntrySchema } from "../image/gen/pstree_pb";
 import { SeccompEntrySchema } from "../image/gen/seccomp_pb";
-import { StatsEntrySchema } from "../image/gen/stats_pb";
 import { TaskKobjIdsEntrySchema } from "../image/gen/core_pb";
 import { TimensEntrySchema, TimespecSchema } from "../image/gen/timens_pb";
 import { kind } from "../image/magic";
@@ -51,7 +49,8 @@ import { readTaskState, type ProcessTaskState } from "./remote-state";
 import { copyProcessPages, writeProcessPages, type PageCopy } from "./page-dump";
 import { newPageCounters, PE_PRESENT, type PageCounters } from "./pages";
 import { pstreeEntries } from "./pstree";
-import { statsEntry, type DumpFigures, type RoundResult } from "./stats";
+import { commitRound } from "./commit";
+import type { DumpFigures, RoundResult } from "./stats";
 import { ParentImages } from "./parent";
 import { RoundTracking } from "./tracking/round";
 
@@ -183,14 +182,11 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       pagesInParent: dumped.reduce((s, d) => s + d.pages.pagesInParent, 0),
       irmapMs: files.ctx.irmap.ms,
     };
-    out.writeImage("stats-dump", new ImageEncoder(kind("STATS")).add(StatsEntrySchema, statsEntry(figures)));
     const root = dumped[0];
     const inv = inventoryEntry(crypto.randomUUID(), frozenUptime);
     if (root) inv.rootIds = create(TaskKobjIdsEntrySchema, root.ids);
-    out.commitInventory(new ImageEncoder(kind("INVENTORY")).add(InventoryEntrySchema, inv));
     // The dump is complete: tracking is over (the tracker ends, the tree is unregistered).
-    const warning = tracking.finish();
-    if (warning) process.stderr.write(`ckpt: warning: ${warning}\n`);
+    commitRound(out, figures, inv, tracking);
     figures.totalMs = performance.now() - started;
     return {
       dir: opts.dir, pid: opts.pid, processes: tree.length,

@@ -21,9 +21,7 @@
  * memory only).
  */
 import { ImageEncoder } from "../image/encode";
-import { InventoryEntrySchema } from "../image/gen/inventory_pb";
 import { PstreeEntrySchema } from "../image/gen/pstree_pb";
-import { StatsEntrySchema } from "../image/gen/stats_pb";
 import { kind } from "../image/magic";
 import { readSmaps } from "../proc/maps";
 import { ProcFs } from "../proc/procfs";
@@ -39,7 +37,8 @@ import { planProcessPages, writeProcessPages, type PagePlan, type PageScanChoice
 import { newPageCounters } from "./pages";
 import { ParentImages } from "./parent";
 import { pstreeEntries } from "./pstree";
-import { statsEntry, type DumpFigures, type RoundResult } from "./stats";
+import { commitRound } from "./commit";
+import type { DumpFigures, RoundResult } from "./stats";
 import { chooseTracking } from "./tracking/method";
 import { encodeTrackingRecord, TRACKING_FILE } from "./tracking/record";
 import { checkTrackTimeout } from "./tracking/tracker";
@@ -147,13 +146,10 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
       pagesInParent: planned.reduce((s, x) => s + x.plan.pagesInParent, 0),
       irmapMs: irmap.ms,
     };
-    out.writeImage("stats-dump", new ImageEncoder(kind("STATS")).add(StatsEntrySchema, statsEntry(figures)));
     const inv = inventoryEntry(crypto.randomUUID(), frozenUptime);
     inv.preDumpMode = PRE_DUMP_MODE_READ;
-    out.commitInventory(new ImageEncoder(kind("INVENTORY")).add(InventoryEntrySchema, inv));
     // The tracker holds the userfaultfds now; ckpt's copies go.
-    const warning = tracking.finish();
-    if (warning) process.stderr.write(`ckpt: warning: ${warning}\n`);
+    commitRound(out, figures, inv, tracking);
     figures.totalMs = performance.now() - started;
     return {
       dir: opts.dir, pid: opts.pid, processes: tree.length,

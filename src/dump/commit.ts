@@ -1,0 +1,20 @@
+/**
+ * The last steps of a dump or a pre-dump, in the order that keeps a failed
+ * round from looking complete: stats-dump, then inventory.img (which makes
+ * the directory an image set), then the end of this round's hold on dirty
+ * tracking — best effort, since the images are complete by then.
+ */
+import { ImageEncoder } from "../image/encode";
+import { InventoryEntrySchema, type InventoryEntry } from "../image/gen/inventory_pb";
+import { StatsEntrySchema } from "../image/gen/stats_pb";
+import { kind } from "../image/magic";
+import type { ImageDirWriter } from "./image-dir";
+import { statsEntry, type DumpFigures } from "./stats";
+import type { RoundTracking } from "./tracking/round";
+
+export function commitRound(out: ImageDirWriter, figures: DumpFigures, inventory: InventoryEntry, tracking: RoundTracking): void {
+  out.writeImage("stats-dump", new ImageEncoder(kind("STATS")).add(StatsEntrySchema, statsEntry(figures)));
+  out.commitInventory(new ImageEncoder(kind("INVENTORY")).add(InventoryEntrySchema, inventory));
+  const warning = tracking.finish();
+  if (warning) process.stderr.write(`ckpt: warning: ${warning}\n`);
+}
