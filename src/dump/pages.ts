@@ -23,6 +23,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { PagemapEntrySchema, type PagemapEntry } from "../image/gen/pagemap_pb";
+import { PE_PARENT, PE_PRESENT } from "../image/pagemap";
 import { ProcFs } from "../proc/procfs";
 import { Errno, SysError } from "../sys/errno";
 import { addressOf, close, ioctl, madvise, memoryView, mmap, munmap, preadInto, processVmReadv, writeAll } from "../sys/libc";
@@ -717,10 +718,7 @@ export function collectPages(pid: number, vmas: readonly PageVma[], options: Sca
 
 // ---------------------------------------------------------------- images
 
-/** pagemap entry flag: the run's contents are in the pages file. */
-export const PE_PRESENT = 1 << 2;
-/** pagemap entry flag: the run's contents are in the parent image set (unchanged since that round). */
-export const PE_PARENT = 1 << 0;
+export { PE_PARENT, PE_PRESENT } from "../image/pagemap";
 
 /** Bytes per write(2) of page data: large, and under the kernel's 2 GiB cap per call. */
 const WRITE_CHUNK_BYTES = 1024 * 1024 * 1024;

@@ -6,21 +6,15 @@
  */
 import { isAbsolute, join } from "node:path";
 import type { PagemapEntry } from "../image/gen/pagemap_pb";
-import { PagemapEntrySchema, PagemapHeadSchema } from "../image/gen/pagemap_pb";
+import { entryInParent, entryPageCount, entryPresent, splitPagemap } from "../image/pagemap";
 import { InventoryEntrySchema } from "../image/gen/inventory_pb";
 import { ImageSet } from "../restore/image-set";
 import { PAGE_SIZE } from "../sys/nr";
 import type { ImageDirWriter } from "./image-dir";
-import { PE_PARENT, PE_PRESENT } from "./pages";
 import { readTrackingRecord, type TrackingRecord } from "./tracking/record";
 
 /** Kernel clock ticks per second in /proc/PID/stat (USER_HZ, fixed at 100 in the x86_64 ABI). */
 const USER_HZ = 100n;
-
-/** Pages of one pagemap entry (CRIU 4.2 writes nr_pages; older sets only the compat field). */
-export function entryPageCount(e: PagemapEntry): number {
-  return e.nrPages !== undefined && e.nrPages !== 0n ? Number(e.nrPages) : e.compatNrPages;
-}
 
 /** The pages a pagemap image holds (saved or themselves in-parent), as sorted page-number intervals. */
 export class PageCoverage {
@@ -30,8 +24,7 @@ export class PageCoverage {
   constructor(entries: readonly PagemapEntry[]) {
     const spans: [number, number][] = [];
     for (const e of entries) {
-      const flags = e.flags ?? 0;
-      if (!(flags & (PE_PRESENT | PE_PARENT)) && !e.inParent) continue;
+      if (!entryPresent(e) && !entryInParent(e)) continue;
       const first = Number(e.vaddr / BigInt(PAGE_SIZE));
       spans.push([first, first + entryPageCount(e)]);
     }
@@ -107,11 +100,6 @@ export class ParentImages {
   coverage(pid: number): PageCoverage | null {
     const name = `pagemap-${pid}.img`;
     if (!this.set.has(name)) return null;
-    const raw = this.set.raw(name);
-    if (raw[0]?.message.$typeName !== PagemapHeadSchema.typeName) throw new Error(`${this.set.path(name)}: does not start with a pagemap head`);
-    return new PageCoverage(raw.slice(1).map((e, i) => {
-      if (e.message.$typeName !== PagemapEntrySchema.typeName) throw new Error(`${this.set.path(name)}: entry ${i + 1} is a ${e.message.$typeName}`);
-      return e.message as PagemapEntry;
-    }));
+    return new PageCoverage(splitPagemap(this.set.raw(name), this.set.path(name)).entries);
   }
 }

@@ -6,13 +6,10 @@
  * them — in its pages file, or again in its parent. Rounds are linked by the
  * `parent` symlink each iterative dump leaves in its directory.
  */
-import type { PagemapEntry, PagemapHead } from "../image/gen/pagemap_pb";
-import { isFieldSet } from "@bufbuild/protobuf";
-import { PagemapEntrySchema, PagemapHeadSchema } from "../image/gen/pagemap_pb";
+import type { PagemapEntry } from "../image/gen/pagemap_pb";
+import { entryInParent, entryPageCount, entryPresent, splitPagemap } from "../image/pagemap";
 import { isAbsolute, join } from "node:path";
 import { readlinkat } from "../sys/libc";
-import { entryPageCount } from "../dump/parent";
-import { PE_PARENT, PE_PRESENT } from "../dump/pages";
 import { AT, PAGE_SIZE } from "../sys/nr";
 import { ImageSet } from "./image-set";
 
@@ -38,24 +35,13 @@ export interface PagePiece {
   length: number;
 }
 
-function inParent(e: PagemapEntry): boolean {
-  return ((e.flags ?? 0) & PE_PARENT) !== 0 || e.inParent === true;
-}
-
 function loadRound(images: ImageSet, pid: number): Round {
   const name = `pagemap-${pid}.img`;
-  const raw = images.raw(name);
-  const first = raw[0]?.message;
-  if (!first || first.$typeName !== PagemapHeadSchema.typeName) throw new Error(`${images.path(name)} has no head entry`);
-  const head = first as unknown as PagemapHead;
-  const entries = raw.slice(1).map((e) => e.message as unknown as PagemapEntry);
+  const { head, entries } = splitPagemap(images.raw(name), images.path(name));
   const offsets: number[] = [];
   let bytes = 0;
   for (const e of entries) {
-    // Present and not in-parent: the contents follow in the pages file. An
-    // entry with no flags field at all comes from an old writer, for which
-    // every entry not in_parent was present.
-    const present = !inParent(e) && (!isFieldSet(e, PagemapEntrySchema.field.flags) || (e.flags & PE_PRESENT) !== 0);
+    const present = entryPresent(e);
     offsets.push(present ? bytes : -1);
     if (present) bytes += entryPageCount(e) * PAGE_SIZE;
   }
@@ -121,7 +107,7 @@ export class PageChain {
       if (length === 0) return;
       const offset = top.offsets[i]!;
       if (offset >= 0) out.push({ remote: e.vaddr, round: 0, offset, length });
-      else if (inParent(e)) this.resolve(1, e.vaddr, e.vaddr + BigInt(length), out);
+      else if (entryInParent(e)) this.resolve(1, e.vaddr, e.vaddr + BigInt(length), out);
       else throw new Error(`${top.dir}: pagemap of process ${this.pid} has pages at 0x${e.vaddr.toString(16)} that are neither present nor in the parent (flags ${e.flags}); lazy pages are not supported`);
     });
     return out;
@@ -147,7 +133,7 @@ export class PageChain {
       const stop = end < to ? end : to;
       const offset = r.offsets[k]!;
       if (offset >= 0) out.push({ remote: at, round: i, offset: offset + Number(at - e.vaddr), length: Number(stop - at) });
-      else if (inParent(e)) this.resolve(i + 1, at, stop, out);
+      else if (entryInParent(e)) this.resolve(i + 1, at, stop, out);
       else break;
       at = stop;
     }

@@ -12,7 +12,7 @@
  */
 import { FdTypes, type FileEntry } from "../../image/gen/fdinfo_pb";
 import { MemfdInodeEntrySchema, type MemfdInodeEntry } from "../../image/gen/memfd_pb";
-import { PagemapEntrySchema, PagemapHeadSchema, type PagemapEntry, type PagemapHead } from "../../image/gen/pagemap_pb";
+import { entryPageCount, splitPagemap } from "../../image/pagemap";
 import { fchmod, fchown, fcntl, ftruncate, memfdCreate } from "../../sys/calls";
 import { openat, preadInto, pwriteAll } from "../../sys/libc";
 import { AT, F, MFD, O, PAGE_SIZE } from "../../sys/nr";
@@ -25,22 +25,15 @@ const CHUNK = 1 << 20;
 /** Copy the page runs of pagemap-shmem-SHMID.img from their pages image into `fd`. */
 function fillContents(fd: number, inode: MemfdInodeEntry, ctx: FileRestoreContext): void {
   const name = `pagemap-shmem-${inode.shmid}.img`;
-  const raw = ctx.images.raw(name);
-  const head = raw[0]?.message;
-  if (head?.$typeName !== PagemapHeadSchema.typeName) throw new Error(`${name} does not begin with a pagemap head`);
-  const pagesName = `pages-${(head as PagemapHead).pagesId}.img`;
-  const runs = raw.slice(1).map((e, i) => {
-    if (e.message.$typeName !== PagemapEntrySchema.typeName) throw new Error(`${name}: entry ${i + 1} is a ${e.message.$typeName}`);
-    return e.message as PagemapEntry;
-  });
+  const { head, entries: runs } = splitPagemap(ctx.images.raw(name), name);
+  const pagesName = `pages-${head.pagesId}.img`;
   if (runs.length === 0) return;
   const pages = ctx.own(openat(AT.FDCWD, ctx.images.path(pagesName), O.RDONLY | O.CLOEXEC));
   try {
     const buf = new Uint8Array(CHUNK);
     let from = 0;
     for (const run of runs) {
-      const nr = run.nrPages !== 0n ? run.nrPages : BigInt(run.compatNrPages);
-      const len = Number(nr) * PAGE_SIZE;
+      const len = entryPageCount(run) * PAGE_SIZE;
       for (let done = 0; done < len;) {
         const want = Math.min(CHUNK, len - done);
         const got = preadInto(pages, buf.subarray(0, want), from);
