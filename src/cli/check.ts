@@ -1,7 +1,7 @@
 /** `ckpt check`: which kernel features ckpt can use here. */
 import { defineCommand } from "citty";
 import { checkFeatures, dumpCanWork } from "../check/features";
-import { chooseTracking } from "../dump/tracking/method";
+import { preferredTracking } from "../dump/tracking/method";
 import { EXIT_FAILURE, rejectUnknownArgs } from "./exit";
 
 export const check = defineCommand({
@@ -13,8 +13,9 @@ export const check = defineCommand({
     rejectUnknownArgs(rawArgs, ["json"], 0);
     const results = await checkFeatures();
     const ok = dumpCanWork(results);
-    // Which of the two probes (soft_dirty, uffd_wp_async) pre-dump will use.
-    const dirtyTracking = chooseTracking().method;
+    // Which of the two probed methods (soft_dirty, uffd_wp_async) pre-dump will use.
+    const works = (name: string): boolean => results.some((r) => r.name === name && r.ok);
+    const dirtyTracking = preferredTracking(works("soft_dirty"), works("uffd_wp_async"));
     if (args.json) {
       process.stdout.write(`${JSON.stringify({ dumpCanWork: ok, dirtyTracking, features: results }, null, 2)}\n`);
     } else {

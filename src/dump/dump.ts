@@ -215,7 +215,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
  * Name the process in an error from dumping it; a process that vanished
  * (killed while frozen) makes every /proc read and ptrace call fail, so say that.
  */
-function explainProcessError(pid: number, e: unknown): Error {
+export function explainProcessError(pid: number, e: unknown): Error {
   if (!(e instanceof Error)) return new Error(`process ${pid}: ${String(e)}`);
   if (isGone(e) && !processAlive(pid)) return new Error(`process ${pid} exited during the dump (${e.message})`);
   if (e.message.includes(String(pid))) return e;
@@ -236,7 +236,7 @@ function processAlive(pid: number): boolean {
 }
 
 /** Let the tree go; problems here are reported but never hide the dump's own error. */
-function release(freezer: Freezer, mode: "resume" | "kill"): void {
+export function release(freezer: Freezer, mode: "resume" | "kill"): void {
   for (const p of freezer.release(mode)) process.stderr.write(`ckpt: warning: while letting the tree go: ${p}\n`);
 }
 

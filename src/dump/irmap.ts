@@ -327,12 +327,15 @@ export function readIrmapCache(path: string): IrmapCacheEntry[] {
   return img.entries.map((e) => e.message as IrmapCacheEntry);
 }
 
+/** The file handle an fdinfo watch or mark line carries; null when it has none. */
+export function watchHandle(w: { fhandleBytes: number; fhandleType: number; fhandle: Uint8Array }): FileHandle | null {
+  return w.fhandleBytes > 0 ? { type: w.fhandleType, bytes: w.fhandle } : null;
+}
+
 /** The inodes an inotify or fanotify fd's fdinfo names, with their handles. */
 function watchedInodes(info: FdInfo): { sdev: number; ino: bigint; handle: FileHandle | null }[] {
-  const handle = (w: { fhandleBytes: number; fhandleType: number; fhandle: Uint8Array }): FileHandle | null =>
-    w.fhandleBytes > 0 ? { type: w.fhandleType, bytes: w.fhandle } : null;
-  const out = info.inotify.map((w) => ({ sdev: w.sdev, ino: w.ino, handle: handle(w) }));
-  for (const m of info.fanotify?.marks ?? []) if (m.type === "inode") out.push({ sdev: m.sdev, ino: m.ino, handle: handle(m) });
+  const out = info.inotify.map((w) => ({ sdev: w.sdev, ino: w.ino, handle: watchHandle(w) }));
+  for (const m of info.fanotify?.marks ?? []) if (m.type === "inode") out.push({ sdev: m.sdev, ino: m.ino, handle: watchHandle(m) });
   return out;
 }
 

@@ -49,7 +49,6 @@ export interface PageCopy {
 }
 
 export interface PagePlan {
-  runs: PageRun[];
   pagesScanned: number;
   pagesToWrite: number;
   pagesInParent: number;
@@ -129,7 +128,7 @@ export function planProcessPages(pid: number, areas: readonly MapArea[], choice:
   const pagesInParent = runs.reduce((s, r) => s + r.nrPages, 0) - pagesToWrite;
   const scanMs = performance.now() - t;
   return {
-    runs, pagesScanned, pagesToWrite, pagesInParent, scanMs,
+    pagesScanned, pagesToWrite, pagesInParent, scanMs,
     copy(running) {
       const c = performance.now();
       const data = copyPages(pid, vmas, toWrite, { proc, counters, running });

@@ -27,6 +27,7 @@ import { readSmaps } from "../proc/maps";
 import { ProcFs } from "../proc/procfs";
 import { readStat } from "../proc/stat";
 import { callCountsSince, snapshotCallCounts } from "../sys/libc";
+import { explainProcessError, release } from "./dump";
 import { Freezer, type FrozenProcess } from "./freeze";
 import { ImageDirWriter } from "./image-dir";
 import { InterruptGuard } from "./interrupt";
@@ -102,12 +103,11 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
         tracking.afterScan(p.pid);
         planned.push({ process: p, startTime, plan });
       } catch (e) {
-        if (e instanceof Error && !e.message.includes(String(p.pid))) e.message = `process ${p.pid}: ${e.message}`;
-        throw e;
+        throw explainProcessError(p.pid, e);
       }
       await guard.checkpoint();
     }
-    for (const warning of freezer.release("resume")) process.stderr.write(`ckpt: warning: while letting the tree go: ${warning}\n`);
+    release(freezer, "resume");
     released = true;
     const frozenMs = performance.now() - frozenAt;
 
@@ -161,7 +161,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
     };
   } catch (e) {
     tracking?.abort();
-    if (!released) for (const warning of freezer.release("resume")) process.stderr.write(`ckpt: warning: while letting the tree go: ${warning}\n`);
+    if (!released) release(freezer, "resume");
     out.discard();
     throw e;
   } finally {

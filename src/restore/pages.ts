@@ -17,8 +17,6 @@ const MAX_RUN = 1 << 30;
 export interface PageFill {
   pages: number;
   calls: number;
-  /** Pages found in parent image sets (iterative dumps). */
-  fromParents: number;
   ms: number;
 }
 
@@ -49,7 +47,7 @@ function mapPagesFile(r: Round): { base: number; size: number } {
 /** Copy every saved page of the process (all must be writable now), following in-parent runs down the chain. */
 export function fillPages(pid: number, chain: PageChain): PageFill {
   const started = performance.now();
-  const fill: PageFill = { pages: 0, calls: 0, fromParents: 0, ms: 0 };
+  const fill: PageFill = { pages: 0, calls: 0, ms: 0 };
   const pieces = chain.pieces;
   const maps: { base: number; size: number }[] = [];
   const local = new BigUint64Array(IOV_MAX * 2);
@@ -83,9 +81,7 @@ export function fillPages(pid: number, chain: PageChain): PageFill {
         left -= len;
         if (n === IOV_MAX || batchBytes >= MAX_RUN) flush();
       }
-      const pages = piece.length / PAGE_SIZE;
-      fill.pages += pages;
-      if (piece.round > 0) fill.fromParents += pages;
+      fill.pages += piece.length / PAGE_SIZE;
     }
     flush();
   } finally {

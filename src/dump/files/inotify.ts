@@ -10,7 +10,8 @@ import { FdTypes, FileEntrySchema } from "../../image/gen/fdinfo_pb";
 import { FhEntrySchema, type FhEntry } from "../../image/gen/fh_pb";
 import { InotifyFileEntrySchema, InotifyWdEntrySchema } from "../../image/gen/fsnotify_pb";
 import { O } from "../../sys/nr";
-import { MAX_HANDLE_SZ, type FileHandle } from "../../sys/structs";
+import { MAX_HANDLE_SZ } from "../../sys/structs";
+import { watchHandle } from "../irmap";
 import { readFown, type OpenFd } from "./fd-access";
 import type { FdDumpContext, FdKind } from "./kind";
 
@@ -37,9 +38,8 @@ export function fileHandleEntry(w: WatchedInode, path: string): FhEntry {
 
 /** The path of a watched inode; an error names the process, fd and watch. */
 export function watchedPath(ctx: FdDumpContext, f: OpenFd, what: string, w: WatchedInode): string {
-  const handle: FileHandle | null = w.fhandleBytes > 0 ? { type: w.fhandleType, bytes: w.fhandle } : null;
   try {
-    return ctx.irmap.resolve(w.sdev, w.ino, handle);
+    return ctx.irmap.resolve(w.sdev, w.ino, watchHandle(w));
   } catch (e) {
     throw new Error(`process ${f.pid}: fd ${f.fd}: ${what}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
   }

@@ -27,10 +27,15 @@ function attempt(probe: () => string): { ok: boolean; detail: string } {
   }
 }
 
+/** The method to use, given whether each probe worked. */
+export function preferredTracking(softDirtyWorks: boolean, uffdWpWorks: boolean): TrackingMethod | null {
+  return softDirtyWorks ? "soft-dirty" : uffdWpWorks ? "uffd-wp" : null;
+}
+
 export function chooseTracking(): TrackingChoice {
   if (cached) return cached;
   const soft = attempt(probeSoftDirty);
   const uffd = attempt(probeUffdWpAsync);
-  cached = { method: soft.ok ? "soft-dirty" : uffd.ok ? "uffd-wp" : null, soft: soft.detail, uffd: uffd.detail };
+  cached = { method: preferredTracking(soft.ok, uffd.ok), soft: soft.detail, uffd: uffd.detail };
   return cached;
 }
