@@ -118,12 +118,14 @@ describe("ProcFs dirfd cache (seed 000)", () => {
   test("reads loop until EOF: a 200-area smaps comes back whole", () => {
     const proc = new ProcFs();
     try {
+      // Pss (and its Pss_* kin) shifts whenever another process maps or drops the same file pages: compare without them.
+      const stable = (smaps: string): string => smaps.replace(/^Pss[^:]*:.*\n/gm, "");
       const text = proc.readText(target.pid, "smaps");
       expect(text.length).toBeGreaterThan(64 * 1024);
-      expect(text).toBe(readFileSync(`/proc/${target.pid}/smaps`, "utf8"));
+      expect(stable(text)).toBe(stable(readFileSync(`/proc/${target.pid}/smaps`, "utf8")));
       expect(proc.counters.reads).toBeGreaterThan(2);
       const bytes = proc.readBytes(target.pid, "smaps");
-      expect(new TextDecoder().decode(bytes)).toBe(text);
+      expect(stable(new TextDecoder().decode(bytes))).toBe(stable(text));
     } finally {
       proc.close();
     }

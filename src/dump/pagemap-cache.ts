@@ -109,7 +109,7 @@ export class PagemapCache {
   }
 }
 
-/** The shared zero page's PFN and, when the kernel uses one, the huge zero page's first PFN (-1 if none). */
+/** The shared zero page's PFN and the huge zero page's first PFN, each -1 when the kernel maps none. */
 export interface ZeroPfns {
   small: number;
   hugeFirst: number;
@@ -124,10 +124,13 @@ let zeroPfnsCache: ZeroPfns | null = null;
  * Find the zero pages' PFNs by reading fresh anonymous memory of our own and
  * looking at our own pagemap: a read fault on untouched private anonymous
  * memory maps the shared zero page. They are the same for every process, so
- * this runs once.
+ * this runs once. It is a zero page only if two separate reads land on the
+ * same PFN: a kernel without one (some VMs boot with pvm_no_zero_page=1)
+ * gives every read fault a zero-filled page of its own, which is then as real
+ * a page of the process as a written one, and is saved.
  *
- * The huge zero page is found the same way with a 2 MiB-aligned MADV_HUGEPAGE
- * area. pagemap also marks it with bit 61 (it is not an anonymous page), so
+ * The huge zero page is found the same way with 2 MiB-aligned MADV_HUGEPAGE
+ * areas. pagemap also marks it with bit 61 (it is not an anonymous page), so
  * the FILE rule alone skips it today; knowing its PFNs keeps the fallback in
  * step with PAGEMAP_SCAN's PFNZERO even if that marking changes.
  */
@@ -135,16 +138,16 @@ export function zeroPagePfns(): ZeroPfns {
   if (zeroPfnsCache) return zeroPfnsCache;
   const fd = openat(AT.FDCWD, "/proc/self/pagemap", O.RDONLY | O.CLOEXEC);
   try {
-    const small = readOwnEntry(fd, PAGE_SIZE, 0, (addr) => addr);
-    if (small === null || small === 0) {
+    const small = readOwnPfns(fd, PAGE_SIZE, 0);
+    if (small[0] === 0) {
       // PFNs read as 0 without CAP_SYS_ADMIN; every page would look like the zero page.
       throw new Error("pagemap shows no PFN for the zero page (reading PFNs needs CAP_SYS_ADMIN)");
     }
-    // Twice the size so that an aligned 2 MiB block fits wherever mmap puts it.
-    const huge = readOwnEntry(fd, 2 * HUGE_PAGE_SIZE, MADV_HUGEPAGE, (addr) => Math.ceil(addr / HUGE_PAGE_SIZE) * HUGE_PAGE_SIZE);
-    // Without THP (or with use_zero_page off) the read maps the small zero page again.
-    const hugeFirst = huge !== null && huge !== small && huge % HUGE_PAGE_PFNS === 0 ? huge : -1;
-    zeroPfnsCache = { small, hugeFirst };
+    const smallPfn = small[0] !== null && small[0] === small[1] ? small[0] : -1;
+    // Without THP (or with use_zero_page off) the reads map the small zero page again.
+    const huge = readOwnPfns(fd, HUGE_PAGE_SIZE, MADV_HUGEPAGE);
+    const hugeFirst = huge[0] !== null && huge[0] === huge[1] && huge[0] !== smallPfn && huge[0] % HUGE_PAGE_PFNS === 0 ? huge[0] : -1;
+    zeroPfnsCache = { small: smallPfn, hugeFirst };
     return zeroPfnsCache;
   } finally {
     close(fd);
@@ -152,30 +155,37 @@ export function zeroPagePfns(): ZeroPfns {
 }
 
 /**
- * Map `length` bytes of read-only anonymous memory, optionally advise it, read
- * one byte at the address `pick` chooses, and return that page's PFN from our
- * pagemap (null when the page is not present).
+ * Map two `block`-aligned blocks of read-only anonymous memory at once,
+ * optionally advise them, read the first byte of each, and return the PFNs of
+ * those two pages from our pagemap (null when not present). Both stay mapped
+ * until both are read: a page freed in between could come back for the second
+ * read and pass for a shared one.
  */
-function readOwnEntry(pagemapFd: number, length: number, advice: number, pick: (addr: number) => number): number | null {
+function readOwnPfns(pagemapFd: number, block: number, advice: number): [number | null, number | null] {
+  // One block more than needed, so that two aligned blocks fit wherever mmap puts it.
+  const length = 3 * block;
   const addr = mmap(0, length, PROT.READ, MAP.PRIVATE | MAP.ANONYMOUS);
   try {
-    const at = pick(addr);
+    const first = Math.ceil(addr / block) * block;
+    const blocks = [first, first + block];
     if (advice !== 0) {
       try {
-        madvise(at, HUGE_PAGE_SIZE, advice);
+        madvise(first, 2 * block, advice);
       } catch {
         // A kernel without transparent huge pages refuses the advice: no huge zero page either.
-        return null;
+        return [null, null];
       }
     }
-    // The read fault is what maps the zero page; the value itself is 0.
-    if (memoryView(at, 1)[0] !== 0) throw new Error("fresh anonymous memory does not read as zero");
     const entry = new Uint8Array(PAGEMAP_ENTRY_SIZE);
-    preadInto(pagemapFd, entry, (at / PAGE_SIZE) * PAGEMAP_ENTRY_SIZE);
     const words = new Uint32Array(entry.buffer);
-    const lo = words[0]!;
-    const hi = words[1]!;
-    return (hi & PME_HI.PRESENT) === 0 ? null : entryPfn(lo, hi);
+    // The read faults are what map the zero page; the values themselves are 0.
+    for (const at of blocks) if (memoryView(at, 1)[0] !== 0) throw new Error("fresh anonymous memory does not read as zero");
+    const pfns = blocks.map((at) => {
+      preadInto(pagemapFd, entry, (at / PAGE_SIZE) * PAGEMAP_ENTRY_SIZE);
+      const hi = words[1]!;
+      return (hi & PME_HI.PRESENT) === 0 ? null : entryPfn(words[0]!, hi);
+    });
+    return [pfns[0] ?? null, pfns[1] ?? null];
   } finally {
     munmap(addr, length);
   }
