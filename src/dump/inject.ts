@@ -1,63 +1,90 @@
 /**
  * System calls made by a ptrace-stopped thread on our behalf, without putting
- * any code into it.
+ * any code into it, and without ever leaving it in a state it cannot survive
+ * on its own: ckpt may be SIGKILLed at any instant, and the kernel then
+ * detaches every tracee and lets it run from whatever registers it has.
  *
- * How: point the thread's rip at a `syscall` instruction that is already in its
- * address space (in the vDSO, or the one it was stopped right after), load the
- * call number and arguments into registers, PTRACE_SINGLESTEP, and collect the
- * result from rax at the SIGTRAP stop the kernel reports when the call returns.
- * Output buffers live in scratch memory of the task: a stretch of its own stack
- * below the red zone (saved first, written back exactly afterwards), or, when
- * the stack has no room, one anonymous page mapped by an injected mmap and
- * unmapped again at close.
+ * The way home. Before the first call, ckpt writes a signal frame
+ * (sys/sigframe.ts) on the thread's stack below the red zone, holding the
+ * thread's registers, blocked mask and FPU state, and points the thread at a
+ * `mov $15, %eax; syscall` pair already in its code: the rt_sigreturn
+ * trampoline (__restore_rt) every libc and the Go runtime carry. From then
+ * on, whenever the thread runs without us, it executes rt_sigreturn and is
+ * back where it was.
  *
- * Everything the thread can observe is put back by close(): the scratch bytes,
- * every NT_PRSTATUS register (rip, rax, orig_rax ... so an interrupted system
- * call is restarted exactly as it would have been) and the blocked-signal mask.
+ * One call: PTRACE_SYSCALL, and the thread stops at the syscall-enter stop of
+ * that rt_sigreturn. There ckpt swaps the call number (orig_rax) and the
+ * arguments for its own call, rip still pointing at the trampoline; another
+ * PTRACE_SYSCALL runs the call and stops at its syscall-exit stop, where rax
+ * holds the result. Had ckpt died in between, the call would have returned to
+ * the trampoline and rt_sigreturn would have followed. No single-step and no
+ * breakpoint: a thread left in a single-step trap by a dead tracer gets a
+ * SIGTRAP whose default action kills the whole process, which is what the
+ * injector before this one did when ckpt was killed mid-dump.
+ *
+ * close() takes the thread back to a PTRACE_EVENT_STOP (PTRACE_INTERRUPT,
+ * then resume: the trap is taken in get_signal() before any user code runs)
+ * and puts back, in this order, the blocked mask, every NT_PRSTATUS register
+ * exactly as PTRACE_GETREGSET gave them at open(), and the stack bytes under
+ * the frame and the scratch area. Registers set in that stop are the ones the
+ * kernel's syscall-restart rules see when the thread is finally resumed, so an
+ * interrupted read() or nanosleep() goes on as if nothing had happened.
+ *
+ * What a kill of ckpt leaves, by moment:
+ * - before the frame is in place, or after the registers are back: nothing
+ *   (the thread is in its own state);
+ * - in between: the thread runs rt_sigreturn, possibly right after the
+ *   injected call in flight. It gets its registers, mask and FPU state from
+ *   the frame, with the restart rules already applied there (rt_sigreturn
+ *   disables them): an interrupted call is re-issued, and one that was to be
+ *   restarted through restart_syscall (nanosleep, poll with a timeout) returns
+ *   EINTR instead — what CRIU's own restore gives such a call. A signal that
+ *   was pending at the freeze is delivered first or after; bytes below the
+ *   red zone keep the frame, as they would a signal handler's.
+ * The injected call itself may have happened (close() of an fd ckpt made,
+ * say); callers arrange their calls so that this is harmless (withNewFd).
  *
  * Kernel behaviour this relies on (x86_64, checked by test/inject.test.ts):
- * - Signals are blocked with PTRACE_SETSIGMASK while we inject, so resuming the
- *   thread for the single-step cannot dequeue a pending signal. SIGTRAP stays
- *   unblocked: the single-step SIGTRAP is a forced signal, and the kernel resets
- *   the handler of a forced signal to SIG_DFL when the signal is blocked
- *   (force_sig_info_to_task), which would silently lose the task's SIGTRAP
- *   handler. A SIGTRAP that is already pending is therefore refused at open.
- *   SIGKILL and SIGSTOP cannot be blocked; a SIGSTOP that arrives meanwhile is
- *   passed on, so the group stop happens as it would have.
- * - The stop the caller created (PTRACE_INTERRUPT) sits in get_signal(); the
- *   kernel applies its syscall-restart rules (orig_rax >= 0 and rax one of
- *   -ERESTART*: rewind rip by 2, reload rax) only after that, on the registers
- *   as they are then. So the injected registers (orig_rax = -1, rax = nr) keep
- *   those rules away from the injected call, and the saved registers put back
- *   at close() make them apply to the task's own interrupted call when it is
- *   finally resumed: a read() or nanosleep() goes on, it does not see EINTR.
- * - PTRACE_SETSIGMASK clears TIF_RESTORE_SIGMASK, and PTRACE_GETSIGMASK reports
- *   the saved mask when that flag is set: a thread stopped in ppoll/pselect/
- *   sigsuspend gets its real mask back (the temporary one is re-installed when
- *   the call restarts).
+ * - At a syscall-enter stop the tracer may change orig_rax, the argument
+ *   registers and rip; the call then made is the new one, returning to the new
+ *   rip. A tracee in a syscall stop whose tracer dies resumes without a signal.
+ * - Signals are blocked with PTRACE_SETSIGMASK while we inject, so no handler
+ *   runs on injected registers; SIGKILL and SIGSTOP cannot be blocked, and a
+ *   SIGSTOP that arrives meanwhile is passed on (the group stop happens).
+ * - PTRACE_SETSIGMASK clears TIF_RESTORE_SIGMASK, and PTRACE_GETSIGMASK
+ *   reports the saved mask when that flag is set: a thread stopped in ppoll/
+ *   pselect/sigsuspend gets its real mask back (the temporary one is
+ *   re-installed when the call restarts).
  *
- * Side effects that remain: the scratch pages are faulted in (and count as
- * written for soft-dirty or userfaultfd write-protect tracking), an mmap'd
- * scratch page may leave the mm's VMA cache different, and the thread ends in a
- * SIGTRAP signal-delivery-stop instead of the PTRACE_EVENT_STOP it was in:
- * resume it with signal 0 (PTRACE_DETACH or PTRACE_CONT with data 0).
+ * Side effects that remain: the scratch and frame pages are faulted in (and
+ * count as written for soft-dirty or userfaultfd write-protect tracking), and
+ * a thread whose code has no rt_sigreturn trampoline, or whose stack has no
+ * room for the frame (~3.5 KiB), or that runs with a shadow stack, is refused
+ * rather than driven without a way home.
  */
 import { SysError, errnoName, errnoText } from "../sys/errno";
-import { addressOf, processVmReadv, processVmWritev, syscall as rawSyscall, waitpid } from "../sys/libc";
-import { NT, PTRACE, PTRACE_EVENT_STOP, SIG, SYS, W } from "../sys/nr";
+import { addressOf, processVmReadv, processVmWritev, waitpid } from "../sys/libc";
+import { NT, PTRACE_EVENT_STOP, PTRACE_O, SIG, SYS, W } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
-import { decodeUserRegs, encodeUserRegs, setIovec, SIGINFO_SIZE, USER_REGS_SIZE, type UserRegs } from "../sys/structs";
+import { encodeSigframe, placeSigframe, sigframeXstate, type SigframePlacement } from "../sys/sigframe";
+import { decodeUserRegs, encodeUserRegs, setIovec, USER_REGS_SIZE, type UserRegs } from "../sys/structs";
 import { readMaps, type MapArea } from "../proc/maps";
 import { ProcFs } from "../proc/procfs";
-import {
-  MAX_ERRNO, RED_ZONE, SCRATCH_MAP_FLAGS, SCRATCH_PROT, SIGINFO_OFF, SYSCALL_INSN,
-  SYSCALL_INSN_SIZE, TRAP, USER_CS_64, signalName,
-} from "../sys/inject-consts";
+import { MAX_ERRNO, RED_ZONE, SCRATCH_MAP_FLAGS, SCRATCH_PROT, USER_CS_64, signalName } from "../sys/inject-consts";
 
 const PAGE = 4096n;
 const U64_MASK = (1n << 64n) - 1n;
 /** orig_rax of "not in a system call" as the u64 the register set holds. */
 const NO_SYSCALL = U64_MASK;
+/** Every signal blocked while we inject (the kernel ignores the SIGKILL and SIGSTOP bits). */
+const ALL_SIGNALS = U64_MASK;
+/** What rax holds at a syscall-enter stop. */
+const ENOSYS_RESULT = BigInt.asUintN(64, -38n);
+/** Largest NT_X86_XSTATE regset (AMX makes it ~11 KiB). */
+const XSTATE_MAX = 16384;
+
+const ERESTART = { SYS: -512n, NOINTR: -513n, NOHAND: -514n, RESTARTBLOCK: -516n } as const;
+const EINTR_RESULT = BigInt.asUintN(64, -4n);
 
 const SYSCALL_NAMES: ReadonlyMap<number, string> = new Map(Object.entries(SYS).map(([name, nr]) => [nr, name]));
 
@@ -78,30 +105,28 @@ export interface ScratchArea {
   kind: ScratchKind;
 }
 
-/** Where the `syscall` instruction the thread executes was found. */
-export interface SyscallInstruction {
+/** The `mov $15, %eax; syscall` pair a thread returns through (see the file comment). */
+export interface SigreturnTrampoline {
   address: bigint;
-  source: "vdso" | "interrupted-syscall";
+  length: number;
 }
 
-/** A signal the kernel handed to us while we were stepping, and what we did with it. */
+/** A signal the kernel handed to us while we drove the thread: passed on, as the kernel would have acted. */
 export interface InterceptedSignal {
   signo: number;
   code: number;
-  /** "passed": resumed with it, as the kernel would have acted; "reraised": sent again at close(). */
-  handling: "passed" | "reraised";
+  handling: "passed";
 }
 
 export interface RemoteSyscallsOptions {
   /**
    * Scratch memory: "stack" below the red zone, "mmap" an injected anonymous
    * mapping, "auto" (default) the stack when it has room there, else mmap.
+   * The signal frame always goes on the stack.
    */
   scratch?: "auto" | "stack" | "mmap";
   /** Bytes of scratch memory (default 4096): rounded up to 64 on the stack, to pages for mmap. */
   scratchSize?: number;
-  /** "auto" (default): the vDSO's instruction, else the one before rip; or force one of them. */
-  instruction?: "auto" | "vdso" | "interrupted-syscall";
   /** How long one injected call may run before the thread is interrupted and the call fails (default 10 s). */
   timeoutMs?: number;
   /** Reads /proc/TID/{maps,status}; a private ProcFs (closed again) when not given. */
@@ -167,73 +192,124 @@ export function writeTaskMemory(tid: number, address: bigint, bytes: Uint8Array)
   if (n !== bytes.length) throw new InjectionError(`process_vm_writev(${tid}, ${hex(address)}, ${bytes.length}): short write of ${n} bytes`, tid);
 }
 
-/** PTRACE_SETSIGMASK, which sys/ptrace.ts does not wrap. */
-function setSigmask(tid: number, mask: bigint): void {
-  const buf = new BigUint64Array([mask]);
-  rawSyscall("ptrace", SYS.ptrace, [PTRACE.SETSIGMASK, tid, 8, addressOf(buf)], ["PTRACE_SETSIGMASK", String(tid), "8", hex(mask)]);
+/**
+ * The registers a thread has once the kernel's syscall-restart rules have
+ * acted on them with no handler to run (arch_do_signal_or_restart): an
+ * interrupted call is re-issued, and one meant for restart_syscall returns
+ * EINTR, since rt_sigreturn resets the restart block. orig_rax is -1 either way.
+ */
+export function withRestartApplied(regs: UserRegs): UserRegs {
+  const out = { ...regs, orig_ax: NO_SYSCALL };
+  if (BigInt.asIntN(64, regs.orig_ax) < 0n) return out;
+  const ax = BigInt.asIntN(64, regs.ax);
+  if (ax === ERESTART.SYS || ax === ERESTART.NOINTR || ax === ERESTART.NOHAND) return { ...out, ax: regs.orig_ax, ip: regs.ip - 2n };
+  if (ax === ERESTART.RESTARTBLOCK) return { ...out, ax: EINTR_RESULT };
+  return out;
 }
 
-/** si_signo and si_code of the signal a tracee is stopped for (PTRACE_GETSIGINFO). */
-function stopSiginfo(tid: number): { signo: number; code: number } {
-  const info = new Uint8Array(SIGINFO_SIZE);
-  rawSyscall("ptrace", SYS.ptrace, [PTRACE.GETSIGINFO, tid, 0, addressOf(info)], ["PTRACE_GETSIGINFO", String(tid)]);
-  const v = new DataView(info.buffer);
-  return { signo: v.getInt32(SIGINFO_OFF.signo, true), code: v.getInt32(SIGINFO_OFF.code, true) };
+// ------------------------------------------------------------ the trampoline
+
+/** `mov $15, %rax; syscall` (glibc, musl, Go) and `mov $15, %eax; syscall`. */
+const TRAMPOLINES = [Uint8Array.of(0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05), Uint8Array.of(0xb8, 0x0f, 0, 0, 0, 0x0f, 0x05)];
+/** Code is read this much at a time while looking for a trampoline. */
+const SCAN_CHUNK = 1 << 20;
+/** The last trampoline found in each process (by tgid); re-checked before every use. */
+const trampolineCache = new Map<number, SigreturnTrampoline>();
+
+const isLibc = (a: MapArea): boolean => /\/(libc[.-][^/]*|ld-musl[^/]*)$/.test(a.path);
+
+function executable(a: MapArea): boolean {
+  return a.exec && a.read && a.path !== "[vsyscall]";
 }
 
-/** Pending-signal bitmasks of a thread (its own queue and its process's shared one) from /proc/TID/status. */
-function pendingSignals(proc: ProcFs, tid: number): { thread: bigint; shared: bigint } {
-  const text = proc.readText(tid, "status");
-  const field = (name: string): bigint => {
-    const m = new RegExp(`^${name}:\\s*([0-9a-f]+)$`, "m").exec(text);
-    if (!m?.[1]) throw new InjectionError(`/proc/${tid}/status has no ${name} line`, tid);
-    return BigInt(`0x${m[1]}`);
-  };
-  return { thread: field("SigPnd"), shared: field("ShdPnd") };
+function holdsTrampoline(tid: number, areas: readonly MapArea[], t: SigreturnTrampoline): boolean {
+  const end = t.address + BigInt(t.length);
+  if (!areas.some((a) => executable(a) && a.start <= t.address && end <= a.end)) return false;
+  const bytes = readTaskMemory(tid, t.address, t.length);
+  return TRAMPOLINES.some((p) => p.length === t.length && p.every((b, i) => bytes[i] === b));
 }
 
-function sigbit(sig: number): bigint {
-  return 1n << BigInt(sig - 1);
-}
-
-/** Offset of the first `syscall` instruction (0f 05) in `code`, or -1. */
-export function findSyscallInstruction(code: Uint8Array): number {
-  for (let i = 0; i + 1 < code.length; i++) {
-    if (code[i] === SYSCALL_INSN[0] && code[i + 1] === SYSCALL_INSN[1]) return i;
-  }
-  return -1;
-}
-
-function locateInstruction(tid: number, areas: readonly MapArea[], rip: bigint, mode: "auto" | "vdso" | "interrupted-syscall"): SyscallInstruction {
-  const reasons: string[] = [];
-  if (mode !== "interrupted-syscall") {
-    const vdso = areas.find((a) => a.path === "[vdso]");
-    if (!vdso) {
-      reasons.push("the task has no [vdso] mapping");
-    } else {
-      // Any 0f 05 pair will do, even one inside a longer instruction: the CPU
-      // decodes from rip, and the single-step trap comes right after it.
-      const code = readTaskMemory(tid, vdso.start, Number(vdso.end - vdso.start));
-      const at = findSyscallInstruction(code);
-      if (at >= 0) return { address: vdso.start + BigInt(at), source: "vdso" };
-      reasons.push(`[vdso] ${hex(vdso.start)}-${hex(vdso.end)} holds no 0f 05`);
+/**
+ * Find a rt_sigreturn trampoline in the executable mappings of the thread's
+ * process: libc's first, where every glibc or musl process has one.
+ */
+export function findSigreturnTrampoline(tid: number, tgid: number, areas: readonly MapArea[]): SigreturnTrampoline {
+  const cached = trampolineCache.get(tgid);
+  if (cached && holdsTrampoline(tid, areas, cached)) return cached;
+  const code = areas.filter(executable).sort((a, b) => Number(isLibc(b)) - Number(isLibc(a)));
+  const overlap = Math.max(...TRAMPOLINES.map((p) => p.length)) - 1;
+  for (const area of code) {
+    for (let at = area.start; at < area.end; at += BigInt(SCAN_CHUNK - overlap)) {
+      const length = Number(area.end - at < BigInt(SCAN_CHUNK) ? area.end - at : BigInt(SCAN_CHUNK));
+      let chunk: Buffer;
+      try {
+        chunk = Buffer.from(readTaskMemory(tid, at, length).buffer);
+      } catch {
+        break; // an area that cannot be read (execute-only, or a hole in a file mapping)
+      }
+      for (const pattern of TRAMPOLINES) {
+        const i = chunk.indexOf(pattern);
+        if (i >= 0) {
+          const found = { address: at + BigInt(i), length: pattern.length };
+          trampolineCache.set(tgid, found);
+          return found;
+        }
+      }
+      if (at + BigInt(length) >= area.end) break;
     }
   }
-  if (mode !== "vdso") {
-    // A thread stopped in or right after a system call has rip just past its
-    // syscall instruction.
-    const before = rip - SYSCALL_INSN_SIZE;
-    const inExec = areas.some((a) => a.exec && a.read && a.start <= before && before + SYSCALL_INSN_SIZE <= a.end);
-    if (inExec) {
-      const bytes = readTaskMemory(tid, before, 2);
-      if (bytes[0] === SYSCALL_INSN[0] && bytes[1] === SYSCALL_INSN[1]) return { address: before, source: "interrupted-syscall" };
-      reasons.push(`the bytes before rip ${hex(rip)} are ${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join(" ")}, not 0f 05`);
-    } else {
-      reasons.push(`rip-2 ${hex(before)} is not in a readable executable mapping`);
+  throw new InjectionError(
+    `thread ${tid}: no rt_sigreturn trampoline (mov $15,%eax; syscall) in the code of process ${tgid}; ckpt injects calls only into threads it can send back to their own state if ckpt itself dies`,
+    tid,
+  );
+}
+
+// ------------------------------------------------------------ the stack plan
+
+/** Where the frame and (on the stack) the scratch memory go. */
+interface StackPlan {
+  frame: SigframePlacement;
+  /** The stack scratch area, or null when it is mapped. */
+  scratch: ScratchArea | null;
+  /** The stack bytes [low, top) that are saved, overwritten and put back. */
+  low: bigint;
+  top: bigint;
+}
+
+function describeArea(area: MapArea | undefined): string {
+  return area ? `${hex(area.start)}-${hex(area.end)} ${area.read ? "r" : "-"}${area.write ? "w" : "-"}${area.shared ? "s" : "p"} ${area.path}` : "no single mapping";
+}
+
+function planStack(tid: number, areas: readonly MapArea[], sp: bigint, mode: "auto" | "stack" | "mmap", size: number, xstateLength: number): StackPlan {
+  if (!(size > 0)) throw new InjectionError(`scratch size must be positive, not ${size}`, tid);
+  const top = (sp - RED_ZONE) & ~63n;
+  // Private anonymous memory only: a shared or file-backed "stack" would let
+  // other processes (or the file) see the bytes.
+  const areaOf = (low: bigint): MapArea | undefined => areas.find((a) => a.start <= low && top <= a.end);
+  const usable = (a: MapArea | undefined): boolean => a !== undefined && a.read && a.write && !a.shared && (a.path === "" || a.path === "[stack]" || a.path.startsWith("[anon:"));
+  if (mode !== "mmap") {
+    const scratchLow = (top - BigInt(size)) & ~63n;
+    const frame = placeSigframe(scratchLow, xstateLength);
+    if (usable(areaOf(frame.frame))) {
+      return { frame, low: frame.frame, top, scratch: { address: scratchLow, size: Number(top - scratchLow), kind: "stack" } };
+    }
+    if (mode === "stack") {
+      throw new InjectionError(`thread ${tid}: no room for ${size} scratch bytes below rsp ${hex(sp)} (${hex(frame.frame)}-${hex(top)} lies in ${describeArea(areaOf(frame.frame))})`, tid);
     }
   }
-  throw new InjectionError(`no syscall instruction to use in thread ${tid}: ${reasons.join("; ")} (ckpt does not patch code into tasks)`, tid);
+  const frame = placeSigframe(top, xstateLength);
+  if (usable(areaOf(frame.frame))) return { frame, low: frame.frame, top, scratch: null };
+  throw new InjectionError(
+    `thread ${tid}: no room below rsp ${hex(sp)} for the ${frame.length}-byte signal frame that lets it return to its own state if ckpt dies (${hex(frame.frame)}-${hex(top)} lies in ${describeArea(areaOf(frame.frame))})`,
+    tid,
+  );
 }
+
+function statusField(status: string, name: string): string | undefined {
+  return new RegExp(`^${name}:[ \\t]*(.*)$`, "m").exec(status)?.[1];
+}
+
+// ------------------------------------------------------------ remote calls
 
 /**
  * Remote system calls in one thread that the caller has PTRACE_SEIZE'd and
@@ -246,34 +322,35 @@ export class RemoteSyscalls implements Disposable {
   readonly savedRegs: Readonly<UserRegs>;
   /** The blocked mask at open() (the saved one, when the thread sits in ppoll & co.). */
   readonly savedSigmask: bigint;
-  readonly instruction: SyscallInstruction;
-  /** Signals that arrived while stepping; see InterceptedSignal. */
+  readonly trampoline: SigreturnTrampoline;
+  /** Signals that arrived while we drove the thread. */
   readonly intercepted: InterceptedSignal[] = [];
-  private scratchArea: ScratchArea | null = null;
-  /** The original bytes under a stack scratch area. */
-  private scratchSaved: Uint8Array | null = null;
-  /** rsp while injecting: below the scratch area, so nothing we keep there can be overwritten. */
-  private injectedSp: bigint;
+  /** The registers the thread has between calls: at the trampoline, rsp just above the frame. */
+  private readonly resting: UserRegs;
+  private readonly plan: StackPlan;
+  private scratchArea: ScratchArea | null;
+  /** The original stack bytes under the frame and scratch area, once they are overwritten. */
+  private stackSaved: Uint8Array | null = null;
   private readonly timeoutMs: number;
+  private callTimedOut = false;
   private sigmaskChanged = false;
+  private regsChanged = false;
+  /** The thread has been resumed since open(): close() must take it back to an event stop. */
+  private leftStop = false;
   private state: "open" | "closed" | "gone" = "open";
 
-  private constructor(
-    readonly tid: number,
-    savedRegsRaw: Uint8Array,
-    savedSigmask: bigint,
-    instruction: SyscallInstruction,
-    timeoutMs: number,
-  ) {
+  private constructor(readonly tid: number, savedRegsRaw: Uint8Array, savedSigmask: bigint, trampoline: SigreturnTrampoline, plan: StackPlan, timeoutMs: number) {
     this.savedRegsRaw = savedRegsRaw;
     this.savedRegs = Object.freeze(decodeUserRegs(savedRegsRaw));
     this.savedSigmask = savedSigmask;
-    this.instruction = instruction;
+    this.trampoline = trampoline;
+    this.plan = plan;
+    this.scratchArea = plan.scratch;
     this.timeoutMs = timeoutMs;
-    this.injectedSp = (this.savedRegs.sp - RED_ZONE) & ~15n;
+    this.resting = { ...this.savedRegs, ip: trampoline.address, sp: plan.frame.frame + 8n, orig_ax: NO_SYSCALL };
   }
 
-  /** Save the thread's state, block its signals and set up scratch memory. */
+  /** Save the thread's state, put its way home in place, block its signals and set up scratch memory. */
   static open(tid: number, options: RemoteSyscallsOptions = {}): RemoteSyscalls {
     const ownProc = options.proc === undefined;
     const proc = options.proc ?? new ProcFs();
@@ -298,24 +375,26 @@ export class RemoteSyscalls implements Disposable {
     const regs = decodeUserRegs(regsRaw);
     if (regs.cs !== USER_CS_64) throw new InjectionError(`thread ${tid} runs with cs ${hex(regs.cs)}: only 64-bit tasks (cs 0x33) are supported`, tid);
     const mask = ptrace.getSigmask(tid);
-
-    const pending = pendingSignals(proc, tid);
-    if (((pending.thread | pending.shared) & sigbit(SIG.TRAP)) !== 0n) {
-      throw new InjectionError(
-        `thread ${tid} has a SIGTRAP pending: single-stepping would deliver or drop it (SIGTRAP cannot be blocked while stepping without the kernel resetting its handler)`,
-        tid,
-      );
+    // Syscall stops must say which they are (PTRACE_GET_SYSCALL_INFO only
+    // tells entry from exit under TRACESYSGOOD). Dump's tracees have no other
+    // options: the kernel must detach them, not kill them, if ckpt dies.
+    ptrace.setOptions(tid, PTRACE_O.TRACESYSGOOD);
+    const status = proc.readText(tid, "status");
+    const tgid = Number(statusField(status, "Tgid"));
+    if (!(tgid > 0)) throw new InjectionError(`/proc/${tid}/status has no Tgid line`, tid);
+    if (/\bshstk\b/.test(statusField(status, "x86_Thread_features") ?? "")) {
+      throw new InjectionError(`thread ${tid} runs with a shadow stack, which rt_sigreturn would check against ckpt's frame: not supported`, tid);
     }
     const areas = readMaps(proc, tid);
-    const instruction = locateInstruction(tid, areas, regs.ip, options.instruction ?? "auto");
+    const trampoline = findSigreturnTrampoline(tid, tgid, areas);
+    const xstateBuf = new Uint8Array(XSTATE_MAX);
+    const xstate = sigframeXstate(xstateBuf.subarray(0, ptrace.getRegset(tid, NT.X86_XSTATE, xstateBuf)));
+    const plan = planStack(tid, areas, regs.sp, options.scratch ?? "auto", options.scratchSize ?? 4096, xstate.length);
 
-    const remote = new RemoteSyscalls(tid, regsRaw, mask, instruction, options.timeoutMs ?? 10_000);
+    const remote = new RemoteSyscalls(tid, regsRaw, mask, trampoline, plan, options.timeoutMs ?? 10_000);
     try {
-      // Everything but SIGTRAP (see the file comment); the kernel ignores the
-      // SIGKILL and SIGSTOP bits.
-      setSigmask(tid, U64_MASK & ~sigbit(SIG.TRAP));
-      remote.sigmaskChanged = true;
-      remote.setUpScratch(areas, options.scratch ?? "auto", options.scratchSize ?? 4096);
+      remote.installWayHome(xstate);
+      if (!remote.scratchArea) remote.mapScratch(options.scratchSize ?? 4096);
       return remote;
     } catch (e) {
       try {
@@ -327,27 +406,22 @@ export class RemoteSyscalls implements Disposable {
     }
   }
 
-  private setUpScratch(areas: readonly MapArea[], mode: "auto" | "stack" | "mmap", size: number): void {
-    if (!(size > 0)) throw new InjectionError(`scratch size must be positive, not ${size}`, this.tid);
-    if (mode !== "mmap") {
-      const top = (this.savedRegs.sp - RED_ZONE) & ~63n;
-      const bottom = (top - BigInt(size)) & ~63n;
-      // Private anonymous memory only: a shared or file-backed "stack" would
-      // let other processes (or the file) see the scratch bytes.
-      const area = areas.find((a) => a.start <= bottom && top <= a.end);
-      const usable = area !== undefined && area.read && area.write && !area.shared && (area.path === "" || area.path === "[stack]" || area.path.startsWith("[anon:"));
-      if (usable) {
-        const length = Number(top - bottom);
-        this.scratchSaved = readTaskMemory(this.tid, bottom, length);
-        this.scratchArea = { address: bottom, size: length, kind: "stack" };
-        this.injectedSp = (bottom - RED_ZONE) & ~15n;
-        return;
-      }
-      if (mode === "stack") {
-        const where = area ? `${hex(area.start)}-${hex(area.end)} ${area.read ? "r" : "-"}${area.write ? "w" : "-"}${area.shared ? "s" : "p"} ${area.path}` : "no single mapping";
-        throw new InjectionError(`thread ${this.tid}: no room for ${size} scratch bytes below rsp ${hex(this.savedRegs.sp)} (${hex(bottom)}-${hex(top)} lies in ${where})`, this.tid);
-      }
-    }
+  /**
+   * The frame first, then the resting registers, then the mask: at every
+   * step in between, the thread resumed without us would be in its own state
+   * or return to it through the frame.
+   */
+  private installWayHome(xstate: Uint8Array): void {
+    const { low, top, frame } = this.plan;
+    this.stackSaved = readTaskMemory(this.tid, low, Number(top - low));
+    writeTaskMemory(this.tid, frame.frame, encodeSigframe(frame, withRestartApplied(this.savedRegs), this.savedSigmask, xstate));
+    ptrace.setRegset(this.tid, NT.PRSTATUS, encodeUserRegs(this.resting));
+    this.regsChanged = true;
+    ptrace.setSigmask(this.tid, ALL_SIGNALS);
+    this.sigmaskChanged = true;
+  }
+
+  private mapScratch(size: number): void {
     const length = ((BigInt(size) + PAGE - 1n) / PAGE) * PAGE;
     const address = this.check("mmap", SYS.mmap, [0, length, SCRATCH_PROT, SCRATCH_MAP_FLAGS, -1, 0], ["NULL", String(length), "PROT_READ|PROT_WRITE", "MAP_PRIVATE|MAP_ANONYMOUS", "-1", "0"]);
     this.scratchArea = { address: BigInt.asUintN(64, address), size: Number(length), kind: "mmap" };
@@ -398,22 +472,10 @@ export class RemoteSyscalls implements Disposable {
   syscall(nr: number, args: readonly SyscallArg[] = []): bigint {
     this.ensureOpen(syscallName(nr));
     if (args.length > 6) throw new RangeError(`${syscallName(nr)}: ${args.length} arguments, a system call takes at most 6`);
-    const a = (i: number): bigint => BigInt.asUintN(64, BigInt(args[i] ?? 0));
-    const regs: UserRegs = {
-      ...this.savedRegs,
-      ip: this.instruction.address,
-      ax: BigInt(nr),
-      di: a(0), si: a(1), dx: a(2), r10: a(3), r8: a(4), r9: a(5),
-      // "Not in a system call". The restart rules that run when the thread
-      // leaves its stop need orig_rax >= 0 and rax = -ERESTART*; rax = nr
-      // already fails the second test, -1 fails the first one too, whatever
-      // rax holds. (The syscall entry sets orig_rax = nr itself afterwards.)
-      orig_ax: NO_SYSCALL,
-      sp: this.injectedSp,
-    };
-    ptrace.setRegset(this.tid, NT.PRSTATUS, encodeUserRegs(regs));
-    const result = this.stepOverSyscall(nr, args);
-    return BigInt.asIntN(64, result);
+    const what = `injected ${syscallName(nr)}(${args.map(String).join(", ")})`;
+    this.enterTrampoline(what);
+    this.load(nr, args);
+    return this.finishCall(what);
   }
 
   /**
@@ -421,59 +483,108 @@ export class RemoteSyscalls implements Disposable {
    * arguments (`shown`, or the raw values) and the errno when the call fails.
    */
   check(name: string, nr: number, args: readonly SyscallArg[] = [], shown?: readonly string[]): bigint {
-    const result = this.syscall(nr, args);
+    return this.checked(name, this.syscall(nr, args), args, shown);
+  }
+
+  private checked(name: string, result: bigint, args: readonly SyscallArg[], shown?: readonly string[]): bigint {
     if (isErrorResult(result)) {
       throw new RemoteSyscallError(this.tid, name, shown ?? args.map((v) => (typeof v === "bigint" ? hex(v) : String(v))), Number(-result));
     }
     return result;
   }
 
-  /** Single-step the prepared registers through the syscall instruction; returns rax. */
-  private stepOverSyscall(nr: number, args: readonly SyscallArg[]): bigint {
-    const what = `injected ${syscallName(nr)}(${args.map(String).join(", ")})`;
-    const done = this.instruction.address + SYSCALL_INSN_SIZE;
+  /**
+   * Make a call that creates an fd in the thread and let `take` use that fd
+   * (pidfd_getfd it, typically) while the thread already sits at the entry of
+   * close(fd): if ckpt dies during `take`, the close still happens, then
+   * rt_sigreturn. The fd is closed in the thread whatever `take` does. What is
+   * left is the moment between the creating call's return and the close being
+   * armed (one stop of the thread, tens of microseconds).
+   */
+  withNewFd<T>(name: string, nr: number, args: readonly SyscallArg[], shown: readonly string[], take: (fd: number) => T): T {
+    const fd = Number(this.check(name, nr, args, shown));
+    const what = `injected close(${fd}) of the ${name} fd`;
+    this.enterTrampoline(what);
+    this.load(SYS.close, [fd]);
+    let result: T | undefined;
+    let failure: unknown;
+    try {
+      result = take(fd);
+    } catch (e) {
+      failure = e;
+    }
+    const closed = this.finishCall(what);
+    if (failure !== undefined) throw failure;
+    this.checked("close", closed, [fd]);
+    return result as T;
+  }
+
+  /** Resume the thread into the trampoline's rt_sigreturn and stop at its entry. */
+  private enterTrampoline(what: string): void {
+    this.callTimedOut = false;
+    const stop = this.resumeToSyscallStop(what);
+    const expectedIp = this.trampoline.address + BigInt(this.trampoline.length);
+    if (stop.op !== ptrace.SYSCALL_INFO_OP.ENTRY || stop.nr !== BigInt(SYS.rt_sigreturn) || stop.ip !== expectedIp) {
+      const seen = stop.op === ptrace.SYSCALL_INFO_OP.ENTRY ? `the entry of ${syscallName(Number(stop.nr))}` : stop.op === ptrace.SYSCALL_INFO_OP.EXIT ? "a syscall exit" : "a stop that is no syscall stop";
+      throw new InjectionError(`thread ${this.tid}: before ${what} it stopped at ${seen} at rip ${hex(stop.ip)}, expected the entry of rt_sigreturn at ${hex(expectedIp)}`, this.tid);
+    }
+  }
+
+  /** At the trampoline's syscall-enter stop: make the call about to run ours, returning to the trampoline. */
+  private load(nr: number, args: readonly SyscallArg[]): void {
+    const a = (i: number): bigint => BigInt.asUintN(64, BigInt(args[i] ?? 0));
+    ptrace.setRegset(this.tid, NT.PRSTATUS, encodeUserRegs({
+      ...this.resting,
+      orig_ax: BigInt(nr), ax: ENOSYS_RESULT,
+      di: a(0), si: a(1), dx: a(2), r10: a(3), r8: a(4), r9: a(5),
+    }));
+  }
+
+  /** Run the loaded call to its syscall-exit stop; returns its signed result. */
+  private finishCall(what: string): bigint {
+    const stop = this.resumeToSyscallStop(what);
+    if (stop.op !== ptrace.SYSCALL_INFO_OP.EXIT) throw new InjectionError(`thread ${this.tid}: ${what} did not come back to a syscall-exit stop (rip ${hex(stop.ip)})`, this.tid);
+    const result = stop.rval;
+    const r = BigInt.asIntN(64, result);
+    if (r === ERESTART.SYS || r === ERESTART.NOINTR || r === ERESTART.NOHAND || r === ERESTART.RESTARTBLOCK) {
+      // The restart rules would rewind rip by two bytes, to before the
+      // trampoline, should the thread leave this stop without us.
+      ptrace.setRegset(this.tid, NT.PRSTATUS, encodeUserRegs(this.resting));
+    }
+    if (this.callTimedOut) {
+      throw new InjectionError(`thread ${this.tid}: ${what} did not return within ${this.timeoutMs} ms; interrupted, it returned ${r}${isErrorResult(r) ? ` (${errnoName(Number(-r))})` : ""}`, this.tid);
+    }
+    return r;
+  }
+
+  /**
+   * PTRACE_SYSCALL until the next syscall stop. Group stops and our own
+   * timeout interrupt are resumed through; a SIGSTOP is passed on.
+   */
+  private resumeToSyscallStop(what: string): ptrace.SyscallStopInfo {
     let resumeSignal = 0;
-    let timedOut = false;
     for (let stops = 0; stops < 100; stops++) {
-      ptrace.singlestep(this.tid, resumeSignal);
+      ptrace.resumeToSyscall(this.tid, resumeSignal);
+      this.leftStop = true;
       resumeSignal = 0;
-      const wait = this.waitStop(what, timedOut);
-      timedOut = wait.timedOut;
-      const status = wait.status;
-      const sig = ptrace.stopSig(status);
+      const status = this.waitStop(what);
       const event = ptrace.ptraceEvent(status);
-      if (event === PTRACE_EVENT_STOP) {
-        // A group stop (someone sent SIGSTOP) or our own timeout interrupt: keep
-        // stepping. After PTRACE_DETACH the kernel puts a thread of a stopped
-        // group back into the group stop.
-        continue;
-      }
+      const sig = ptrace.stopSig(status);
+      if (event === PTRACE_EVENT_STOP) continue;
       if (event !== 0) throw new InjectionError(`thread ${this.tid}: unexpected ptrace event ${event} (stop signal ${signalName(sig)}) during ${what}`, this.tid);
-      const info = stopSiginfo(this.tid);
-      if (sig === SIG.TRAP) {
-        const regs = this.currentRegs();
-        const ours = info.code === TRAP.BRKPT || info.code === TRAP.TRACE;
-        if (!ours) this.intercepted.push({ signo: sig, code: info.code, handling: "reraised" });
-        if (regs.ip === done) {
-          if (timedOut) {
-            const rax = BigInt.asIntN(64, regs.ax);
-            throw new InjectionError(`thread ${this.tid}: ${what} did not return within ${this.timeoutMs} ms; interrupted, it returned ${rax}${isErrorResult(rax) ? ` (${errnoName(Number(-rax))})` : ""}`, this.tid);
-          }
-          return regs.ax;
-        }
-        if (regs.ip === this.instruction.address && !ours) continue; // a foreign SIGTRAP came before our instruction ran
-        throw new InjectionError(`thread ${this.tid}: after ${what} rip is ${hex(regs.ip)}, expected ${hex(done)} (SIGTRAP si_code ${info.code})`, this.tid);
+      if ((sig & 0x7f) === SIG.TRAP) {
+        const info = ptrace.syscallInfo(this.tid);
+        if (info.op === ptrace.SYSCALL_INFO_OP.ENTRY || info.op === ptrace.SYSCALL_INFO_OP.EXIT) return info;
       }
       if (sig === SIG.STOP) {
         // Unblockable; resuming with it starts the group stop as the kernel would have.
-        this.intercepted.push({ signo: sig, code: info.code, handling: "passed" });
+        this.intercepted.push({ signo: sig, code: 0, handling: "passed" });
         resumeSignal = sig;
         continue;
       }
-      // Every other signal is blocked, so this is a fault the kernel forced
-      // (e.g. SIGSEGV from the instruction fetch): it has already replaced the
-      // task's handler by SIG_DFL, nothing safe can follow.
-      throw new InjectionError(`thread ${this.tid}: ${signalName(sig)} (si_code ${info.code}) during ${what} at rip ${hex(this.currentRegs().ip)}`, this.tid);
+      // Every other signal is blocked, so this is one the kernel forced (a
+      // fault): nothing safe can follow.
+      throw new InjectionError(`thread ${this.tid}: ${signalName(sig)} during ${what} at rip ${hex(this.currentRegs().ip)}`, this.tid);
     }
     throw new InjectionError(`thread ${this.tid}: ${what} kept stopping without finishing (100 stops)`, this.tid);
   }
@@ -481,12 +592,11 @@ export class RemoteSyscalls implements Disposable {
   /**
    * Wait for the next stop of the thread. Polls so that a call that blocks in
    * the task cannot hang us: after the timeout the thread is interrupted once
-   * (the call then returns, usually -ERESTARTSYS, and the step finishes).
+   * (the call then returns, usually -ERESTARTSYS, and the call finishes).
    */
-  private waitStop(what: string, alreadyTimedOut: boolean): { status: number; timedOut: boolean } {
+  private waitStop(what: string): number {
     const start = performance.now();
-    let timedOut = alreadyTimedOut;
-    for (let polls = 0; ; polls++) {
+    for (;;) {
       const r = waitpid(this.tid, W.ALL | W.NOHANG);
       if (r.pid === this.tid) {
         const status = r.status;
@@ -495,13 +605,13 @@ export class RemoteSyscalls implements Disposable {
           const how = ptrace.isExited(status) ? `exited with code ${ptrace.exitCode(status)}` : `was killed by ${signalName(ptrace.termSig(status))}`;
           throw new InjectionError(`thread ${this.tid} ${how} during ${what}`, this.tid, true);
         }
-        if (ptrace.isStopped(status)) return { status, timedOut };
+        if (ptrace.isStopped(status)) return status;
         continue;
       }
       const elapsed = performance.now() - start;
-      if (!timedOut && elapsed > this.timeoutMs) {
+      if (!this.callTimedOut && elapsed > this.timeoutMs) {
         ptrace.interrupt(this.tid);
-        timedOut = true;
+        this.callTimedOut = true;
       }
       // Most calls are back within microseconds: spin briefly, then sleep.
       if (elapsed > 2) Bun.sleepSync(1);
@@ -515,14 +625,40 @@ export class RemoteSyscalls implements Disposable {
   }
 
   /**
-   * Put everything back: the scratch memory (or unmap the scratch page), then
-   * every register and the signal mask. Idempotent; a thread that is gone is
-   * not an error. Throws after trying every step when one failed.
+   * From a syscall stop back to a PTRACE_EVENT_STOP in get_signal(), the kind
+   * of stop the thread was in at open(): PTRACE_INTERRUPT, then resume; the
+   * trap is taken before the thread could return to user mode. Resumed with
+   * PTRACE_SYSCALL all the same, so that if it ever did, it would stop at the
+   * trampoline's rt_sigreturn, which is let through: that lands on the
+   * frame's registers, and the event stop follows at its exit.
+   */
+  private returnToEventStop(): void {
+    ptrace.interrupt(this.tid);
+    let resumeSignal = 0;
+    for (let stops = 0; stops < 100; stops++) {
+      ptrace.resumeToSyscall(this.tid, resumeSignal);
+      resumeSignal = 0;
+      const status = this.waitStop("the return to its stop");
+      if (ptrace.ptraceEvent(status) === PTRACE_EVENT_STOP) return;
+      if (ptrace.stopSig(status) === SIG.STOP && ptrace.ptraceEvent(status) === 0) {
+        this.intercepted.push({ signo: SIG.STOP, code: 0, handling: "passed" });
+        resumeSignal = SIG.STOP;
+      }
+    }
+    throw new InjectionError(`thread ${this.tid}: did not come back to an event stop (100 stops)`, this.tid);
+  }
+
+  /**
+   * Put everything back: unmap a mapped scratch page, return to an event
+   * stop, then the blocked mask, every register and the stack bytes.
+   * Idempotent; a thread that is gone is not an error. Throws after trying
+   * every step when one failed.
    */
   close(): void {
     if (this.state !== "open") return;
     const problems: string[] = [];
     const attempt = (step: () => void): void => {
+      if (this.state !== "open") return;
       try {
         step();
       } catch (e) {
@@ -535,42 +671,27 @@ export class RemoteSyscalls implements Disposable {
       }
     };
     const area = this.scratchArea;
-    if (area?.kind === "stack" && this.scratchSaved) {
-      const saved = this.scratchSaved;
-      attempt(() => writeTaskMemory(this.tid, area.address, saved));
-    } else if (area?.kind === "mmap") {
+    if (area?.kind === "mmap") attempt(() => void this.check("munmap", SYS.munmap, [area.address, area.size], [hex(area.address), String(area.size)]));
+    if (this.leftStop) attempt(() => this.returnToEventStop());
+    // The mask before the registers: with the registers back first, a kill of
+    // ckpt in between would leave the thread running with every signal blocked.
+    if (this.sigmaskChanged) attempt(() => ptrace.setSigmask(this.tid, this.savedSigmask));
+    if (this.regsChanged) {
       attempt(() => {
-        this.check("munmap", SYS.munmap, [area.address, area.size], [hex(area.address), String(area.size)]);
+        ptrace.setRegset(this.tid, NT.PRSTATUS, this.savedRegsRaw);
+        this.regsChanged = false;
       });
     }
-    if (this.state === "open") attempt(() => ptrace.setRegset(this.tid, NT.PRSTATUS, this.savedRegsRaw));
-    if (this.state === "open" && this.sigmaskChanged) attempt(() => setSigmask(this.tid, this.savedSigmask));
-    if (this.state === "open") {
-      // A SIGTRAP someone else sent while we stepped was consumed by our wait;
-      // send it again now that the thread has its own mask and handlers back.
-      for (const s of this.intercepted) {
-        if (s.handling === "reraised") attempt(() => void rawSyscall("tgkill", SYS.tgkill, [tgidOf(this.tid), this.tid, s.signo], ["tgid", String(this.tid), signalName(s.signo)]));
-      }
-    }
+    // The frame goes last, and only once nothing points at it any more.
+    const saved = this.stackSaved;
+    if (saved && !this.regsChanged) attempt(() => writeTaskMemory(this.tid, this.plan.low, saved));
     if (this.state === "open") this.state = "closed";
     this.scratchArea = null;
-    this.scratchSaved = null;
+    this.stackSaved = null;
     if (problems.length > 0) throw new InjectionError(`thread ${this.tid}: could not restore its state: ${problems.join("; ")}`, this.tid);
   }
 
   [Symbol.dispose](): void {
     this.close();
-  }
-}
-
-/** The thread group of a thread, from /proc/TID/status. */
-function tgidOf(tid: number): number {
-  const proc = new ProcFs();
-  try {
-    const m = /^Tgid:\s*(\d+)$/m.exec(proc.readText(tid, "status"));
-    if (!m?.[1]) throw new InjectionError(`/proc/${tid}/status has no Tgid line`, tid);
-    return Number(m[1]);
-  } finally {
-    proc.close();
   }
 }

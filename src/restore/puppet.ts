@@ -58,16 +58,6 @@ export function setRegs(tid: number, regs: UserRegs): void {
   ptrace.setRegset(tid, NT.PRSTATUS, encodeUserRegs(regs, regsBuf));
 }
 
-function ptraceSyscall(tid: number): void {
-  rawSyscall("ptrace", SYS.ptrace, [PTRACE.SYSCALL, tid, 0, 0], ["PTRACE_SYSCALL", String(tid)]);
-}
-
-/** A stopped tracee's blocked-signal mask (PTRACE_SETSIGMASK; SIGKILL and SIGSTOP stay unblocked whatever it says). */
-export function setSigmask(tid: number, mask: bigint): void {
-  const m = new BigUint64Array([mask]);
-  rawSyscall("ptrace", SYS.ptrace, [PTRACE.SETSIGMASK, tid, 8, addressOf(m)], ["PTRACE_SETSIGMASK", String(tid), `0x${mask.toString(16)}`]);
-}
-
 /** Every signal blocked: nothing is delivered while restore drives the task. */
 export const ALL_SIGNALS = U64_MASK;
 
@@ -163,13 +153,13 @@ export class Puppet {
   }
 
   private resumeUntilSyscallStop(nr: number): void {
-    ptraceSyscall(this.tid);
+    ptrace.resumeToSyscall(this.tid);
     for (;;) {
       const status = waitStop(this.tid, `in ${SYSCALL_NAMES.get(nr) ?? `syscall ${nr}`}`);
       if (ptrace.stopSig(status) === SYSCALL_STOP_SIG) return;
       // Clone events (the new task is waited for by tree.ts) and signals (all
       // blocked; only a SIGSTOP from outside can come) pass without a signal.
-      ptraceSyscall(this.tid);
+      ptrace.resumeToSyscall(this.tid);
     }
   }
 }

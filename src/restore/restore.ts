@@ -40,7 +40,7 @@ import { OpenedFiles } from "./files/open-files";
 import { ImageSet } from "./image-set";
 import { findFree, type Range } from "./layout";
 import { rebuildMm } from "./mm";
-import { ALL_SIGNALS, Puppet, puppetCounters, RESTORE_PTRACE_OPTIONS, setSigmask, waitStop } from "./puppet";
+import { ALL_SIGNALS, Puppet, puppetCounters, RESTORE_PTRACE_OPTIONS, waitStop } from "./puppet";
 import { restoreRegisters } from "./regs";
 import { startSeed } from "./seed";
 import {
@@ -247,7 +247,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     ptrace.seize(seed.pid, RESTORE_PTRACE_OPTIONS);
     ptrace.interrupt(seed.pid);
     waitStop(seed.pid, "(the seed) before restore took hold of it");
-    setSigmask(seed.pid, ALL_SIGNALS);
+    ptrace.setSigmask(seed.pid, ALL_SIGNALS);
     const seedTask = new Puppet(seed.pid, seed.syscallAddress);
 
     const taken: Range[] = [...plan.flatMap((p) => p.mm.vmas), ...readMaps(proc, seed.pid)];
@@ -285,7 +285,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         if (!core?.threadInfo) throw new Error(`thread ${tid} has no registers in its core image`);
         tree.threads.get(tid)?.parkInSignalStop();
         restoreRegisters(tid, core.threadInfo);
-        setSigmask(tid, core.threadCore?.blkSigset ?? core.tc?.blkSigset ?? 0n);
+        ptrace.setSigmask(tid, core.threadCore?.blkSigset ?? core.tc?.blkSigset ?? 0n);
       }
     }
     // Before the tree runs, so that a bad path fails the restore and not after it.

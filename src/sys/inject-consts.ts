@@ -3,10 +3,6 @@
  * the task-state readers built on it (task-state.ts). x86_64 values.
  */
 
-/** The two bytes of the x86_64 `syscall` instruction. */
-export const SYSCALL_INSN = [0x0f, 0x05] as const;
-export const SYSCALL_INSN_SIZE = 2n;
-
 /** The System V x86_64 ABI lets leaf code use 128 bytes below rsp without moving rsp. */
 export const RED_ZONE = 128n;
 
@@ -21,11 +17,6 @@ export const PTRACE_GET_RSEQ_CONFIGURATION = 0x420f;
 
 /** struct ptrace_rseq_configuration { u64 rseq_abi_pointer; u32 rseq_abi_size, signature, flags, pad; }. */
 export const RSEQ_CONFIGURATION_SIZE = 24;
-
-/** si_code values of SIGTRAP (asm-generic/siginfo.h). */
-export const TRAP = { BRKPT: 1, TRACE: 2 } as const;
-/** struct siginfo offsets: si_signo, si_errno, si_code are the first three ints. */
-export const SIGINFO_OFF = { signo: 0, errno: 4, code: 8 } as const;
 
 /** Highest signal number on x86_64 Linux (_NSIG). */
 export const SIGMAX = 64;

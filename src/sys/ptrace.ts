@@ -19,6 +19,11 @@ export function seize(pid: number, options = 0): void {
   ptrace(PTRACE.SEIZE, "PTRACE_SEIZE", pid, 0, options);
 }
 
+/** Replace a tracee's ptrace options (PTRACE_SETOPTIONS). */
+export function setOptions(pid: number, options: number): void {
+  ptrace(PTRACE.SETOPTIONS, "PTRACE_SETOPTIONS", pid, 0, options, [`0x${options.toString(16)}`]);
+}
+
 /** Ask a seized task to stop; the stop is reported through waitpid. */
 export function interrupt(pid: number): void {
   ptrace(PTRACE.INTERRUPT, "PTRACE_INTERRUPT", pid, 0, 0);
@@ -33,8 +38,35 @@ export function cont(pid: number, sig = 0): void {
   ptrace(PTRACE.CONT, "PTRACE_CONT", pid, 0, sig);
 }
 
-export function singlestep(pid: number, sig = 0): void {
-  ptrace(PTRACE.SINGLESTEP, "PTRACE_SINGLESTEP", pid, 0, sig);
+/** Resume until the next syscall-enter or syscall-exit stop (PTRACE_SYSCALL). */
+export function resumeToSyscall(pid: number, sig = 0): void {
+  ptrace(PTRACE.SYSCALL, "PTRACE_SYSCALL", pid, 0, sig);
+}
+
+/** PTRACE_SYSCALL_INFO_* of struct ptrace_syscall_info: which kind of stop a tracee is in. */
+export const SYSCALL_INFO_OP = { NONE: 0, ENTRY: 1, EXIT: 2, SECCOMP: 3 } as const;
+
+export type SyscallStopInfo =
+  | { op: typeof SYSCALL_INFO_OP.ENTRY; ip: bigint; nr: bigint }
+  | { op: typeof SYSCALL_INFO_OP.EXIT; ip: bigint; rval: bigint }
+  | { op: 0 | 3; ip: bigint };
+
+const syscallInfoBuf = new Uint8Array(88);
+
+/**
+ * What the stop a tracee is in says about system calls (PTRACE_GET_SYSCALL_INFO):
+ * a syscall-enter stop with the call number, a syscall-exit stop with the
+ * result, or neither (a signal or event stop). `ip` is the user rip, past the
+ * `syscall` instruction for the first two.
+ */
+export function syscallInfo(pid: number): SyscallStopInfo {
+  ptrace(PTRACE.GET_SYSCALL_INFO, "PTRACE_GET_SYSCALL_INFO", pid, syscallInfoBuf.length, addressOf(syscallInfoBuf));
+  const v = new DataView(syscallInfoBuf.buffer);
+  const op = syscallInfoBuf[0] ?? 0;
+  const ip = v.getBigUint64(8, true);
+  if (op === SYSCALL_INFO_OP.ENTRY) return { op, ip, nr: v.getBigUint64(24, true) };
+  if (op === SYSCALL_INFO_OP.EXIT) return { op, ip, rval: v.getBigInt64(24, true) };
+  return { op: op === SYSCALL_INFO_OP.SECCOMP ? 3 : 0, ip };
 }
 
 /**
@@ -58,6 +90,12 @@ export function getSigmask(pid: number): bigint {
   const mask = new BigUint64Array(1);
   ptrace(PTRACE.GETSIGMASK, "PTRACE_GETSIGMASK", pid, 8, addressOf(mask));
   return mask[0] ?? 0n;
+}
+
+/** Set a stopped tracee's blocked-signal mask (PTRACE_SETSIGMASK; SIGKILL and SIGSTOP stay unblocked whatever it says). */
+export function setSigmask(pid: number, mask: bigint): void {
+  const m = new BigUint64Array([mask]);
+  ptrace(PTRACE.SETSIGMASK, "PTRACE_SETSIGMASK", pid, 8, addressOf(m), [`0x${mask.toString(16)}`]);
 }
 
 /**

@@ -11,7 +11,7 @@ export function patternWord(k: bigint, seed: bigint): bigint {
   return BigInt.asUintN(64, (k * 0x9e3779b97f4a7c15n) ^ seed);
 }
 
-const PATTERN_C = `
+export const PATTERN_C = `
 static inline unsigned long long pattern_word(unsigned long long k, unsigned long long seed) {
   return (k * 0x9e3779b97f4a7c15ULL) ^ seed;
 }

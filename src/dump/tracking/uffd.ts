@@ -38,17 +38,16 @@ export function makeUffd(proc: ProcFs, pid: number): number {
   const remote = RemoteSyscalls.open(pid, { proc });
   let ours = -1;
   try {
-    const theirs = Number(remote.check("userfaultfd", SYS.userfaultfd, [O.CLOEXEC | O.NONBLOCK | UFFD_USER_MODE_ONLY], ["O_CLOEXEC|O_NONBLOCK|UFFD_USER_MODE_ONLY"]));
-    try {
+    // The process's own fd is closed by a close() already armed in the
+    // thread while we take our copy: a kill of ckpt meanwhile still closes it.
+    remote.withNewFd("userfaultfd", SYS.userfaultfd, [O.CLOEXEC | O.NONBLOCK | UFFD_USER_MODE_ONLY], ["O_CLOEXEC|O_NONBLOCK|UFFD_USER_MODE_ONLY"], (theirs) => {
       const pidfd = pidfdOpen(pid);
       try {
         ours = pidfdGetfd(pidfd, theirs);
       } finally {
         close(pidfd);
       }
-    } finally {
-      remote.check("close", SYS.close, [theirs]);
-    }
+    });
   } catch (e) {
     if (ours >= 0) close(ours);
     throw e;
