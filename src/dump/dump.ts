@@ -161,32 +161,41 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       writeShmem(out, table, dumped.length);
     };
 
+    const pageFigures = (): Omit<DumpFigures, "frozenMs" | "memwriteMs" | "totalMs"> => ({
+      freezingMs: freezer.freezingMs, memdumpMs,
+      pagesScanned: dumped.reduce((s, d) => s + d.pages.pagesScanned, 0),
+      pagesWritten: dumped.reduce((s, d) => s + d.pages.pagesWritten, 0),
+      pagesInParent: dumped.reduce((s, d) => s + d.pages.pagesInParent, 0),
+      irmapMs: files.ctx.irmap.ms,
+    });
+    const inv = inventoryEntry(crypto.randomUUID(), frozenUptime);
+    const root = dumped[0];
+    if (root) inv.rootIds = create(TaskKobjIdsEntrySchema, root.ids);
+
+    let figures: DumpFigures;
     if (opts.leaveRunning) {
       release(freezer, "resume");
       released = true;
       frozenMs = performance.now() - frozenAt;
       writeAll();
+      figures = { ...pageFigures(), frozenMs, memwriteMs, totalMs: performance.now() - started };
+      // The dump is complete: tracking is over (the tracker ends, the tree is unregistered).
+      commitRound(out, figures, inv, tracking);
     } else {
       writeAll();
       await guard.checkpoint();
+      // The image set is made whole (inventory last) before the tree is
+      // killed: a ckpt killed in between leaves a complete set, never a
+      // killed tree without one. stats-dump's frozen time therefore ends at
+      // the commit; the figure returned includes the kill.
+      const beforeKill = performance.now();
+      figures = { ...pageFigures(), frozenMs: beforeKill - frozenAt, memwriteMs, totalMs: beforeKill - started };
+      commitRound(out, figures, inv, tracking);
       release(freezer, "kill");
       released = true;
       frozenMs = performance.now() - frozenAt;
+      figures.frozenMs = frozenMs;
     }
-
-    const figures: DumpFigures = {
-      freezingMs: freezer.freezingMs, frozenMs, memdumpMs, memwriteMs,
-      totalMs: performance.now() - started,
-      pagesScanned: dumped.reduce((s, d) => s + d.pages.pagesScanned, 0),
-      pagesWritten: dumped.reduce((s, d) => s + d.pages.pagesWritten, 0),
-      pagesInParent: dumped.reduce((s, d) => s + d.pages.pagesInParent, 0),
-      irmapMs: files.ctx.irmap.ms,
-    };
-    const root = dumped[0];
-    const inv = inventoryEntry(crypto.randomUUID(), frozenUptime);
-    if (root) inv.rootIds = create(TaskKobjIdsEntrySchema, root.ids);
-    // The dump is complete: tracking is over (the tracker ends, the tree is unregistered).
-    commitRound(out, figures, inv, tracking);
     figures.totalMs = performance.now() - started;
     return {
       dir: opts.dir, pid: opts.pid, processes: tree.length,

@@ -256,6 +256,8 @@ export interface KillOutcome {
    * image set, written last) over images that do not all decode.
    */
   falselyComplete: boolean;
+  /** The directory is a whole image set: an inventory, and every image decodes. */
+  complete: boolean;
   broken: string[];
 }
 
@@ -294,9 +296,10 @@ export async function killDuring(argv: string[], dir: string, moment: KillMoment
   child.kill("SIGKILL");
   const code = await child.exited;
   const killed = child.signalCode === "SIGKILL";
-  const falselyComplete = killed && existsSync(join(dir, "inventory.img")) && !decodesWhole(argv, dir);
+  const marked = existsSync(join(dir, "inventory.img"));
+  const complete = marked && decodesWhole(argv, dir);
   const broken = await brokenPromises(target.pid, target.out, target.before);
-  return { finished: killed ? null : code, falselyComplete, broken };
+  return { finished: killed ? null : code, falselyComplete: killed && marked && !complete, complete, broken };
 }
 
 /** `ckpt show` (the same executable as `argv` runs) decodes every image of `dir`. */
