@@ -19,7 +19,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { alive, tempDir } from "../test/helpers/target";
-import { baseline, brokenPromises, killDuring, startSturdy, type Baseline, type KillOutcome } from "../test/helpers/kill-campaign";
+import { baseline, brokenPromises, fdKinds, killDuring, startSturdy, type Baseline, type KillOutcome } from "../test/helpers/kill-campaign";
 import { BenchCleanup } from "./cleanup";
 
 const KILLS = Number(process.env.KILLS ?? 500);
@@ -182,7 +182,9 @@ async function restoreCampaign(): Promise<Tally> {
       if (left.length !== before.threads.length) o.broken.push(`partial tree: ${left.length} of ${before.threads.length} threads`);
       else {
         // A restored tree is judged on its own: running, untraced, its threads all there, its check passing.
-        const broken = await brokenPromises(t.pid, t.out, { ...baseline(t.pid), threads: before.threads });
+        const now = baseline(t.pid);
+        if (fdKinds(now.fds).join() !== fdKinds(before.fds).join()) o.broken.push("restored: fds differ from the dumped ones");
+        const broken = await brokenPromises(t.pid, t.out, { ...now, threads: before.threads });
         o.broken.push(...broken.map((b) => `restored: ${b}`));
       }
       try {

@@ -7,11 +7,14 @@
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { alive, tempDir, type Target } from "./helpers/target";
-import { brokenPromises, killDuring, startSturdy, type KillOutcome } from "./helpers/kill-campaign";
+import { existsSync, readFileSync } from "node:fs";
+import { RestoreGuard, GUARD_COMM } from "../src/restore/guard";
+import { alive, startDetached, tempDir, waitFor, type Target } from "./helpers/target";
+import { baseline, brokenPromises, fdKinds, killDuring, startSturdy, type KillOutcome } from "./helpers/kill-campaign";
 
 const MAIN = join(import.meta.dir, "../src/cli/main.ts");
 const HELPER = join(import.meta.dir, "helpers/inject-then-die.ts");
+const GUARD_HELPER = join(import.meta.dir, "helpers/guard-then-die.ts");
 const targets: Target[] = [];
 afterAll(() => targets.forEach((t) => t.kill()));
 
@@ -64,4 +67,77 @@ describe("ckpt killed at any moment", () => {
       expect(alive(t.pid)).toBe(true);
     }, 90_000);
   }
+
+  test("the restore guard: it kills what it guards when ckpt dies or gives up without a word, and leaves it be once told the tree is whole", async () => {
+    const sleepers = async (): Promise<Target[]> => {
+      const ts = [await startDetached(["sleep", "100"]), await startDetached(["sleep", "100"])];
+      targets.push(...ts);
+      return ts;
+    };
+    const gone = (pid: number): boolean => !alive(pid);
+    const isGuard = (pid: number): boolean => existsSync(`/proc/${pid}/comm`) && readFileSync(`/proc/${pid}/comm`, "utf8").trim() === GUARD_COMM && alive(pid);
+
+    // Told: the guard exits, the processes run on.
+    let ts = await sleepers();
+    const told = await RestoreGuard.start(ts.map((t) => t.pid));
+    expect(isGuard(told.pid)).toBe(true);
+    told.release();
+    await waitFor("the guard to exit", () => !isGuard(told.pid));
+    await Bun.sleep(100);
+    expect(ts.map((t) => alive(t.pid))).toEqual([true, true]);
+    ts.forEach((t) => t.kill());
+
+    // Abandoned: both are killed.
+    ts = await sleepers();
+    const abandoned = await RestoreGuard.start(ts.map((t) => t.pid));
+    abandoned.abandon();
+    await waitFor("the guarded processes to be killed", () => ts.every((t) => gone(t.pid)));
+    await waitFor("the guard to exit", () => !isGuard(abandoned.pid));
+
+    // Its starter SIGKILLed: both are killed.
+    ts = await sleepers();
+    const helper = Bun.spawn([process.execPath, GUARD_HELPER, ...ts.map((t) => String(t.pid))], { stdout: "ignore", stderr: "pipe" });
+    await helper.exited;
+    expect({ signal: helper.signalCode, stderr: await new Response(helper.stderr).text() }).toEqual({ signal: "SIGKILL", stderr: "" });
+    await waitFor("the guarded processes to be killed", () => ts.every((t) => gone(t.pid)));
+  }, 30_000);
+
+  test("ckpt restore SIGKILLed at random moments: the tree comes back whole or not at all", async () => {
+    const t = await sturdy();
+    const images = join(tempDir("kill"), "img");
+    const dumped = Bun.spawnSync([process.execPath, MAIN, "dump", "-t", String(t.pid), "-D", images], { stderr: "pipe" });
+    expect(dumped.stderr.toString()).toBe("");
+    const threads = t.before.threads;
+    const noneLeft = (): boolean => threads.every((tid) => !existsSync(`/proc/${tid}`));
+    await waitFor("the dumped tree to be gone", noneLeft);
+    // A shell in between: the restored root (CLONE_PARENT) becomes the shell's child, not this process's.
+    const argv = ["sh", "-c", '"$@" & echo $!; wait $!', "sh", process.execPath, MAIN, "restore", "-d", "-D", images];
+    for (let i = 0; i < 6; i++) {
+      const child = Bun.spawn(argv, { stdout: "pipe", stderr: "ignore" });
+      const { value } = await child.stdout.getReader().read();
+      const ckpt = Number(new TextDecoder().decode(value).trim());
+      // The last one is left to finish: the restore must work at all for the others to mean anything.
+      const last = i === 5;
+      if (last) await child.exited;
+      else await Bun.sleep(150 + Math.random() * 400);
+      try {
+        process.kill(ckpt, "SIGKILL");
+      } catch {
+        // it finished first
+      }
+      await child.exited;
+      await Bun.sleep(100);
+      const left = threads.filter((tid) => existsSync(`/proc/${tid}`) && alive(t.pid));
+      if (last) expect(left.length).toBe(threads.length);
+      if (left.length > 0) {
+        // Whole: every thread, and the workload's own check passes.
+        expect({ i, left: left.length }).toEqual({ i, left: threads.length });
+        const now = baseline(t.pid);
+        expect(fdKinds(now.fds)).toEqual(fdKinds(t.before.fds));
+        expect(await brokenPromises(t.pid, t.out, { ...now, threads })).toEqual([]);
+        process.kill(t.pid, "SIGKILL");
+      }
+      await waitFor("the restored tree to be gone", noneLeft, 10_000);
+    }
+  }, 90_000);
 });

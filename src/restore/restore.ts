@@ -14,12 +14,14 @@
  *  4. unmap the syscall page, park every thread in a signal stop and set its
  *     registers, FPU state and blocked mask there, so the kernel's
  *     syscall-restart rules apply to them as if the dump had never happened;
- *  5. detach everything (job-stopped tasks get their SIGSTOP back first).
+ *  5. start the guard (guard.ts), detach everything (job-stopped tasks get
+ *     their SIGSTOP back first), then tell the guard the tree is whole.
  * Any failure kills every task made so far. ckpt installs no signal
  * handlers: the restore is synchronous, so a handler would only run once it
  * is over. A SIGINT/SIGTERM/SIGKILL simply ends ckpt, and PTRACE_O_EXITKILL
- * makes the kernel kill every task it still traces; a seed not yet seized
- * ends itself after 30 s (seed.ts).
+ * makes the kernel kill every task it still traces; during the detaching,
+ * the guard kills the whole tree instead; a seed not yet seized ends itself
+ * after 30 s (seed.ts).
  */
 import { CoreEntrySchema, type CoreEntry } from "../image/gen/core_pb";
 import { FdinfoEntrySchema, type FdinfoEntry } from "../image/gen/fdinfo_pb";
@@ -37,6 +39,7 @@ import { MAP, PROT, SIG, SYS, W } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
 import { addEpollWatches, aboveAll, placeFds, restoreFs } from "./fds";
 import { OpenedFiles } from "./files/open-files";
+import { RestoreGuard } from "./guard";
 import { ImageSet } from "./image-set";
 import { findFree, type Range } from "./layout";
 import { rebuildMm } from "./mm";
@@ -236,6 +239,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const created: number[] = [];
   let seedPid = 0;
   let files: OpenedFiles | undefined;
+  let guard: RestoreGuard | undefined;
   const figures: RestoreFigures = { forkMs: 0, mmMs: 0, pagesMs: 0, filesMs: 0, totalMs: 0 };
   let pagesRestored = 0;
   // Without -d ckpt waits for the root: as a subreaper it becomes the root's parent.
@@ -290,11 +294,15 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     }
     // Before the tree runs, so that a bad path fails the restore and not after it.
     if (opts.pidfile) writeWholeFile(opts.pidfile, new TextEncoder().encode(`${root}\n`), 0o644);
+    // From here a kill of ckpt must not leave part of the tree running (guard.ts).
+    guard = await RestoreGuard.start(plan.map((p) => p.entry.pid));
     // Pending when the tasks are let go, so they stop before running a single instruction.
     for (const pid of stopped) kill(pid, SIG.STOP);
     for (const p of plan) for (const tid of p.entry.threads) ptrace.detach(tid);
+    guard.release();
     created.length = 0;
   } catch (e) {
+    guard?.abandon();
     files?.abort().forEach((m: string) => process.stderr.write(`ckpt: warning: while cleaning up files: ${m}\n`));
     killAll([...created, ...(seedPid ? [seedPid] : [])]);
     throw e;

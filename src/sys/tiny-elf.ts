@@ -1,10 +1,10 @@
 /**
  * Tiny static x86_64 programs that ckpt writes into a memfd and executes, so
- * that no helper binary has to be shipped: the restore seed and the dirty
- * tracker of iterative dumps. Each is one read+execute segment at a fixed
+ * that no helper binary has to be shipped: the restore seed, the dirty
+ * tracker of iterative dumps and the restore's guard. Each is one read+execute segment at a fixed
  * address, with hand-assembled code (the `asm` helpers below).
  *
- * Both start the same way: fork, the parent exits at once (so the program
+ * All start the same way: fork, the parent exits at once (so the program
  * runs on as nobody's Bun child: Bun waits for the pids it spawns, and that
  * wait would steal ptrace stops or reap what must stay), the child writes its
  * pid to stdout as 4 raw bytes and closes stdout.
@@ -36,6 +36,8 @@ export const asm = {
   movR8d: (n: number): number[] => [0x41, 0xb8, ...imm32(n)],
   movabsRax: (n: bigint): number[] => [0x48, 0xb8, ...imm64(n)],
   xorEdi: [0x31, 0xff],
+  xorEdx: [0x31, 0xd2],
+  decEax: [0xff, 0xc8],
   xorR10d: [0x45, 0x31, 0xd2],
   movRdiRsp: [0x48, 0x89, 0xe7],
   movRsiRsp: [0x48, 0x89, 0xe6],
@@ -44,13 +46,14 @@ export const asm = {
   pushImm8: (n: number): number[] => [0x6a, n & 0xff],
   testEax: [0x85, 0xc0],
   jz: (rel: number): number[] => [0x74, rel],
+  jnz: (rel: number): number[] => [0x75, rel],
   syscall: [0x0f, 0x05],
 } as const;
 
 /** exit_group(0) */
 const EXIT_0 = [...asm.xorEdi, ...asm.movEax(SYS.exit_group), ...asm.syscall];
 
-/** fork(); test eax, eax; jz to `child`; the parent exits — the shape both programs start with. */
+/** fork(); test eax, eax; jz to `child`; the parent exits — the shape every program starts with. */
 export function forkThenChild(child: readonly number[]): number[] {
   return [...asm.movEax(SYS.fork), ...asm.syscall, ...asm.testEax, ...asm.jz(EXIT_0.length), ...EXIT_0, ...child];
 }
@@ -70,6 +73,32 @@ export function reportPid(): number[] {
     ...asm.pushRax,
     ...asm.movEdi(1), ...asm.movRsiRsp, ...asm.movEdx(4), ...asm.movEax(SYS.write), ...asm.syscall,
     ...asm.movEdi(1), ...asm.movEax(SYS.close), ...asm.syscall,
+  ];
+}
+
+/** Little-endian bytes of an ASCII string, zero-padded to 8, as a bigint. */
+function ascii64(s: string): bigint {
+  let v = 0n;
+  for (let i = Math.min(s.length, 8) - 1; i >= 0; i--) v = (v << 8n) | BigInt(s.charCodeAt(i) & 0xff);
+  return v;
+}
+
+const PR_SET_NAME = 15;
+
+/**
+ * setsid(); chdir("/"); prctl(PR_SET_NAME, name): for a program that outlives
+ * ckpt, out of ckpt's session (a ^C at ckpt's terminal does not reach it), on
+ * no mount but the root's, and named for ps. Leaves 24 bytes on the stack.
+ */
+export function ownSessionNamed(name: string): number[] {
+  if (name.length > 15) throw new RangeError(`a task name has at most 15 characters: ${name}`);
+  const padded = name.padEnd(16, "\0");
+  return [
+    ...asm.movEax(SYS.setsid), ...asm.syscall,
+    ...asm.pushImm8(0x2f), ...asm.movRdiRsp, ...asm.movEax(SYS.chdir), ...asm.syscall, // chdir("/")
+    ...asm.movabsRax(ascii64(padded.slice(8))), ...asm.pushRax,
+    ...asm.movabsRax(ascii64(padded.slice(0, 8))), ...asm.pushRax,
+    ...asm.movRsiRsp, ...asm.movEdi(PR_SET_NAME), ...asm.movEax(SYS.prctl), ...asm.syscall,
   ];
 }
 

@@ -187,6 +187,11 @@ function fdList(pid: number): string[] {
   }).sort();
 }
 
+/** fds as "N kind" without inode numbers: what a restore must bring back (its pipes are new ones). */
+export function fdKinds(fds: readonly string[]): string[] {
+  return fds.map((f) => f.replace(/:\[\d+\]$/, ""));
+}
+
 function threadsOf(pid: number): number[] {
   return readdirSync(`/proc/${pid}/task`).map(Number).sort((a, b) => a - b);
 }

@@ -27,7 +27,7 @@ import { Errno, SysError } from "../../sys/errno";
 import { pidfdGetfd, pidfdOpen } from "../../sys/calls";
 import { addressOf, close, syscall } from "../../sys/libc";
 import { SIG, SYS } from "../../sys/nr";
-import { asm, exitZero, forkThenChild, launchTinyElf, reportPid, tinyElf } from "../../sys/tiny-elf";
+import { asm, exitZero, forkThenChild, launchTinyElf, ownSessionNamed, reportPid, tinyElf } from "../../sys/tiny-elf";
 import type { ProcFs } from "../../proc/procfs";
 import { readStat } from "../../proc/stat";
 import { listDirectory } from "../../sys/file";
@@ -37,7 +37,6 @@ export const TRACKER_COMM = "ckpt-tracker";
 const ROOT_PIDFD = 3;
 const FIRST_HELD_FD = 4;
 const POLLIN = 1;
-const PR_SET_NAME = 15;
 
 /** Who the tracker is, as an image set records it: a pid and its start time tell a reused pid apart. */
 export interface TrackerId {
@@ -46,22 +45,10 @@ export interface TrackerId {
   startTime: string;
 }
 
-/** Little-endian bytes of an ASCII string, zero-padded to `n`, as a bigint. */
-function ascii64(s: string): bigint {
-  let v = 0n;
-  for (let i = Math.min(s.length, 8) - 1; i >= 0; i--) v = (v << 8n) | BigInt(s.charCodeAt(i) & 0xff);
-  return v;
-}
-
 function trackerCode(timeoutSeconds: number): number[] {
-  const name = TRACKER_COMM.padEnd(16, "\0");
   const child = [
     ...reportPid(),
-    ...asm.movEax(SYS.setsid), ...asm.syscall,
-    ...asm.pushImm8(0x2f), ...asm.movRdiRsp, ...asm.movEax(SYS.chdir), ...asm.syscall, // chdir("/")
-    ...asm.movabsRax(ascii64(name.slice(8))), ...asm.pushRax,
-    ...asm.movabsRax(ascii64(name.slice(0, 8))), ...asm.pushRax,
-    ...asm.movRsiRsp, ...asm.movEdi(PR_SET_NAME), ...asm.movEax(SYS.prctl), ...asm.syscall,
+    ...ownSessionNamed(TRACKER_COMM),
     // struct timespec { tv_sec = timeout, tv_nsec = 0 } and struct pollfd { fd 3, POLLIN } on the stack.
     ...asm.pushImm8(0), ...asm.movabsRax(BigInt(timeoutSeconds)), ...asm.pushRax, ...asm.movRdxRsp,
     ...asm.movabsRax((BigInt(POLLIN) << 32n) | BigInt(ROOT_PIDFD)), ...asm.pushRax, ...asm.movRdiRsp,
