@@ -8,6 +8,8 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { existsSync, readFileSync } from "node:fs";
+import { startTracker, TRACKER_COMM } from "../src/dump/tracking/tracker";
+import { ProcFs } from "../src/proc/procfs";
 import { RestoreGuard, GUARD_COMM } from "../src/restore/guard";
 import { alive, startDetached, tempDir, waitFor, type Target } from "./helpers/target";
 import { baseline, brokenPromises, fdKinds, killDuring, startSturdy, type KillOutcome } from "./helpers/kill-campaign";
@@ -140,4 +142,27 @@ describe("ckpt killed at any moment", () => {
       await waitFor("the restored tree to be gone", noneLeft, 10_000);
     }
   }, 90_000);
+
+  test("a pre-dump's tracker holds the tracking only once its round commits: given up, it ends at once; committed, it waits for the root", async () => {
+    const proc = new ProcFs();
+    try {
+      const isTracker = (pid: number): boolean => existsSync(`/proc/${pid}/comm`) && readFileSync(`/proc/${pid}/comm`, "utf8").trim() === TRACKER_COMM && alive(pid);
+      const root = await startDetached(["sleep", "100"]);
+      targets.push(root);
+      const abandoned = await startTracker(proc, root.pid, [], 30);
+      await Bun.sleep(100);
+      expect(isTracker(abandoned.id.pid)).toBe(true);
+      abandoned.pipe.abandon();
+      await waitFor("the uncommitted tracker to end", () => !isTracker(abandoned.id.pid), 2000);
+
+      const committed = await startTracker(proc, root.pid, [], 30);
+      committed.pipe.commit();
+      await Bun.sleep(200);
+      expect(isTracker(committed.id.pid)).toBe(true);
+      root.kill();
+      await waitFor("the tracker to end with the root", () => !isTracker(committed.id.pid), 2000);
+    } finally {
+      proc.close();
+    }
+  }, 30_000);
 });

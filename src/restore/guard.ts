@@ -18,9 +18,10 @@
  * ckpt after the last detach but before that byte also ends the tree: the
  * restore did not report success, and the outcome stays all or nothing.
  */
-import { pidfdOpen, pipe2 } from "../sys/calls";
-import { close, writeAll } from "../sys/libc";
-import { O, SIG, SYS } from "../sys/nr";
+import { pidfdOpen } from "../sys/calls";
+import { CommitPipe } from "../sys/commit-pipe";
+import { close } from "../sys/libc";
+import { SIG, SYS } from "../sys/nr";
 import { asm, exitZero, forkThenChild, launchTinyElf, ownSessionNamed, reportPid, tinyElf } from "../sys/tiny-elf";
 
 export const GUARD_COMM = "ckpt-guard";
@@ -53,39 +54,33 @@ export class RestoreGuard {
   private constructor(
     /** The guard's pid. */
     readonly pid: number,
-    private writeEnd: number,
+    private readonly pipe: CommitPipe,
   ) {}
 
   /** Start a guard over `pids` (every process of the restored tree, all still traced by ckpt). */
   static async start(pids: readonly number[]): Promise<RestoreGuard> {
-    const [readEnd, writeEnd] = pipe2(O.CLOEXEC);
+    const pipe = CommitPipe.create();
     const pidfds: number[] = [];
     try {
       for (const pid of pids) pidfds.push(pidfdOpen(pid));
-      const pid = await launchTinyElf(GUARD_COMM, tinyElf(guardCode(pids.length)), { ownSession: true, fds: [readEnd, ...pidfds] });
-      return new RestoreGuard(pid, writeEnd);
+      const pid = await launchTinyElf(GUARD_COMM, tinyElf(guardCode(pids.length)), { ownSession: true, fds: [pipe.readEnd, ...pidfds] });
+      return new RestoreGuard(pid, pipe);
     } catch (e) {
-      close(writeEnd);
+      pipe.abandon();
       throw e;
     } finally {
-      close(readEnd);
+      pipe.closeReadEnd();
       for (const fd of pidfds) close(fd);
     }
   }
 
   /** The tree is whole and running: the guard ends and leaves it be. */
   release(): void {
-    if (this.writeEnd < 0) return;
-    try {
-      writeAll(this.writeEnd, new Uint8Array([1]));
-    } finally {
-      this.abandon();
-    }
+    this.pipe.commit();
   }
 
   /** Close ckpt's end without the word: the guard kills the tree (the restore failed). */
   abandon(): void {
-    if (this.writeEnd >= 0) close(this.writeEnd);
-    this.writeEnd = -1;
+    this.pipe.abandon();
   }
 }

@@ -26,6 +26,7 @@ import type { ProcessTracking } from "../page-dump";
 import type { ParentImages } from "../parent";
 import { chooseTracking, type TrackingMethod } from "./method";
 import type { TrackedProcess, TrackingRecord } from "./record";
+import type { CommitPipe } from "../../sys/commit-pipe";
 import { LiveTracker, startTracker, trackersOf, type TrackerId } from "./tracker";
 import { makeUffd, registerWp } from "./uffd";
 
@@ -56,6 +57,8 @@ export class RoundTracking {
   private readonly recorded = new Map<number, TrackedProcess>();
   private live: LiveTracker | null = null;
   private started: TrackerId | null = null;
+  /** The started tracker's commit pipe, until finish() commits the round or abort() gives it up. */
+  private startedPipe: CommitPipe | null = null;
   readonly summary: TrackingSummary;
 
   private constructor(
@@ -233,9 +236,11 @@ export class RoundTracking {
       if (fd !== undefined) held.push(fd);
       return { pid: p.pid, startTime: p.startTime.toString(), held: fd === undefined ? null : held.length - 1 };
     });
-    this.started = await startTracker(this.proc, rootPid, held, timeoutSeconds);
-    this.summary.trackerStarted = this.started;
-    return { method: this.method, tracker: this.started, timeoutSeconds, processes: tracked };
+    const tracker = await startTracker(this.proc, rootPid, held, timeoutSeconds);
+    this.started = tracker.id;
+    this.startedPipe = tracker.pipe;
+    this.summary.trackerStarted = tracker.id;
+    return { method: this.method, tracker: tracker.id, timeoutSeconds, processes: tracked };
   }
 
   /**
@@ -245,6 +250,14 @@ export class RoundTracking {
    */
   finish(): string | null {
     let warning: string | null = null;
+    if (this.startedPipe) {
+      try {
+        this.startedPipe.commit();
+      } catch (e) {
+        warning = `could not tell the tracker ${this.started?.pid} that the round is whole: ${(e as Error).message}; the next round saves everything`;
+      }
+      this.startedPipe = null;
+    }
     if (this.live) {
       try {
         this.summary.trackerEnded = this.live.id;
@@ -260,6 +273,8 @@ export class RoundTracking {
 
   /** The round failed: end what it started; a dump leaves the parent's tracker running (the parent set stays valid). */
   abort(): void {
+    this.startedPipe?.abandon();
+    this.startedPipe = null;
     if (this.started) {
       const t = LiveTracker.find(this.proc, this.started);
       t?.end();

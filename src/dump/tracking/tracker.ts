@@ -19,9 +19,13 @@
  *
  * The program (src/sys/tiny-elf.ts): fork; the child reports its pid, makes
  * its own session, moves to / (to pin no mount), names itself
- * "ckpt-tracker" and waits in ppoll() on fd 3 — a pidfd of the tree's root,
- * readable once the root exits — with the timeout built into the code. Then
- * it exits. fds 4, 5, ... are the userfaultfds it holds.
+ * "ckpt-tracker", and first waits for its round to commit: one byte on a
+ * pipe from ckpt (sys/commit-pipe.ts) after the round's inventory; the end of
+ * the pipe instead (ckpt failed or was killed) ends it at once, so that a
+ * round that never completed leaves no tracking behind. Then it waits in
+ * ppoll() on fd 3 — a pidfd of the tree's root, readable once the root exits
+ * — with the timeout built into the code, and exits. fds 4, 5, ... are the
+ * userfaultfds it holds, the pipe comes after them.
  */
 import { Errno, SysError } from "../../sys/errno";
 import { pidfdGetfd, pidfdOpen } from "../../sys/calls";
@@ -29,6 +33,7 @@ import { addressOf, close, syscall } from "../../sys/libc";
 import { SIG, SYS } from "../../sys/nr";
 import { asm, exitZero, forkThenChild, launchTinyElf, ownSessionNamed, reportPid, tinyElf } from "../../sys/tiny-elf";
 import type { ProcFs } from "../../proc/procfs";
+import { CommitPipe } from "../../sys/commit-pipe";
 import { readStat } from "../../proc/stat";
 import { listDirectory } from "../../sys/file";
 
@@ -45,30 +50,45 @@ export interface TrackerId {
   startTime: string;
 }
 
-function trackerCode(timeoutSeconds: number): number[] {
+function trackerCode(timeoutSeconds: number, heldCount: number): number[] {
+  const exit = exitZero();
   const child = [
     ...reportPid(),
     ...ownSessionNamed(TRACKER_COMM),
+    // read(commit pipe, rsp, 1): the byte comes once the round's images are
+    // whole; the end of the pipe without it means ckpt failed or died, and
+    // then nothing may keep the tree's tracking.
+    ...asm.pushImm8(0), ...asm.movRsiRsp, ...asm.movEdi(heldFdNumber(heldCount)), ...asm.movEdx(1), ...asm.movEax(SYS.read), ...asm.syscall,
+    ...asm.decEax, ...asm.jz(exit.length), ...exit,
     // struct timespec { tv_sec = timeout, tv_nsec = 0 } and struct pollfd { fd 3, POLLIN } on the stack.
     ...asm.pushImm8(0), ...asm.movabsRax(BigInt(timeoutSeconds)), ...asm.pushRax, ...asm.movRdxRsp,
     ...asm.movabsRax((BigInt(POLLIN) << 32n) | BigInt(ROOT_PIDFD)), ...asm.pushRax, ...asm.movRdiRsp,
     ...asm.movEsi(1), ...asm.xorR10d, ...asm.movR8d(8), ...asm.movEax(SYS.ppoll), ...asm.syscall,
-    ...exitZero(),
+    ...exit,
   ];
   return forkThenChild(child);
 }
 
+/** A tracker just started, waiting for its round to commit. */
+export interface StartedTracker {
+  id: TrackerId;
+  /** commit() once the round's images are whole; until then a kill of ckpt ends the tracker. */
+  pipe: CommitPipe;
+}
+
 /**
  * Start a tracker holding `heldFds` (ckpt's fds; they become the tracker's
- * fds 4, 5, ... in this order) until `rootPid` exits or `timeoutSeconds` pass.
+ * fds 4, 5, ... in this order). It holds them only once its round commits
+ * (the pipe after them), and then until `rootPid` exits or `timeoutSeconds` pass.
  */
-export async function startTracker(proc: ProcFs, rootPid: number, heldFds: readonly number[], timeoutSeconds: number): Promise<TrackerId> {
+export async function startTracker(proc: ProcFs, rootPid: number, heldFds: readonly number[], timeoutSeconds: number): Promise<StartedTracker> {
   checkTrackTimeout(timeoutSeconds);
   const rootPidfd = pidfdOpen(rootPid);
+  const pipe = CommitPipe.create();
   try {
-    const pid = await launchTinyElf(TRACKER_COMM, tinyElf(trackerCode(timeoutSeconds)), { ownSession: true, fds: [rootPidfd, ...heldFds] });
+    const pid = await launchTinyElf(TRACKER_COMM, tinyElf(trackerCode(timeoutSeconds, heldFds.length)), { ownSession: true, fds: [rootPidfd, ...heldFds, pipe.readEnd] });
     try {
-      return { pid, startTime: readStat(proc, pid).startTime.toString() };
+      return { id: { pid, startTime: readStat(proc, pid).startTime.toString() }, pipe };
     } catch (e) {
       // Not recorded, so nothing would ever claim it: it must not hold the tracking until its timeout.
       try {
@@ -78,7 +98,11 @@ export async function startTracker(proc: ProcFs, rootPid: number, heldFds: reado
       }
       throw e;
     }
+  } catch (e) {
+    pipe.abandon();
+    throw e;
   } finally {
+    pipe.closeReadEnd();
     close(rootPidfd);
   }
 }
