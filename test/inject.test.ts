@@ -612,7 +612,7 @@ describe("remote system calls", () => {
       expect(() => RemoteSyscalls.open(target.pid, { proc, scratch: "stack" })).toThrow(/no room for 4096 scratch bytes below rsp/);
       expectUnchanged(target.pid, before);
       for (const scratch of ["auto", "mmap"] as const) {
-        expect(() => RemoteSyscalls.open(target.pid, { proc, scratch })).toThrow(new RegExp(`^thread ${target.pid}: no room below rsp 0x[0-9a-f]+ for the \\d+-byte signal frame .* lies in no single mapping\\)$`));
+        expect(() => RemoteSyscalls.open(target.pid, { proc, scratch })).toThrow(new RegExp(`^thread ${target.pid}: no room below rsp 0x[0-9a-f]+ for the \\d+-byte signal frames .* lies in no single mapping\\)$`));
         expectUnchanged(target.pid, before);
       }
       expect(readMaps(proc, target.pid)).toEqual(mapsBefore);

@@ -7,7 +7,7 @@
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { existsSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
 import { startTracker, TRACKER_COMM } from "../src/dump/tracking/tracker";
 import { ProcFs } from "../src/proc/procfs";
 import { RestoreGuard, GUARD_COMM } from "../src/restore/guard";
@@ -51,6 +51,23 @@ describe("ckpt killed at any moment", () => {
       expect({ moment, broken: await brokenPromises(t.pid, t.out, t.before) }).toEqual({ moment, broken: [] });
     }
   }, 60_000);
+
+  test("a tracer killed inside the call that makes an fd: the fd is closed by the thread itself on its way home", async () => {
+    const t = await sturdy();
+    const fifo = join(tempDir("kill"), "fifo");
+    expect(Bun.spawnSync(["mkfifo", fifo]).exitCode).toBe(0);
+    const helper = Bun.spawn([process.execPath, HELPER, String(t.pid), "in-new-fd-call", fifo], { stdout: "ignore", stderr: "pipe" });
+    await helper.exited;
+    expect({ signal: helper.signalCode, stderr: await new Response(helper.stderr).text() }).toEqual({ signal: "SIGKILL", stderr: "" });
+    // The thread still sits in the injected open(); a writer lets it return with its new fd.
+    await waitFor("the main thread to be in openat", () => readFileSync(`/proc/${t.pid}/syscall`, "utf8").startsWith("257 "));
+    const writer = openSync(fifo, "w");
+    try {
+      expect(await brokenPromises(t.pid, t.out, t.before)).toEqual([]);
+    } finally {
+      closeSync(writer);
+    }
+  }, 30_000);
 
   for (const command of [["dump", "-R"], ["pre-dump", "--track-timeout", "3"]]) {
     test(`ckpt ${command[0]} SIGKILLed at random moments while it holds the tree: the target runs on untouched, no image set looks complete`, async () => {

@@ -66,10 +66,11 @@ import { SysError, errnoName, errnoText } from "../sys/errno";
 import { addressOf, processVmReadv, processVmWritev, waitpid } from "../sys/libc";
 import { NT, PTRACE_EVENT_STOP, PTRACE_O, SIG, SYS, W } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
-import { encodeSigframe, placeSigframe, sigframeXstate, type SigframePlacement } from "../sys/sigframe";
+import { encodeSigframe, placeSigframe, RT_SIGFRAME_SIZE, sigframeXstate, type SigframePlacement } from "../sys/sigframe";
 import { decodeUserRegs, encodeUserRegs, setIovec, USER_REGS_SIZE, type UserRegs } from "../sys/structs";
 import { readMaps, type MapArea } from "../proc/maps";
 import { ProcFs } from "../proc/procfs";
+import { listDirectory } from "../sys/file";
 import { MAX_ERRNO, RED_ZONE, SCRATCH_MAP_FLAGS, SCRATCH_PROT, USER_CS_64, signalName } from "../sys/inject-consts";
 
 const PAGE = 4096n;
@@ -207,14 +208,26 @@ export function withRestartApplied(regs: UserRegs): UserRegs {
   return out;
 }
 
-// ------------------------------------------------------------ the trampoline
+// ------------------------------------------------------------ the code we borrow
 
 /** `mov $15, %rax; syscall` (glibc, musl, Go) and `mov $15, %eax; syscall`. */
 const TRAMPOLINES = [Uint8Array.of(0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05), Uint8Array.of(0xb8, 0x0f, 0, 0, 0, 0x0f, 0x05)];
-/** Code is read this much at a time while looking for a trampoline. */
+/** `syscall; ret`: glibc has a dozen. */
+const SYSCALL_RET = Uint8Array.of(0x0f, 0x05, 0xc3);
+/** Code is read this much at a time while looking for the sequences. */
 const SCAN_CHUNK = 1 << 20;
-/** The last trampoline found in each process (by tgid); re-checked before every use. */
-const trampolineCache = new Map<number, SigreturnTrampoline>();
+/** How much code is read, at most, for the optional `syscall; ret` once the trampoline is found. */
+const SCAN_BUDGET = 16 << 20;
+
+/** The sequences of a process's own code that injection returns through. */
+export interface BorrowedCode {
+  trampoline: SigreturnTrampoline;
+  /** A `syscall; ret`, or null when the process has none (withNewFd then has a short window). */
+  syscallRet: bigint | null;
+}
+
+/** What was found in each process (by tgid); re-checked before every use. */
+const codeCache = new Map<number, BorrowedCode>();
 
 const isLibc = (a: MapArea): boolean => /\/(libc[.-][^/]*|ld-musl[^/]*)$/.test(a.path);
 
@@ -222,23 +235,27 @@ function executable(a: MapArea): boolean {
   return a.exec && a.read && a.path !== "[vsyscall]";
 }
 
-function holdsTrampoline(tid: number, areas: readonly MapArea[], t: SigreturnTrampoline): boolean {
-  const end = t.address + BigInt(t.length);
-  if (!areas.some((a) => executable(a) && a.start <= t.address && end <= a.end)) return false;
-  const bytes = readTaskMemory(tid, t.address, t.length);
-  return TRAMPOLINES.some((p) => p.length === t.length && p.every((b, i) => bytes[i] === b));
+function holds(tid: number, areas: readonly MapArea[], address: bigint, patterns: readonly Uint8Array[]): boolean {
+  const length = Math.max(...patterns.map((p) => p.length));
+  if (!areas.some((a) => executable(a) && a.start <= address && address + BigInt(length) <= a.end)) return false;
+  const bytes = readTaskMemory(tid, address, length);
+  return patterns.some((p) => p.every((b, i) => bytes[i] === b));
 }
 
 /**
- * Find a rt_sigreturn trampoline in the executable mappings of the thread's
- * process: libc's first, where every glibc or musl process has one.
+ * Find a rt_sigreturn trampoline, and a `syscall; ret` if there is one, in the
+ * executable mappings of the thread's process: libc's first, where every
+ * glibc or musl process has both.
  */
-export function findSigreturnTrampoline(tid: number, tgid: number, areas: readonly MapArea[]): SigreturnTrampoline {
-  const cached = trampolineCache.get(tgid);
-  if (cached && holdsTrampoline(tid, areas, cached)) return cached;
+export function findBorrowedCode(tid: number, tgid: number, areas: readonly MapArea[]): BorrowedCode {
+  const cached = codeCache.get(tgid);
+  if (cached && holds(tid, areas, cached.trampoline.address, TRAMPOLINES) && (cached.syscallRet === null || holds(tid, areas, cached.syscallRet, [SYSCALL_RET]))) return cached;
   const code = areas.filter(executable).sort((a, b) => Number(isLibc(b)) - Number(isLibc(a)));
   const overlap = Math.max(...TRAMPOLINES.map((p) => p.length)) - 1;
-  for (const area of code) {
+  let trampoline: SigreturnTrampoline | null = null;
+  let syscallRet: bigint | null = null;
+  let scannedAfter = 0;
+  scan: for (const area of code) {
     for (let at = area.start; at < area.end; at += BigInt(SCAN_CHUNK - overlap)) {
       const length = Number(area.end - at < BigInt(SCAN_CHUNK) ? area.end - at : BigInt(SCAN_CHUNK));
       let chunk: Buffer;
@@ -247,28 +264,53 @@ export function findSigreturnTrampoline(tid: number, tgid: number, areas: readon
       } catch {
         break; // an area that cannot be read (execute-only, or a hole in a file mapping)
       }
-      for (const pattern of TRAMPOLINES) {
-        const i = chunk.indexOf(pattern);
+      const patterns: readonly Uint8Array[] = trampoline ? [] : TRAMPOLINES;
+      for (const pattern of patterns) {
+        const i: number = chunk.indexOf(pattern);
         if (i >= 0) {
-          const found = { address: at + BigInt(i), length: pattern.length };
-          trampolineCache.set(tgid, found);
-          return found;
+          trampoline = { address: at + BigInt(i), length: pattern.length };
+          break;
         }
       }
+      if (syscallRet === null) {
+        const i = chunk.indexOf(SYSCALL_RET);
+        if (i >= 0) syscallRet = at + BigInt(i);
+      }
+      if (trampoline && syscallRet !== null) break scan;
+      if (trampoline && (scannedAfter += length) > SCAN_BUDGET) break scan;
       if (at + BigInt(length) >= area.end) break;
     }
   }
-  throw new InjectionError(
-    `thread ${tid}: no rt_sigreturn trampoline (mov $15,%eax; syscall) in the code of process ${tgid}; ckpt injects calls only into threads it can send back to their own state if ckpt itself dies`,
-    tid,
-  );
+  if (!trampoline) {
+    throw new InjectionError(
+      `thread ${tid}: no rt_sigreturn trampoline (mov $15,%eax; syscall) in the code of process ${tgid}; ckpt injects calls only into threads it can send back to their own state if ckpt itself dies`,
+      tid,
+    );
+  }
+  const found = { trampoline, syscallRet };
+  codeCache.set(tgid, found);
+  return found;
+}
+
+/** The lowest fd number free in a thread's fd table: where the next new fd of the (frozen) process lands. */
+function lowestFreeFd(tid: number): number | null {
+  try {
+    const used = new Set(listDirectory(`/proc/${tid}/fd`).map(Number));
+    let fd = 0;
+    while (used.has(fd)) fd++;
+    return fd;
+  } catch {
+    return null;
+  }
 }
 
 // ------------------------------------------------------------ the stack plan
 
-/** Where the frame and (on the stack) the scratch memory go. */
+/** Where the frames and (on the stack) the scratch memory go. */
 interface StackPlan {
   frame: SigframePlacement;
+  /** Room for a second frame below the first, for withNewFd's close chain. */
+  chained: bigint;
   /** The stack scratch area, or null when it is mapped. */
   scratch: ScratchArea | null;
   /** The stack bytes [low, top) that are saved, overwritten and put back. */
@@ -287,20 +329,24 @@ function planStack(tid: number, areas: readonly MapArea[], sp: bigint, mode: "au
   // other processes (or the file) see the bytes.
   const areaOf = (low: bigint): MapArea | undefined => areas.find((a) => a.start <= low && top <= a.end);
   const usable = (a: MapArea | undefined): boolean => a !== undefined && a.read && a.write && !a.shared && (a.path === "" || a.path === "[stack]" || a.path.startsWith("[anon:"));
+  const framesBelow = (above: bigint): { frame: SigframePlacement; chained: bigint } => {
+    const frame = placeSigframe(above, xstateLength);
+    return { frame, chained: (frame.frame - BigInt(RT_SIGFRAME_SIZE)) & ~15n };
+  };
   if (mode !== "mmap") {
     const scratchLow = (top - BigInt(size)) & ~63n;
-    const frame = placeSigframe(scratchLow, xstateLength);
-    if (usable(areaOf(frame.frame))) {
-      return { frame, low: frame.frame, top, scratch: { address: scratchLow, size: Number(top - scratchLow), kind: "stack" } };
+    const { frame, chained } = framesBelow(scratchLow);
+    if (usable(areaOf(chained))) {
+      return { frame, chained, low: chained, top, scratch: { address: scratchLow, size: Number(top - scratchLow), kind: "stack" } };
     }
     if (mode === "stack") {
-      throw new InjectionError(`thread ${tid}: no room for ${size} scratch bytes below rsp ${hex(sp)} (${hex(frame.frame)}-${hex(top)} lies in ${describeArea(areaOf(frame.frame))})`, tid);
+      throw new InjectionError(`thread ${tid}: no room for ${size} scratch bytes below rsp ${hex(sp)} (${hex(chained)}-${hex(top)} lies in ${describeArea(areaOf(chained))})`, tid);
     }
   }
-  const frame = placeSigframe(top, xstateLength);
-  if (usable(areaOf(frame.frame))) return { frame, low: frame.frame, top, scratch: null };
+  const { frame, chained } = framesBelow(top);
+  if (usable(areaOf(chained))) return { frame, chained, low: chained, top, scratch: null };
   throw new InjectionError(
-    `thread ${tid}: no room below rsp ${hex(sp)} for the ${frame.length}-byte signal frame that lets it return to its own state if ckpt dies (${hex(frame.frame)}-${hex(top)} lies in ${describeArea(areaOf(frame.frame))})`,
+    `thread ${tid}: no room below rsp ${hex(sp)} for the ${Number(top - chained)}-byte signal frames that let it return to its own state if ckpt dies (${hex(chained)}-${hex(top)} lies in ${describeArea(areaOf(chained))})`,
     tid,
   );
 }
@@ -323,6 +369,8 @@ export class RemoteSyscalls implements Disposable {
   /** The blocked mask at open() (the saved one, when the thread sits in ppoll & co.). */
   readonly savedSigmask: bigint;
   readonly trampoline: SigreturnTrampoline;
+  /** A `syscall; ret` of the process's, or null (see withNewFd). */
+  readonly syscallRet: bigint | null;
   /** Signals that arrived while we drove the thread. */
   readonly intercepted: InterceptedSignal[] = [];
   /** The registers the thread has between calls: at the trampoline, rsp just above the frame. */
@@ -339,15 +387,16 @@ export class RemoteSyscalls implements Disposable {
   private leftStop = false;
   private state: "open" | "closed" | "gone" = "open";
 
-  private constructor(readonly tid: number, savedRegsRaw: Uint8Array, savedSigmask: bigint, trampoline: SigreturnTrampoline, plan: StackPlan, timeoutMs: number) {
+  private constructor(readonly tid: number, savedRegsRaw: Uint8Array, savedSigmask: bigint, code: BorrowedCode, plan: StackPlan, timeoutMs: number) {
     this.savedRegsRaw = savedRegsRaw;
     this.savedRegs = Object.freeze(decodeUserRegs(savedRegsRaw));
     this.savedSigmask = savedSigmask;
-    this.trampoline = trampoline;
+    this.trampoline = code.trampoline;
+    this.syscallRet = code.syscallRet;
     this.plan = plan;
     this.scratchArea = plan.scratch;
     this.timeoutMs = timeoutMs;
-    this.resting = { ...this.savedRegs, ip: trampoline.address, sp: plan.frame.frame + 8n, orig_ax: NO_SYSCALL };
+    this.resting = { ...this.savedRegs, ip: code.trampoline.address, sp: plan.frame.frame + 8n, orig_ax: NO_SYSCALL };
   }
 
   /** Save the thread's state, put its way home in place, block its signals and set up scratch memory. */
@@ -386,12 +435,12 @@ export class RemoteSyscalls implements Disposable {
       throw new InjectionError(`thread ${tid} runs with a shadow stack, which rt_sigreturn would check against ckpt's frame: not supported`, tid);
     }
     const areas = readMaps(proc, tid);
-    const trampoline = findSigreturnTrampoline(tid, tgid, areas);
+    const code = findBorrowedCode(tid, tgid, areas);
     const xstateBuf = new Uint8Array(XSTATE_MAX);
     const xstate = sigframeXstate(xstateBuf.subarray(0, ptrace.getRegset(tid, NT.X86_XSTATE, xstateBuf)));
     const plan = planStack(tid, areas, regs.sp, options.scratch ?? "auto", options.scratchSize ?? 4096, xstate.length);
 
-    const remote = new RemoteSyscalls(tid, regsRaw, mask, trampoline, plan, options.timeoutMs ?? 10_000);
+    const remote = new RemoteSyscalls(tid, regsRaw, mask, code, plan, options.timeoutMs ?? 10_000);
     try {
       remote.installWayHome(xstate);
       if (!remote.scratchArea) remote.mapScratch(options.scratchSize ?? 4096);
@@ -414,7 +463,8 @@ export class RemoteSyscalls implements Disposable {
   private installWayHome(xstate: Uint8Array): void {
     const { low, top, frame } = this.plan;
     this.stackSaved = readTaskMemory(this.tid, low, Number(top - low));
-    writeTaskMemory(this.tid, frame.frame, encodeSigframe(frame, withRestartApplied(this.savedRegs), this.savedSigmask, xstate));
+    // pretcode: where a `ret` onto the frame goes, the trampoline (withNewFd's chain).
+    writeTaskMemory(this.tid, frame.frame, encodeSigframe(frame, withRestartApplied(this.savedRegs), this.savedSigmask, xstate, this.trampoline.address));
     ptrace.setRegset(this.tid, NT.PRSTATUS, encodeUserRegs(this.resting));
     this.regsChanged = true;
     ptrace.setSigmask(this.tid, ALL_SIGNALS);
@@ -495,16 +545,42 @@ export class RemoteSyscalls implements Disposable {
 
   /**
    * Make a call that creates an fd in the thread and let `take` use that fd
-   * (pidfd_getfd it, typically) while the thread already sits at the entry of
-   * close(fd): if ckpt dies during `take`, the close still happens, then
-   * rt_sigreturn. The fd is closed in the thread whatever `take` does. What is
-   * left is the moment between the creating call's return and the close being
-   * armed (one stop of the thread, tens of microseconds).
+   * (pidfd_getfd it, typically); the fd is closed in the thread whatever
+   * `take` does, and whenever ckpt dies.
+   *
+   * The fd number is known before the call: the lowest free one (the process
+   * is frozen). So the call runs with rsp on a second frame whose registers
+   * are "close(that fd)" at the process's `syscall; ret`, with rsp on the
+   * first frame, whose pretcode holds the trampoline: should ckpt die once
+   * the call has begun, the thread returns to the trampoline, rt_sigreturn
+   * loads the second frame, close() runs, `ret` lands on the trampoline, and
+   * rt_sigreturn loads the first frame — home, without the fd. ckpt itself
+   * arms the same close() at the next stop and lets `take` run before it.
+   * Without a `syscall; ret` in the process, or if the fd lands elsewhere
+   * than predicted, the moment between the call's return and the armed close
+   * (one stop of the thread) is left open.
    */
   withNewFd<T>(name: string, nr: number, args: readonly SyscallArg[], shown: readonly string[], take: (fd: number) => T): T {
-    const fd = Number(this.check(name, nr, args, shown));
-    const what = `injected close(${fd}) of the ${name} fd`;
+    this.ensureOpen(name);
+    const what = `injected ${name}(${shown.join(", ")})`;
+    const predicted = this.syscallRet === null ? null : lowestFreeFd(this.tid);
     this.enterTrampoline(what);
+    if (predicted !== null && this.syscallRet !== null) {
+      const chain = { frame: this.plan.chained, fpstate: this.plan.frame.fpstate, length: RT_SIGFRAME_SIZE };
+      const closing: UserRegs = { ...this.resting, ip: this.syscallRet, ax: BigInt(SYS.close), di: BigInt(predicted), sp: this.plan.frame.frame };
+      writeTaskMemory(this.tid, chain.frame, encodeSigframe(chain, closing, ALL_SIGNALS, null));
+      this.load(nr, args, this.plan.chained + 8n);
+    } else {
+      this.load(nr, args);
+    }
+    const created = this.finishCall(what);
+    if (predicted !== null && created !== BigInt(predicted)) {
+      // Not the fd the chain closes (or no fd at all): back to the plain way home at once.
+      ptrace.setRegset(this.tid, NT.PRSTATUS, encodeUserRegs(this.resting));
+    }
+    const fd = Number(this.checked(name, created, args, shown));
+    const closing = `injected close(${fd}) of the ${name} fd`;
+    this.enterTrampoline(closing);
     this.load(SYS.close, [fd]);
     let result: T | undefined;
     let failure: unknown;
@@ -513,7 +589,7 @@ export class RemoteSyscalls implements Disposable {
     } catch (e) {
       failure = e;
     }
-    const closed = this.finishCall(what);
+    const closed = this.finishCall(closing);
     if (failure !== undefined) throw failure;
     this.checked("close", closed, [fd]);
     return result as T;
@@ -530,11 +606,14 @@ export class RemoteSyscalls implements Disposable {
     }
   }
 
-  /** At the trampoline's syscall-enter stop: make the call about to run ours, returning to the trampoline. */
-  private load(nr: number, args: readonly SyscallArg[]): void {
+  /**
+   * At the trampoline's syscall-enter stop: make the call about to run ours,
+   * returning to the trampoline, with rsp just above the first frame (or `sp`).
+   */
+  private load(nr: number, args: readonly SyscallArg[], sp = this.resting.sp): void {
     const a = (i: number): bigint => BigInt.asUintN(64, BigInt(args[i] ?? 0));
     ptrace.setRegset(this.tid, NT.PRSTATUS, encodeUserRegs({
-      ...this.resting,
+      ...this.resting, sp,
       orig_ax: BigInt(nr), ax: ENOSYS_RESULT,
       di: a(0), si: a(1), dx: a(2), r10: a(3), r8: a(4), r9: a(5),
     }));

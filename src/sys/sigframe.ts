@@ -99,12 +99,17 @@ export function placeSigframe(top: bigint, xstateLength: number): SigframePlacem
 /**
  * The bytes of a frame at `at` that rt_sigreturn turns into `regs` (the 18
  * general registers, cs and ss; fs_base/gs_base are not part of a frame),
- * `mask` as the blocked set, and `xstate` (from sigframeXstate) as the FPU
- * state. rt_sigreturn also sets orig_rax to -1, so no syscall restart follows.
+ * `mask` as the blocked set, and the XSAVE area at `at.fpstate` as the FPU
+ * state: `xstate` (from sigframeXstate) is written there, or, when null, the
+ * frame points at one another frame already holds. rt_sigreturn also sets
+ * orig_rax to -1, so no syscall restart follows. `pretcode`, which
+ * rt_sigreturn never reads, may hold a return address for code that `ret`s
+ * into the frame's rt_sigreturn.
  */
-export function encodeSigframe(at: SigframePlacement, regs: UserRegs, mask: bigint, xstate: Uint8Array): Uint8Array {
-  const out = new Uint8Array(at.length);
+export function encodeSigframe(at: SigframePlacement, regs: UserRegs, mask: bigint, xstate: Uint8Array | null, pretcode = 0n): Uint8Array {
+  const out = new Uint8Array(xstate ? at.length : RT_SIGFRAME_SIZE);
   const v = new DataView(out.buffer);
+  v.setBigUint64(0, pretcode, true);
   const uc = UC;
   v.setBigUint64(uc + UC_OFF.flags, UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS, true);
   v.setInt32(uc + UC_OFF.stack + STACK_OFF.flags, SS_KEEP, true);
@@ -114,6 +119,6 @@ export function encodeSigframe(at: SigframePlacement, regs: UserRegs, mask: bigi
   v.setUint16(sc + SC_OFF.ss, Number(regs.ss & 0xffffn), true);
   v.setBigUint64(sc + SC_OFF.fpstate, at.fpstate, true);
   v.setBigUint64(uc + UC_OFF.sigmask, mask, true);
-  out.set(xstate, Number(at.fpstate - at.frame));
+  if (xstate) out.set(xstate, Number(at.fpstate - at.frame));
   return out;
 }

@@ -6,11 +6,14 @@
  *   after-calls  a few calls made in every thread (each sits at a syscall-exit stop)
  *   in-new-fd    inside withNewFd's take: an eventfd made, its close armed
  *   in-call      in the middle of a 400 ms nanosleep injected into one thread
- * Usage: bun test/helpers/inject-then-die.ts PID MOMENT
+ *   in-new-fd-call  inside withNewFd's creating call: an open() of the FIFO
+ *                PATH for reading, which blocks until the test opens it for
+ *                writing, after this tracer is dead
+ * Usage: bun test/helpers/inject-then-die.ts PID MOMENT [PATH]
  */
 import { readdirSync } from "node:fs";
 import { RemoteSyscalls } from "../../src/dump/inject";
-import { SYS } from "../../src/sys/nr";
+import { AT, O, SYS } from "../../src/sys/nr";
 import * as ptrace from "../../src/sys/ptrace";
 
 const pid = Number(process.argv[2]);
@@ -50,6 +53,14 @@ if (moment === "in-call") {
   r.writeScratch(0, new Uint8Array(new BigInt64Array([0n, 400_000_000n]).buffer));
   Bun.spawn(["sh", "-c", `sleep 0.1; kill -9 ${process.pid}`], { stdout: "ignore", stderr: "ignore" });
   r.syscall(NANOSLEEP, [ts, 0]);
+  die();
+}
+if (moment === "in-new-fd-call") {
+  const r = remotes[0]!;
+  const path = new TextEncoder().encode(`${process.argv[4]}\0`);
+  r.writeScratch(0, path);
+  Bun.spawn(["sh", "-c", `sleep 0.2; kill -9 ${process.pid}`], { stdout: "ignore", stderr: "ignore" });
+  r.withNewFd("openat", SYS.openat, [AT.FDCWD, r.scratchAt(0, path.length), O.RDONLY], ["AT_FDCWD", "fifo", "O_RDONLY"], () => die());
   die();
 }
 throw new Error(`unknown moment "${moment}"`);
