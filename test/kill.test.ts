@@ -87,26 +87,26 @@ describe("ckpt killed at any moment", () => {
     }, 90_000);
   }
 
-  test("ckpt dump (no -R) SIGKILLed near its end: the target runs on untouched, or the image set is whole before the tree is gone", async () => {
+  test("ckpt dump (no -R) SIGKILLed at random moments: the target runs on untouched, or the image set is whole before the tree is gone", async () => {
     let t = await sturdy();
     const argvFor = (dir: string): string[] => [process.execPath, MAIN, "dump", "-t", String(t.pid), "-D", dir];
     const window = await tracedWindow(argvFor(join(tempDir("kill"), "full")), t.pid);
     t = await sturdy(); // that dump killed the first one
-    let whole = 0;
-    for (let i = 0; i < 4; i++) {
+    let incomplete = 0;
+    for (let i = 0; i < 10 && incomplete < 3; i++) {
       const dir = join(tempDir("kill"), "img");
-      const o = await killDuring(argvFor(dir), dir, { afterTracedMs: window * (0.4 + 0.6 * Math.random()) }, t);
+      const o = await killDuring(argvFor(dir), dir, { afterTracedMs: window * Math.random() }, t);
       expect({ i, falselyComplete: o.falselyComplete }).toEqual({ i, falselyComplete: false });
       if (o.complete) {
         // The set was whole before the kill of the tree began: the tree may be gone, that is the dump's job.
-        whole++;
         t.target.kill();
         t = await sturdy();
       } else {
+        incomplete++;
         expect({ i, broken: o.broken }).toEqual({ i, broken: [] });
       }
     }
-    expect(whole).toBeLessThan(4);
+    expect(incomplete).toBeGreaterThan(0);
   }, 90_000);
 
   test("the restore guard: it kills what it guards when ckpt dies or gives up without a word, and leaves it be once told the tree is whole", async () => {
