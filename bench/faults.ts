@@ -67,7 +67,7 @@ function tracedBy(pid: number): boolean {
 }
 
 /** Run once without a kill: total time and the time ckpt held the tree. */
-async function measure(argv: string[], pid: number): Promise<{ totalMs: number; tracedMs: number }> {
+async function measureOnce(argv: string[], pid: number): Promise<{ totalMs: number; tracedMs: number }> {
   const start = performance.now();
   const child = Bun.spawn(argv, { stdout: "ignore", stderr: "pipe" });
   let traced = 0;
@@ -79,6 +79,18 @@ async function measure(argv: string[], pid: number): Promise<{ totalMs: number; 
   if (code !== 0) throw new Error(`${argv.join(" ")}: exit ${code}: ${await new Response(child.stderr).text()}`);
   const end = performance.now();
   return { totalMs: end - start, tracedMs: traced ? end - traced : end - start };
+}
+
+/** The median of three runs; `next` gives each its argv and target pid, `after` runs after each. */
+async function measure(next: () => { argv: string[]; pid: number }, after: () => Promise<void>): Promise<{ totalMs: number; tracedMs: number }> {
+  const runs: { totalMs: number; tracedMs: number }[] = [];
+  for (let i = 0; i < 3; i++) {
+    const { argv, pid } = next();
+    runs.push(await measureOnce(argv, pid));
+    await after();
+  }
+  const median = (xs: number[]): number => xs.sort((a, b) => a - b)[1]!;
+  return { totalMs: median(runs.map((r) => r.totalMs)), tracedMs: median(runs.map((r) => r.tracedMs)) };
 }
 
 type Target = Awaited<ReturnType<typeof startSturdy>>;
@@ -94,19 +106,24 @@ async function campaign(name: string, args: (pid: number, dir: string, prev: str
     cleanup.dirs.push(d);
     return join(d, "img");
   };
-  const first = dirFor();
-  let timing = await measure([...CKPT, ...args(t.pid, first, null)], t.pid);
+  // Timed on the kind of run that is killed: for pre-dump, later rounds of a chain, which save only what was written since.
   if (name === "pre-dump") {
-    // Later rounds of a chain save only what was written since: time one of those.
-    const second = dirFor();
-    timing = await measure([...CKPT, ...args(t.pid, second, first)], t.pid);
-    prev = second;
+    prev = dirFor();
+    await measureOnce([...CKPT, ...args(t.pid, prev, null)], t.pid);
   }
-  if (restartsTarget) {
-    t.target.kill();
-    t = await startSturdy(MIB);
-    cleanup.targets.push(t.target);
-  }
+  let measured = "";
+  const timing = await measure(
+    () => ({ argv: [...CKPT, ...args(t.pid, (measured = dirFor()), prev)], pid: t.pid }),
+    async () => {
+      if (name === "pre-dump") prev = measured;
+      if (restartsTarget) {
+        // That dump killed the workload.
+        t.target.kill();
+        t = await startSturdy(MIB);
+        cleanup.targets.push(t.target);
+      }
+    },
+  );
   process.stderr.write(`${name}: a whole run takes ${timing.totalMs.toFixed(0)} ms, ${timing.tracedMs.toFixed(0)} ms of it holding the tree\n`);
   // Kills that land after ckpt finished prove nothing: go on until KILLS have landed mid-run.
   for (let i = 0; tally.landed < KILLS && i < 4 * KILLS; i++) {
@@ -217,17 +234,19 @@ async function restoreCampaign(): Promise<Tally> {
 // ---------------------------------------------------------------- main
 
 const tallies: Tally[] = [];
+const line = (t: Tally): string => `| ${t.command} | ${t.kills} | ${t.landed} | ${t.finished} | ${t.broken} | ${t.falselyComplete} | ${t.seconds.toFixed(0)} |`;
 for (const command of COMMANDS) {
   if (command === "dump-R") tallies.push(await campaign("dump -R", (pid, dir) => ["dump", "-R", "-t", String(pid), "-D", dir], false));
   else if (command === "pre-dump") tallies.push(await campaign("pre-dump", (pid, dir, prev) => ["pre-dump", "--track-timeout", "5", "-t", String(pid), "-D", dir, ...(prev ? ["--prev-images-dir", prev] : [])], false));
   else if (command === "dump") tallies.push(await campaign("dump", (pid, dir) => ["dump", "-t", String(pid), "-D", dir], true));
   else if (command === "restore") tallies.push(await restoreCampaign());
   else throw new Error(`unknown command ${command} (dump-R, pre-dump, dump, restore)`);
+  process.stderr.write(`done: ${line(tallies[tallies.length - 1]!)}\n`);
 }
 cleanup.killAll();
 
 console.log(`\nckpt SIGKILLed at random moments (${CKPT.join(" ")}, ${MIB} MiB sturdytarget)\n`);
 console.log("| command | kills | landed mid-run | finished first | promises broken | falsely complete | seconds |");
 console.log("|---|---:|---:|---:|---:|---:|---:|");
-for (const t of tallies) console.log(`| ${t.command} | ${t.kills} | ${t.landed} | ${t.finished} | ${t.broken} | ${t.falselyComplete} | ${t.seconds.toFixed(0)} |`);
+for (const t of tallies) console.log(line(t));
 for (const t of tallies) for (const [reason, n] of t.reasons) console.log(`${t.command}: ${n} × ${reason}`);
