@@ -59,7 +59,7 @@
  * Side effects that remain: the scratch and frame pages are faulted in (and
  * count as written for soft-dirty or userfaultfd write-protect tracking), and
  * a thread whose code has no rt_sigreturn trampoline, or whose stack has no
- * room for the frame (~3.5 KiB), or that runs with a shadow stack, is refused
+ * room for the frames (~3.6 KiB), or that runs with a shadow stack, is refused
  * rather than driven without a way home.
  */
 import { SysError, errnoName, errnoText } from "../sys/errno";

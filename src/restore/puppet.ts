@@ -14,8 +14,8 @@
  * kernel kills every half-built task.
  */
 import { errnoName, errnoText, SysError } from "../sys/errno";
-import { addressOf, processVmWritev, syscall as rawSyscall, waitpid } from "../sys/libc";
-import { NT, PTRACE, PTRACE_EVENT_STOP, SYS, W } from "../sys/nr";
+import { addressOf, processVmWritev, waitpid } from "../sys/libc";
+import { NT, PTRACE_EVENT_STOP, SYS, W } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
 import { decodeUserRegs, encodeUserRegs, USER_REGS_SIZE, type UserRegs } from "../sys/structs";
 
