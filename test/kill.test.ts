@@ -121,7 +121,8 @@ describe("ckpt killed at any moment", () => {
     // Told: the guard exits, the processes run on.
     let ts = await sleepers();
     const told = await RestoreGuard.start(ts.map((t) => t.pid));
-    expect(isGuard(told.pid)).toBe(true);
+    // It reports its pid first and names itself right after.
+    await waitFor("the guard to name itself", () => isGuard(told.pid));
     told.release();
     await waitFor("the guard to exit", () => !isGuard(told.pid));
     await Bun.sleep(100);
@@ -131,6 +132,7 @@ describe("ckpt killed at any moment", () => {
     // Abandoned: both are killed.
     ts = await sleepers();
     const abandoned = await RestoreGuard.start(ts.map((t) => t.pid));
+    await waitFor("the guard to name itself", () => isGuard(abandoned.pid));
     abandoned.abandon();
     await waitFor("the guarded processes to be killed", () => ts.every((t) => gone(t.pid)));
     await waitFor("the guard to exit", () => !isGuard(abandoned.pid));
@@ -189,8 +191,7 @@ describe("ckpt killed at any moment", () => {
       const root = await startDetached(["sleep", "100"]);
       targets.push(root);
       const abandoned = await startTracker(proc, root.pid, [], 30);
-      await Bun.sleep(100);
-      expect(isTracker(abandoned.id.pid)).toBe(true);
+      await waitFor("the tracker to name itself", () => isTracker(abandoned.id.pid));
       abandoned.pipe.abandon();
       await waitFor("the uncommitted tracker to end", () => !isTracker(abandoned.id.pid), 2000);
 
