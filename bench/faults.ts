@@ -19,10 +19,10 @@
  * Run: bun bench/faults.ts   (KILLS=500 per command, COMMANDS=dump-R,pre-dump,dump,restore,
  *      MIB=64 for the workload; CKPT=path of a ckpt executable, default dist/ckpt if built, else the source)
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { alive, tempDir } from "../test/helpers/target";
-import { baseline, brokenPromises, fdKinds, killDuring, startSturdy, type Baseline, type KillOutcome } from "../test/helpers/kill-campaign";
+import { baseline, brokenPromises, fdKinds, killDuring, timeWholeRun, startSturdy, type Baseline, type KillOutcome } from "../test/helpers/kill-campaign";
 import { BenchCleanup } from "./cleanup";
 
 const KILLS = Number(process.env.KILLS ?? 500);
@@ -58,35 +58,12 @@ function note(t: Tally, o: KillOutcome): void {
   for (const r of [...o.broken, ...(o.falselyComplete ? ["inventory over images that do not decode"] : [])]) t.reasons.set(r, (t.reasons.get(r) ?? 0) + 1);
 }
 
-function tracedBy(pid: number): boolean {
-  try {
-    return /^TracerPid:\s*[1-9]/m.test(readFileSync(`/proc/${pid}/status`, "utf8"));
-  } catch {
-    return false;
-  }
-}
-
-/** Run once without a kill: total time and the time ckpt held the tree. */
-async function measureOnce(argv: string[], pid: number): Promise<{ totalMs: number; tracedMs: number }> {
-  const start = performance.now();
-  const child = Bun.spawn(argv, { stdout: "ignore", stderr: "pipe" });
-  let traced = 0;
-  while (child.exitCode === null) {
-    if (traced === 0 && tracedBy(pid)) traced = performance.now();
-    await Bun.sleep(0);
-  }
-  const code = await child.exited;
-  if (code !== 0) throw new Error(`${argv.join(" ")}: exit ${code}: ${await new Response(child.stderr).text()}`);
-  const end = performance.now();
-  return { totalMs: end - start, tracedMs: traced ? end - traced : end - start };
-}
-
 /** The median of three runs; `next` gives each its argv and target pid, `after` runs after each. */
 async function measure(next: () => { argv: string[]; pid: number }, after: () => Promise<void>): Promise<{ totalMs: number; tracedMs: number }> {
   const runs: { totalMs: number; tracedMs: number }[] = [];
   for (let i = 0; i < 3; i++) {
     const { argv, pid } = next();
-    runs.push(await measureOnce(argv, pid));
+    runs.push(await timeWholeRun(argv, pid));
     await after();
   }
   const median = (xs: number[]): number => xs.sort((a, b) => a - b)[1]!;
@@ -109,7 +86,7 @@ async function campaign(name: string, args: (pid: number, dir: string, prev: str
   // Timed on the kind of run that is killed: for pre-dump, later rounds of a chain, which save only what was written since.
   if (name === "pre-dump") {
     prev = dirFor();
-    await measureOnce([...CKPT, ...args(t.pid, prev, null)], t.pid);
+    await timeWholeRun([...CKPT, ...args(t.pid, prev, null)], t.pid);
   }
   let measured = "";
   const timing = await measure(

@@ -12,7 +12,7 @@ import { startTracker, TRACKER_COMM } from "../src/dump/tracking/tracker";
 import { ProcFs } from "../src/proc/procfs";
 import { RestoreGuard, GUARD_COMM } from "../src/restore/guard";
 import { alive, startDetached, tempDir, waitFor, type Target } from "./helpers/target";
-import { baseline, brokenPromises, fdKinds, killDuring, startSturdy, type KillOutcome } from "./helpers/kill-campaign";
+import { baseline, brokenPromises, fdKinds, killDuring, startSturdy, timeWholeRun, type KillOutcome } from "./helpers/kill-campaign";
 
 const MAIN = join(import.meta.dir, "../src/cli/main.ts");
 const HELPER = join(import.meta.dir, "helpers/inject-then-die.ts");
@@ -24,20 +24,6 @@ async function sturdy() {
   const t = await startSturdy(16);
   targets.push(t.target);
   return t;
-}
-
-/** How long ckpt has the tree: from its first trace of the target to its exit. */
-async function tracedWindow(argv: string[], pid: number): Promise<number> {
-  const child = Bun.spawn(argv, { stdout: "ignore", stderr: "pipe" });
-  let start = 0;
-  while (start === 0 && child.exitCode === null) {
-    const status = await Bun.file(`/proc/${pid}/status`).text();
-    if (/^TracerPid:\s*[1-9]/m.test(status)) start = performance.now();
-    else await Bun.sleep(0);
-  }
-  const code = await child.exited;
-  if (code !== 0) throw new Error(`${argv.join(" ")} failed: ${await new Response(child.stderr).text()}`);
-  return performance.now() - (start || performance.now());
 }
 
 describe("ckpt killed at any moment", () => {
@@ -73,7 +59,7 @@ describe("ckpt killed at any moment", () => {
     test(`ckpt ${command[0]} SIGKILLed at random moments while it holds the tree: the target runs on untouched, no image set looks complete`, async () => {
       const t = await sturdy();
       const argvFor = (dir: string): string[] => [process.execPath, MAIN, ...command, "-t", String(t.pid), "-D", dir];
-      const window = await tracedWindow(argvFor(join(tempDir("kill"), "full")), t.pid);
+      const window = (await timeWholeRun(argvFor(join(tempDir("kill"), "full")), t.pid)).tracedMs;
       const outcomes: KillOutcome[] = [];
       for (let i = 0; i < 6; i++) {
         const dir = join(tempDir("kill"), "img");
@@ -90,7 +76,7 @@ describe("ckpt killed at any moment", () => {
   test("ckpt dump (no -R) SIGKILLed at random moments: the target runs on untouched, or the image set is whole before the tree is gone", async () => {
     let t = await sturdy();
     const argvFor = (dir: string): string[] => [process.execPath, MAIN, "dump", "-t", String(t.pid), "-D", dir];
-    const window = await tracedWindow(argvFor(join(tempDir("kill"), "full")), t.pid);
+    const window = (await timeWholeRun(argvFor(join(tempDir("kill"), "full")), t.pid)).tracedMs;
     t = await sturdy(); // that dump killed the first one
     let incomplete = 0;
     for (let i = 0; i < 10 && incomplete < 3; i++) {

@@ -277,6 +277,21 @@ function tracedBy(pid: number): number {
   }
 }
 
+/** Run once without a kill: the whole run's time, and the time from ckpt's first trace of the target to its exit. */
+export async function timeWholeRun(argv: string[], pid: number): Promise<{ totalMs: number; tracedMs: number }> {
+  const start = performance.now();
+  const child = Bun.spawn(argv, { stdout: "ignore", stderr: "pipe" });
+  let traced = 0;
+  while (child.exitCode === null) {
+    if (traced === 0 && tracedBy(pid) !== 0) traced = performance.now();
+    await Bun.sleep(0);
+  }
+  const code = await child.exited;
+  if (code !== 0) throw new Error(`${argv.join(" ")}: exit ${code}: ${await new Response(child.stderr).text()}`);
+  const end = performance.now();
+  return { totalMs: end - start, tracedMs: traced ? end - traced : end - start };
+}
+
 /** Busy-wait: timers have a millisecond's grain, the windows we aim at are narrower. */
 function spinFor(ms: number): void {
   const until = performance.now() + ms;
