@@ -8,7 +8,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as ptrace from "../src/sys/ptrace";
 import { runCkpt } from "./helpers/cli";
-import { allBlocked, ptraceState, runsFree } from "./helpers/images";
+import { allBlocked, asleepAgain, ptraceState, runsFree } from "./helpers/images";
 import { buildC, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { memTarget, selfCheck, treeTarget } from "./helpers/workloads";
 
@@ -159,6 +159,8 @@ describe("ckpt itself interrupted", () => {
         expect(existsSync(dir)).toBe(false);
       }
       await waitFor("the tree to run free", () => runsFree(pid));
+      // memtarget waits in pause(): its self-check signal must find it there.
+      await waitFor("the tree to sleep in its calls again", () => asleepAgain(pid));
       expect(noImageSet(dir)).toBe(true);
       expect(await selfCheck(pid, out)).toBe("ok");
     });

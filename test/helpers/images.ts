@@ -83,6 +83,20 @@ export function runsFree(pid: number): boolean {
   });
 }
 
+/**
+ * Every thread asleep in a system call again (state S). After a kill of
+ * ckpt, a thread takes a moment to return through its injection frame; a
+ * signal sent in that moment finds its call set to restart (README, "If ckpt
+ * is killed"), which a `pause()` loop would take for a lost wakeup.
+ */
+export function asleepAgain(pid: number): boolean {
+  try {
+    return readdirSync(`/proc/${pid}/task`).every((t) => ptraceState(pid, Number(t))?.state === "S") && allBlocked(pid);
+  } catch {
+    return false;
+  }
+}
+
 /** The process is gone (or a zombie waiting for its parent). */
 export function isGone(pid: number): boolean {
   const s = ptraceState(pid);
