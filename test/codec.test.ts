@@ -225,7 +225,7 @@ describe("CRIU 4.2 fixture images", () => {
     }
     if (theirs !== null && typeof theirs === "object") {
       const o = ours as Record<string, unknown>;
-      const keys = Object.keys(theirs).filter((k) => k !== "plugins_entry"); // not defined by ckpt
+      const keys = Object.keys(theirs);
       expect(Object.keys(o).sort()).toEqual(keys.sort());
       for (const k of keys) samePretty((theirs as Record<string, unknown>)[k], o[k], `${path}.${k}`);
       return;

@@ -169,8 +169,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       irmapMs: files.ctx.irmap.ms,
     });
     const inv = inventoryEntry(crypto.randomUUID(), frozenUptime);
-    const root = dumped[0];
-    if (root) inv.rootIds = create(TaskKobjIdsEntrySchema, root.ids);
+    inv.rootIds = create(TaskKobjIdsEntrySchema, kobj.dumper);
 
     let figures: DumpFigures;
     if (opts.leaveRunning) {

@@ -6,7 +6,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { TaskKobjIdsEntrySchema, type TaskKobjIdsEntry } from "../image/gen/core_pb";
-import type { ProcFs } from "../proc/procfs";
+import type { ProcFs, ProcTarget } from "../proc/procfs";
 import { kcmp } from "../sys/calls";
 import { KCMP } from "../sys/nr";
 
@@ -27,9 +27,20 @@ export class KobjIds {
   private nextNsId = 1;
   kcmpCalls = 0;
 
-  constructor(private readonly proc: ProcFs) {}
+  /**
+   * inventory.img's root_ids: the ids of the program that dumps, taken first
+   * (so they are 1) and compared like any task's. CRIU's restore reads them
+   * as the root task's parent: a root task with the same files_id would
+   * share its fd table with the dumper ("Image corruption on kIDs data").
+   */
+  readonly dumper: TaskKobjIdsEntry;
 
-  private kobjId(kind: KobjKind, type: number, pid: number): number {
+  constructor(private readonly proc: ProcFs) {
+    this.dumper = this.of("self");
+  }
+
+  private kobjId(kind: KobjKind, type: number, target: ProcTarget): number {
+    const pid = target === "self" ? process.pid : target;
     const list = this.seen.get(kind) ?? [];
     this.seen.set(kind, list);
     for (const rep of list) {
@@ -42,11 +53,11 @@ export class KobjIds {
   }
 
   /** The ids of one process. */
-  of(pid: number): TaskKobjIdsEntry {
+  of(target: ProcTarget): TaskKobjIdsEntry {
     const e: Record<string, number> = {};
-    for (const [kind, type] of KOBJ) e[kind] = this.kobjId(kind, type, pid);
+    for (const [kind, type] of KOBJ) e[kind] = this.kobjId(kind, type, target);
     for (const [ns, field] of NAMESPACES) {
-      const link = this.proc.readlink(pid, `ns/${ns}`);
+      const link = this.proc.readlink(target, `ns/${ns}`);
       let id = this.nsIds.get(link);
       if (id === undefined) {
         id = this.nextNsId++;

@@ -1,6 +1,6 @@
 /** inventory.img: the image set's version and the facts a later run checks it against. */
 import { create } from "@bufbuild/protobuf";
-import { InventoryEntrySchema, Lsmtype, type InventoryEntry } from "../image/gen/inventory_pb";
+import { InventoryEntrySchema, Lsmtype, PluginsEntrySchema, type InventoryEntry } from "../image/gen/inventory_pb";
 import type { ProcFs } from "../proc/procfs";
 
 /** Host uptime in microseconds, from /proc/uptime. */
@@ -20,8 +20,15 @@ export function inventoryEntry(runId: string, frozenUptime: bigint): InventoryEn
     imgVersion: 2,
     fdinfoPerId: true,
     nsPerId: true,
+    // The fields CRIU 4.2 always writes. No cgroup.img is written and no
+    // task names a cgroup set, so a restore leaves cgroups as they are; the
+    // set id must not be 0 all the same. Network locking: iptables (0), not
+    // used without --tcp-established. No plugins needed.
+    rootCgSet: 1,
     lsmtype: Lsmtype.NO_LSM,
     dumpUptime: frozenUptime,
+    networkLockMethod: 0,
+    pluginsEntry: create(PluginsEntrySchema, { plugins: [] }),
     dumpCriuRunId: runId,
   });
 }
