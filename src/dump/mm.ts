@@ -99,6 +99,14 @@ export function dumpVmas(proc: ProcFs, pid: number, areas: readonly MapArea[], t
       if (a.path.startsWith("[") && !special && a.path !== "[stack]" && !a.path.startsWith("[anon:") && !a.path.startsWith("[stack:")) {
         throw new UnsupportedFileError(pid, `the area at 0x${range}`, `a special mapping ${a.path}`);
       }
+      const prev = out[out.length - 1];
+      if (special === VMA.AREA_VVAR && prev && (prev.entry.status & VMA.AREA_VVAR) !== 0 && prev.entry.end === a.start) {
+        // [vvar] and [vvar_vclock] (Linux 6.13+) become one vvar area, as
+        // CRIU records them: its restore compares the image's vvar with the
+        // running kernel's as one area.
+        prev.entry.end = a.end;
+        continue;
+      }
       out.push({
         area: a,
         savePages: savesPages(a),
@@ -121,7 +129,7 @@ export function dumpVmas(proc: ProcFs, pid: number, areas: readonly MapArea[], t
       }
       counters.distinctFiles++;
       const openFlags = shared && (a.write || hasFlag(a, "mw")) ? O.RDWR : O.RDONLY;
-      id = table.addRegular({ path: a.path, flags: openFlags, pos: 0n, st, mntId: Number(st.mntId) });
+      id = table.addRegular({ path: a.path, flags: openFlags, pos: 0n, st });
       fileIds.set(key, id);
     }
     out.push({

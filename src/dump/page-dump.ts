@@ -98,11 +98,25 @@ function adjacentStretches(vmas: readonly PageVma[]): PageVma[][] {
   return out;
 }
 
+/**
+ * Areas saved page for page whether their pages are present or not: the
+ * vDSO. CRIU's restorer reads the dumped vDSO as an ELF image to find its
+ * entry points (and builds a proxy when the running kernel's differs), so
+ * its pages must be in the image even when the process never touched them.
+ */
+function savedWhole(a: MapArea): boolean {
+  return a.inode === 0n && a.path === "[vdso]";
+}
+
 /** Find the pages to save (the tree is frozen). */
 export function planProcessPages(pid: number, areas: readonly MapArea[], choice: PageScanChoice, proc: ProcFs, counters: PageCounters, tracking: ProcessTracking | null): PagePlan {
   const t = performance.now();
   const method = methodOf(choice);
-  const vmas = areas.map(toVma);
+  const allVmas = areas.map(toVma);
+  const vmas = areas.filter((a) => !savedWhole(a)).map(toVma);
+  const wholeRuns: PageRun[] = areas.filter(savedWhole).map((a) => ({
+    vaddr: a.start, nrPages: Number((a.end - a.start) / BigInt(PAGE_SIZE)), ...(tracking ? { dirty: true } : {}),
+  }));
   let runs: PageRun[];
   let pagesScanned: number;
   if (!tracking) {
@@ -123,6 +137,10 @@ export function planProcessPages(pid: number, areas: readonly MapArea[], choice:
     runs.sort((x, y) => (x.vaddr < y.vaddr ? -1 : x.vaddr > y.vaddr ? 1 : 0));
     pagesScanned = scans.reduce((s, a) => s + a.pagesScanned, 0) + b.pagesScanned;
   }
+  if (wholeRuns.length > 0) {
+    runs = [...runs, ...wholeRuns].sort((x, y) => (x.vaddr < y.vaddr ? -1 : x.vaddr > y.vaddr ? 1 : 0));
+    pagesScanned += wholeRuns.reduce((s, r) => s + r.nrPages, 0);
+  }
   const toWrite = runs.filter((r) => r.dirty !== false);
   const pagesToWrite = toWrite.reduce((s, r) => s + r.nrPages, 0);
   const pagesInParent = runs.reduce((s, r) => s + r.nrPages, 0) - pagesToWrite;
@@ -131,7 +149,7 @@ export function planProcessPages(pid: number, areas: readonly MapArea[], choice:
     pagesScanned, pagesToWrite, pagesInParent, scanMs,
     copy(running) {
       const c = performance.now();
-      const data = copyPages(pid, vmas, toWrite, { proc, counters, running });
+      const data = copyPages(pid, allVmas, toWrite, { proc, counters, running });
       return {
         entries: pagemapEntries(runs),
         pagesScanned, pagesWritten: pagesToWrite, pagesInParent,

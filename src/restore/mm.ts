@@ -58,13 +58,43 @@ function isSpecialSeedArea(a: MapArea): boolean {
   return a.path === "[vdso]" || a.path === "[vvar]" || a.path === "[vvar_vclock]";
 }
 
-/** Move the seed's vvar/vdso areas onto the image's, which must match in number and sizes. */
-function placeSpecials(r: MmRebuild, seedAreas: readonly MapArea[], targets: readonly VmaEntry[]): void {
-  const seed = seedAreas.filter(isSpecialSeedArea);
-  const want = targets.filter((v) => (v.status & SPECIAL) !== 0);
-  const sizes = (xs: readonly { start: bigint; end: bigint }[]): string => xs.map((x) => hex(x.end - x.start)).join(",");
-  if (want.length !== seed.length || want.some((w, i) => { const s = seed[i]; return !s || w.end - w.start !== s.end - s.start; })) {
-    throw new Error(`process ${r.pid}: this kernel's vvar/vdso areas (${sizes(seed)}) differ from the image's (${sizes(want)}); images from another kernel are not supported yet`);
+/**
+ * One vvar or vdso area as a restore compares them: CRIU (and ckpt since)
+ * records the adjacent [vvar] and [vvar_vclock] of Linux 6.13+ as one vvar
+ * area, so the seed's are joined the same way. `parts`: the seed's areas in it.
+ */
+interface SpecialSpan {
+  kind: "vvar" | "vdso";
+  start: bigint;
+  end: bigint;
+  parts: { start: bigint; end: bigint }[];
+}
+
+function joinSpans(areas: readonly { start: bigint; end: bigint; kind: "vvar" | "vdso" }[]): SpecialSpan[] {
+  const spans: SpecialSpan[] = [];
+  for (const a of [...areas].sort((x, y) => (x.start < y.start ? -1 : 1))) {
+    const last = spans[spans.length - 1];
+    if (last && a.kind === "vvar" && last.kind === "vvar" && last.end === a.start) {
+      last.end = a.end;
+      last.parts.push({ start: a.start, end: a.end });
+    } else {
+      spans.push({ kind: a.kind, start: a.start, end: a.end, parts: [{ start: a.start, end: a.end }] });
+    }
+  }
+  return spans;
+}
+
+/** The image's vvar and vdso areas, joined as the seed's are. */
+function imageSpecialSpans(vmas: readonly VmaEntry[]): SpecialSpan[] {
+  return joinSpans(vmas.filter((v) => (v.status & SPECIAL) !== 0).map((v) => ({ start: v.start, end: v.end, kind: (v.status & VMA.AREA_VDSO) !== 0 ? "vdso" : "vvar" })));
+}
+
+/** Move the seed's vvar/vdso areas onto the image's, which must match in kind, order and sizes. */
+function placeSpecials(r: MmRebuild, seedAreas: readonly MapArea[], want: readonly SpecialSpan[]): void {
+  const seed = joinSpans(seedAreas.filter(isSpecialSeedArea).map((a) => ({ start: a.start, end: a.end, kind: a.path === "[vdso]" ? "vdso" : "vvar" })));
+  const layout = (xs: readonly SpecialSpan[]): string => xs.map((x) => `${x.kind} ${hex(x.end - x.start)}`).join(", ");
+  if (want.length !== seed.length || want.some((w, i) => { const s = seed[i]; return !s || s.kind !== w.kind || w.end - w.start !== s.end - s.start; })) {
+    throw new Error(`process ${r.pid}: this kernel's vvar/vdso areas (${layout(seed)}) differ from the image's (${layout(want)}); images from another kernel are not supported yet`);
   }
   // Step one: every special area to a hole clear of the image and of each other.
   const taken: Range[] = [...r.mm.vmas, r.syscallPage, ...seed];
@@ -72,13 +102,17 @@ function placeSpecials(r: MmRebuild, seedAreas: readonly MapArea[], targets: rea
     const size = s.end - s.start;
     const at = findFree(taken, size);
     taken.push({ start: at, end: at + size });
-    r.puppet.call(SYS.mremap, [s.start, size, size, 3 /* MAYMOVE|FIXED */, at]);
+    for (const part of s.parts) r.puppet.call(SYS.mremap, [part.start, part.end - part.start, part.end - part.start, 3 /* MAYMOVE|FIXED */, at + (part.start - s.start)]);
     return at;
   });
+  // Step two: each part to its place in the image's span.
   want.forEach((w, i) => {
+    const s = seed[i]!;
     const from = parked[i] ?? 0n;
-    const size = w.end - w.start;
-    r.puppet.call(SYS.mremap, [from, size, size, 3, w.start]);
+    for (const part of s.parts) {
+      const size = part.end - part.start;
+      r.puppet.call(SYS.mremap, [from + (part.start - s.start), size, size, 3, w.start + (part.start - s.start)]);
+    }
   });
 }
 
@@ -144,9 +178,12 @@ export function rebuildMm(r: MmRebuild): PageFill {
     if (a.start >= r.syscallPage.start && a.end <= r.syscallPage.end) continue;
     r.puppet.call(SYS.munmap, [a.start, a.end - a.start]);
   }
-  placeSpecials(r, seedAreas, r.mm.vmas);
+  const specials = imageSpecialSpans(r.mm.vmas);
+  placeSpecials(r, seedAreas, specials);
   const fileFds = mapAreas(r);
-  const fill = fillPages(r.pid, r.pages);
+  // The kernel's own vDSO now lies where the image's was; the image's copy
+  // of it (CRIU saves it for its proxy) is not written over it.
+  const fill = fillPages(r.pid, r.pages, specials);
   finishAreas(r);
   for (const fd of fileFds.values()) r.fds.close(fd);
   setMmMap(r);

@@ -7,7 +7,7 @@
  */
 import { close, fstat, mmap, munmap, openat, processVmWritev } from "../sys/libc";
 import { AT, MAP, O, PAGE_SIZE, PROT } from "../sys/nr";
-import type { PageChain, Round } from "./page-chain";
+import type { PageChain, PagePiece, Round } from "./page-chain";
 
 /** Runs per process_vm_writev (the kernel's UIO_MAXIOV). */
 const IOV_MAX = 1024;
@@ -44,11 +44,33 @@ function mapPagesFile(r: Round): { base: number; size: number } {
   }
 }
 
-/** Copy every saved page of the process (all must be writable now), following in-parent runs down the chain. */
-export function fillPages(pid: number, chain: PageChain): PageFill {
+/** The parts of `pieces` outside every range of `skip`. */
+function outside(pieces: readonly PagePiece[], skip: readonly { start: bigint; end: bigint }[]): PagePiece[] {
+  let out = [...pieces];
+  for (const r of skip) {
+    out = out.flatMap((p) => {
+      const end = p.remote + BigInt(p.length);
+      if (end <= r.start || p.remote >= r.end) return [p];
+      const kept: PagePiece[] = [];
+      if (p.remote < r.start) kept.push({ ...p, length: Number(r.start - p.remote) });
+      if (end > r.end) {
+        const cut = Number(r.end - p.remote);
+        kept.push({ remote: r.end, round: p.round, offset: p.offset + cut, length: p.length - cut });
+      }
+      return kept;
+    });
+  }
+  return out;
+}
+
+/**
+ * Copy every saved page of the process (all must be writable now), following
+ * in-parent runs down the chain; pages inside `skip` stay as they are.
+ */
+export function fillPages(pid: number, chain: PageChain, skip: readonly { start: bigint; end: bigint }[] = []): PageFill {
   const started = performance.now();
   const fill: PageFill = { pages: 0, calls: 0, ms: 0 };
-  const pieces = chain.pieces;
+  const pieces = skip.length > 0 ? outside(chain.pieces, skip) : chain.pieces;
   const maps: { base: number; size: number }[] = [];
   const local = new BigUint64Array(IOV_MAX * 2);
   const remote = new BigUint64Array(IOV_MAX * 2);
