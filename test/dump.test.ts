@@ -6,6 +6,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { CoreEntrySchema } from "../src/image/gen/core_pb";
+import { imageRegs } from "../src/dump/core";
 import { FileEntrySchema } from "../src/image/gen/fdinfo_pb";
 import { MmEntrySchema } from "../src/image/gen/mm_pb";
 import { PstreeEntrySchema } from "../src/image/gen/pstree_pb";
@@ -119,7 +120,7 @@ describe("dump -R of a process with a memory pattern and threads", async () => {
     expect(covered).toBe(regionBytes);
   });
 
-  test("registers in the images equal a ptrace read of every (still blocked) thread", () => {
+  test("registers in the images equal a ptrace read of every (still blocked) thread, with the syscall-restart rules applied as CRIU records them", () => {
     const buf = new Uint8Array(USER_REGS_SIZE);
     for (const tid of [pid, ...tids]) {
       const [core] = entries(dir, `core-${tid}.img`, CoreEntrySchema);
@@ -132,7 +133,9 @@ describe("dump -R of a process with a memory pattern and threads", async () => {
       } finally {
         ptrace.detach(tid);
       }
-      const live = decodeUserRegs(buf);
+      const live = imageRegs(decodeUserRegs(buf));
+      // Blocked in a restartable call: the image re-issues it.
+      expect(live.ip).toBe(decodeUserRegs(buf).ip - 2n);
       const asImage: Record<string, bigint> = {};
       for (const name of USER_REGS) asImage[name] = (saved as unknown as Record<string, bigint>)[name === "orig_ax" ? "origAx" : name === "fs_base" ? "fsBase" : name === "gs_base" ? "gsBase" : name] ?? -1n;
       expect(asImage).toEqual(live as Record<string, bigint>);

@@ -19,6 +19,7 @@ import { Errno, SysError } from "../sys/errno";
 import { addressOf, syscall } from "../sys/libc";
 import { NT, PTRACE, SYS } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
+import { withRestartApplied } from "./inject";
 import { decodeUserFpregs, decodeUserRegs, USER_REGS_SIZE, XFEATURE, XSAVE_HEADER_BV, XSAVE_SW_XCR0, type UserRegs } from "../sys/structs";
 
 /** Largest xstate the kernel hands out (AMX tiles make it ~11 KiB); the kernel trims iov_len. */
@@ -82,17 +83,30 @@ function readTls(tid: number, entry: number): UserDescT {
   });
 }
 
+/**
+ * The registers as the image holds them: with the syscall-restart rules
+ * already applied (an interrupted call re-issued, one bound for
+ * restart_syscall failing with EINTR), because CRIU's restorer returns into
+ * the task through rt_sigreturn, which never restarts anything; orig_ax kept,
+ * as CRIU keeps it. ckpt's restore sets them in a signal stop, where the
+ * kernel finds no restart error in ax and leaves them be.
+ */
+export function imageRegs(regs: UserRegs): UserRegs {
+  return { ...withRestartApplied(regs), orig_ax: regs.orig_ax };
+}
+
 /** CRIU's thread_info for x86: registers, FPU/xstate, TLS; clear_tid comes from injection. */
 export function threadInfo(tid: number, r: ThreadRegs, clearTidAddr: bigint): ThreadInfoX86 {
   const fp = decodeUserFpregs(r.xstate.subarray(0, 512));
+  const g = imageRegs(r.regs);
   return create(ThreadInfoX86Schema, {
     clearTidAddr,
     gpregs: create(UserX86RegsEntrySchema, {
-      r15: r.regs.r15, r14: r.regs.r14, r13: r.regs.r13, r12: r.regs.r12, bp: r.regs.bp, bx: r.regs.bx,
-      r11: r.regs.r11, r10: r.regs.r10, r9: r.regs.r9, r8: r.regs.r8, ax: r.regs.ax, cx: r.regs.cx,
-      dx: r.regs.dx, si: r.regs.si, di: r.regs.di, origAx: r.regs.orig_ax, ip: r.regs.ip, cs: r.regs.cs,
-      flags: r.regs.flags, sp: r.regs.sp, ss: r.regs.ss, fsBase: r.regs.fs_base, gsBase: r.regs.gs_base,
-      ds: r.regs.ds, es: r.regs.es, fs: r.regs.fs, gs: r.regs.gs,
+      r15: g.r15, r14: g.r14, r13: g.r13, r12: g.r12, bp: g.bp, bx: g.bx,
+      r11: g.r11, r10: g.r10, r9: g.r9, r8: g.r8, ax: g.ax, cx: g.cx,
+      dx: g.dx, si: g.si, di: g.di, origAx: g.orig_ax, ip: g.ip, cs: g.cs,
+      flags: g.flags, sp: g.sp, ss: g.ss, fsBase: g.fs_base, gsBase: g.gs_base,
+      ds: g.ds, es: g.es, fs: g.fs, gs: g.gs,
     }),
     fpregs: create(UserX86FpregsEntrySchema, {
       cwd: fp.cwd, swd: fp.swd, twd: fp.twd, fop: fp.fop, rip: fp.rip, rdp: fp.rdp, mxcsr: fp.mxcsr,

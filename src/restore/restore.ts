@@ -23,6 +23,7 @@
  * the guard kills the whole tree instead; a seed not yet seized ends itself
  * after 30 s (seed.ts).
  */
+import { isFieldSet } from "@bufbuild/protobuf";
 import { CoreEntrySchema, type CoreEntry } from "../image/gen/core_pb";
 import { FdinfoEntrySchema, type FdinfoEntry } from "../image/gen/fdinfo_pb";
 import { FsEntrySchema, type FsEntry } from "../image/gen/fs_pb";
@@ -30,7 +31,7 @@ import { MmEntrySchema, type MmEntry } from "../image/gen/mm_pb";
 import { PageChain } from "./page-chain";
 import { InventoryEntrySchema } from "../image/gen/inventory_pb";
 import { PstreeEntrySchema, type PstreeEntry } from "../image/gen/pstree_pb";
-import { CoreEntry_March, TaskKobjIdsEntrySchema, type TaskKobjIdsEntry } from "../image/gen/core_pb";
+import { CoreEntry_March, TaskKobjIdsEntrySchema, ThreadCoreEntrySchema, type TaskKobjIdsEntry } from "../image/gen/core_pb";
 import { readMaps } from "../proc/maps";
 import { ProcFs } from "../proc/procfs";
 import { statOrNull, writeWholeFile } from "../sys/file";
@@ -225,6 +226,16 @@ function restoreProcess(ctx: RestoreContext, p: ProcessPlan, tree: RestoredTree)
   return { pages: fill.pages, stop: stop || tc.taskState === TASK_STOPPED };
 }
 
+/**
+ * A thread's blocked mask as CRIU reads it: the leader's from the task core
+ * (CRIU writes it there only), another thread's from its thread core.
+ */
+function blockedMask(core: CoreEntry): bigint {
+  if (core.tc) return core.tc.blkSigset;
+  const tc = core.threadCore;
+  return tc && isFieldSet(tc, ThreadCoreEntrySchema.field.blkSigset) ? tc.blkSigset : 0n;
+}
+
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const started = performance.now();
   const calls0 = snapshotCallCounts();
@@ -289,7 +300,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         if (!core?.threadInfo) throw new Error(`thread ${tid} has no registers in its core image`);
         tree.threads.get(tid)?.parkInSignalStop();
         restoreRegisters(tid, core.threadInfo);
-        ptrace.setSigmask(tid, core.threadCore?.blkSigset ?? core.tc?.blkSigset ?? 0n);
+        ptrace.setSigmask(tid, blockedMask(core));
       }
     }
     // Before the tree runs, so that a bad path fails the restore and not after it.
