@@ -32,7 +32,6 @@ export interface RegularFile {
   flags: number;
   pos: bigint;
   st: Statx;
-  mntId: number;
   fown?: FownEntry;
 }
 
@@ -73,7 +72,9 @@ export class FileTable {
         pos: f.pos,
         fown: f.fown ?? noOwner(),
         name: f.path,
-        mntId: f.mntId,
+        // No mnt_id: it names an entry of a mountpoints image, which is
+        // written only with the mount namespace. CRIU looks it up when it
+        // is set and fails, for ghost files, when there is none.
         size: f.st.size,
         mode: f.st.mode,
       }),

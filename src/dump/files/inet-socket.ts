@@ -12,7 +12,7 @@ import { AF, getsockoptInt, IPPROTO, SO, SOCK, SOL, TCP_STATE } from "../../sys/
 import { readFown } from "./fd-access";
 import { UnsupportedFileError } from "./file-table";
 import type { FdKind } from "./kind";
-import { readSkOpts, shutdownOf } from "./sk-opts";
+import { readSkOpts, shutdownField } from "./sk-opts";
 import { socketInode } from "./unix-socket";
 
 const STATE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(TCP_STATE).map(([k, v]) => [v, k]));
@@ -43,10 +43,12 @@ export const inetSocketKind: FdKind = {
       isk: create(InetSkEntrySchema, {
         id, ino, family, type, proto, state: d.state, srcPort: d.srcPort, dstPort: 0,
         flags: f.info.flags & ~O.CLOEXEC, backlog: d.wqueue,
-        srcAddr: family === AF.INET ? [d.srcWords[0]] : [...d.srcWords], dstAddr: [],
+        // A listener has no peer, but CRIU wants a destination address of the
+        // family's length all the same (it refuses "Addr len mismatch").
+        srcAddr: family === AF.INET ? [d.srcWords[0]] : [...d.srcWords], dstAddr: family === AF.INET ? [0] : [0, 0, 0, 0],
         fown: readFown(local), opts: readSkOpts(local),
         ...(family === AF.INET6 ? { v6only: d.v6only ?? false } : {}),
-        shutdown: shutdownOf(d.shutdown ?? 0),
+        ...shutdownField(d.shutdown ?? 0),
       }),
     }));
   },

@@ -99,7 +99,7 @@ export const fifoKind: FdKind = {
   dump(f, id, ctx) {
     const pipeId = saveData(f, ctx, "fifo-data.img", "FIFO_DATA");
     const fown = readFown(ctx.access.local(f.fd));
-    const regfId = ctx.table.addRegular({ path: f.link, flags: f.info.flags & ~O.CLOEXEC, pos: 0n, st: f.st, mntId: f.info.mntId, fown });
+    const regfId = ctx.table.addRegular({ path: f.link, flags: f.info.flags & ~O.CLOEXEC, pos: 0n, st: f.st, fown });
     ctx.table.add(create(FileEntrySchema, { type: FdTypes.FIFO, id, fifo: create(FifoEntrySchema, { id, pipeId, regfId }) }));
   },
 };

@@ -71,7 +71,7 @@ export const regularKind: FdKind = {
     if (!f.link.startsWith("/")) throw new UnsupportedFileError(f.pid, f.fd, `a file without a path (${f.link})`);
     const { path, unlinked } = pathOf(f.link, f.st);
     ctx.table.addRegular({
-      path, flags: f.info.flags & ~O.CLOEXEC, pos: f.info.pos, st: f.st, mntId: f.info.mntId,
+      path, flags: f.info.flags & ~O.CLOEXEC, pos: f.info.pos, st: f.st,
       fown: readFown(ctx.access.local(f.fd)),
     }, id);
     if (unlinked) saveGhost(f.pid, f.fd, f.st, id, ctx.table, ctx.access.reopen(f.fd, O.RDONLY));
@@ -89,7 +89,7 @@ export function dumpLinkedFile(proc: ProcFs, pid: number, name: "cwd" | "root" |
   const { path, unlinked } = pathOf(link, st);
   if (unlinked && name !== "exe") throw new UnsupportedFileError(pid, name, `a removed directory (${link})`);
   const flags = name === "exe" ? O.RDONLY : O.RDONLY | O.DIRECTORY;
-  const id = table.addRegular({ path, flags, pos: 0n, st, mntId: Number(st.mntId) });
+  const id = table.addRegular({ path, flags, pos: 0n, st });
   if (unlinked) {
     const file = proc.open(pid, name, O.RDONLY);
     try {

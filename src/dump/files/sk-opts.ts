@@ -40,7 +40,12 @@ export function readSkOpts(fd: number): SkOptsEntry {
   });
 }
 
-/** sock_diag's shutdown bits (RCV 1, SEND 2) as the entry's enum. */
-export function shutdownOf(bits: number): SkShutdown {
-  return [SkShutdown.NONE, SkShutdown.READ, SkShutdown.WRITE, SkShutdown.BOTH][bits & 3] ?? SkShutdown.NONE;
+/**
+ * The shutdown field of a socket entry: present only when a direction is
+ * shut, as CRIU writes it; CRIU's restore calls shutdown() for any value that
+ * is present, and NONE is no valid how.
+ */
+export function shutdownField(bits: number): { shutdown?: SkShutdown } {
+  const how = [SkShutdown.NONE, SkShutdown.READ, SkShutdown.WRITE, SkShutdown.BOTH][bits & 3] ?? SkShutdown.NONE;
+  return how === SkShutdown.NONE ? {} : { shutdown: how };
 }

@@ -85,7 +85,7 @@ export const ttyKind: FdKind = {
       }));
     }
     const fown = readFown(local);
-    const regfId = ctx.table.addRegular({ path: f.link, flags: f.info.flags & ~O.CLOEXEC, pos: 0n, st: f.st, mntId: f.info.mntId, fown });
+    const regfId = ctx.table.addRegular({ path: f.link, flags: f.info.flags & ~O.CLOEXEC, pos: 0n, st: f.st, fown });
     ctx.table.add(create(FileEntrySchema, {
       type: FdTypes.TTY, id,
       tty: create(TtyFileEntrySchema, { id, ttyInfoId: infoId, flags: f.info.flags & ~O.CLOEXEC, fown, regfId }),

@@ -22,7 +22,7 @@ import { cmsgFds, cmsgSpace, decodeCmsgs, getsockoptInt, MSG, recvPeek, setsocko
 import { readFown, type OpenFd } from "./fd-access";
 import { UnsupportedFileError } from "./file-table";
 import type { FdDumpContext, FdKind } from "./kind";
-import { readSkOpts, shutdownOf } from "./sk-opts";
+import { readSkOpts, shutdownField } from "./sk-opts";
 
 /** The inode in a "socket:[INO]" link. */
 export function socketInode(link: string): number | undefined {
@@ -106,7 +106,7 @@ export const unixSocketKind: FdKind = {
         id, ino, type: d.type, state: d.state, flags: f.info.flags & ~O.CLOEXEC, uflags: 0,
         backlog: d.state === TCP_STATE.LISTEN ? d.wqlen : 0, peer: d.peer ?? 0,
         fown: readFown(local), opts: readSkOpts(local), name: d.nameBytes ?? new Uint8Array(0),
-        shutdown: shutdownOf(d.shutdown), ...boundFile(d),
+        ...shutdownField(d.shutdown), ...boundFile(d),
       }),
     }));
   },
