@@ -1,0 +1,162 @@
+/**
+ * CRIU's on-disk format, tested by CRIU itself: upstream CRIU 4.2 restores
+ * what ckpt dumps, and ckpt restores what CRIU 4.2 dumps, for the workloads
+ * the restore tests use, each verifying itself afterwards.
+ *
+ * Runs when CRIU_BIN names a CRIU 4.2 binary (../shared/tools/build-criu42.sh
+ * builds one); skipped with a warning otherwise. CRIU's logs stay in the
+ * image directory (dump.log, restore.log) and are quoted on failure.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { kcmp } from "../src/sys/calls";
+import { KCMP } from "../src/sys/nr";
+import { runCkpt } from "./helpers/cli";
+import { FD, fdTarget } from "./helpers/fd-workloads";
+import { credTarget, restoreTarget, sharedTreeTarget } from "./helpers/restore-workloads";
+import { alive, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
+import { memTarget, selfCheck } from "./helpers/workloads";
+
+const CRIU = process.env.CRIU_BIN ?? "";
+const haveCriu = CRIU !== "" && existsSync(CRIU);
+if (!haveCriu) console.warn("criu-compat: CRIU_BIN is not set to a CRIU 4.2 binary; the CRIU compatibility tests are skipped");
+
+const cleanup: Target[] = [];
+afterEach(() => {
+  for (const t of cleanup.splice(0)) t.kill();
+});
+
+/** The errors of a CRIU log, for a failure message. */
+function criuErrors(log: string): string {
+  if (!existsSync(log)) return `(no ${log})`;
+  return readFileSync(log, "utf8").split("\n").filter((l) => /Error|BUG/.test(l) && !/RLIMIT_NOFILE/.test(l)).slice(0, 8).join("\n");
+}
+
+function criu(verb: "dump" | "restore", dir: string, args: string[]): void {
+  const log = `${verb}.log`;
+  const r = Bun.spawnSync([CRIU, verb, "-D", dir, "-v4", "-o", log, ...args], { stdout: "pipe", stderr: "pipe" });
+  if (r.exitCode !== 0) throw new Error(`criu ${verb} exited ${r.exitCode}:\n${criuErrors(join(dir, log))}\n${r.stderr.toString()}`);
+}
+
+/** Wait until the dumped tree is gone for good: a zombie still holds its pid, and CRIU and ckpt both restore with the same pids. */
+async function gone(pids: readonly number[]): Promise<void> {
+  await waitFor("the dumped tree to be gone", () => pids.every((p) => !existsSync(`/proc/${p}`)), 10000);
+}
+
+async function ckptDump(pids: readonly number[], dir: string, extra: string[] = []): Promise<void> {
+  const r = runCkpt(["dump", "-t", String(pids[0]), "-D", dir, ...extra]);
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+  await gone(pids);
+}
+
+async function criuDump(pids: readonly number[], dir: string, extra: string[] = []): Promise<void> {
+  mkdirSync(dir, { mode: 0o700 });
+  criu("dump", dir, ["-t", String(pids[0]), ...extra]);
+  await gone(pids);
+}
+
+function ckptRestore(dir: string, extra: string[] = []): void {
+  const r = runCkpt(["restore", "-D", dir, "-d", ...extra]);
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+}
+
+function criuRestore(dir: string, extra: string[] = []): void {
+  criu("restore", dir, ["-d", ...extra]);
+}
+
+/** A workload started, with the pids of its processes (root first) and its output file. */
+interface Started {
+  pids: number[];
+  out: string;
+  words: string[];
+}
+
+interface Workload {
+  name: string;
+  start(): Promise<Started>;
+  /** What must hold after a restore, beyond the workload's own self-check. */
+  after?(s: Started): Promise<void> | void;
+  /** Why CRIU cannot dump it on this machine, or null. */
+  criuCannotDump?: () => string | null;
+}
+
+/** Whether this process has capability `bit` in its effective set. */
+function haveCapability(bit: number): boolean {
+  const hex = /^CapEff:\s*([0-9a-f]+)/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1] ?? "0";
+  return ((BigInt(`0x${hex}`) >> BigInt(bit)) & 1n) === 1n;
+}
+const CAP_SYS_RESOURCE = 24;
+
+/**
+ * Start a workload in a session of its own (CRIU dumps only session leaders
+ * without --shell-job). `pidsOf`: its processes from its "ready" words; its
+ * root by default.
+ */
+async function started(argv: string[], pidsOf?: (words: string[]) => number[]): Promise<Started> {
+  const { target, words, out } = await startReady(["setsid", ...argv]);
+  const pids = pidsOf ? pidsOf(words) : [target.pid];
+  cleanup.push(target, ...pids.map(killablePid));
+  return { pids, out, words };
+}
+
+const WORKLOADS: Workload[] = [
+  {
+    name: "64 MiB and two threads (memtarget)",
+    start: () => started([memTarget(), "64", "2"]),
+  },
+  {
+    name: "threads in read() and nanosleep, fds, a pipe with data, signals, sigaltstack, itimer (restoretarget)",
+    start: () => started([restoreTarget(), tempDir("compat-work")], (w) => [Number(w[0])]),
+  },
+  {
+    name: "a 3-process session with a shared file (sharedtreetarget)",
+    start: () => started([sharedTreeTarget(), tempDir("compat-tree")], (w) => w.map(Number)),
+  },
+  {
+    name: "every fd kind ckpt saves, across a fork (fdtarget)",
+    start: () => started([fdTarget(), tempDir("compat-fds")], (w) => w.slice(0, 2).map(Number)),
+    after: (s) => {
+      for (const fd of [FD.FILE_A, FD.PIPE_R, FD.STREAM_A, FD.MEMFD, FD.EPOLL]) expect(kcmp(s.pids[0]!, s.pids[1]!, KCMP.FILE, fd, fd)).toBe("equal");
+    },
+  },
+  {
+    name: "a process that dropped root (credtarget)",
+    start: () => started([credTarget()], (w) => [Number(w[0])]),
+    // CRIU reads rlimits with prlimit(), which needs CAP_SYS_RESOURCE for a
+    // process of another uid; ckpt reads /proc/PID/limits.
+    criuCannotDump: () => (haveCapability(CAP_SYS_RESOURCE) ? null : "prlimit() of a process of another uid needs CAP_SYS_RESOURCE, which this machine withholds"),
+  },
+];
+
+describe.skipIf(!haveCriu)("ckpt dump, CRIU 4.2 restore", () => {
+  for (const w of WORKLOADS) {
+    test(w.name, async () => {
+      const s = await w.start();
+      const dir = join(tempDir("compat"), "img");
+      await ckptDump(s.pids, dir);
+      criuRestore(dir);
+      for (const p of s.pids) expect(alive(p)).toBe(true);
+      expect(await selfCheck(s.pids[0]!, s.out)).toBe("ok");
+      await w.after?.(s);
+    });
+  }
+});
+
+describe.skipIf(!haveCriu)("CRIU 4.2 dump, ckpt restore", () => {
+  for (const w of WORKLOADS) {
+    const cannot = haveCriu ? w.criuCannotDump?.() ?? null : null;
+    if (cannot) console.warn(`criu-compat: CRIU cannot dump ${w.name} here: ${cannot}`);
+    test.skipIf(cannot !== null)(w.name, async () => {
+      const s = await w.start();
+      const dir = join(tempDir("compat"), "img");
+      await criuDump(s.pids, dir);
+      ckptRestore(dir);
+      for (const p of s.pids) expect(alive(p)).toBe(true);
+      expect(await selfCheck(s.pids[0]!, s.out)).toBe("ok");
+      await w.after?.(s);
+    });
+  }
+});
