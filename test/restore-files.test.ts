@@ -10,7 +10,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { appendFileSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { create } from "@bufbuild/protobuf";
+import { create, isFieldSet } from "@bufbuild/protobuf";
 import { ImageEncoder } from "../src/image/encode";
 import { TaskKobjIdsEntrySchema, type TaskKobjIdsEntry } from "../src/image/gen/core_pb";
 import { FdTypes, FdinfoEntrySchema, FileEntrySchema, type FileEntry } from "../src/image/gen/fdinfo_pb";
@@ -345,6 +345,23 @@ describe("the files of a dumped tree holding every fd kind", async () => {
       refused(new RegExp(`file id ${idOf(FD.PASSED)} \\(${passed}\\): ${passed} is 4 bytes now but was 3 bytes when dumped`));
     } finally {
       truncateSync(passed, 3);
+    }
+  });
+
+  test("a log file (O_WRONLY|O_APPEND) that grew since the dump is restored, as CRIU does: its size is not recorded", () => {
+    const [entry] = entries(dir, "files.img", FileEntrySchema).filter((e) => e.id === idOf(FD.APPEND));
+    expect(entry?.reg?.name).toBe(join(work, "log.txt"));
+    expect(isFieldSet(entry!.reg!, RegFileEntrySchema.field.size)).toBe(false);
+    const log = join(work, "log.txt");
+    const size = statSync(log).size;
+    appendFileSync(log, "a line logged after the snapshot\n");
+    const grown = OpenedFiles.open(ImageSet.open(dir), { shellJob: false });
+    try {
+      const fd = grown.fd(idOf(FD.APPEND));
+      expect(fcntl(fd, F.GETFL) & (3 | O.APPEND)).toBe(O.WRONLY | O.APPEND);
+    } finally {
+      grown.finish();
+      truncateSync(log, size);
     }
   });
 

@@ -10,6 +10,7 @@ import { RegFileEntrySchema } from "../../image/gen/regfile_pb";
 import { ImageEncoder } from "../../image/encode";
 import { kind } from "../../image/magic";
 import type { Statx } from "../../sys/structs";
+import { validatesSize } from "../../image/file-validation";
 import type { ShmemContents } from "./memfd";
 
 /** An fd kind (or a state of one) this dump cannot save. */
@@ -75,7 +76,7 @@ export class FileTable {
         // No mnt_id: it names an entry of a mountpoints image, which is
         // written only with the mount namespace. CRIU looks it up when it
         // is set and fails, for ghost files, when there is none.
-        size: f.st.size,
+        ...(validatesSize(f.flags) ? { size: f.st.size } : {}),
         mode: f.st.mode,
       }),
     }));

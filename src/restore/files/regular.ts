@@ -7,6 +7,7 @@
  */
 import { isFieldSet } from "@bufbuild/protobuf";
 import { FdTypes, type FileEntry } from "../../image/gen/fdinfo_pb";
+import { validatesSize } from "../../image/file-validation";
 import { RegFileEntrySchema, type RegFileEntry } from "../../image/gen/regfile_pb";
 import { statOrNull } from "../../sys/file";
 import { fstat, openat } from "../../sys/libc";
@@ -48,7 +49,9 @@ function openRegular(e: FileEntry, reg: RegFileEntry, ghosts: Ghosts, ctx: FileR
   const fd = ctx.own(openat(AT.FDCWD, path, reopenFlags(reg.flags) | O.NOFOLLOW));
   const st = fstat(fd);
   checkType(path, mode, st.mode);
-  if ((st.mode & S_IFMT) === S_IF.REG && isFieldSet(reg, RegFileEntrySchema.field.size) && st.size !== reg.size) {
+  // A log (O_WRONLY|O_APPEND) may have grown since: CRIU's rule, and images
+  // from before ckpt followed it still carry its size.
+  if ((st.mode & S_IFMT) === S_IF.REG && isFieldSet(reg, RegFileEntrySchema.field.size) && validatesSize(reg.flags) && st.size !== reg.size) {
     throw new Error(`${reg.name} is ${st.size} bytes now but was ${reg.size} bytes when dumped; ckpt restores only files that did not change`);
   }
   // An O_PATH fd has no position, owner or status flags to set.
