@@ -8,15 +8,16 @@
  * image directory (dump.log, restore.log) and are quoted on failure.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import { kcmp } from "../src/sys/calls";
 import { KCMP } from "../src/sys/nr";
 import { runCkpt } from "./helpers/cli";
+import { runsFree } from "./helpers/images";
 import { FD, fdTarget } from "./helpers/fd-workloads";
 import { dirtyTarget } from "./helpers/iterative-workloads";
 import { credTarget, restoreTarget, sharedTreeTarget } from "./helpers/restore-workloads";
-import { alive, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
+import { alive, killablePid, startDetached, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { memTarget, selfCheck } from "./helpers/workloads";
 
 const CRIU = process.env.CRIU_BIN ?? "";
@@ -177,4 +178,46 @@ describe.skipIf(!haveCriu)("a ckpt pre-dump chain, CRIU 4.2 restore", () => {
     criuRestore(join(base, "3"));
     expect(await selfCheck(pid, s.out)).toBe("ok round 2");
   });
+});
+
+/** The pid of `parent`'s only child, once it has one. */
+async function childOf(parent: number): Promise<number> {
+  const kids = (): number[] => readFileSync(`/proc/${parent}/task/${parent}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+  await waitFor(`process ${parent} to start its child`, () => kids().length === 1);
+  return kids()[0]!;
+}
+
+/** Run `command` on a new pseudo-terminal (util-linux script), detached; returns script's pid. */
+async function onTerminal(command: string): Promise<number> {
+  const t = await startDetached(["script", "-qfc", command, "/dev/null"]);
+  cleanup.push(t);
+  return t.pid;
+}
+
+// A shell job: the process's stdio is a terminal that neither tool owns.
+// Each restore runs on a new terminal of its own (script), with --shell-job.
+describe.skipIf(!haveCriu || !Bun.which("script"))("a process on a terminal (--shell-job)", () => {
+  const onPts = (pid: number): boolean => [0, 1, 2].every((fd) => readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith("/dev/pts/"));
+  const cases = [
+    { name: "ckpt dump, CRIU 4.2 restore", dump: (pid: number, dir: string) => ckptDump([pid], dir, ["--shell-job"]), restore: (dir: string) => `${CRIU} restore -D ${dir} --shell-job -v4 -o restore.log` },
+    {
+      name: "CRIU 4.2 dump, ckpt restore",
+      dump: (pid: number, dir: string) => criuDump([pid], dir, ["--shell-job"]),
+      restore: (dir: string) => `${process.execPath} ${join(import.meta.dir, "../src/cli/main.ts")} restore -D ${dir} --shell-job`,
+    },
+  ];
+  for (const c of cases) {
+    test(c.name, async () => {
+      const pid = await childOf(await onTerminal("sleep 1000"));
+      cleanup.push(killablePid(pid));
+      await waitFor("sleep to run on its terminal", () => alive(pid) && onPts(pid));
+      const dir = join(tempDir("compat-tty"), "img");
+      await c.dump(pid, dir);
+      await onTerminal(c.restore(dir));
+      // Done once the task is itself again (the restorer's own name gone) and let go.
+      const restored = (): boolean => alive(pid) && readFileSync(`/proc/${pid}/comm`, "utf8").trim() === "sleep" && runsFree(pid);
+      await waitFor("the restored sleep", () => { try { return restored(); } catch { return false; } }, 20000);
+      expect(onPts(pid)).toBe(true);
+    });
+  }
 });
