@@ -5,7 +5,8 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { CoreEntrySchema } from "../src/image/gen/core_pb";
+import { CoreEntrySchema, TaskKobjIdsEntrySchema } from "../src/image/gen/core_pb";
+import { InventoryEntrySchema } from "../src/image/gen/inventory_pb";
 import { imageRegs } from "../src/dump/core";
 import { FileEntrySchema } from "../src/image/gen/fdinfo_pb";
 import { MmEntrySchema } from "../src/image/gen/mm_pb";
@@ -75,6 +76,27 @@ describe("dump -R of a process with a memory pattern and threads", async () => {
       expect(existsSync(join(dir, f))).toBe(true);
     }
     for (const tid of tids) expect(existsSync(join(dir, `core-${tid}.img`))).toBe(true);
+  });
+
+  test("CRIU's reading of the set: root_ids are ckpt's own, the vDSO is saved whole and byte for byte, vvar areas are one", () => {
+    const [inv] = entries(dir, "inventory.img", InventoryEntrySchema);
+    const [ids] = entries(dir, `ids-${pid}.img`, TaskKobjIdsEntrySchema);
+    for (const k of ["vmId", "filesId", "fsId", "sighandId"] as const) {
+      expect(inv?.rootIds?.[k]).toBeGreaterThan(0);
+      expect(ids?.[k]).not.toBe(inv?.rootIds?.[k]);
+    }
+    expect(ids?.netNsId).toBe(inv?.rootIds?.netNsId ?? -1);
+    const maps = readFileSync(`/proc/${pid}/maps`, "utf8").split("\n");
+    const range = (name: string): [bigint, bigint][] => maps.filter((l) => l.endsWith(` ${name}`)).map((l) => l.split(" ")[0]!.split("-").map((x) => BigInt(`0x${x}`)) as [bigint, bigint]);
+    const [vdso] = range("[vdso]");
+    if (!vdso) throw new Error("no [vdso] in the target's maps");
+    const saved = savedPages(dir, pid).find((r) => r.vaddr === vdso[0]);
+    expect(saved?.nrPages).toBe(Number((vdso[1] - vdso[0]) / 4096n));
+    expect(saved?.bytes).toEqual(readMemory(pid, vdso[0], Number(vdso[1] - vdso[0])));
+    const vvars = [...range("[vvar]"), ...range("[vvar_vclock]")].sort((a, b) => (a[0] < b[0] ? -1 : 1));
+    const [mm] = entries(dir, `mm-${pid}.img`, MmEntrySchema);
+    const vvarEntries = mm?.vmas.filter((v) => (v.status & VMA.AREA_VVAR) !== 0) ?? [];
+    expect(vvarEntries.map((v) => [v.start, v.end])).toEqual([[vvars[0]![0], vvars[vvars.length - 1]![1]]]);
   });
 
   test("pstree lists the threads, leader first", () => {

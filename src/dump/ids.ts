@@ -28,8 +28,8 @@ export class KobjIds {
   kcmpCalls = 0;
 
   /**
-   * inventory.img's root_ids: the ids of the program that dumps, taken first
-   * (so they are 1) and compared like any task's. CRIU's restore reads them
+   * inventory.img's root_ids: the ids of the program that dumps, taken
+   * before any task's and compared like any task's. CRIU's restore reads them
    * as the root task's parent: a root task with the same files_id would
    * share its fd table with the dumper ("Image corruption on kIDs data").
    */

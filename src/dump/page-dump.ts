@@ -108,6 +108,8 @@ function savedWhole(a: MapArea): boolean {
   return a.inode === 0n && a.path === "[vdso]";
 }
 
+const byAddress = (x: PageRun, y: PageRun): number => (x.vaddr < y.vaddr ? -1 : x.vaddr > y.vaddr ? 1 : 0);
+
 /** Find the pages to save (the tree is frozen). */
 export function planProcessPages(pid: number, areas: readonly MapArea[], choice: PageScanChoice, proc: ProcFs, counters: PageCounters, tracking: ProcessTracking | null): PagePlan {
   const t = performance.now();
@@ -134,11 +136,11 @@ export function planProcessPages(pid: number, areas: readonly MapArea[], choice:
     const scans = groups.map((g) => scanPages(pid, g, { method, proc, counters, dirty: tracking.dirty }));
     const b = scanPages(pid, whole, { method, proc, counters });
     runs = checkAgainstParent([...scans.flatMap((a) => a.runs), ...b.runs.map((r) => ({ ...r, dirty: true }))], tracking.parent);
-    runs.sort((x, y) => (x.vaddr < y.vaddr ? -1 : x.vaddr > y.vaddr ? 1 : 0));
+    runs.sort(byAddress);
     pagesScanned = scans.reduce((s, a) => s + a.pagesScanned, 0) + b.pagesScanned;
   }
   if (wholeRuns.length > 0) {
-    runs = [...runs, ...wholeRuns].sort((x, y) => (x.vaddr < y.vaddr ? -1 : x.vaddr > y.vaddr ? 1 : 0));
+    runs = [...runs, ...wholeRuns].sort(byAddress);
     pagesScanned += wholeRuns.reduce((s, r) => s + r.nrPages, 0);
   }
   const toWrite = runs.filter((r) => r.dirty !== false);
