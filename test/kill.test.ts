@@ -59,16 +59,21 @@ describe("ckpt killed at any moment", () => {
     test(`ckpt ${command[0]} SIGKILLed at random moments while it holds the tree: the target runs on untouched, no image set looks complete`, async () => {
       const t = await sturdy();
       const argvFor = (dir: string): string[] => [process.execPath, MAIN, ...command, "-t", String(t.pid), "-D", dir];
-      const window = (await timeWholeRun(argvFor(join(tempDir("kill"), "full")), t.pid)).tracedMs;
+      let window = (await timeWholeRun(argvFor(join(tempDir("kill"), "full")), t.pid)).tracedMs;
       const outcomes: KillOutcome[] = [];
-      for (let i = 0; i < 6; i++) {
+      const landed = (): number => outcomes.filter((o) => o.finished === null).length;
+      // Kills go on until 4 have landed while ckpt ran (at most 16): the
+      // timing run is often slower than later runs (cold caches, a loaded
+      // machine), so a kill that came after ckpt finished narrows the window.
+      for (let i = 0; i < 16 && landed() < 4; i++) {
         const dir = join(tempDir("kill"), "img");
         const o = await killDuring(argvFor(dir), dir, { afterTracedMs: Math.random() * window }, t);
         outcomes.push(o);
         expect({ i, broken: o.broken, falselyComplete: o.falselyComplete }).toEqual({ i, broken: [], falselyComplete: false });
+        if (o.finished !== null) window *= 0.6;
       }
-      // Most kills must have landed while ckpt ran, or the test proves little.
-      expect(outcomes.filter((o) => o.finished === null).length).toBeGreaterThanOrEqual(4);
+      // The kills must have landed while ckpt ran, or the test proves little.
+      expect(landed()).toBeGreaterThanOrEqual(4);
       expect(alive(t.pid)).toBe(true);
     }, 90_000);
   }
