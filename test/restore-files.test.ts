@@ -20,7 +20,7 @@ import { writeEncodedImage } from "../src/image/image-file";
 import { kind } from "../src/image/magic";
 import { parseFdInfo } from "../src/proc/fdinfo";
 import { inetSockets, unixSocket } from "../src/proc/sock-diag";
-import { ImageSet } from "../src/restore/image-set";
+import { ImageSet } from "../src/image/image-set";
 import { OpenedFiles } from "../src/restore/files/open-files";
 import { fcntl, fcntlInto, getresuid, timerfdGettime } from "../src/sys/calls";
 import { close, fstat, preadInto, readInto, writeAll } from "../src/sys/libc";
@@ -443,7 +443,7 @@ describe("the files of a dumped tree holding every fd kind", async () => {
     opened.finish();
     const script = join(tempDir("rfiles-limit"), "limit.ts");
     writeFileSync(script, `
-      import { ImageSet } from "${join(import.meta.dir, "../src/restore/image-set")}";
+      import { ImageSet } from "${join(import.meta.dir, "../src/image/image-set")}";
       import { OpenedFiles } from "${join(import.meta.dir, "../src/restore/files/open-files")}";
       try { OpenedFiles.open(ImageSet.open(${JSON.stringify(many)}), { shellJob: false }); console.log("opened"); }
       catch (e) { console.log((e as Error).message); }
@@ -682,7 +682,7 @@ describe("a terminal (a --shell-job dump)", async () => {
   const script = join(tempDir("rfiles-tty"), "open-tty.ts");
   writeFileSync(script, `
     import { readlinkSync } from "node:fs";
-    import { ImageSet } from "${join(import.meta.dir, "../src/restore/image-set")}";
+    import { ImageSet } from "${join(import.meta.dir, "../src/image/image-set")}";
     import { OpenedFiles } from "${join(import.meta.dir, "../src/restore/files/open-files")}";
     import { fcntl } from "${join(import.meta.dir, "../src/sys/calls")}";
     import { FdTypes, FileEntrySchema } from "${join(import.meta.dir, "../src/image/gen/fdinfo_pb")}";

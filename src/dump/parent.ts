@@ -8,7 +8,7 @@ import { isAbsolute, join } from "node:path";
 import type { PagemapEntry } from "../image/gen/pagemap_pb";
 import { entryInParent, entryPageCount, entryPresent, splitPagemap } from "../image/pagemap";
 import { InventoryEntrySchema } from "../image/gen/inventory_pb";
-import { ImageSet } from "../restore/image-set";
+import { ImageSet } from "../image/image-set";
 import { PAGE_SIZE } from "../sys/nr";
 import type { ImageDirWriter } from "./image-dir";
 import { readTrackingRecord, type TrackingRecord } from "./tracking/record";

@@ -11,7 +11,7 @@ import { entryInParent, entryPageCount, entryPresent, splitPagemap } from "../im
 import { isAbsolute, join } from "node:path";
 import { readlinkat } from "../sys/libc";
 import { AT, PAGE_SIZE } from "../sys/nr";
-import { ImageSet } from "./image-set";
+import { ImageSet } from "../image/image-set";
 
 /** More rounds than any migration makes; a deeper chain is a symlink loop. */
 const MAX_ROUNDS = 256;

@@ -41,7 +41,7 @@ import * as ptrace from "../sys/ptrace";
 import { addEpollWatches, aboveAll, placeFds, restoreFs } from "./fds";
 import { OpenedFiles } from "./files/open-files";
 import { RestoreGuard } from "./guard";
-import { ImageSet } from "./image-set";
+import { ImageSet } from "../image/image-set";
 import { findFree, type Range } from "./layout";
 import { rebuildMm } from "./mm";
 import { ALL_SIGNALS, Puppet, puppetCounters, RESTORE_PTRACE_OPTIONS, waitStop } from "./puppet";

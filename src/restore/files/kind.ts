@@ -8,7 +8,7 @@
  * sockets, a memfd inode is shared by several open files.
  */
 import { FdTypes, type FileEntry } from "../../image/gen/fdinfo_pb";
-import type { ImageSet } from "../image-set";
+import type { ImageSet } from "../../image/image-set";
 
 export interface FileRestoreOptions {
   /** The dump was a shell job (--shell-job): its terminal becomes the one ckpt's stdin refers to. */

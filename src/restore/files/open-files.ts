@@ -12,7 +12,7 @@
 import { FileEntrySchema, type FileEntry } from "../../image/gen/fdinfo_pb";
 import { close, unlinkat } from "../../sys/libc";
 import { AT } from "../../sys/nr";
-import type { ImageSet } from "../image-set";
+import type { ImageSet } from "../../image/image-set";
 import { makeRoomForFiles } from "./fd-limit";
 import { typeName, type EpollWatch, type FileRestoreContext, type FileRestoreKind, type FileRestoreOptions } from "./kind";
 import { restoreKind, RESTORE_KINDS } from "./kinds";

@@ -12,7 +12,7 @@ import { PipeDataEntrySchema, type PipeDataEntry } from "../../image/gen/pipe_pb
 import { fcntl, pipe2 } from "../../sys/calls";
 import { writeAll } from "../../sys/libc";
 import { F, O } from "../../sys/nr";
-import type { ImageSet } from "../image-set";
+import type { ImageSet } from "../../image/image-set";
 import { O_ACCMODE, reopenOwn, restoreFileState } from "./file-state";
 import { forFile, part, type FileRestoreKind } from "./kind";
 

@@ -1,11 +1,11 @@
 /**
- * Read side of an image directory, for restore: typed entries by file name,
+ * Read side of an image directory (restore, and a dump reading its parent): typed entries by file name,
  * each image decoded once. An image set is complete only when inventory.img
  * is there (dump writes it last), so opening checks that first.
  */
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
-import { readImageFile } from "../image/image-file";
-import type { ImageEntry } from "../image/decode";
+import { readImageFile } from "./image-file";
+import type { ImageEntry } from "./decode";
 import { statOrNull } from "../sys/file";
 import { S_IF, S_IFMT } from "../sys/nr";
 
