@@ -45,6 +45,7 @@ import { InterruptGuard } from "./interrupt";
 import { Irmap, type IrmapCounters } from "./irmap";
 import { inventoryEntry, uptimeMicros } from "./inventory";
 import { dumpVmas, mmEntry, parseAuxv, type MapFilesCounters } from "./mm";
+import { SharedAnonMemory } from "./shmem";
 import { readTaskState, type ProcessTaskState } from "./remote-state";
 import { copyProcessPages, writeProcessPages, type PageCopy } from "./page-dump";
 import { newPageCounters, PE_PRESENT, type PageCounters } from "./pages";
@@ -121,6 +122,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   };
   const kobj = new KobjIds(proc);
   const mapFiles: MapFilesCounters = { fileAreas: 0, distinctFiles: 0 };
+  const objects = new SharedAnonMemory();
   const pageCounters = newPageCounters();
   const fdTables = new Map<number, FdinfoEntry[]>();
   const dumped: DumpedProcess[] = [];
@@ -144,14 +146,17 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
 
     for (const p of tree) {
       try {
-        dumped.push(dumpProcess(proc, p, files, kobj, fdTables, mapFiles, pageCounters, opts, tracking));
+        dumped.push(dumpProcess(proc, p, files, kobj, fdTables, mapFiles, objects, pageCounters, opts, tracking));
       } catch (e) {
         throw explainProcessError(p.pid, e);
       }
       await guard.checkpoint();
     }
     finishFds(files);
-    memdumpMs = dumped.reduce((s, d) => s + d.pages.ms, 0);
+    const shmStarted = performance.now();
+    const shared = objects.copy(proc);
+    table.shmem.push(...shared.contents);
+    memdumpMs = dumped.reduce((s, d) => s + d.pages.ms, 0) + (performance.now() - shmStarted);
 
     const writeAll = (): void => {
       const t = performance.now();
@@ -166,6 +171,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       pagesScanned: dumped.reduce((s, d) => s + d.pages.pagesScanned, 0),
       pagesWritten: dumped.reduce((s, d) => s + d.pages.pagesWritten, 0),
       pagesInParent: dumped.reduce((s, d) => s + d.pages.pagesInParent, 0),
+      shpagesScanned: shared.counters.pagesScanned,
+      shpagesWritten: shared.counters.pagesWritten,
       irmapMs: files.ctx.irmap.ms,
     });
     const inv = inventoryEntry(crypto.randomUUID(), frozenUptime);
@@ -248,7 +255,7 @@ export function release(freezer: Freezer, mode: "resume" | "kill"): void {
   for (const p of freezer.release(mode)) process.stderr.write(`ckpt: warning: while letting the tree go: ${p}\n`);
 }
 
-function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, kobj: KobjIds, fdTables: Map<number, FdinfoEntry[]>, mapFiles: MapFilesCounters, pageCounters: PageCounters, opts: DumpOptions, tracking: RoundTracking): DumpedProcess {
+function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, kobj: KobjIds, fdTables: Map<number, FdinfoEntry[]>, mapFiles: MapFilesCounters, objects: SharedAnonMemory, pageCounters: PageCounters, opts: DumpOptions, tracking: RoundTracking): DumpedProcess {
   const { pid } = p;
   const stat = readStat(proc, pid);
   const status = readStatus(proc, pid);
@@ -266,7 +273,7 @@ function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, kobj: Kob
   const fdinfo = fdTables.get(ids.filesId) ?? dumpFds(files, pid);
   fdTables.set(ids.filesId, fdinfo);
   const areas = readSmaps(proc, pid, false);
-  const vmas = dumpVmas(proc, pid, areas, table, mapFiles);
+  const vmas = dumpVmas(proc, pid, areas, table, mapFiles, objects);
   const auxv = parseAuxv(proc.readBytes(pid, "auxv"));
 
   // Registers before any injection touches them.
@@ -361,8 +368,8 @@ function writeImages(out: ImageDirWriter, dumped: readonly DumpedProcess[], tabl
 }
 
 /**
- * memfd contents: per memfd inode a pagemap-shmem image (entries at file
- * offsets) and its pages image. Pages ids follow the processes' own.
+ * Contents of memfds and shared anonymous memory: per object a
+ * pagemap-shmem image (entries at offsets into the object) and its pages image. Pages ids follow the processes' own.
  */
 function writeShmem(out: ImageDirWriter, table: FileTable, processes: number): void {
   table.shmem.forEach((m, i) => {

@@ -19,6 +19,9 @@ import type { ProcStat } from "../proc/stat";
 import { MAP, O, PROT } from "../sys/nr";
 import { VMA } from "../image/vma-status";
 import { type FileTable, UnsupportedFileError } from "./files/file-table";
+import { dumpMappedMemfd } from "./files/memfd";
+import type { SharedAnonMemory } from "./shmem";
+import { shmemDevice } from "../sys/shmem";
 
 
 /** smaps VmFlags mnemonics that CRIU keeps as madvise bits (1 << MADV_*). */
@@ -71,8 +74,12 @@ export function savesPages(a: MapArea): boolean {
   return a.inode !== 0n || SPECIAL_NAMES[a.path] !== VMA.AREA_VVAR;
 }
 
-/** Build the vma entries of one process; file areas get ids in `table`. */
-export function dumpVmas(proc: ProcFs, pid: number, areas: readonly MapArea[], table: FileTable, counters: MapFilesCounters): DumpedVma[] {
+/**
+ * Build the vma entries of one process; file areas get ids in `table`, and
+ * shared anonymous memory is noted in `objects` (its contents are read once
+ * for the whole tree).
+ */
+export function dumpVmas(proc: ProcFs, pid: number, areas: readonly MapArea[], table: FileTable, counters: MapFilesCounters, objects: SharedAnonMemory): DumpedVma[] {
   const fileIds = new Map<string, number>();
   const out: DumpedVma[] = [];
   for (const a of areas) {
@@ -114,8 +121,12 @@ export function dumpVmas(proc: ProcFs, pid: number, areas: readonly MapArea[], t
       });
       continue;
     }
-    // A file mapping. Shared memory objects (memfd, SysV shm, /dev/zero) are
-    // files with " (deleted)" names; they come with the files issue.
+    const shm = shmemDevice();
+    if (a.devMajor === shm.major && a.devMinor === shm.minor) {
+      out.push({ area: a, savePages: savesPages(a), entry: shmemEntry(pid, a, range, base, flags, shared, table, objects, proc) });
+      continue;
+    }
+    // A file mapping.
     const key = `${a.devMajor}:${a.devMinor}:${a.inode}`;
     counters.fileAreas++;
     let id = fileIds.get(key);
@@ -146,6 +157,34 @@ export function dumpVmas(proc: ProcFs, pid: number, areas: readonly MapArea[], t
     });
   }
   return out;
+}
+
+/**
+ * An area of an object on the internal shm mount: shared anonymous memory,
+ * a memfd, or a SysV segment (refused: its key and id live in the IPC
+ * namespace, which ckpt does not dump).
+ */
+function shmemEntry(pid: number, a: MapArea, range: string, base: Omit<Partial<VmaEntry>, "$typeName">, flags: number, shared: boolean, table: FileTable, objects: SharedAnonMemory, proc: ProcFs): VmaEntry {
+  if (a.path.startsWith("/SYSV")) {
+    const key = a.path.slice(5, 13);
+    throw new UnsupportedFileError(pid, `the SysV shared memory segment with key 0x${key} (shmid ${a.inode}) attached at 0x${range}`,
+      "SysV IPC, saved only with an IPC namespace of the tree's own");
+  }
+  if (a.path.startsWith("/memfd:")) {
+    const writable = shared && (a.write || hasFlag(a, "mw"));
+    const id = dumpMappedMemfd(proc, pid, range, a.path, writable ? O.RDWR : O.RDONLY, table);
+    return create(VmaEntrySchema, {
+      ...base, pgoff: a.offset, shmid: BigInt(id), flags,
+      status: VMA.AREA_REGULAR | VMA.AREA_MEMFD | (shared ? VMA.FILE_SHARED : VMA.FILE_PRIVATE),
+      fdflags: writable ? O.RDWR : O.RDONLY,
+    });
+  }
+  if (!shared) throw new UnsupportedFileError(pid, `the area at 0x${range}`, `a private mapping of a shared memory object (${a.path})`);
+  objects.note(pid, a);
+  return create(VmaEntrySchema, {
+    ...base, pgoff: a.offset, shmid: a.inode, flags: flags | MAP.ANONYMOUS,
+    status: VMA.AREA_REGULAR | VMA.ANON_SHARED,
+  });
 }
 
 /** auxv as CRIU saves it: (type, value) pairs up to, not including, AT_NULL. */

@@ -23,6 +23,9 @@ export interface DumpFigures {
   pagesWritten: number;
   /** Pages recorded as in the parent image set, not written again. */
   pagesInParent: number;
+  /** Pages of shared memory objects: their extents, and the pages saved. */
+  shpagesScanned?: number;
+  shpagesWritten?: number;
   /** Finding paths for watched inodes (the irmap), when the dump had any. */
   irmapMs?: number;
 }
@@ -56,6 +59,7 @@ export function statsEntry(f: DumpFigures): StatsEntry {
       pagesSkippedParent: BigInt(f.pagesInParent),
       pagesWritten: BigInt(f.pagesWritten),
       pagesLazy: 0n,
+      ...(f.shpagesScanned !== undefined ? { shpagesScanned: BigInt(f.shpagesScanned), shpagesWritten: BigInt(f.shpagesWritten ?? 0) } : {}),
       ...(f.irmapMs !== undefined ? { irmapResolve: micros(f.irmapMs) } : {}),
     }),
   });

@@ -11,5 +11,8 @@ export const VMA = {
   FILE_SHARED: 1 << 7,
   ANON_SHARED: 1 << 8,
   ANON_PRIVATE: 1 << 9,
+  AREA_SYSVIPC: 1 << 10,
   AREA_VVAR: 1 << 12,
+  /** A mapping of a memfd; shmid is the file id of its memfd entry in files.img. */
+  AREA_MEMFD: 1 << 14,
 } as const;

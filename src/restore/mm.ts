@@ -10,7 +10,8 @@
  *     restored code holds pointers into its vDSO;
  *  3. map every area at its address: anonymous ones anonymous, file ones from
  *     the same file at the same offset (one fd per file, borrowed by all its
- *     areas); private areas writable for now;
+ *     areas), shared anonymous memory from its one object (shmem.ts);
+ *     private areas writable for now;
  *  4. copy the saved pages in (pages.ts), then give every area its real
  *     protection and its madvise flags;
  *  5. PR_SET_MM_MAP: code/data/brk/stack/args/env bounds, auxv, and the exe
@@ -22,7 +23,7 @@ import type { VmaEntry } from "../image/gen/vma_pb";
 import { VMA } from "../image/vma-status";
 import { readMaps, type MapArea } from "../proc/maps";
 import type { ProcFs } from "../proc/procfs";
-import { MAP, PROT, SYS } from "../sys/nr";
+import { MAP, O, PROT, SYS } from "../sys/nr";
 import { findFree, type Range } from "./layout";
 import type { PageChain } from "./page-chain";
 import { fillPages, type PageFill } from "./pages";
@@ -49,8 +50,12 @@ export interface MmRebuild {
   syscallPage: Range;
   scratch: bigint;
   fds: TargetFds;
-  /** ckpt's fd of a file id (mapped files, the exe). */
+  /** ckpt's fd of a file id (the exe). */
   ckptFd: (id: number) => number;
+  /** ckpt's fd of a mapped file (memfds too) open for `access`, the mapping's O_RDONLY or O_RDWR. */
+  mappedFd: (id: number, access: number) => number;
+  /** ckpt's fd of a shared anonymous memory object, by shmid. */
+  sharedFd: (shmid: bigint) => number;
   proc: ProcFs;
 }
 
@@ -121,26 +126,43 @@ function initialProt(v: VmaEntry): number {
   return (v.flags & MAP.PRIVATE) !== 0 ? v.prot | PROT.READ | PROT.WRITE : v.prot;
 }
 
-function mapAreas(r: MmRebuild): Map<number, number> {
-  const fileFds = new Map<number, number>();
+/**
+ * Map every area. File areas (memfds among them) map the file of their id;
+ * shared anonymous ones map their object, made once for the whole tree
+ * (shmem.ts), at their offset into it. One target fd per file or object
+ * serves all its areas; the map is by "f<id>:<access>" or "s<shmid>".
+ */
+function mapAreas(r: MmRebuild): Map<string, number> {
+  const targetFds = new Map<string, number>();
+  const pull = (key: string, ckptFd: () => number): number => {
+    let fd = targetFds.get(key);
+    if (fd === undefined) {
+      fd = r.fds.pull(ckptFd());
+      targetFds.set(key, fd);
+    }
+    return fd;
+  };
   for (const v of r.mm.vmas) {
     if ((v.status & (SPECIAL | VMA.AREA_VSYSCALL)) !== 0) continue;
     const len = v.end - v.start;
     const range = `${hex(v.start)}-${hex(v.end)}`;
     let fd = -1;
     if ((v.status & (VMA.FILE_PRIVATE | VMA.FILE_SHARED)) !== 0) {
-      const id = Number(v.shmid);
-      fd = fileFds.get(id) ?? r.fds.pull(r.ckptFd(id));
-      fileFds.set(id, fd);
+      const access = (v.fdflags ?? O.RDONLY) & O.ACCMODE;
+      fd = pull(`f${v.shmid}:${access}`, () => r.mappedFd(Number(v.shmid), access));
+    } else if ((v.status & VMA.ANON_SHARED) !== 0) {
+      fd = pull(`s${v.shmid}`, () => r.sharedFd(v.shmid));
     } else if ((v.status & VMA.ANON_PRIVATE) === 0) {
       throw new Error(`process ${r.pid}: the area at ${range} has status 0x${v.status.toString(16)}, which restore does not know`);
     }
-    const flags = v.flags | MAP.FIXED;
+    // With an fd the area maps it: MAP_ANONYMOUS (which the image keeps
+    // for shared anonymous memory) would make the kernel ignore the fd.
+    const flags = (fd >= 0 ? v.flags & ~MAP.ANONYMOUS : v.flags) | MAP.FIXED;
     const got = r.puppet.call(SYS.mmap, [v.start, len, initialProt(v), flags, fd, fd >= 0 ? v.pgoff : 0n],
       [hex(v.start), hex(len), `prot 0x${initialProt(v).toString(16)}`, `flags 0x${flags.toString(16)}`, String(fd), hex(v.pgoff)]);
     if (got !== v.start) throw new Error(`process ${r.pid}: mmap of ${range} landed at ${hex(got)}`);
   }
-  return fileFds;
+  return targetFds;
 }
 
 function finishAreas(r: MmRebuild): void {

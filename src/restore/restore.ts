@@ -44,6 +44,7 @@ import { RestoreGuard } from "./guard";
 import { ImageSet } from "../image/image-set";
 import { findFree, type Range } from "./layout";
 import { rebuildMm } from "./mm";
+import { SharedAnonObjects } from "./shmem";
 import { ALL_SIGNALS, Puppet, puppetCounters, RESTORE_PTRACE_OPTIONS, waitStop } from "./puppet";
 import { restoreRegisters } from "./regs";
 import { startSeed } from "./seed";
@@ -163,6 +164,8 @@ interface RestoreContext {
   syscallPage: Range;
   scratch: bigint;
   epollsDone: Set<number>;
+  /** Shared anonymous memory objects, made on first use. */
+  shared: SharedAnonObjects;
   figures: RestoreFigures;
 }
 
@@ -184,7 +187,7 @@ function restoreProcess(ctx: RestoreContext, p: ProcessPlan, tree: RestoredTree)
   let t = performance.now();
   const fill = rebuildMm({
     puppet: task, pid, mm: p.mm, pages: p.pages, syscallPage: ctx.syscallPage, scratch, fds,
-    ckptFd: (id) => files.fd(id), proc: ctx.proc,
+    ckptFd: (id) => files.fd(id), mappedFd: (id, access) => files.fdForMapping(id, access), sharedFd: (shmid) => ctx.shared.fd(shmid), proc: ctx.proc,
   });
   ctx.figures.mmMs += performance.now() - t;
   ctx.figures.pagesMs += fill.ms;
@@ -246,6 +249,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   }
   const plan = loadPlan(images);
   checkPidsFree(plan);
+  const shared = new SharedAnonObjects(images, plan.map((p) => p.mm));
   const proc = new ProcFs();
   const created: number[] = [];
   let seedPid = 0;
@@ -282,7 +286,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     const t = performance.now();
     files = OpenedFiles.open(images, { shellJob: opts.shellJob ?? false });
     figures.filesMs += performance.now() - t;
-    const ctx: RestoreContext = { proc, files, syscallPage, scratch, epollsDone: new Set(), figures };
+    const ctx: RestoreContext = { proc, files, syscallPage, scratch, epollsDone: new Set(), shared, figures };
     const stopped = new Set<number>();
     for (const p of plan) {
       const r = restoreProcess(ctx, p, tree);
@@ -291,6 +295,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     }
     files.finish();
     files = undefined;
+    pagesRestored += shared.pages;
+    shared.close();
 
     // Last: the syscall page goes, and every thread gets its registers in a signal stop.
     for (const p of plan) {
@@ -318,6 +324,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     killAll([...created, ...(seedPid ? [seedPid] : [])]);
     throw e;
   } finally {
+    shared.close();
     proc.close();
   }
   figures.totalMs = performance.now() - started;

@@ -99,7 +99,7 @@ export function errnoNumber(name: string): number {
 
 /** Errno values by name, for comparisons in callers (`err.errno === Errno.ENOENT`). */
 export const Errno = {
-  EPERM: 1, ENOENT: 2, ESRCH: 3, EINTR: 4, EIO: 5, EBADF: 9, ECHILD: 10, EAGAIN: 11,
+  EPERM: 1, ENOENT: 2, ESRCH: 3, EINTR: 4, EIO: 5, ENXIO: 6, EBADF: 9, ECHILD: 10, EAGAIN: 11,
   ENOMEM: 12, EACCES: 13, EFAULT: 14, EBUSY: 16, EEXIST: 17, ENODEV: 19, ENOTDIR: 20,
   EISDIR: 21, EINVAL: 22, ENOTTY: 25, ENOSPC: 28, ESPIPE: 29, ENOSYS: 38, ENOTEMPTY: 39,
   ELOOP: 40, ENOPROTOOPT: 92, EOVERFLOW: 75, EOPNOTSUPP: 95, ESTALE: 116,

@@ -145,7 +145,7 @@ export const F_SEAL = { SEAL: 1, SHRINK: 2, GROW: 4, WRITE: 8, FUTURE_WRITE: 0x1
 export const TFD_IOC_SET_TICKS = 0x40085400;
 
 /** lseek(2) whence. */
-export const SEEK = { SET: 0, CUR: 1, END: 2 } as const;
+export const SEEK = { SET: 0, CUR: 1, END: 2, DATA: 3, HOLE: 4 } as const;
 
 /** prlimit(2) resources ckpt sets on itself. */
 export const RLIMIT_NOFILE = 7;

@@ -38,8 +38,10 @@ export interface RegularFile {
 
 export class FileTable {
   readonly entries: FileEntry[] = [];
-  /** memfd contents, written with pages images of their own when the dump is written. */
+  /** Contents of memfds and shared anonymous memory, written with pages images of their own when the dump is written. */
   readonly shmem: ShmemContents[] = [];
+  /** memfd inodes saved so far (memfd.img), by inode number: their inode ids. */
+  readonly memfdInodes = new Map<bigint, number>();
   /** Further images by file name, in the order they were first used. */
   readonly images = new Map<string, ImageEncoder>();
   private nextId = 1;

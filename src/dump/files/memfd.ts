@@ -11,10 +11,14 @@ import { create } from "@bufbuild/protobuf";
 import { FdTypes, FileEntrySchema } from "../../image/gen/fdinfo_pb";
 import { MemfdFileEntrySchema, MemfdInodeEntrySchema } from "../../image/gen/memfd_pb";
 import { fcntl, fstatfsType } from "../../sys/calls";
-import { preadInto } from "../../sys/libc";
+import { close, preadInto } from "../../sys/libc";
 import { F, FS_MAGIC, O, PAGE_SIZE, S_IF, S_IFMT } from "../../sys/nr";
 import { readFown, type OpenFd } from "./fd-access";
-import { UnsupportedFileError } from "./file-table";
+import { noOwner, UnsupportedFileError, type FileTable } from "./file-table";
+import type { FownEntry } from "../../image/gen/fown_pb";
+import type { FileEntry } from "../../image/gen/fdinfo_pb";
+import type { ProcFs } from "../../proc/procfs";
+import type { Statx } from "../../sys/structs";
 import type { FdDumpContext, FdKind } from "./kind";
 
 const PREFIX = "/memfd:";
@@ -54,6 +58,49 @@ function readRuns(fd: number, size: number, what: string): ShmemContents["runs"]
   return runs;
 }
 
+/**
+ * The memfd inode behind `fd` (ckpt's own fd of it), saved with its contents
+ * the first time it is seen; returns its inode id.
+ */
+function memfdInode(fd: number, st: Statx, link: string, table: FileTable, what: string): number {
+  let inodeId = table.memfdInodes.get(st.ino);
+  if (inodeId !== undefined) return inodeId;
+  inodeId = table.memfdInodes.size + 1;
+  table.memfdInodes.set(st.ino, inodeId);
+  table.image("memfd.img", "MEMFD_INODE").add(MemfdInodeEntrySchema, create(MemfdInodeEntrySchema, {
+    name: link.slice(PREFIX.length, -DELETED.length),
+    uid: st.uid, gid: st.gid, size: st.size, shmid: inodeId,
+    seals: fcntl(fd, F.GET_SEALS), inodeId: BigInt(inodeId), mode: st.mode & 0o7777,
+  }));
+  table.shmem.push({ shmid: inodeId, runs: readRuns(fd, Number(st.size), what) });
+  return inodeId;
+}
+
+function memfdFile(id: number, flags: number, pos: bigint, fown: FownEntry, inodeId: number): FileEntry {
+  return create(FileEntrySchema, {
+    type: FdTypes.MEMFD, id,
+    memfd: create(MemfdFileEntrySchema, { id, flags, pos, fown, inodeId }),
+  });
+}
+
+/**
+ * A memfd that a process maps (its fd may be closed: the mapping holds the
+ * file): a file entry of its own, with the area's access mode, that the vma
+ * names by id. Returns that id.
+ */
+export function dumpMappedMemfd(proc: ProcFs, pid: number, range: string, link: string, flags: number, table: FileTable): number {
+  const fd = proc.open(pid, `map_files/${range}`);
+  try {
+    if (fstatfsType(fd) !== FS_MAGIC.TMPFS) throw new UnsupportedFileError(pid, `the mapping at 0x${range}`, `a hugetlb memfd (${link})`);
+    const inodeId = memfdInode(fd, proc.fstat(fd), link, table, `process ${pid}'s mapping of ${link} at 0x${range}`);
+    const id = table.newId();
+    table.add(memfdFile(id, flags, 0n, noOwner(), inodeId));
+    return id;
+  } finally {
+    close(fd);
+  }
+}
+
 export const memfdKind: FdKind = {
   name: "memfd",
   type: FdTypes.MEMFD,
@@ -63,23 +110,8 @@ export const memfdKind: FdKind = {
     const fsType = fstatfsType(local);
     if (fsType === FS_MAGIC.HUGETLBFS) throw new UnsupportedFileError(f.pid, f.fd, "a hugetlb memfd");
     if (fsType !== FS_MAGIC.TMPFS) throw new UnsupportedFileError(f.pid, f.fd, `an unlinked file named like a memfd (${f.link})`);
-    const inodes = (ctx.shared.get("memfd") as Map<bigint, number> | undefined) ?? new Map<bigint, number>();
-    ctx.shared.set("memfd", inodes);
-    let inodeId = inodes.get(f.st.ino);
-    if (inodeId === undefined) {
-      inodeId = inodes.size + 1;
-      inodes.set(f.st.ino, inodeId);
-      const what = `process ${f.pid} fd ${f.fd} (${f.link})`;
-      ctx.table.image("memfd.img", "MEMFD_INODE").add(MemfdInodeEntrySchema, create(MemfdInodeEntrySchema, {
-        name: f.link.slice(PREFIX.length, -DELETED.length),
-        uid: f.st.uid, gid: f.st.gid, size: f.st.size, shmid: inodeId,
-        seals: fcntl(local, F.GET_SEALS), inodeId: BigInt(inodeId), mode: f.st.mode & 0o7777,
-      }));
-      ctx.table.shmem.push({ shmid: inodeId, runs: readRuns(ctx.access.reopen(f.fd, O.RDONLY), Number(f.st.size), what) });
-    }
-    ctx.table.add(create(FileEntrySchema, {
-      type: FdTypes.MEMFD, id,
-      memfd: create(MemfdFileEntrySchema, { id, flags: f.info.flags & ~O.CLOEXEC, pos: f.info.pos, fown: readFown(local), inodeId }),
-    }));
+    let inodeId = ctx.table.memfdInodes.get(f.st.ino);
+    inodeId ??= memfdInode(ctx.access.reopen(f.fd, O.RDONLY), f.st, f.link, ctx.table, `process ${f.pid} fd ${f.fd} (${f.link})`);
+    ctx.table.add(memfdFile(id, f.info.flags & ~O.CLOEXEC, f.info.pos, readFown(local), inodeId));
   },
 };

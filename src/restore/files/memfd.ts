@@ -12,47 +12,17 @@
  */
 import { FdTypes, type FileEntry } from "../../image/gen/fdinfo_pb";
 import { MemfdInodeEntrySchema, type MemfdInodeEntry } from "../../image/gen/memfd_pb";
-import { entryPageCount, splitPagemap } from "../../image/pagemap";
 import { fchmod, fchown, fcntl, ftruncate, memfdCreate } from "../../sys/calls";
-import { openat, preadInto, pwriteAll } from "../../sys/libc";
-import { AT, F, MFD, O, PAGE_SIZE } from "../../sys/nr";
+import { fillShmemContents } from "../shmem";
+import { F, MFD, O } from "../../sys/nr";
 import { O_ACCMODE, reopenOwn, restoreFileState } from "./file-state";
 import { forFile, part, type FileRestoreContext, type FileRestoreKind } from "./kind";
-
-/** Bytes copied per pread/pwrite from a pages image into a memfd. */
-const CHUNK = 1 << 20;
-
-/** Copy the page runs of pagemap-shmem-SHMID.img from their pages image into `fd`. */
-function fillContents(fd: number, inode: MemfdInodeEntry, ctx: FileRestoreContext): void {
-  const name = `pagemap-shmem-${inode.shmid}.img`;
-  const { head, entries: runs } = splitPagemap(ctx.images.raw(name), name);
-  const pagesName = `pages-${head.pagesId}.img`;
-  if (runs.length === 0) return;
-  const pages = ctx.own(openat(AT.FDCWD, ctx.images.path(pagesName), O.RDONLY | O.CLOEXEC));
-  try {
-    const buf = new Uint8Array(CHUNK);
-    let from = 0;
-    for (const run of runs) {
-      const len = entryPageCount(run) * PAGE_SIZE;
-      for (let done = 0; done < len;) {
-        const want = Math.min(CHUNK, len - done);
-        const got = preadInto(pages, buf.subarray(0, want), from);
-        if (got === 0) throw new Error(`${pagesName} ended at byte ${from}, short of what ${name} lists`);
-        pwriteAll(fd, buf.subarray(0, got), Number(run.vaddr) + done);
-        done += got;
-        from += got;
-      }
-    }
-  } finally {
-    ctx.closeNow(pages);
-  }
-}
 
 /** A memfd for `inode` with its size, contents, owner and mode, but no seals yet. */
 function createInode(inode: MemfdInodeEntry, ctx: FileRestoreContext): number {
   if (inode.hugetlbFlag) throw new Error("a hugetlb memfd, which ckpt cannot restore yet");
   const fd = ctx.own(memfdCreate(inode.name, MFD.CLOEXEC | MFD.ALLOW_SEALING));
-  fillContents(fd, inode, ctx);
+  fillShmemContents(fd, inode.shmid, ctx.images);
   // After the contents: the last run is whole pages and may pass the size.
   ftruncate(fd, inode.size);
   fchown(fd, inode.uid, inode.gid);

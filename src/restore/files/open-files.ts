@@ -10,8 +10,9 @@
  * and no temporary file behind.
  */
 import { FileEntrySchema, type FileEntry } from "../../image/gen/fdinfo_pb";
-import { close, unlinkat } from "../../sys/libc";
-import { AT } from "../../sys/nr";
+import { fcntl } from "../../sys/calls";
+import { close, openat, unlinkat } from "../../sys/libc";
+import { AT, F, O } from "../../sys/nr";
 import type { ImageSet } from "../../image/image-set";
 import { makeRoomForFiles } from "./fd-limit";
 import { typeName, type EpollWatch, type FileRestoreContext, type FileRestoreKind, type FileRestoreOptions } from "./kind";
@@ -25,6 +26,8 @@ export class OpenedFiles {
   private readonly files = new Map<number, number>();
   /** fds made on the way that are no file's (yet): closed when open() ends. */
   private readonly helpers = new Set<number>();
+  /** fds of mapped files opened again with a mapping's access mode, by "id:access". */
+  private readonly reopened = new Map<string, number>();
   /** Paths made for the restore (ghost files), unlinked by finish() and abort(). */
   private readonly temporary: string[] = [];
   private readonly watches = new Map<number, readonly EpollWatch[]>();
@@ -54,6 +57,26 @@ export class OpenedFiles {
     const fd = this.files.get(id);
     if (fd === undefined) throw new Error(`ckpt holds no open file with id ${id} (files.img has none, or it is only a FIFO's or terminal's path)`);
     return fd;
+  }
+
+  /**
+   * An fd of file `id` open for `access` (O_RDONLY or O_RDWR), for a mapping:
+   * a vma records the access its file was mapped with (fdflags), which may
+   * differ from the file entry's own (CRIU saves a memfd mapped shared and
+   * writable as a read-only file entry). A new open of the same file is made
+   * through /proc/self/fd then, once per id and access.
+   */
+  fdForMapping(id: number, access: number): number {
+    const fd = this.fd(id);
+    const held = fcntl(fd, F.GETFL) & O.ACCMODE;
+    if (held === access || held === O.RDWR) return fd;
+    const key = `${id}:${access}`;
+    let again = this.reopened.get(key);
+    if (again === undefined) {
+      again = openat(AT.FDCWD, `/proc/self/fd/${fd}`, access | O.CLOEXEC);
+      this.reopened.set(key, again);
+    }
+    return again;
   }
 
   /** The file ids ckpt holds an fd for. */
@@ -98,6 +121,8 @@ export class OpenedFiles {
     for (const path of this.temporary.splice(0)) attempt(`removing ${path}`, () => unlinkat(AT.FDCWD, path));
     for (const [id, fd] of this.files) attempt(`closing file id ${id}`, () => close(fd));
     this.files.clear();
+    for (const [key, fd] of this.reopened) attempt(`closing file id ${key.split(":")[0]} opened again for a mapping`, () => close(fd));
+    this.reopened.clear();
     this.watches.clear();
     problems.push(...this.closeHelpers());
     return problems;
