@@ -104,6 +104,7 @@ const CLOCK_MONOTONIC = 1;
 const CLOCK_BOOTTIME = 7;
 const TASK_ALIVE = 1;
 const TASK_STOPPED = 3;
+const TASK_DEAD = 2;
 
 export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const started = performance.now();
@@ -126,6 +127,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const pageCounters = newPageCounters();
   const fdTables = new Map<number, FdinfoEntry[]>();
   const dumped: DumpedProcess[] = [];
+  const zombies: { pid: number; core: CoreEntry }[] = [];
   let released = false;
   let frozenAt = 0;
   let frozenMs = 0;
@@ -145,6 +147,10 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     await guard.checkpoint();
 
     for (const p of tree) {
+      if (p.zombie) {
+        zombies.push(zombieCore(proc, p.pid));
+        continue;
+      }
       try {
         dumped.push(dumpProcess(proc, p, files, kobj, fdTables, mapFiles, objects, pageCounters, opts, tracking));
       } catch (e) {
@@ -162,7 +168,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       const t = performance.now();
       for (const [i, d] of dumped.entries()) writePages(out, d, i + 1);
       memwriteMs = performance.now() - t;
-      writeImages(out, dumped, table, tree, clocks);
+      writeImages(out, dumped, zombies, table, tree, clocks);
       writeShmem(out, table, dumped.length);
     };
 
@@ -332,16 +338,32 @@ function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, kobj: Kob
   return { tree: p, ids, cores, mm, fdinfo, cwdId, rootId, umask: status.umask ?? 0o022, pages };
 }
 
+/**
+ * A zombie's core, as CRIU writes it: the task core alone, with TASK_DEAD,
+ * the wait status its parent is due to get, and its name. No other image.
+ */
+function zombieCore(proc: ProcFs, pid: number): { pid: number; core: CoreEntry } {
+  const stat = readStat(proc, pid);
+  return {
+    pid,
+    core: create(CoreEntrySchema, {
+      mtype: CoreEntry_March.X86_64,
+      tc: create(TaskCoreEntrySchema, { taskState: TASK_DEAD, exitCode: stat.exitCode, personality: 0, flags: 0, blkSigset: 0n, comm: stat.comm }),
+    }),
+  };
+}
+
 function writePages(out: ImageDirWriter, d: DumpedProcess, pagesId: number): void {
   writeProcessPages(out, d.tree.pid, pagesId, d.pages);
 }
 
 type Clock = ReturnType<typeof clockNow>;
 
-function writeImages(out: ImageDirWriter, dumped: readonly DumpedProcess[], table: FileTable, tree: readonly FrozenProcess[], clocks: { monotonic: Clock; boottime: Clock }): void {
+function writeImages(out: ImageDirWriter, dumped: readonly DumpedProcess[], zombies: readonly { pid: number; core: CoreEntry }[], table: FileTable, tree: readonly FrozenProcess[], clocks: { monotonic: Clock; boottime: Clock }): void {
   const pstree = new ImageEncoder(kind("PSTREE"));
   for (const e of pstreeEntries(tree)) pstree.add(PstreeEntrySchema, e);
   out.writeImage("pstree.img", pstree);
+  for (const z of zombies) out.writeImage(`core-${z.pid}.img`, new ImageEncoder(kind("CORE")).add(CoreEntrySchema, z.core));
   const filesByTable = new Set<number>();
   for (const d of dumped) {
     const pid = d.tree.pid;

@@ -6,7 +6,9 @@
  * tracer dies, so a ckpt that is SIGKILLed mid-dump leaves the tree running
  * (no cgroup freezer that would need a thaw). The tree is re-read until a full
  * pass finds nothing new: a thread that was still running during the previous
- * pass may have created threads or children, a frozen one cannot.
+ * pass may have created threads or children, a frozen one cannot. Processes
+ * that exit meanwhile are walked again as what they became: a zombie (kept:
+ * its frozen parent cannot reap it now) or nothing.
  */
 import { SysError, Errno } from "../sys/errno";
 import { getpid, kill, waitpid } from "../sys/libc";
@@ -24,6 +26,12 @@ const STOP_SIGNALS = new Set([SIG.STOP, 20 /* SIGTSTP */, 21 /* SIGTTIN */, 22 /
 export interface FrozenProcess extends TreeTask {
   /** It was in a job-control stop (SIGSTOP and friends) when frozen: restore keeps it stopped. */
   jobStopped: boolean;
+  /**
+   * It had exited and its parent had not yet reaped it: nothing of it is
+   * left but its pid, ids and exit status. Zombies are not seized (ptrace
+   * refuses them) and have no children (those went to a reaper).
+   */
+  zombie: boolean;
 }
 
 /** Something about the tree or our rights makes a dump impossible. */
@@ -86,13 +94,22 @@ export class Freezer {
         stat = readStat(this.proc, pid);
         threads = readThreads(this.proc, pid);
       } catch (e) {
-        if (isErrno(e, Errno.ENOENT) || isErrno(e, Errno.ESRCH)) {
-          throw new FreezeError(pid === root ? `process ${pid} does not exist` : `process ${pid} exited while the tree was being frozen`, pid);
-        }
-        throw e;
+        if (!isErrno(e, Errno.ENOENT) && !isErrno(e, Errno.ESRCH)) throw e;
+        if (pid === root) throw new FreezeError(this.seized.size ? `process ${pid} exited while the tree was being frozen` : `process ${pid} does not exist`, pid);
+        // Reaped between its parent's child list and now (its parent ran
+        // still, or ignores SIGCHLD): walk again, without it.
+        changed = true;
+        continue;
       }
       if (stat.state === "Z" || stat.state === "X") {
-        throw new FreezeError(`process ${pid} is a zombie (state ${stat.state}); dumping zombies is not supported`, pid);
+        if (pid === root) throw new FreezeError(`process ${pid} is a zombie (state ${stat.state}): it has exited, there is nothing to dump`, pid);
+        if (threads.length > 1) {
+          throw new FreezeError(`process ${pid} is a zombie leader with ${threads.length - 1} live thread(s) (its main thread exited, the others run on), which ckpt cannot dump`, pid);
+        }
+        // A seized thread of it that exited was collected as it went.
+        for (const [tid, owner] of this.seized) if (owner === pid) this.seized.delete(tid);
+        processes.push({ pid, ppid, pgid: stat.pgrp, sid: stat.session, threads: [pid], jobStopped: false, zombie: true });
+        continue;
       }
       for (const tid of threads) {
         if (this.seized.has(tid) || this.exited.has(tid)) continue;
@@ -107,10 +124,15 @@ export class Freezer {
         }
       }
       const live = threads.filter((t) => this.seized.has(t));
-      if (live.length === 0) throw new FreezeError(`process ${pid} exited while the tree was being frozen`, pid);
+      if (live.length === 0) {
+        if (pid === root) throw new FreezeError(`process ${pid} exited while the tree was being frozen`, pid);
+        // It exited while being seized: the next walk finds it a zombie, or gone.
+        changed = true;
+        continue;
+      }
       processes.push({
         pid, ppid, pgid: stat.pgrp, sid: stat.session, threads: live,
-        jobStopped: live.some((t) => this.jobStopped.has(t)),
+        jobStopped: live.some((t) => this.jobStopped.has(t)), zombie: false,
       });
       for (const child of readAllChildren(this.proc, pid, live)) queue.push({ pid: child, ppid: pid });
     }

@@ -96,6 +96,8 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
     tracking = RoundTracking.begin(proc, "pre-dump", parent, opts.pid);
     const planned: Planned[] = [];
     for (const p of tree) {
+      // A zombie has no memory left to save.
+      if (p.zombie) continue;
       try {
         const startTime = readStat(proc, p.pid).startTime;
         const areas = readSmaps(proc, p.pid, false).filter(savesPages);
@@ -128,7 +130,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
     }
 
     const irmap = new Irmap({ scanPaths: opts.irmapScanPaths, cacheDirs: [opts.dir, `${opts.dir}/parent`], proc });
-    const inodes = resolveTreeWatches(proc, tree.map((p) => p.pid), irmap);
+    const inodes = resolveTreeWatches(proc, tree.filter((p) => !p.zombie).map((p) => p.pid), irmap);
     out.writeImage("irmap-cache", irmap.cacheImage());
 
     const pstree = new ImageEncoder(kind("PSTREE"));

@@ -15,6 +15,7 @@
  */
 import { errnoName, errnoText, SysError } from "../sys/errno";
 import { addressOf, processVmWritev, waitpid } from "../sys/libc";
+import { KSIGACTION_SIZE, KSIGSET_SIZE, signalName } from "../sys/inject-consts";
 import { NT, PTRACE_EVENT_STOP, SYS, W } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
 import { decodeUserRegs, encodeUserRegs, USER_REGS_SIZE, type UserRegs } from "../sys/structs";
@@ -132,6 +133,35 @@ export class Puppet {
       const { status } = waitpid(this.tid, W.ALL);
       if (ptrace.isExited(status) || ptrace.isSignaled(status)) return;
       ptrace.cont(this.tid);
+    }
+  }
+
+  /**
+   * End the task so that its parent's wait() reports `status` (a wait
+   * status: an exit code, or a fatal signal): a zombie of the image made
+   * again. A signal death drops the dumpable flag first, as CRIU does, so
+   * that no core file is written (the core-dumped bit is then not set), and
+   * gives the signal its default action (one ignored by ckpt stays ignored
+   * across the seed's exec). `scratch`: writable memory of the task.
+   */
+  dieWith(status: number, scratch: bigint): void {
+    const sig = status & 0x7f;
+    if (sig === 0) {
+      this.callNoReturn(SYS.exit_group, [(status >> 8) & 0xff]);
+      return;
+    }
+    this.call(SYS.prctl, [4 /* PR_SET_DUMPABLE */, 0], ["PR_SET_DUMPABLE", "0"]);
+    this.write(scratch, new Uint8Array(KSIGACTION_SIZE));
+    this.call(SYS.rt_sigaction, [sig, scratch, 0, KSIGSET_SIZE], [signalName(sig), "SIG_DFL", "NULL", String(KSIGSET_SIZE)]);
+    ptrace.setSigmask(this.tid, 0n);
+    this.load(SYS.kill, [this.tid, sig]);
+    ptrace.cont(this.tid);
+    for (;;) {
+      const { status: st } = waitpid(this.tid, W.ALL);
+      if (ptrace.isExited(st) || ptrace.isSignaled(st)) return;
+      // Its signal-delivery-stop: the signal goes on to do its default action.
+      const deliver = ptrace.ptraceEvent(st) === 0 && ptrace.stopSig(st) === sig;
+      ptrace.cont(this.tid, deliver ? sig : 0);
     }
   }
 

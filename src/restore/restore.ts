@@ -52,7 +52,7 @@ import {
   PR, requeueSignals, restoreCreds, restoreDumpable, restoreItimers, restoreScheduling, restoreSigactions, restoreThreadState,
   setChildSubreaper, setPdeathSignal,
 } from "./task";
-import { createProcesses, PidTakenError, type RestoredTree } from "./tree";
+import { createProcesses, PidTakenError, type RestoredTree, type ZombieState } from "./tree";
 import { TargetFds } from "./target-fds";
 
 export interface RestoreOptions {
@@ -91,6 +91,7 @@ export interface RestoreResult {
 const SYSCALL_PAGE_SIZE = 0x10000n;
 const SCRATCH_OFFSET = 0x100n;
 const TASK_STOPPED = 3;
+const TASK_DEAD = 2;
 
 /** Everything the images say about one process. */
 interface ProcessPlan {
@@ -103,33 +104,53 @@ interface ProcessPlan {
   pages: PageChain;
 }
 
-function loadPlan(images: ImageSet): ProcessPlan[] {
+/** The image set's tree: its processes to rebuild, and its zombies (TASK_DEAD cores), in pstree order. */
+interface TreePlan {
+  pstree: PstreeEntry[];
+  processes: ProcessPlan[];
+  zombies: Map<number, ZombieState>;
+}
+
+function loadPlan(images: ImageSet): TreePlan {
   const pstree = images.entries("pstree.img", PstreeEntrySchema);
   if (pstree.length === 0) throw new Error(`${images.path("pstree.img")} lists no process`);
-  return pstree.map((entry) => {
+  const processes: ProcessPlan[] = [];
+  const zombies = new Map<number, ZombieState>();
+  for (const entry of pstree) {
     const pid = entry.pid;
+    const leader = images.one(`core-${pid}.img`, CoreEntrySchema);
+    if (leader.mtype !== CoreEntry_March.X86_64) throw new Error(`core-${pid}.img is for architecture ${leader.mtype}; this ckpt restores x86_64 tasks`);
+    if (leader.tc?.taskState === TASK_DEAD) {
+      if (pid === pstree[0]!.pid) throw new Error(`core-${pid}.img: the root process is a zombie (TASK_DEAD)`);
+      // A zombie is its leader alone. CRIU 4.2 leaves its threads field
+      // unset memory (any number), so it is not read.
+      entry.threads = [pid];
+      zombies.set(pid, { status: leader.tc.exitCode, comm: leader.tc.comm });
+      continue;
+    }
     if (entry.threads.length === 0 || entry.threads[0] !== pid) throw new Error(`pstree.img: process ${pid} does not list itself as its first thread`);
-    const cores = new Map(entry.threads.map((tid) => [tid, images.one(`core-${tid}.img`, CoreEntrySchema)]));
+    const cores = new Map(entry.threads.map((tid) => [tid, tid === pid ? leader : images.one(`core-${tid}.img`, CoreEntrySchema)]));
     for (const [tid, c] of cores) {
       if (c.mtype !== CoreEntry_March.X86_64) throw new Error(`core-${tid}.img is for architecture ${c.mtype}; this ckpt restores x86_64 tasks`);
       if (!c.threadInfo || !c.threadCore) throw new Error(`core-${tid}.img has no thread state`);
     }
-    if (!cores.get(pid)?.tc) throw new Error(`core-${pid}.img has no task core`);
+    if (!leader.tc) throw new Error(`core-${pid}.img has no task core`);
     const ids = images.one(`ids-${pid}.img`, TaskKobjIdsEntrySchema);
-    return {
+    processes.push({
       entry, cores, ids,
       mm: images.one(`mm-${pid}.img`, MmEntrySchema),
       fs: images.one(`fs-${pid}.img`, FsEntrySchema),
       fdinfo: images.entries(`fdinfo-${ids.filesId}.img`, FdinfoEntrySchema),
       pages: PageChain.open(images, pid),
-    };
-  });
+    });
+  }
+  return { pstree, processes, zombies };
 }
 
-function checkPidsFree(plan: readonly ProcessPlan[]): void {
-  for (const p of plan) {
-    for (const tid of p.entry.threads) {
-      if (statOrNull(`/proc/${tid}`)) throw new PidTakenError(tid, tid === p.entry.pid ? `process ${p.entry.pid}` : `thread of process ${p.entry.pid}`);
+function checkPidsFree(pstree: readonly PstreeEntry[]): void {
+  for (const p of pstree) {
+    for (const tid of p.threads) {
+      if (statOrNull(`/proc/${tid}`)) throw new PidTakenError(tid, tid === p.pid ? `process ${p.pid}` : `thread of process ${p.pid}`);
     }
   }
 }
@@ -247,8 +268,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   if (images.one("inventory.img", InventoryEntrySchema).preDumpMode) {
     throw new Error(`${opts.dir} is a pre-dump (memory only, the tree ran on); restore the final dump, made with --prev-images-dir`);
   }
-  const plan = loadPlan(images);
-  checkPidsFree(plan);
+  const { pstree, processes: plan, zombies } = loadPlan(images);
+  checkPidsFree(pstree);
   const shared = new SharedAnonObjects(images, plan.map((p) => p.mm));
   const proc = new ProcFs();
   const created: number[] = [];
@@ -259,7 +280,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let pagesRestored = 0;
   // Without -d ckpt waits for the root: as a subreaper it becomes the root's parent.
   if (!opts.detach) syscall("prctl", SYS.prctl, [PR.SET_CHILD_SUBREAPER, 1], ["PR_SET_CHILD_SUBREAPER", "1"]);
-  const root = plan[0]?.entry.pid ?? 0;
+  const root = pstree[0]?.pid ?? 0;
   try {
     const seed = await startSeed(!opts.shellJob);
     seedPid = seed.pid;
@@ -278,7 +299,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     seedTask.syscallAt = pageAt;
     const scratch = pageAt + SCRATCH_OFFSET;
 
-    const tree = createProcesses(seedTask, scratch, plan.map((p) => p.entry), created);
+    const tree = createProcesses(seedTask, scratch, pstree, created, zombies);
     seedTask.callNoReturn(SYS.exit_group, [0]);
     seedPid = 0;
     figures.forkMs = performance.now() - started;
@@ -329,7 +350,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   }
   figures.totalMs = performance.now() - started;
   return {
-    dir: opts.dir, root, processes: plan.length,
+    dir: opts.dir, root, processes: pstree.length,
     threads: plan.reduce((s, p) => s + p.entry.threads.length, 0),
     pagesRestored,
     injectedCalls: puppetCounters.calls - counters0.calls,

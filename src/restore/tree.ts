@@ -11,6 +11,10 @@
  * afterwards. A session or group the tree cannot make (led by a process
  * outside it) is allowed only when it is the root's, which the root then
  * takes from the seed (a new session, or ckpt's own with --shell-job).
+ *
+ * Zombies are created like any process (their pid, group and session must
+ * exist) and then die with their recorded wait status, so that their parent
+ * reaps them after the restore as it would have before the dump.
  */
 import type { PstreeEntry } from "../image/gen/pstree_pb";
 import { SIG, SYS } from "../sys/nr";
@@ -68,7 +72,13 @@ export interface RestoredTree {
  * tid of the image is held from the start. `created` gets each one as soon as
  * it exists, so a failure can kill exactly what was made.
  */
-export function createProcesses(seed: Puppet, scratch: bigint, pstree: readonly PstreeEntry[], created: number[]): RestoredTree {
+/** A zombie of the image: the wait status its parent is due to get, and its name. */
+export interface ZombieState {
+  status: number;
+  comm: string;
+}
+
+export function createProcesses(seed: Puppet, scratch: bigint, pstree: readonly PstreeEntry[], created: number[], zombies: ReadonlyMap<number, ZombieState> = new Map()): RestoredTree {
   const root = pstree[0];
   if (!root) throw new Error("pstree.img lists no process");
   const inTree = new Set(pstree.map((e) => e.pid));
@@ -99,7 +109,34 @@ export function createProcesses(seed: Puppet, scratch: bigint, pstree: readonly 
     const p = processes.get(e.pid);
     if (p) p.call(SYS.setpgid, [0, e.pgid]);
   }
+  // Zombies last, once in their groups: each dies with its status, and the
+  // SIGCHLD that leaves pending in its (blocked) parent is taken back — the
+  // parent was told of that death before the dump, or has it queued in its
+  // core image, which restore queues again later.
+  for (const [pid, z] of zombies) {
+    const p = processes.get(pid);
+    const parent = processes.get(byPid.get(pid)?.ppid ?? 0);
+    if (!p || !parent) throw new Error(`zombie ${pid} was not created under its parent`);
+    if (z.comm) {
+      const name = new Uint8Array(16);
+      name.set(new TextEncoder().encode(z.comm).subarray(0, 15));
+      p.write(scratch, name);
+      p.call(SYS.prctl, [15 /* PR_SET_NAME */, scratch], ["PR_SET_NAME", JSON.stringify(z.comm)]);
+    }
+    p.dieWith(z.status, scratch);
+    processes.delete(pid);
+    threads.delete(pid);
+    takeBackSigchld(parent, scratch);
+  }
   return { processes, threads };
+}
+
+/** Dequeue a pending SIGCHLD of `p` (all its signals are blocked), if there is one. */
+function takeBackSigchld(p: Puppet, scratch: bigint): void {
+  const buf = new BigUint64Array([1n << BigInt(SIG.CHLD - 1), 0n, 0n]);
+  p.write(scratch, new Uint8Array(buf.buffer));
+  const r = p.raw(SYS.rt_sigtimedwait, [scratch, 0, scratch + 8n, 8]);
+  if (r !== BigInt(SIG.CHLD) && r !== -BigInt(Errno.EAGAIN)) throw new Error(`rt_sigtimedwait(SIGCHLD) in restored process ${p.tid} returned ${r}`);
 }
 
 /** Refuse sessions and groups the clone order cannot give back. */
