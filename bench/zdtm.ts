@@ -280,6 +280,19 @@ function sigkill(pids: Iterable<number>): void {
   }
 }
 
+/**
+ * Unmount whatever a test mounted in its directory (a cgroup test mounts one
+ * there and unmounts it only on SIGTERM), deepest first, lazily.
+ */
+function unmountUnder(dir: string): void {
+  const points = readFileSync("/proc/self/mountinfo", "utf8")
+    .split("\n")
+    .map((l) => (l.split(" ")[4] ?? "").replaceAll(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
+    .filter((m) => m.startsWith(`${dir}/`))
+    .sort((a, b) => b.length - a.length);
+  for (const m of points) Bun.spawnSync(["umount", "-l", m], { stdout: "ignore", stderr: "ignore" });
+}
+
 /** SIGKILL what a run left, until nothing is left; returns how many there were. */
 async function killLeftovers(dir: string, sids: number[]): Promise<number> {
   const seen = new Set<number>();
@@ -397,7 +410,7 @@ async function runOnce(t: Test & { desc: Desc; argv: string[] }, scratch: string
     // The test forks its daemon, which writes the pid file once ready; then the first process exits.
     const code = await run(t.argv, log("start"), deadline, dir, env);
     if (code === null) throw new Failed("timeout: start");
-    if (code !== 0) throw new Failed(`start: exit ${code}: ${failLine([...lines(log("start")), ...lines(join(dir, `${name}.out.inprogress`))])}`);
+    if (code !== 0) throw new Failed(`start: exit ${code}: ${failLine(["", ".out", ".out.inprogress"].flatMap((f) => lines(f ? join(dir, name + f) : log("start"))))}`);
     let pid = readPid();
     r.sids.push(pid);
     await hook("--post-start");
@@ -434,12 +447,26 @@ async function runOnce(t: Test & { desc: Desc; argv: string[] }, scratch: string
     if (e instanceof Failed) return e.message;
     return `runner: ${e instanceof Error ? e.message : String(e)}`;
   } finally {
+    // A test still running after a failure gets SIGTERM first, so that it
+    // undoes what it did to the host (zdtm.py SIGKILLs, but in a namespace).
+    const running = r.sids.filter(alive);
+    for (const pid of running) process.kill(pid, "SIGTERM");
+    await waitUntil("", () => !running.some(alive), Date.now() + 3000).catch(() => {});
     await killLeftovers(dir, r.sids);
     current = undefined;
     // zdtm.py cleans up after every test, pass or fail; a failing clean hook changes nothing.
     const h = join(STATIC, `${name}.hook`);
     if (executable(h)) await run([h, "--clean"], log("hook"), Date.now() + 10_000, existsSync(dir) ? dir : scratch, env);
-    if (!opt.keep) for (const p of [dir, images, log("start"), log("dump"), log("restore"), log("hook")]) rmSync(p, { recursive: true, force: true });
+    unmountUnder(dir);
+    if (!opt.keep) {
+      for (const p of [dir, images, log("start"), log("dump"), log("restore"), log("hook")]) {
+        try {
+          rmSync(p, { recursive: true, force: true });
+        } catch (e) {
+          process.stderr.write(`bench/zdtm: ${name}: cannot remove ${p}: ${e instanceof Error ? e.message : String(e)}\n`);
+        }
+      }
+    }
   }
 }
 
