@@ -270,14 +270,21 @@ function processesOf(dir: string, sids: number[]): number[] {
   return [...withDescendants(all, seeds)].filter((pid) => pid !== process.pid && pid > 1 && alive(pid));
 }
 
-function sigkill(pids: Iterable<number>): void {
+/** Send `sig` to each of `pids`; false if one was gone already. */
+function signal(pids: Iterable<number>, sig: NodeJS.Signals): boolean {
+  let all = true;
   for (const pid of pids) {
     try {
-      process.kill(pid, "SIGKILL");
+      process.kill(pid, sig);
     } catch {
-      // gone already
+      all = false;
     }
   }
+  return all;
+}
+
+function sigkill(pids: Iterable<number>): void {
+  signal(pids, "SIGKILL");
 }
 
 /**
@@ -433,11 +440,7 @@ async function runOnce(t: Test & { desc: Desc; argv: string[] }, scratch: string
       await hook("--post-restore");
     }
 
-    try {
-      process.kill(pid, "SIGTERM");
-    } catch {
-      throw new Failed(`the test (pid ${pid}) was gone before SIGTERM`);
-    }
+    if (!signal([pid], "SIGTERM")) throw new Failed(`the test (pid ${pid}) was gone before SIGTERM`);
     await waitUntil("the test to exit after SIGTERM", () => !alive(pid), deadline);
     const out = join(dir, `${name}.out`);
     if (!existsSync(out)) return `no .out: ${failLine(lines(`${out}.inprogress`))}`;
@@ -450,7 +453,7 @@ async function runOnce(t: Test & { desc: Desc; argv: string[] }, scratch: string
     // A test still running after a failure gets SIGTERM first, so that it
     // undoes what it did to the host (zdtm.py SIGKILLs, but in a namespace).
     const running = r.sids.filter(alive);
-    for (const pid of running) process.kill(pid, "SIGTERM");
+    signal(running, "SIGTERM");
     await waitUntil("", () => !running.some(alive), Date.now() + 3000).catch(() => {});
     await killLeftovers(dir, r.sids);
     current = undefined;
