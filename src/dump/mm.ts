@@ -20,6 +20,7 @@ import { MAP, O, PROT } from "../sys/nr";
 import { VMA } from "../image/vma-status";
 import { type FileTable, UnsupportedFileError } from "./files/file-table";
 import { dumpMappedMemfd } from "./files/memfd";
+import { addMappedFile } from "./files/regular";
 import type { SharedAnonMemory } from "./shmem";
 import { shmemDevice } from "../sys/shmem";
 
@@ -131,16 +132,13 @@ export function dumpVmas(proc: ProcFs, pid: number, areas: readonly MapArea[], t
     counters.fileAreas++;
     let id = fileIds.get(key);
     if (id === undefined) {
-      if (a.path.endsWith(" (deleted)") || !a.path.startsWith("/")) {
-        throw new UnsupportedFileError(pid, `the mapping at 0x${range}`, `a mapping of ${a.path || "an unnamed file"}`);
-      }
       const st = proc.stat(pid, `map_files/${range}`);
       if (st.ino !== a.inode || st.devMajor !== a.devMajor || st.devMinor !== a.devMinor) {
         throw new Error(`process ${pid}: map_files/${range} leads to ${st.devMajor}:${st.devMinor}:${st.ino}, smaps says ${key}`);
       }
       counters.distinctFiles++;
       const openFlags = shared && (a.write || hasFlag(a, "mw")) ? O.RDWR : O.RDONLY;
-      id = table.addRegular({ path: a.path, flags: openFlags, pos: 0n, st });
+      id = addMappedFile(proc, pid, range, a.path, openFlags, st, table);
       fileIds.set(key, id);
     }
     out.push({

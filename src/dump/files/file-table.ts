@@ -42,6 +42,8 @@ export class FileTable {
   readonly shmem: ShmemContents[] = [];
   /** memfd inodes saved so far (memfd.img), by inode number: their inode ids. */
   readonly memfdInodes = new Map<bigint, number>();
+  /** Ghost files saved so far by "dev:ino": their ghost ids, so an unlinked file opened and mapped is saved once. */
+  readonly ghosts = new Map<string, number>();
   /** Further images by file name, in the order they were first used. */
   readonly images = new Map<string, ImageEncoder>();
   private nextId = 1;

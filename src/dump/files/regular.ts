@@ -38,29 +38,47 @@ function pathOf(link: string, st: Statx): { path: string; unlinked: boolean } {
 const CHUNK = 1 << 20;
 
 /**
- * Save the contents of the unlinked file behind fd `fd` of `pid` as a ghost
- * file and point file `id` at it. The file is read through a new open of
- * /proc/PID/fd/N, so a write-only fd does not matter and the target's own
- * file position is not touched.
+ * Point file `id` at a ghost file holding the contents of the unlinked file
+ * `st` (read through `file`, a new open of /proc/PID/fd/N or map_files/...,
+ * so a write-only fd does not matter and the target's own file position is
+ * not touched). One inode is saved once however many fds and mappings hold it.
  */
-function saveGhost(pid: number, fd: number | string, st: Statx, id: number, table: FileTable, file: number): void {
-  if ((st.mode & S_IFMT) !== S_IF.REG) throw new UnsupportedFileError(pid, fd, "an unlinked directory or device");
+function saveGhost(pid: number, what: number | string, st: Statx, id: number, table: FileTable, file: () => number, closeFile = false): void {
+  if ((st.mode & S_IFMT) !== S_IF.REG) throw new UnsupportedFileError(pid, what, "an unlinked directory or device");
+  const inode = `${st.dev}:${st.ino}`;
+  let ghostId = table.ghosts.get(inode);
+  if (ghostId === undefined) {
+    ghostId = table.newId();
+    table.ghosts.set(inode, ghostId);
+    table.image(`ghost-file-${ghostId.toString(16)}.img`, "GHOST_FILE").add(GhostFileEntrySchema, create(GhostFileEntrySchema, {
+      uid: st.uid, gid: st.gid, mode: st.mode, dev: st.dev, ino: st.ino,
+      mtim: { tvSec: st.mtimeSec, tvUsec: BigInt(Math.floor(st.mtimeNsec / 1000)) },
+      size: st.size,
+    }), readOnce(pid, what, st, file, closeFile));
+  }
+  table.image("remap-fpath.img", "REMAP_FPATH").add(RemapFilePathEntrySchema, create(RemapFilePathEntrySchema, {
+    origId: id, remapId: ghostId, remapType: RemapType.GHOST,
+  }));
+}
+
+function readOnce(pid: number, what: number | string, st: Statx, open: () => number, closeFile: boolean): Uint8Array {
+  const file = open();
+  try {
+    return readWhole(pid, what, st, file);
+  } finally {
+    if (closeFile) close(file);
+  }
+}
+
+function readWhole(pid: number, what: number | string, st: Statx, file: number): Uint8Array {
   const size = Number(st.size);
   const data = new Uint8Array(size);
   for (let off = 0; off < size;) {
     const n = preadInto(file, data.subarray(off, Math.min(size, off + CHUNK)), off);
-    if (n === 0) throw new Error(`process ${pid}: ${typeof fd === "number" ? `fd ${fd}` : fd}: unlinked file ended at ${off} of ${size} bytes while frozen`);
+    if (n === 0) throw new Error(`process ${pid}: ${typeof what === "number" ? `fd ${what}` : what}: unlinked file ended at ${off} of ${size} bytes while frozen`);
     off += n;
   }
-  const ghostId = table.newId();
-  table.image(`ghost-file-${ghostId.toString(16)}.img`, "GHOST_FILE").add(GhostFileEntrySchema, create(GhostFileEntrySchema, {
-    uid: st.uid, gid: st.gid, mode: st.mode, dev: st.dev, ino: st.ino,
-    mtim: { tvSec: st.mtimeSec, tvUsec: BigInt(Math.floor(st.mtimeNsec / 1000)) },
-    size: st.size,
-  }), data);
-  table.image("remap-fpath.img", "REMAP_FPATH").add(RemapFilePathEntrySchema, create(RemapFilePathEntrySchema, {
-    origId: id, remapId: ghostId, remapType: RemapType.GHOST,
-  }));
+  return data;
 }
 
 export const regularKind: FdKind = {
@@ -74,7 +92,7 @@ export const regularKind: FdKind = {
       path, flags: f.info.flags & ~O.CLOEXEC, pos: f.info.pos, st: f.st,
       fown: readFown(ctx.access.local(f.fd)),
     }, id);
-    if (unlinked) saveGhost(f.pid, f.fd, f.st, id, ctx.table, ctx.access.reopen(f.fd, O.RDONLY));
+    if (unlinked) saveGhost(f.pid, f.fd, f.st, id, ctx.table, () => ctx.access.reopen(f.fd, O.RDONLY));
   },
 };
 
@@ -90,13 +108,21 @@ export function dumpLinkedFile(proc: ProcFs, pid: number, name: "cwd" | "root" |
   if (unlinked && name !== "exe") throw new UnsupportedFileError(pid, name, `a removed directory (${link})`);
   const flags = name === "exe" ? O.RDONLY : O.RDONLY | O.DIRECTORY;
   const id = table.addRegular({ path, flags, pos: 0n, st });
-  if (unlinked) {
-    const file = proc.open(pid, name, O.RDONLY);
-    try {
-      saveGhost(pid, name, st, id, table, file);
-    } finally {
-      close(file);
-    }
+  if (unlinked) saveGhost(pid, name, st, id, table, () => proc.open(pid, name, O.RDONLY), true);
+  return id;
+}
+
+/**
+ * The file entry of a mapped file (`link` as /proc/PID/map_files/RANGE
+ * shows it, `st` its stat): an unlinked one keeps its contents as a ghost
+ * file, shared with the ghost of an fd on the same inode.
+ */
+export function addMappedFile(proc: ProcFs, pid: number, range: string, link: string, flags: number, st: Statx, table: FileTable): number {
+  const { path, unlinked } = pathOf(link, st);
+  if (!path.startsWith("/") || (!unlinked && path.endsWith(DELETED))) {
+    throw new UnsupportedFileError(pid, `the mapping at 0x${range}`, `a mapping of ${link || "an unnamed file"}`);
   }
+  const id = table.addRegular({ path, flags, pos: 0n, st });
+  if (unlinked) saveGhost(pid, `the mapping at 0x${range}`, st, id, table, () => proc.open(pid, `map_files/${range}`, O.RDONLY), true);
   return id;
 }
