@@ -105,7 +105,12 @@ export function isGone(pid: number): boolean {
 
 /** The page data of one process: pagemap runs and their bytes from pages-N.img. */
 export function savedPages(dir: string, pid: number): { vaddr: bigint; nrPages: number; bytes: Uint8Array }[] {
-  const img = readImageFile(join(dir, `pagemap-${pid}.img`));
+  return savedPagesOf(dir, `pagemap-${pid}.img`);
+}
+
+/** The page data a pagemap image names (a process's, or pagemap-shmem-ID.img's: vaddr is then an offset in the object). */
+export function savedPagesOf(dir: string, pagemap: string): { vaddr: bigint; nrPages: number; bytes: Uint8Array }[] {
+  const img = readImageFile(join(dir, pagemap));
   const [head, ...rest] = img.entries;
   const pagesId = (head?.message as unknown as { pagesId: number }).pagesId;
   const data = readFileSync(join(dir, `pages-${pagesId}.img`));

@@ -11,6 +11,7 @@ import { FdTypes } from "../../image/gen/fdinfo_pb";
 import { InetSkEntrySchema, type InetSkEntry } from "../../image/gen/sk-inet_pb";
 import { SkOptsEntrySchema } from "../../image/gen/sk-opts_pb";
 import { AF, bind, formatIpv4, formatIpv6, IPPROTO, IPV6_OPT, listen, setsockoptInt, SO, SOCK, sockaddrIn, sockaddrIn6, socket, SOL, TCP_STATE } from "../../sys/socket";
+import { Errno, SysError } from "../../sys/errno";
 import { restoreFileState } from "./file-state";
 import { forFile, part, type FileRestoreKind } from "./kind";
 import { restoreSkOpts } from "./sk-opts";
@@ -55,9 +56,20 @@ export const inetSocketKind: FileRestoreKind = {
         const fd = ctx.own(socket(isk.family, SOCK.STREAM | SOCK.CLOEXEC, IPPROTO.TCP));
         if (isk.family === AF.INET6 && isFieldSet(isk, InetSkEntrySchema.field.v6only)) setsockoptInt(fd, IPPROTO.IPV6, IPV6_OPT.V6ONLY, isk.v6only ? 1 : 0);
         setsockoptInt(fd, SOL.SOCKET, SO.REUSEADDR, 1);
-        bind(fd, addr);
-        listen(fd, isk.backlog);
         const opts = part(e, isk.opts, "isk.opts");
+        try {
+          bind(fd, addr);
+        } catch (err) {
+          if (!(err instanceof SysError && err.errno === Errno.EADDRINUSE)) throw err;
+          // TIME_WAIT connections block a new bind unless the socket they
+          // came from had SO_REUSEADDR too: the dumped program could not
+          // have restarted on that port yet either.
+          const why = opts.reuseaddr
+            ? "another socket is bound to it"
+            : "another socket is bound to it, or connections of the dumped listener linger in TIME_WAIT (it had no SO_REUSEADDR, so they block the port for up to 60 s)";
+          throw new Error(`port ${text} is in use: ${why}`);
+        }
+        listen(fd, isk.backlog);
         // Off unless recorded on (restoreSkOpts sets it when the entry has it).
         if (!isFieldSet(opts, SkOptsEntrySchema.field.reuseaddr)) setsockoptInt(fd, SOL.SOCKET, SO.REUSEADDR, 0);
         restoreSkOpts(fd, opts);

@@ -1,0 +1,228 @@
+/**
+ * Workloads shaped like real programs: a pre-forking server whose workers
+ * share anonymous memory, a Python multiprocessing pool, a tree with zombies
+ * and a daemon in a session of its own.
+ */
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { buildC, tempDir } from "./target";
+
+/**
+ * An nginx-style server: the master listens on 127.0.0.1 (an ephemeral port),
+ * then forks 2 workers that accept on the shared socket. Before the fork it
+ * sets up shared memory of every shape:
+ *   - 3 pages of MAP_SHARED|MAP_ANONYMOUS with the middle page unmapped (one
+ *     object, two areas; page 2 at pgoff 2),
+ *   - 2 pages of /dev/zero mapped shared,
+ *   - 2 pages of a memfd mapped shared, its fd closed (only the mapping holds it),
+ *   - 2 pages of shared anonymous memory moved with mremap.
+ * Page 0 of each holds counters the workers bump every millisecond; its last
+ * page holds a pattern nobody writes. A connection gets "N PID\n": N from a
+ * counter in shared memory, so it goes on across workers and across a restore.
+ * On SIGUSR1 the master checks that both workers still bump every counter in
+ * every region and that the patterns are whole: "ok" or "bad <why>".
+ * Prints "ready PORT MASTER WORKER1 WORKER2".
+ */
+export function preforkTarget(): string {
+  return buildC("prefork", String.raw`
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define PG 4096
+#define NW 2
+#define NR 4
+struct slots { atomic_long beat[NW]; atomic_long served; };
+static char *region[NR];
+static const int last_page[NR] = { 2, 1, 1, 1 };
+static const char *names[NR] = { "anon (split)", "/dev/zero", "memfd", "anon (moved)" };
+static volatile sig_atomic_t check;
+static void on_usr1(int s) { (void)s; check = 1; }
+static void fill(char *p, int seed) { for (int i = 0; i < PG; i++) p[i] = (char)(i * 7 + seed); }
+static int whole(const char *p, int seed) { for (int i = 0; i < PG; i++) if (p[i] != (char)(i * 7 + seed)) return 0; return 1; }
+static struct slots *S(int r) { return (struct slots *)region[r]; }
+static void die(const char *what) { perror(what); exit(1); }
+
+static void worker(int w, int lfd) {
+  for (;;) {
+    for (int r = 0; r < NR; r++) atomic_fetch_add(&S(r)->beat[w], 1);
+    struct pollfd p = { .fd = lfd, .events = POLLIN };
+    if (poll(&p, 1, 1) <= 0) continue;
+    int c = accept(lfd, NULL, NULL);
+    if (c < 0) continue;
+    char line[64];
+    int n = snprintf(line, sizeof line, "%ld %d\n", atomic_fetch_add(&S(0)->served, 1) + 1, getpid());
+    if (write(c, line, n) != n) {}
+    close(c);
+  }
+}
+
+int main(void) {
+  char *a = mmap(NULL, 3 * PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (a == MAP_FAILED) die("mmap anon");
+  if (munmap(a + PG, PG)) die("munmap");
+  region[0] = a;
+  FILE *z = fopen("/dev/zero", "r+");
+  if (!z) die("/dev/zero");
+  region[1] = mmap(NULL, 2 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fileno(z), 0);
+  if (region[1] == MAP_FAILED) die("mmap /dev/zero");
+  fclose(z);
+  int mfd = memfd_create("prefork-slots", 0);
+  if (mfd < 0 || ftruncate(mfd, 2 * PG)) die("memfd");
+  region[2] = mmap(NULL, 2 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+  if (region[2] == MAP_FAILED) die("mmap memfd");
+  close(mfd);
+  char *m = mmap(NULL, 2 * PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  char *to = mmap(NULL, 2 * PG, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED || to == MAP_FAILED) die("mmap to move");
+  region[3] = mremap(m, 2 * PG, 2 * PG, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+  if (region[3] == MAP_FAILED) die("mremap");
+  for (int r = 0; r < NR; r++) fill(region[r] + last_page[r] * PG, r + 1);
+
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+  socklen_t len = sizeof sa;
+  int yes = 1; /* as nginx: a restarted server may bind while its old connections linger in TIME_WAIT */
+  if (lfd < 0 || setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes) || bind(lfd, (struct sockaddr *)&sa, sizeof sa) || listen(lfd, 64) || getsockname(lfd, (struct sockaddr *)&sa, &len)) die("listen");
+
+  pid_t w[NW];
+  for (int i = 0; i < NW; i++) {
+    w[i] = fork();
+    if (w[i] < 0) die("fork");
+    if (w[i] == 0) worker(i, lfd);
+  }
+  signal(SIGUSR1, on_usr1);
+  printf("ready %d %d %d %d\n", ntohs(sa.sin_port), getpid(), w[0], w[1]);
+  fflush(stdout);
+  for (;;) {
+    pause();
+    if (!check) continue;
+    check = 0;
+    long before[NR][NW];
+    for (int r = 0; r < NR; r++) for (int i = 0; i < NW; i++) before[r][i] = atomic_load(&S(r)->beat[i]);
+    usleep(200000);
+    char why[160] = "";
+    for (int r = 0; r < NR && !why[0]; r++) {
+      if (!whole(region[r] + last_page[r] * PG, r + 1)) snprintf(why, sizeof why, "%s: pattern changed", names[r]);
+      for (int i = 0; i < NW && !why[0]; i++)
+        if (atomic_load(&S(r)->beat[i]) <= before[r][i]) snprintf(why, sizeof why, "%s: worker %d's writes not seen", names[r], i);
+    }
+    for (int i = 0; i < NW && !why[0]; i++) if (kill(w[i], 0)) snprintf(why, sizeof why, "worker %d gone", i);
+    printf(why[0] ? "bad %s\n" : "ok\n", why);
+    fflush(stdout);
+  }
+}
+`);
+}
+
+/**
+ * A tree with zombies and its own groups: the root (a session leader, started
+ * with setsid) forks a child that exits with 7, one killed by SIGUSR2, a
+ * daemon that calls setsid, and a job in a process group of its own; the
+ * last two sleep. The root reaps nobody until SIGUSR1; then it waits for
+ * both zombies and prints "ok" when their statuses are right ("bad ..."
+ * otherwise). Prints "ready ROOT EXITED SIGNALED DAEMON JOB".
+ */
+export function zombieTreeTarget(): string {
+  return buildC("zombietree", String.raw`
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t check;
+static void on_usr1(int s) { (void)s; check = 1; }
+
+int main(void) {
+  sigset_t usr1;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  signal(SIGUSR1, on_usr1);
+  pid_t exited = fork();
+  if (exited == 0) _exit(7);
+  pid_t signaled = fork();
+  if (signaled == 0) { signal(SIGUSR2, SIG_DFL); raise(SIGUSR2); _exit(1); }
+  pid_t daemon = fork();
+  if (daemon == 0) { setsid(); for (;;) pause(); }
+  pid_t job = fork();
+  if (job == 0) { setpgid(0, 0); for (;;) pause(); }
+  setpgid(job, job);
+  printf("ready %d %d %d %d %d\n", getpid(), exited, signaled, daemon, job);
+  fflush(stdout);
+  for (;;) {
+    pause();
+    if (!check) continue;
+    check = 0;
+    int s1 = -1, s2 = -1;
+    pid_t r1 = waitpid(exited, &s1, WNOHANG), r2 = waitpid(signaled, &s2, WNOHANG);
+    if (r1 == exited && WIFEXITED(s1) && WEXITSTATUS(s1) == 7 && r2 == signaled && WIFSIGNALED(s2) && WTERMSIG(s2) == SIGUSR2) printf("ok\n");
+    else printf("bad waitpid %d→%d status %#x, %d→%d status %#x\n", exited, r1, s1, signaled, r2, s2);
+    fflush(stdout);
+  }
+}
+`);
+}
+
+/**
+ * A Python multiprocessing pool (fork context) of 3 workers sharing a
+ * Value, an Array and an mmap(-1) region: each worker copies the generation
+ * the parent wrote into the region to its Array slot and adds 1 to the
+ * Value under a Lock. On SIGUSR1 the parent writes a new generation and
+ * prints "ok" once every worker has echoed it and the Value has grown
+ * ("bad ..." after 10 s). Prints "ready PARENT W1 W2 W3".
+ */
+export function multiprocessingScript(): string {
+  const path = join(tempDir("mp"), "pool.py");
+  writeFileSync(path, `
+import ctypes, mmap, multiprocessing as mp, os, signal, struct, sys, time
+
+def work(i, total, echoes, region, lock):
+    while True:
+        gen = struct.unpack_from("q", region, 0)[0]
+        with lock:
+            total.value += 1
+        echoes[i] = gen
+        time.sleep(0.005)
+
+if __name__ == "__main__":
+    ctx = mp.get_context("fork")
+    total = ctx.Value(ctypes.c_long, 0)
+    echoes = ctx.Array(ctypes.c_long, 3)
+    region = mmap.mmap(-1, 4096)
+    lock = ctx.Lock()
+    workers = [ctx.Process(target=work, args=(i, total, echoes, region, lock)) for i in range(3)]
+    for w in workers: w.start()
+    asked = []
+    signal.signal(signal.SIGUSR1, lambda s, f: asked.append(1))
+    print("ready", os.getpid(), *[w.pid for w in workers], flush=True)
+    gen = 0
+    while True:
+        signal.pause()
+        while asked:
+            asked.pop()
+            gen += 1000
+            struct.pack_into("q", region, 0, gen)
+            with lock:
+                start = total.value
+            until = time.time() + 10
+            while time.time() < until and not (all(e == gen for e in echoes) and total.value > start + 3):
+                time.sleep(0.01)
+            if all(e == gen for e in echoes) and total.value > start + 3:
+                print("ok", gen, total.value, flush=True)
+            else:
+                print("bad echoes", list(echoes), "want", gen, "total", start, "->", total.value, flush=True)
+`);
+  return path;
+}

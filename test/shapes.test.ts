@@ -1,0 +1,181 @@
+/**
+ * Process shapes real programs have, each dumped, restored and shown to carry
+ * on: a pre-forking server whose workers share anonymous, /dev/zero, memfd
+ * and moved memory; a Python multiprocessing pool (shared Value, Array,
+ * mmap(-1), and semaphores in unlinked /dev/shm files); a tree with zombies,
+ * a daemon in its own session and a job in its own group; a shell loop
+ * spawning short children, dumped at random moments.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { CoreEntrySchema } from "../src/image/gen/core_pb";
+import { PstreeEntrySchema } from "../src/image/gen/pstree_pb";
+import { runCkpt } from "./helpers/cli";
+import { critFailures, entries, savedPagesOf } from "./helpers/images";
+import { multiprocessingScript, preforkTarget, zombieTreeTarget } from "./helpers/shape-workloads";
+import { alive, killablePid, startDetached, startReady, tempDir, waitFor, type Target } from "./helpers/target";
+import { selfCheck } from "./helpers/workloads";
+
+const cleanup: Target[] = [];
+afterEach(() => {
+  for (const t of cleanup.splice(0)) t.kill();
+});
+
+/** The pids of a dump's tree, threads included. */
+function dumpedPids(dir: string): number[] {
+  return entries(dir, "pstree.img", PstreeEntrySchema).flatMap((e) => [e.pid, ...e.threads]);
+}
+
+/** Dump (the tree is killed) and wait until every dumped pid is free again. */
+async function dumpAndWait(root: number, dir: string): Promise<void> {
+  const r = runCkpt(["dump", "-t", String(root), "-D", dir]);
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+  const pids = dumpedPids(dir);
+  await waitFor("the dumped tree to be gone", () => pids.every((p) => !existsSync(`/proc/${p}`)), 10000);
+}
+
+function restore(dir: string): void {
+  const r = runCkpt(["restore", "-D", dir, "-d"]);
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+}
+
+function statOf(pid: number): { state: string; ppid: number; pgid: number; sid: number } {
+  const rest = (readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1] ?? "").split(" ");
+  return { state: rest[0] ?? "", ppid: Number(rest[1]), pgid: Number(rest[2]), sid: Number(rest[3]) };
+}
+
+/** One request to the pre-forking server: its answer "N PID". */
+function ask(port: number): Promise<{ n: number; worker: number }> {
+  return new Promise((resolve, reject) => {
+    let text = "";
+    const s = connect(port, "127.0.0.1");
+    s.on("data", (d) => (text += d.toString()));
+    s.on("error", reject);
+    s.on("close", () => {
+      const [n, worker] = text.trim().split(" ").map(Number);
+      resolve({ n: n ?? NaN, worker: worker ?? NaN });
+    });
+  });
+}
+
+describe("process shapes of real programs", () => {
+  test("a pre-forking server: workers share anonymous, /dev/zero, memfd and moved memory, and serve on after restore", async () => {
+    const images = join(tempDir("prefork-img"), "img");
+    const { words, out } = await startReady([preforkTarget()]);
+    const [port, master, ...workers] = words.map(Number) as [number, number, number, number];
+    cleanup.push(...[master, ...workers].map(killablePid));
+    const before = [await ask(port), await ask(port), await ask(port)];
+    expect(before.map((a) => a.n)).toEqual([1, 2, 3]);
+    expect(await selfCheck(master, out)).toBe("ok");
+
+    await dumpAndWait(master, images);
+    // Each shared object once, however many processes map it: the split
+    // anonymous object (pages 0 and 2; page 1 was never there), /dev/zero,
+    // the memfd and the moved object, 2 written pages each.
+    const shmem = readdirSync(images).filter((f) => /^pagemap-shmem-\d+\.img$/.test(f));
+    expect(shmem.length).toBe(4);
+    const pages = shmem.map((f) => savedPagesOf(images, f).reduce((n, run) => n + run.nrPages, 0));
+    expect(pages).toEqual([2, 2, 2, 2]);
+    const offsets = shmem.map((f) => savedPagesOf(images, f).flatMap((run) => Array.from({ length: run.nrPages }, (_, i) => Number(run.vaddr) / 4096 + i)));
+    expect(offsets).toContainEqual([0, 2]);
+    expect(critFailures(images)).toEqual([]);
+
+    restore(images);
+    expect([master, ...workers].every(alive)).toBe(true);
+    expect(await selfCheck(master, out)).toBe("ok");
+    // The counter in shared memory goes on where it stopped, whichever worker answers.
+    const after = [await ask(port), await ask(port), await ask(port), await ask(port)];
+    expect(after.map((a) => a.n)).toEqual([4, 5, 6, 7]);
+    for (const a of after) expect(workers).toContain(a.worker);
+  });
+
+  test("a Python multiprocessing pool: Value, Array, mmap(-1) and Lock are shared again after restore", async () => {
+    const images = join(tempDir("mp-img"), "img");
+    const { words, out } = await startReady(["python3", multiprocessingScript()]);
+    const pids = words.map(Number);
+    cleanup.push(...pids.map(killablePid));
+    expect(pids.length).toBe(4);
+    expect(await selfCheck(pids[0]!, out)).toStartWith("ok");
+    // The Lock and the Value's arena live in unlinked /dev/shm files: ghost files now.
+    expect(readFileSync(`/proc/${pids[0]}/maps`, "utf8")).toMatch(/\/dev\/shm\/\S+ \(deleted\)/);
+
+    await dumpAndWait(pids[0]!, images);
+    expect(readdirSync(images).some((f) => f.startsWith("ghost-file-"))).toBe(true);
+    restore(images);
+    expect(pids.every(alive)).toBe(true);
+    // A new generation written by the parent after restore reaches every worker,
+    // and the workers' increments under the Lock reach the parent.
+    expect(await selfCheck(pids[0]!, out)).toStartWith("ok");
+    expect(await selfCheck(pids[0]!, out)).toStartWith("ok");
+  });
+
+  test("a tree with zombies, a daemon in its own session and a job in its own group comes back as it was", async () => {
+    const images = join(tempDir("zombie-img"), "img");
+    const { words, out } = await startReady(["setsid", zombieTreeTarget()]);
+    const [root, exited, signaled, daemon, job] = words.map(Number) as [number, number, number, number, number];
+    cleanup.push(...[root, daemon, job].map(killablePid));
+    await waitFor("both children to be zombies", () => statOf(exited).state === "Z" && statOf(signaled).state === "Z");
+    const shape = [root, exited, signaled, daemon, job].map((p) => {
+      const { ppid, pgid, sid } = statOf(p);
+      return { ppid, pgid, sid };
+    });
+    expect(shape[3]!.sid).toBe(daemon);
+    expect(shape[4]!.pgid).toBe(job);
+    expect(shape[4]!.sid).toBe(root);
+
+    await dumpAndWait(root, images);
+    // The exit code field holds the wait status, as /proc/PID/stat's last field and CRIU have it.
+    for (const [pid, status] of [[exited, 7 << 8], [signaled, 12]] as const) {
+      const [core] = entries(images, `core-${pid}.img`, CoreEntrySchema);
+      expect(core?.tc?.taskState).toBe(2); // TASK_DEAD
+      expect(core?.tc?.exitCode).toBe(status);
+    }
+    expect(critFailures(images)).toEqual([]);
+
+    restore(images);
+    expect([root, exited, signaled, daemon, job].map((p) => statOf(p).state[0] === "Z")).toEqual([false, true, true, false, false]);
+    expect([root, exited, signaled, daemon, job].map((p) => {
+      const { ppid, pgid, sid } = statOf(p);
+      return { ppid, pgid, sid };
+    })).toEqual(shape);
+    // The parent's waitpid() gets each zombie's status: exit 7, killed by SIGUSR2.
+    expect(await selfCheck(root, out)).toBe("ok");
+    await waitFor("the reaped zombies to be gone", () => !existsSync(`/proc/${exited}`) && !existsSync(`/proc/${signaled}`));
+  });
+
+  test("a shell loop spawning short children: 20 dumps at random moments, then one restored that loops on", async () => {
+    const work = tempDir("loop");
+    const counter = join(work, "n");
+    const loop = `i=0; while :; do i=$((i+1)); echo $i > ${counter}; /bin/true; (exit 3); sleep 0.00$((RANDOM % 5)); done`;
+    const target = await startDetached(["setsid", "bash", "-c", loop]);
+    cleanup.push(target);
+    await waitFor("the loop to run", () => existsSync(counter) && readFileSync(counter, "utf8").trim() !== "");
+    let withChildren = 0;
+    let withZombies = 0;
+    for (let round = 0; round < 20; round++) {
+      await Bun.sleep(Math.random() * 30);
+      const images = join(tempDir("loop-img"), "img");
+      const r = runCkpt(["dump", "-R", "-t", String(target.pid), "-D", images]);
+      expect(`round ${round}: ${r.stderr}`).toBe(`round ${round}: `);
+      expect(r.code).toBe(0);
+      const tree = entries(images, "pstree.img", PstreeEntrySchema);
+      if (tree.length > 1) withChildren++;
+      if (tree.some((e) => entries(images, `core-${e.pid}.img`, CoreEntrySchema)[0]?.tc?.taskState === 2)) withZombies++;
+    }
+    console.log(`shell loop: 20 dumps, ${withChildren} caught a child, ${withZombies} a zombie`);
+    expect(alive(target.pid)).toBe(true);
+
+    const images = join(tempDir("loop-img"), "img");
+    await dumpAndWait(target.pid, images);
+    const stopped = Number(readFileSync(counter, "utf8"));
+    restore(images);
+    const leftovers = dumpedPids(images).slice(1);
+    cleanup.push(...leftovers.map(killablePid));
+    await waitFor("the restored loop to count on", () => Number(readFileSync(counter, "utf8")) > stopped + 20, 10000);
+    expect(alive(target.pid)).toBe(true);
+  });
+});
