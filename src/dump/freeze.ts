@@ -139,6 +139,16 @@ export class Freezer {
     return { processes, changed };
   }
 
+  private hasExited(pid: number, tid: number): boolean {
+    try {
+      const state = readStat(this.proc, pid, tid).state;
+      return state === "Z" || state === "X";
+    } catch (e) {
+      if (isErrno(e, Errno.ENOENT) || isErrno(e, Errno.ESRCH)) return true;
+      throw e;
+    }
+  }
+
   /** Seize and stop one thread; a thread that is gone already is noted, not an error. */
   private seizeThread(pid: number, tid: number): void {
     try {
@@ -149,6 +159,13 @@ export class Freezer {
         return;
       }
       if (isErrno(e, Errno.EPERM)) {
+        // The kernel refuses to attach to a task that has begun to exit (its
+        // exit state is set): it is a zombie now, or gone, and the next walk
+        // takes it as such.
+        if (this.hasExited(pid, tid)) {
+          this.exited.add(tid);
+          return;
+        }
         throw new FreezeError(`may not trace ${tid === pid ? `process ${pid}` : `thread ${tid} of process ${pid}`} (ptrace: EPERM — already traced, or not permitted)`, pid);
       }
       throw e;
