@@ -227,6 +227,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   } finally {
     guard.dispose();
     for (const d of dumped) d.pages.dispose();
+    for (const m of table.shmem) m.buffer.dispose();
     out.close();
     proc.close();
   }

@@ -16,7 +16,49 @@ import type { ProcFs } from "../proc/procfs";
 import { nextData } from "../sys/shmem";
 import { close, preadInto } from "../sys/libc";
 import { PAGE_SIZE } from "../sys/nr";
-import type { ShmemContents } from "./files/memfd";
+import { mapPageBuffer, type PageData } from "./pages";
+
+/** Page runs of a shared memory object (or memfd), waiting for the writer to give them a pages image. */
+export interface ShmemContents {
+  shmid: number;
+  runs: { offset: bigint; data: Uint8Array }[];
+  /** The buffer the runs' data lives in; released after the write (or a failed dump). */
+  buffer: PageData;
+}
+
+/**
+ * The pages an object on the shm mount holds below `extent`, read through
+ * `fd`: SEEK_DATA/SEEK_HOLE find them, and they are read into one mapped
+ * buffer (huge pages: first-touch faults of a fresh buffer cost more than
+ * the copy here).
+ */
+export function readObject(fd: number, extent: bigint, what: string): { runs: ShmemContents["runs"]; buffer: PageData } {
+  const found: { offset: bigint; length: number }[] = [];
+  let total = 0;
+  for (let at = 0n; at < extent;) {
+    const run = nextData(fd, at);
+    if (!run || run.start >= extent) break;
+    const end = run.end < extent ? run.end : extent;
+    const length = Number(end - run.start);
+    found.push({ offset: run.start, length: Math.ceil(length / PAGE_SIZE) * PAGE_SIZE });
+    total += found[found.length - 1]!.length;
+    at = end;
+  }
+  const buffer = mapPageBuffer(total);
+  try {
+    let at = 0;
+    const runs = found.map((r) => {
+      const data = buffer.view(at, r.length);
+      at += r.length;
+      readRange(fd, r.offset, data, extent, what);
+      return { offset: r.offset, data };
+    });
+    return { runs, buffer };
+  } catch (e) {
+    buffer.dispose();
+    throw e;
+  }
+}
 
 /** One object, as the areas seen so far describe it. */
 interface SharedObject {
@@ -57,35 +99,39 @@ export class SharedAnonMemory {
   copy(proc: ProcFs): { contents: ShmemContents[]; counters: SharedMemoryCounters } {
     const counters: SharedMemoryCounters = { objects: this.objects.size, pagesScanned: 0, pagesWritten: 0 };
     const contents: ShmemContents[] = [];
+    try {
+      this.copyInto(proc, contents, counters);
+    } catch (e) {
+      for (const c of contents) c.buffer.dispose();
+      throw e;
+    }
+    return { contents, counters };
+  }
+
+  private copyInto(proc: ProcFs, contents: ShmemContents[], counters: SharedMemoryCounters): void {
     for (const [ino, o] of this.objects) {
       const what = `shared memory object ${ino} (mapped by process ${o.pid} at 0x${o.start.toString(16)})`;
       const fd = proc.open(o.pid, `map_files/${o.start.toString(16)}-${o.end.toString(16)}`);
       try {
-        const runs: ShmemContents["runs"] = [];
-        for (let at = 0n; at < o.extent;) {
-          const run = nextData(fd, at);
-          if (!run || run.start >= o.extent) break;
-          const end = run.end < o.extent ? run.end : o.extent;
-          runs.push({ offset: run.start, data: readRange(fd, run.start, Number(end - run.start), what) });
-          counters.pagesWritten += Number(end - run.start) / PAGE_SIZE;
-          at = end;
-        }
+        const { runs, buffer } = readObject(fd, o.extent, what);
+        counters.pagesWritten += buffer.byteLength / PAGE_SIZE;
         counters.pagesScanned += Number(o.extent) / PAGE_SIZE;
-        contents.push({ shmid: Number(ino), runs });
+        contents.push({ shmid: Number(ino), runs, buffer });
       } finally {
         close(fd);
       }
     }
-    return { contents, counters };
   }
 }
 
-function readRange(fd: number, offset: bigint, length: number, what: string): Uint8Array {
-  const data = new Uint8Array(length);
-  for (let done = 0; done < length;) {
+/** Fill `data` from `offset`; the last page of an object that ends mid-page reads short and stays zero-filled. */
+function readRange(fd: number, offset: bigint, data: Uint8Array, extent: bigint, what: string): void {
+  for (let done = 0; done < data.length;) {
     const n = preadInto(fd, data.subarray(done), offset + BigInt(done));
-    if (n === 0) throw new Error(`${what}: ended at offset ${offset + BigInt(done)} while the tree was frozen`);
+    if (n === 0) {
+      if (offset + BigInt(done) >= extent || done % PAGE_SIZE !== 0) return;
+      throw new Error(`${what}: ended at offset ${offset + BigInt(done)} while the tree was frozen`);
+    }
     done += n;
   }
-  return data;
 }

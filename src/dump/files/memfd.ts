@@ -11,7 +11,8 @@ import { create } from "@bufbuild/protobuf";
 import { FdTypes, FileEntrySchema } from "../../image/gen/fdinfo_pb";
 import { MemfdFileEntrySchema, MemfdInodeEntrySchema } from "../../image/gen/memfd_pb";
 import { fcntl, fstatfsType } from "../../sys/calls";
-import { close, preadInto } from "../../sys/libc";
+import { close } from "../../sys/libc";
+import { readObject, type ShmemContents } from "../shmem";
 import { F, FS_MAGIC, O, PAGE_SIZE, S_IF, S_IFMT } from "../../sys/nr";
 import { readFown, type OpenFd } from "./fd-access";
 import { noOwner, UnsupportedFileError, type FileTable } from "./file-table";
@@ -24,38 +25,28 @@ import type { FdDumpContext, FdKind } from "./kind";
 const PREFIX = "/memfd:";
 const DELETED = " (deleted)";
 
-/** Page runs of a memfd's contents, waiting for the writer to give them a pages image. */
-export interface ShmemContents {
-  shmid: number;
-  runs: { offset: bigint; data: Uint8Array }[];
-}
-
 function isZeroPage(data: Uint8Array, off: number): boolean {
   const words = new BigUint64Array(data.buffer, data.byteOffset + off, PAGE_SIZE / 8);
   for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;
   return true;
 }
 
-/** The non-zero page runs of a file of `size` bytes read through `fd`. */
-function readRuns(fd: number, size: number, what: string): ShmemContents["runs"] {
-  const padded = Math.ceil(size / PAGE_SIZE) * PAGE_SIZE;
-  const data = new Uint8Array(padded);
-  for (let off = 0; off < size;) {
-    const n = preadInto(fd, data.subarray(off, size), off);
-    if (n === 0) throw new Error(`${what}: memfd ended at ${off} of ${size} bytes while frozen`);
-    off += n;
-  }
+/** The pages of a memfd of `size` bytes read through `fd`, without its holes and pages of zeros. */
+function readMemfd(fd: number, size: number, what: string): ShmemContents {
+  const { runs: read, buffer } = readObject(fd, BigInt(size), what);
   const runs: ShmemContents["runs"] = [];
-  let start = -1;
-  for (let off = 0; off <= padded; off += PAGE_SIZE) {
-    const keep = off < padded && !isZeroPage(data, off);
-    if (keep && start < 0) start = off;
-    if (!keep && start >= 0) {
-      runs.push({ offset: BigInt(start), data: data.subarray(start, off) });
-      start = -1;
+  for (const r of read) {
+    let start = -1;
+    for (let off = 0; off <= r.data.length; off += PAGE_SIZE) {
+      const keep = off < r.data.length && !isZeroPage(r.data, off);
+      if (keep && start < 0) start = off;
+      if (!keep && start >= 0) {
+        runs.push({ offset: r.offset + BigInt(start), data: r.data.subarray(start, off) });
+        start = -1;
+      }
     }
   }
-  return runs;
+  return { shmid: 0, runs, buffer };
 }
 
 /**
@@ -72,7 +63,7 @@ function memfdInode(fd: number, st: Statx, link: string, table: FileTable, what:
     uid: st.uid, gid: st.gid, size: st.size, shmid: inodeId,
     seals: fcntl(fd, F.GET_SEALS), inodeId: BigInt(inodeId), mode: st.mode & 0o7777,
   }));
-  table.shmem.push({ shmid: inodeId, runs: readRuns(fd, Number(st.size), what) });
+  table.shmem.push({ ...readMemfd(fd, Number(st.size), what), shmid: inodeId });
   return inodeId;
 }
 

@@ -65,9 +65,9 @@ export const inetSocketKind: FileRestoreKind = {
           // came from had SO_REUSEADDR too: the dumped program could not
           // have restarted on that port yet either.
           const why = opts.reuseaddr
-            ? "another socket is bound to it"
-            : "another socket is bound to it, or connections of the dumped listener linger in TIME_WAIT (it had no SO_REUSEADDR, so they block the port for up to 60 s)";
-          throw new Error(`port ${text} is in use: ${why}`);
+            ? "another socket is bound to the port"
+            : "another socket is bound to the port, or connections of the dumped listener linger in TIME_WAIT (it had no SO_REUSEADDR, so they block the port for up to 60 s)";
+          throw new Error(`${err.message}: ${why}`);
         }
         listen(fd, isk.backlog);
         // Off unless recorded on (restoreSkOpts sets it when the entry has it).
