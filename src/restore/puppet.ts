@@ -16,7 +16,7 @@
 import { errnoName, errnoText, SysError } from "../sys/errno";
 import { addressOf, processVmWritev, waitpid } from "../sys/libc";
 import { KSIGACTION_SIZE, KSIGSET_SIZE, signalName } from "../sys/inject-consts";
-import { NT, PTRACE_EVENT_STOP, SYS, W } from "../sys/nr";
+import { NT, PTRACE_EVENT_STOP, SIG, SYS, W } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
 import { decodeUserRegs, encodeUserRegs, USER_REGS_SIZE, type UserRegs } from "../sys/structs";
 
@@ -151,8 +151,11 @@ export class Puppet {
       return;
     }
     this.call(SYS.prctl, [4 /* PR_SET_DUMPABLE */, 0], ["PR_SET_DUMPABLE", "0"]);
-    this.write(scratch, new Uint8Array(KSIGACTION_SIZE));
-    this.call(SYS.rt_sigaction, [sig, scratch, 0, KSIGSET_SIZE], [signalName(sig), "SIG_DFL", "NULL", String(KSIGSET_SIZE)]);
+    // SIGKILL's action cannot be changed (nor caught): it kills as it is.
+    if (sig !== SIG.KILL) {
+      this.write(scratch, new Uint8Array(KSIGACTION_SIZE));
+      this.call(SYS.rt_sigaction, [sig, scratch, 0, KSIGSET_SIZE], [signalName(sig), "SIG_DFL", "NULL", String(KSIGSET_SIZE)]);
+    }
     ptrace.setSigmask(this.tid, 0n);
     this.load(SYS.kill, [this.tid, sig]);
     ptrace.cont(this.tid);
