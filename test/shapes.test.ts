@@ -11,10 +11,12 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { CoreEntrySchema } from "../src/image/gen/core_pb";
+import { GhostChunkEntrySchema, GhostFileEntrySchema } from "../src/image/gen/ghost-file_pb";
+import { readImageFile } from "../src/image/image-file";
 import { PstreeEntrySchema } from "../src/image/gen/pstree_pb";
 import { runCkpt } from "./helpers/cli";
 import { critFailures, entries, savedPagesOf } from "./helpers/images";
-import { multiprocessingScript, preforkTarget, zombieTreeTarget } from "./helpers/shape-workloads";
+import { multiprocessingScript, preforkTarget, sparseGhostTarget, zombieTreeTarget } from "./helpers/shape-workloads";
 import { alive, killablePid, startDetached, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { selfCheck } from "./helpers/workloads";
 
@@ -145,6 +147,36 @@ describe("process shapes of real programs", () => {
     // The parent's waitpid() gets each zombie's status: exit 7, killed by SIGUSR2.
     expect(await selfCheck(root, out)).toBe("ok");
     await waitFor("the reaped zombies to be gone", () => !existsSync(`/proc/${exited}`) && !existsSync(`/proc/${signaled}`));
+  });
+
+  test("an unlinked sparse file, open and mapped: one ghost, its holes left out, one inode again after restore", async () => {
+    const work = tempDir("ghost-work");
+    const images = join(tempDir("ghost-img"), "img");
+    const { words, out } = await startReady([sparseGhostTarget(), work]);
+    const pid = Number(words[0]);
+    cleanup.push(killablePid(pid));
+    expect(await selfCheck(pid, out)).toBe("ok");
+
+    // --ghost-limit below the file's size refuses it by name, and the process runs on.
+    const limited = runCkpt(["dump", "-R", "-t", String(pid), "-D", join(tempDir("ghost-img"), "img"), "--ghost-limit", "1M"]);
+    expect(limited.code).toBe(1);
+    expect(limited.stderr).toContain("an unlinked file of 67108864 bytes, more than --ghost-limit (1048576)");
+    expect(alive(pid)).toBe(true);
+
+    await dumpAndWait(pid, images);
+    const ghosts = readdirSync(images).filter((f) => f.startsWith("ghost-file-"));
+    expect(ghosts.length).toBe(1);
+    const [head, ...chunks] = readImageFile(join(images, ghosts[0]!)).entries;
+    expect((head?.message as { $typeName: string }).$typeName).toBe(GhostFileEntrySchema.typeName);
+    // Two pages of data (written at 0 and at 32 MiB), not 64 MiB.
+    expect(chunks.map((c) => (c.message as { $typeName: string }).$typeName)).toEqual([GhostChunkEntrySchema.typeName, GhostChunkEntrySchema.typeName]);
+    expect(chunks.reduce((n, c) => n + (c.payload?.length ?? 0), 0)).toBe(2 * 4096);
+    expect(critFailures(images)).toEqual([]);
+
+    restore(images);
+    expect(await selfCheck(pid, out)).toBe("ok");
+    expect(await selfCheck(pid, out)).toBe("ok");
+    expect(readdirSync(work)).toEqual([]);
   });
 
   test("a shell loop spawning short children: 20 dumps at random moments, then one restored that loops on", async () => {

@@ -40,3 +40,12 @@ export function parseSharedDumpArgs(args: Record<string, unknown>, rawArgs: read
   if (prev !== undefined && String(prev) === "") throw new UsageError("--prev-images-dir needs a directory");
   return { pid: Number(pidText), dir, pageScan: pageScan as PageScan, irmapScanPaths, ...(prev !== undefined ? { prevImagesDir: String(prev) } : {}) };
 }
+
+const SIZE_UNITS: Record<string, bigint> = { "": 1n, K: 1n << 10n, M: 1n << 20n, G: 1n << 30n };
+
+/** A byte count as CRIU's options take it: digits with an optional K, M or G (powers of 1024). */
+export function parseSize(flag: string, text: string): bigint {
+  const m = /^(\d+)([KMG]?)$/i.exec(text);
+  if (!m) throw new UsageError(`${flag} needs a size in bytes (digits, optionally followed by K, M or G), got ${JSON.stringify(text)}`);
+  return BigInt(m[1]!) * SIZE_UNITS[m[2]!.toUpperCase()]!;
+}

@@ -1,18 +1,20 @@
 /** `ckpt dump`: checkpoint the process tree rooted at a pid into an image directory. */
 import { defineCommand } from "citty";
 import { dump } from "../dump/dump";
-import { parseSharedDumpArgs, sharedDumpArgs } from "./dump-args";
+import { parseSharedDumpArgs, parseSize, sharedDumpArgs } from "./dump-args";
 
 export const dumpCommand = defineCommand({
   meta: { name: "dump", description: "Checkpoint the process tree rooted at PID into DIR (the tree is killed unless -R)" },
   args: {
     ...sharedDumpArgs,
     "leave-running": { type: "boolean", alias: "R", description: "let the tree run on after the dump", default: false },
+    "ghost-limit": { type: "string", description: "refuse to save an unlinked open or mapped file larger than SIZE bytes (K, M, G suffixes; as CRIU's option, but no limit unless given)" },
     "shell-job": { type: "boolean", alias: "j", description: "the tree is a job of your shell: dump the terminal it uses (restore gives it the restorer's terminal)", default: false },
   },
   async run({ args, rawArgs }) {
-    const shared = parseSharedDumpArgs(args, rawArgs, ["leave-running", "R", "shell-job", "j"], []);
-    const result = await dump({ ...shared, leaveRunning: Boolean(args["leave-running"]), shellJob: Boolean(args["shell-job"]) });
+    const shared = parseSharedDumpArgs(args, rawArgs, ["leave-running", "R", "shell-job", "j", "ghost-limit"], ["ghost-limit"]);
+    const ghostLimit = args["ghost-limit"] === undefined ? undefined : parseSize("--ghost-limit", String(args["ghost-limit"]));
+    const result = await dump({ ...shared, leaveRunning: Boolean(args["leave-running"]), shellJob: Boolean(args["shell-job"]), ...(ghostLimit !== undefined ? { ghostLimit } : {}) });
     if (args.json) {
       process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
       return;

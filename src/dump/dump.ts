@@ -71,6 +71,8 @@ export interface DumpOptions {
    * absolute: pages unchanged since then are recorded as in-parent.
    */
   prevImagesDir?: string;
+  /** The largest unlinked file to save as a ghost file (--ghost-limit), in bytes; no limit when unset. */
+  ghostLimit?: bigint;
 }
 
 export interface DumpResult extends RoundResult {
@@ -114,6 +116,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const freezer = new Freezer(proc);
   const guard = new InterruptGuard();
   const table = new FileTable();
+  if (opts.ghostLimit !== undefined) table.ghostLimit = opts.ghostLimit;
   const files: FilesDump = {
     ids: new FileIds(), kinds: new Map(),
     ctx: {

@@ -226,3 +226,56 @@ if __name__ == "__main__":
 `);
   return path;
 }
+
+/**
+ * An unlinked sparse file, both open and mapped: 64 MiB long with data only
+ * at 0 and at 32 MiB; its first page is mapped shared, then the file is
+ * unlinked. On SIGUSR1 it checks that the fd and the mapping are one inode
+ * again (a write through the fd shows in the mapping), the data, the size,
+ * and that the holes are holes: "ok" or "bad <why>". Prints "ready PID".
+ */
+export function sparseGhostTarget(): string {
+  return buildC("sparseghost", String.raw`
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MIB (1 << 20)
+static volatile sig_atomic_t check;
+static void on_usr1(int s) { (void)s; check = 1; }
+
+int main(int argc, char **argv) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/sparse", argv[1]);
+  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0640);
+  if (fd < 0 || ftruncate(fd, 64 * MIB) || pwrite(fd, "head", 4, 0) != 4 || pwrite(fd, "tail", 4, 32 * MIB) != 4) return 1;
+  char *map = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED || unlink(path)) return 1;
+  signal(SIGUSR1, on_usr1);
+  printf("ready %d\n", getpid());
+  fflush(stdout);
+  int round = 0;
+  for (;;) {
+    pause();
+    if (!check) continue;
+    check = 0;
+    char tail[5] = "", word[8];
+    struct stat st;
+    const char *why = NULL;
+    snprintf(word, sizeof word, "w%d", round++);
+    if (pread(fd, tail, 4, 32 * MIB) != 4 || strcmp(tail, "tail")) why = "the data at 32 MiB";
+    else if (memcmp(map, round == 1 ? "head" : "w", round == 1 ? 4 : 1)) why = "the mapped first page";
+    else if (fstat(fd, &st) || st.st_size != 64 * MIB || st.st_nlink != 0) why = "size or link count";
+    else if (lseek(fd, 4096, SEEK_HOLE) != 4096 || lseek(fd, 4096, SEEK_DATA) != 32 * MIB) why = "the holes";
+    else if (pwrite(fd, word, strlen(word) + 1, 0) < 0 || strcmp(map, word)) why = "a write through the fd is not seen in the mapping";
+    printf(why ? "bad %s\n" : "ok\n", why);
+    fflush(stdout);
+  }
+}
+`);
+}

@@ -44,6 +44,8 @@ export class FileTable {
   readonly memfdInodes = new Map<bigint, number>();
   /** Ghost files saved so far by "dev:ino": their ghost ids, so an unlinked file opened and mapped is saved once. */
   readonly ghosts = new Map<string, number>();
+  /** The largest unlinked file saved as a ghost, in bytes (--ghost-limit); no limit when unset. */
+  ghostLimit?: bigint;
   /** Further images by file name, in the order they were first used. */
   readonly images = new Map<string, ImageEncoder>();
   private nextId = 1;

@@ -8,10 +8,11 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { FdTypes } from "../../image/gen/fdinfo_pb";
-import { GhostFileEntrySchema } from "../../image/gen/ghost-file_pb";
+import { GhostChunkEntrySchema, GhostFileEntrySchema } from "../../image/gen/ghost-file_pb";
 import { RemapFilePathEntrySchema, RemapType } from "../../image/gen/remap-file-path_pb";
 import type { ProcFs } from "../../proc/procfs";
 import { close, preadInto } from "../../sys/libc";
+import { nextData } from "../../sys/shmem";
 import { O, S_IF, S_IFMT } from "../../sys/nr";
 import type { Statx } from "../../sys/structs";
 import { readFown, type OpenFd } from "./fd-access";
@@ -34,7 +35,7 @@ function pathOf(link: string, st: Statx): { path: string; unlinked: boolean } {
   return { path: link, unlinked: false };
 }
 
-/** Bytes read per pread when saving an unlinked file. */
+/** Bytes per ghost chunk (and pread) when saving an unlinked file. */
 const CHUNK = 1 << 20;
 
 /**
@@ -45,38 +46,59 @@ const CHUNK = 1 << 20;
  */
 function saveGhost(pid: number, what: number | string, st: Statx, id: number, table: FileTable, file: () => number, closeFile = false): void {
   if ((st.mode & S_IFMT) !== S_IF.REG) throw new UnsupportedFileError(pid, what, "an unlinked directory or device");
+  if (table.ghostLimit !== undefined && st.size > table.ghostLimit) {
+    throw new UnsupportedFileError(pid, what, `an unlinked file of ${st.size} bytes, more than --ghost-limit (${table.ghostLimit}) allows saving`);
+  }
   const inode = `${st.dev}:${st.ino}`;
   let ghostId = table.ghosts.get(inode);
   if (ghostId === undefined) {
     ghostId = table.newId();
     table.ghosts.set(inode, ghostId);
-    table.image(`ghost-file-${ghostId.toString(16)}.img`, "GHOST_FILE").add(GhostFileEntrySchema, create(GhostFileEntrySchema, {
+    const enc = table.image(`ghost-file-${ghostId.toString(16)}.img`, "GHOST_FILE");
+    enc.add(GhostFileEntrySchema, create(GhostFileEntrySchema, {
       uid: st.uid, gid: st.gid, mode: st.mode, dev: st.dev, ino: st.ino,
       mtim: { tvSec: st.mtimeSec, tvUsec: BigInt(Math.floor(st.mtimeNsec / 1000)) },
-      size: st.size,
-    }), readOnce(pid, what, st, file, closeFile));
+      chunks: true, size: st.size,
+    }));
+    const fd = file();
+    try {
+      for (const chunk of dataChunks(pid, what, st, fd)) {
+        enc.add(GhostChunkEntrySchema, create(GhostChunkEntrySchema, { off: chunk.off, len: BigInt(chunk.data.length) }), chunk.data);
+      }
+    } finally {
+      if (closeFile) close(fd);
+    }
   }
   table.image("remap-fpath.img", "REMAP_FPATH").add(RemapFilePathEntrySchema, create(RemapFilePathEntrySchema, {
     origId: id, remapId: ghostId, remapType: RemapType.GHOST,
   }));
 }
 
-function readOnce(pid: number, what: number | string, st: Statx, open: () => number, closeFile: boolean): Uint8Array {
-  const file = open();
-  try {
-    return readWhole(pid, what, st, file);
-  } finally {
-    if (closeFile) close(file);
+/**
+ * The data of a file as chunks, its holes left out (SEEK_DATA/SEEK_HOLE; a
+ * file system without them reports one run of data): a sparse file of a
+ * gigabyte with a few pages written costs those pages, and comes back sparse.
+ */
+function* dataChunks(pid: number, what: number | string, st: Statx, fd: number): Generator<{ off: bigint; data: Uint8Array }> {
+  for (let at = 0n; at < st.size;) {
+    const run = nextData(fd, at);
+    if (!run || run.start >= st.size) return;
+    const end = run.end < st.size ? run.end : st.size;
+    for (let off = run.start; off < end;) {
+      const len = Number(end - off < BigInt(CHUNK) ? end - off : BigInt(CHUNK));
+      yield { off, data: readExactly(pid, what, fd, off, len) };
+      off += BigInt(len);
+    }
+    at = end;
   }
 }
 
-function readWhole(pid: number, what: number | string, st: Statx, file: number): Uint8Array {
-  const size = Number(st.size);
-  const data = new Uint8Array(size);
-  for (let off = 0; off < size;) {
-    const n = preadInto(file, data.subarray(off, Math.min(size, off + CHUNK)), off);
-    if (n === 0) throw new Error(`process ${pid}: ${typeof what === "number" ? `fd ${what}` : what}: unlinked file ended at ${off} of ${size} bytes while frozen`);
-    off += n;
+function readExactly(pid: number, what: number | string, fd: number, offset: bigint, length: number): Uint8Array {
+  const data = new Uint8Array(length);
+  for (let done = 0; done < length;) {
+    const n = preadInto(fd, data.subarray(done), offset + BigInt(done));
+    if (n === 0) throw new Error(`process ${pid}: ${typeof what === "number" ? `fd ${what}` : what}: unlinked file ended at ${offset + BigInt(done)} bytes while frozen`);
+    done += n;
   }
   return data;
 }
