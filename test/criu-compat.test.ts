@@ -17,6 +17,7 @@ import { runsFree } from "./helpers/images";
 import { FD, fdTarget } from "./helpers/fd-workloads";
 import { dirtyTarget } from "./helpers/iterative-workloads";
 import { credTarget, restoreTarget, sharedTreeTarget } from "./helpers/restore-workloads";
+import { multiprocessingScript, preforkTarget, sparseGhostTarget, zombieTreeTarget } from "./helpers/shape-workloads";
 import { alive, killablePid, startDetached, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { memTarget, selfCheck } from "./helpers/workloads";
 
@@ -74,6 +75,8 @@ interface Started {
   pids: number[];
   out: string;
   words: string[];
+  /** Zombies of the tree: not running, but their pids must be free before a restore too. */
+  zombies?: number[];
 }
 
 interface Workload {
@@ -104,6 +107,10 @@ async function started(argv: string[], pidsOf?: (words: string[]) => number[]): 
   return { pids, out, words };
 }
 
+function stateOf(pid: number): string {
+  return (readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1] ?? "")[0] ?? "";
+}
+
 const WORKLOADS: Workload[] = [
   {
     name: "64 MiB and two threads (memtarget)",
@@ -123,6 +130,30 @@ const WORKLOADS: Workload[] = [
     after: (s) => {
       for (const fd of [FD.FILE_A, FD.PIPE_R, FD.STREAM_A, FD.MEMFD, FD.EPOLL]) expect(kcmp(s.pids[0]!, s.pids[1]!, KCMP.FILE, fd, fd)).toBe("equal");
     },
+  },
+  {
+    name: "a pre-forking server: 2 workers sharing split, /dev/zero, memfd and mremap'd memory (preforktarget)",
+    start: () => started([preforkTarget()], (w) => w.slice(1).map(Number)),
+  },
+  {
+    name: "a Python multiprocessing pool: Value, Array, mmap(-1), Lock in unlinked /dev/shm files",
+    start: () => started(["python3", multiprocessingScript()], (w) => w.map(Number)),
+  },
+  {
+    name: "zombies (exit 7, SIGUSR2), a setsid daemon and a job group (zombietreetarget)",
+    start: async () => {
+      const s = await started([zombieTreeTarget()], (w) => [w[0], w[3], w[4]].map(Number));
+      const zombies = [s.words[1], s.words[2]].map(Number);
+      await waitFor("the zombies", () => zombies.every((z) => stateOf(z) === "Z"));
+      return { ...s, zombies };
+    },
+    after: (s) => {
+      for (const z of s.zombies ?? []) expect(stateOf(z)).toBe("Z");
+    },
+  },
+  {
+    name: "an unlinked sparse file, open and mapped (sparseghosttarget)",
+    start: () => started([sparseGhostTarget(), tempDir("compat-ghost")]),
   },
   {
     name: "a process that dropped root (credtarget)",
@@ -148,10 +179,11 @@ for (const d of DIRECTIONS) {
         const s = await w.start();
         const dir = join(tempDir("compat"), "img");
         await d.dump(s.pids, dir);
+        await gone(s.zombies ?? []);
         d.restore(dir);
+        await w.after?.(s);
         for (const p of s.pids) expect(alive(p)).toBe(true);
         expect(await selfCheck(s.pids[0]!, s.out)).toBe("ok");
-        await w.after?.(s);
       });
     }
   });

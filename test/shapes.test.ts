@@ -101,7 +101,7 @@ describe("process shapes of real programs", () => {
     const pids = words.map(Number);
     cleanup.push(...pids.map(killablePid));
     expect(pids.length).toBe(4);
-    expect(await selfCheck(pids[0]!, out)).toStartWith("ok");
+    expect(await selfCheck(pids[0]!, out)).toBe("ok");
     // The Lock and the Value's arena live in unlinked /dev/shm files: ghost files now.
     expect(readFileSync(`/proc/${pids[0]}/maps`, "utf8")).toMatch(/\/dev\/shm\/\S+ \(deleted\)/);
 
@@ -111,8 +111,8 @@ describe("process shapes of real programs", () => {
     expect(pids.every(alive)).toBe(true);
     // A new generation written by the parent after restore reaches every worker,
     // and the workers' increments under the Lock reach the parent.
-    expect(await selfCheck(pids[0]!, out)).toStartWith("ok");
-    expect(await selfCheck(pids[0]!, out)).toStartWith("ok");
+    expect(await selfCheck(pids[0]!, out)).toBe("ok");
+    expect(await selfCheck(pids[0]!, out)).toBe("ok");
   });
 
   test("a tree with zombies, a daemon in its own session and a job in its own group comes back as it was", async () => {
