@@ -5,7 +5,7 @@
  * and a shared file; pids that are taken; failures that leave nothing behind.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { existsSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { runCkpt } from "./helpers/cli";
 import { CoreEntrySchema, type CoreEntry } from "../src/image/gen/core_pb";
@@ -29,6 +29,13 @@ function statFields(pid: number): { ppid: number; pgid: number; sid: number } {
   return { ppid: Number(rest[1]), pgid: Number(rest[2]), sid: Number(rest[3]) };
 }
 
+/** The "flags:" line of every fd's fdinfo, by fd number. */
+function fdFlags(pid: number): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) out[fd] = /^flags:\s*(\S+)/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, "utf8"))?.[1] ?? "";
+  return out;
+}
+
 async function dumpAndKill(pids: number[], dir: string): Promise<void> {
   const root = pids[0] ?? 0;
   const r = runCkpt(["dump", "-t", String(root), "-D", dir]);
@@ -50,6 +57,7 @@ describe("ckpt restore", () => {
     const { target, words, out } = await startReady([restoreTarget(), work]);
     cleanup.push(target);
     const [pid, reader, sleeper] = words.map(Number) as [number, number, number];
+    const flagsBefore = fdFlags(pid);
     await dumpAndKill([pid], images);
 
     const r = restoreDetached(images);
@@ -69,6 +77,8 @@ describe("ckpt restore", () => {
     expect(readFileSync(`/proc/${pid}/status`, "utf8")).toContain("TracerPid:\t0");
     const fds = (await Array.fromAsync(new Bun.Glob("*").scan({ cwd: `/proc/${pid}/fd`, onlyFiles: false }))).map(Number).sort((a, b) => a - b);
     expect(fds).toEqual([0, 1, 2, 3, 4, 10, 11, 12, 13, 20, 21]);
+    // Every fd's status flags as F_GETFL shows them: nothing of ckpt's own (O_NOFOLLOW ...) left in.
+    expect(fdFlags(pid)).toEqual(flagsBefore);
   });
 
   test("a 3-process tree comes back with its pids, links, groups and one shared file", async () => {

@@ -45,8 +45,14 @@ function openRegular(e: FileEntry, reg: RegFileEntry, ghosts: Ghosts, ctx: FileR
   const path = ghost ?? reg.name;
   const mode = isFieldSet(reg, RegFileEntrySchema.field.mode) ? reg.mode : undefined;
   // Look before opening: a path that became a FIFO would block the open.
-  if (!ghost) checkType(path, mode, statNow(path).mode);
-  const fd = ctx.own(openat(AT.FDCWD, path, reopenFlags(reg.flags) | O.NOFOLLOW));
+  if (!ghost) {
+    const now = statNow(path).mode;
+    checkType(path, mode, now);
+    if ((now & S_IFMT) === S_IF.LNK && !(reg.flags & O.NOFOLLOW)) throw new Error(`${path} is a symbolic link now; ckpt does not follow it`);
+  }
+  // No O_NOFOLLOW of ckpt's own: the kernel keeps it in the file's flags,
+  // where F_GETFL would show the program a flag it never asked for.
+  const fd = ctx.own(openat(AT.FDCWD, path, reopenFlags(reg.flags)));
   const st = fstat(fd);
   checkType(path, mode, st.mode);
   // A log (O_WRONLY|O_APPEND) may have grown since: CRIU's rule, and images
