@@ -112,7 +112,8 @@ export const regularKind: FdKind = {
     const { path, unlinked } = pathOf(f.link, f.st);
     ctx.table.addRegular({
       path, flags: f.info.flags & ~O.CLOEXEC, pos: f.info.pos, st: f.st,
-      fown: readFown(ctx.access.local(f.fd)),
+      // An O_PATH fd has no owner (fcntl F_GETOWN_EX fails on it with EBADF).
+      ...(f.info.flags & O.PATH ? {} : { fown: readFown(ctx.access.local(f.fd)) }),
     }, id);
     if (unlinked) saveGhost(f.pid, f.fd, f.st, id, ctx.table, () => ctx.access.reopen(f.fd, O.RDONLY));
   },
