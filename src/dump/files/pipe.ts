@@ -64,6 +64,9 @@ function readableEnd(f: OpenFd, ctx: FdDumpContext): number {
   return ctx.access.reopen(f.fd, O.RDONLY | O.NONBLOCK);
 }
 
+/** A new pipe's capacity: 16 pages. */
+const DEFAULT_PIPE_SIZE = 16 * 4096;
+
 /** Save a pipe's data into `image` unless one of its other ends did already. */
 function saveData(f: OpenFd, ctx: FdDumpContext, fileName: string, kindName: string): number {
   const seen = (ctx.shared.get(fileName) as Set<bigint> | undefined) ?? new Set<bigint>();
@@ -72,7 +75,8 @@ function saveData(f: OpenFd, ctx: FdDumpContext, fileName: string, kindName: str
   if (seen.has(f.st.ino)) return pipeId;
   seen.add(f.st.ino);
   const { data, size } = peekPipe(readableEnd(f, ctx), `process ${f.pid} fd ${f.fd} (${f.link})`);
-  if (data.length > 0) {
+  // An empty pipe too, when its capacity was changed (F_SETPIPE_SZ): the entry carries it.
+  if (data.length > 0 || size !== DEFAULT_PIPE_SIZE) {
     ctx.table.image(fileName, kindName).add(PipeDataEntrySchema, create(PipeDataEntrySchema, { pipeId, bytes: data.length, size }), data);
   }
   return pipeId;
