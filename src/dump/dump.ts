@@ -54,6 +54,7 @@ import { commitRound } from "./commit";
 import type { DumpFigures, RoundResult } from "./stats";
 import { ParentImages } from "./parent";
 import { RoundTracking } from "./tracking/round";
+import { schedGetscheduler } from "../sys/calls";
 
 export interface DumpOptions {
   pid: number;
@@ -305,7 +306,8 @@ function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, kobj: Kob
     const rseq = readRseq(tid).entry;
     const threadCore = create(ThreadCoreEntrySchema, {
       futexRla: robust.head, futexRlaLen: robust.len,
-      schedNice: tstat.nice, schedPolicy: tstat.policy, schedPrio: tstat.rtPriority,
+      // The policy as sched_getscheduler() gives it: with SCHED_RESET_ON_FORK, which /proc's stat leaves out.
+      schedNice: tstat.nice, schedPolicy: schedGetscheduler(tid), schedPrio: tstat.rtPriority,
       blkSigset: sigmasks.get(tid) ?? 0n,
       sas: create(ThreadSasEntrySchema, t.sigaltstack),
       pdeathSig: t.pdeathSig,
@@ -416,3 +418,4 @@ function writeShmem(out: ImageDirWriter, table: FileTable, processes: number): v
     });
   });
 }
+

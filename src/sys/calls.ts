@@ -254,3 +254,8 @@ export function fanotifyMark(fd: number, flags: number, mask: bigint, path: stri
 export function symlinkat(target: string, dirfd: number, path: string): void {
   syscall("symlinkat", SYS.symlinkat, [addressOf(cstr(target)), dirfd, addressOf(cstr(path))], [JSON.stringify(target), String(dirfd), JSON.stringify(path)]);
 }
+
+/** sched_getscheduler(2) of thread `tid`: its policy, SCHED_RESET_ON_FORK included (/proc's stat leaves that flag out). */
+export function schedGetscheduler(tid: number): number {
+  return Number(syscall("sched_getscheduler", SYS.sched_getscheduler, [tid], [String(tid)]));
+}
