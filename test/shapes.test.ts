@@ -149,7 +149,7 @@ describe("process shapes of real programs", () => {
     await waitFor("the reaped zombies to be gone", () => !existsSync(`/proc/${exited}`) && !existsSync(`/proc/${signaled}`));
   });
 
-  test("an unlinked sparse file, open and mapped: one ghost, its holes left out, one inode again after restore", async () => {
+  test("an unlinked sparse file, open and mapped, and an unlinked FIFO: one ghost each, holes left out, one inode again after restore", async () => {
     const work = tempDir("ghost-work");
     const images = join(tempDir("ghost-img"), "img");
     const { words, out } = await startReady([sparseGhostTarget(), work]);
@@ -164,9 +164,12 @@ describe("process shapes of real programs", () => {
     expect(alive(pid)).toBe(true);
 
     await dumpAndWait(pid, images);
-    const ghosts = readdirSync(images).filter((f) => f.startsWith("ghost-file-"));
-    expect(ghosts.length).toBe(1);
-    const [head, ...chunks] = readImageFile(join(images, ghosts[0]!)).entries;
+    // Two ghosts: the sparse file's (one for its fd and its mapping) and the FIFO's inode.
+    const ghosts = readdirSync(images).filter((f) => f.startsWith("ghost-file-")).map((f) => readImageFile(join(images, f)).entries);
+    expect(ghosts.length).toBe(2);
+    const fifoGhost = ghosts.find((g) => ((g[0]?.message as unknown as { mode: number }).mode & 0o170000) === 0o010000);
+    expect(fifoGhost?.length).toBe(1);
+    const [head, ...chunks] = ghosts.find((g) => g !== fifoGhost)!;
     expect((head?.message as { $typeName: string }).$typeName).toBe(GhostFileEntrySchema.typeName);
     // Two pages of data (written at 0 and at 32 MiB), not 64 MiB.
     expect(chunks.map((c) => (c.message as { $typeName: string }).$typeName)).toEqual([GhostChunkEntrySchema.typeName, GhostChunkEntrySchema.typeName]);

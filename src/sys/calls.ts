@@ -259,3 +259,9 @@ export function symlinkat(target: string, dirfd: number, path: string): void {
 export function schedGetscheduler(tid: number): number {
   return Number(syscall("sched_getscheduler", SYS.sched_getscheduler, [tid], [String(tid)]));
 }
+
+/** mknodat(2) relative to the working directory: a FIFO, say (mode with S_IFIFO). */
+export function mknodPath(path: string, mode: number): void {
+  const p = cstr(path);
+  syscall("mknodat", SYS.mknodat, [-100, addressOf(p), mode, 0], ["AT_FDCWD", JSON.stringify(path), `0${mode.toString(8)}`, "0"]);
+}

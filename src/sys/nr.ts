@@ -19,7 +19,7 @@ export const SYS = {
   // The tiny programs (src/sys/tiny-elf.ts) and the dirty tracker's lifetime.
   fork: 57, chdir: 80, ppoll: 271, poll: 7, pidfd_send_signal: 424, alarm: 37, pause: 34, symlinkat: 266,
   // Used by restore to re-create open files in ckpt itself.
-  lseek: 8, ftruncate: 77, fchmod: 91, fchown: 93, getresuid: 118, fchownat: 260, fchmodat: 268,
+  lseek: 8, ftruncate: 77, fchmod: 91, fchown: 93, getresuid: 118, fchownat: 260, mknodat: 259, fchmodat: 268,
   utimensat: 280, timerfd_create: 283, timerfd_settime: 286, timerfd_gettime: 287, signalfd4: 289,
   eventfd2: 290, epoll_create1: 291, inotify_add_watch: 254, inotify_rm_watch: 255, inotify_init1: 294,
   fanotify_init: 300, fanotify_mark: 301,

@@ -230,9 +230,11 @@ if __name__ == "__main__":
 /**
  * An unlinked sparse file, both open and mapped: 64 MiB long with data only
  * at 0 and at 32 MiB; its first page is mapped shared, then the file is
- * unlinked. On SIGUSR1 it checks that the fd and the mapping are one inode
- * again (a write through the fd shows in the mapping), the data, the size,
- * and that the holes are holes: "ok" or "bad <why>". Prints "ready PID".
+ * unlinked. Beside it an unlinked FIFO holding 8 unread bytes. On SIGUSR1 it
+ * checks that the fd and the mapping are one inode again (a write through
+ * the fd shows in the mapping), the data, the size, that the holes are
+ * holes, and the FIFO's bytes and flags: "ok" or "bad <why>". Prints
+ * "ready PID".
  */
 export function sparseGhostTarget(): string {
   return buildC("sparseghost", String.raw`
@@ -256,6 +258,11 @@ int main(int argc, char **argv) {
   if (fd < 0 || ftruncate(fd, 64 * MIB) || pwrite(fd, "head", 4, 0) != 4 || pwrite(fd, "tail", 4, 32 * MIB) != 4) return 1;
   char *map = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (map == MAP_FAILED || unlink(path)) return 1;
+  snprintf(path, sizeof path, "%s/fifo", argv[1]);
+  if (mkfifo(path, 0640)) return 1;
+  int ff = open(path, O_RDWR | O_NONBLOCK);
+  if (ff < 0 || write(ff, "fifodata", 8) != 8 || unlink(path)) return 1;
+  int fifo_flags = fcntl(ff, F_GETFL);
   signal(SIGUSR1, on_usr1);
   printf("ready %d\n", getpid());
   fflush(stdout);
@@ -273,6 +280,11 @@ int main(int argc, char **argv) {
     else if (fstat(fd, &st) || st.st_size != 64 * MIB || st.st_nlink != 0) why = "size or link count";
     else if (lseek(fd, 4096, SEEK_HOLE) != 4096 || lseek(fd, 4096, SEEK_DATA) != 32 * MIB) why = "the holes";
     else if (pwrite(fd, word, strlen(word) + 1, 0) < 0 || strcmp(map, word)) why = "a write through the fd is not seen in the mapping";
+    else if (fstat(ff, &st) || !S_ISFIFO(st.st_mode) || st.st_nlink != 0 || fcntl(ff, F_GETFL) != fifo_flags) why = "the FIFO's inode or flags";
+    else {
+      char got[9] = "";
+      if (read(ff, got, 8) != 8 || strcmp(got, "fifodata") || write(ff, got, 8) != 8) why = "the FIFO's unread bytes";
+    }
     printf(why ? "bad %s\n" : "ok\n", why);
     fflush(stdout);
   }

@@ -11,6 +11,7 @@
 import { create } from "@bufbuild/protobuf";
 import { FdTypes, FileEntrySchema } from "../../image/gen/fdinfo_pb";
 import { FifoEntrySchema } from "../../image/gen/fifo_pb";
+import { addFifoPath } from "./regular";
 import { PipeDataEntrySchema, PipeEntrySchema } from "../../image/gen/pipe_pb";
 import { fcntl, pipe2, tee } from "../../sys/calls";
 import { close, ioctl, readInto } from "../../sys/libc";
@@ -103,7 +104,7 @@ export const fifoKind: FdKind = {
   dump(f, id, ctx) {
     const pipeId = saveData(f, ctx, "fifo-data.img", "FIFO_DATA");
     const fown = readFown(ctx.access.local(f.fd));
-    const regfId = ctx.table.addRegular({ path: f.link, flags: f.info.flags & ~O.CLOEXEC, pos: 0n, st: f.st, fown });
+    const regfId = addFifoPath(f, fown, ctx.table, () => ctx.access.local(f.fd));
     ctx.table.add(create(FileEntrySchema, { type: FdTypes.FIFO, id, fifo: create(FifoEntrySchema, { id, pipeId, regfId }) }));
   },
 };

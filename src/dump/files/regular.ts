@@ -15,6 +15,7 @@ import { close, preadInto } from "../../sys/libc";
 import { nextData } from "../../sys/shmem";
 import { O, S_IF, S_IFMT } from "../../sys/nr";
 import type { Statx } from "../../sys/structs";
+import type { FownEntry } from "../../image/gen/fown_pb";
 import { readFown, type OpenFd } from "./fd-access";
 import { UnsupportedFileError, type FileTable } from "./file-table";
 import type { FdDumpContext, FdKind } from "./kind";
@@ -45,7 +46,8 @@ const CHUNK = 1 << 20;
  * not touched). One inode is saved once however many fds and mappings hold it.
  */
 function saveGhost(pid: number, what: number | string, st: Statx, id: number, table: FileTable, file: () => number, closeFile = false): void {
-  if ((st.mode & S_IFMT) !== S_IF.REG) throw new UnsupportedFileError(pid, what, "an unlinked directory or device");
+  const fifo = (st.mode & S_IFMT) === S_IF.FIFO;
+  if ((st.mode & S_IFMT) !== S_IF.REG && !fifo) throw new UnsupportedFileError(pid, what, "an unlinked directory or device");
   if (table.ghostLimit !== undefined && st.size > table.ghostLimit) {
     throw new UnsupportedFileError(pid, what, `an unlinked file of ${st.size} bytes, more than --ghost-limit (${table.ghostLimit}) allows saving`);
   }
@@ -55,9 +57,15 @@ function saveGhost(pid: number, what: number | string, st: Statx, id: number, ta
     ghostId = table.newId();
     table.ghosts.set(inode, ghostId);
     const enc = table.image(`ghost-file-${ghostId.toString(16)}.img`, "GHOST_FILE");
+    const mtim = { tvSec: st.mtimeSec, tvUsec: BigInt(Math.floor(st.mtimeNsec / 1000)) };
+    if (fifo) {
+      // A FIFO's ghost is its inode only: its unread bytes are in fifo-data.img.
+      enc.add(GhostFileEntrySchema, create(GhostFileEntrySchema, { uid: st.uid, gid: st.gid, mode: st.mode, dev: st.dev, ino: st.ino, mtim }));
+      addRemap(table, id, ghostId);
+      return;
+    }
     enc.add(GhostFileEntrySchema, create(GhostFileEntrySchema, {
-      uid: st.uid, gid: st.gid, mode: st.mode, dev: st.dev, ino: st.ino,
-      mtim: { tvSec: st.mtimeSec, tvUsec: BigInt(Math.floor(st.mtimeNsec / 1000)) },
+      uid: st.uid, gid: st.gid, mode: st.mode, dev: st.dev, ino: st.ino, mtim,
       chunks: true, size: st.size,
     }));
     const fd = file();
@@ -69,6 +77,10 @@ function saveGhost(pid: number, what: number | string, st: Statx, id: number, ta
       if (closeFile) close(fd);
     }
   }
+  addRemap(table, id, ghostId);
+}
+
+function addRemap(table: FileTable, id: number, ghostId: number): void {
   table.image("remap-fpath.img", "REMAP_FPATH").add(RemapFilePathEntrySchema, create(RemapFilePathEntrySchema, {
     origId: id, remapId: ghostId, remapType: RemapType.GHOST,
   }));
@@ -147,5 +159,16 @@ export function addMappedFile(proc: ProcFs, pid: number, range: string, link: st
   }
   const id = table.addRegular({ path, flags, pos: 0n, st });
   if (unlinked) saveGhost(pid, `the mapping at 0x${range}`, st, id, table, () => proc.open(pid, `map_files/${range}`, O.RDONLY), true);
+  return id;
+}
+
+/**
+ * The path entry of a FIFO fd (a FIFO entry names it by regf_id); one that
+ * was unlinked gets a ghost holding its inode, re-made with mknod at restore.
+ */
+export function addFifoPath(f: OpenFd, fown: FownEntry, table: FileTable, fdOf: () => number): number {
+  const { path, unlinked } = pathOf(f.link, f.st);
+  const id = table.addRegular({ path, flags: f.info.flags & ~O.CLOEXEC, pos: 0n, st: f.st, fown });
+  if (unlinked) saveGhost(f.pid, f.fd, f.st, id, table, fdOf);
   return id;
 }

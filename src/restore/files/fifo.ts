@@ -11,6 +11,7 @@ import { FdTypes } from "../../image/gen/fdinfo_pb";
 import { fstat, openat } from "../../sys/libc";
 import { AT, O, S_IF, S_IFMT } from "../../sys/nr";
 import { reopenFlags, restoreFileState } from "./file-state";
+import { Ghosts } from "./ghost";
 import { forFile, part, type FileRestoreKind } from "./kind";
 import { pipeData, refillPipe } from "./pipe";
 
@@ -22,19 +23,25 @@ export const fifoKind: FileRestoreKind = {
     const saved = pipeData(ctx.images, "fifo-data.img");
     /** The O_RDWR helper of each FIFO, by pipe id. */
     const helpers = new Map<number, number>();
+    const ghosts = new Ghosts(ctx);
     for (const e of entries) {
       const fifo = part(e, e.fifo, "fifo");
-      const reg = ctx.entry(fifo.regfId)?.reg;
-      if (!reg) throw new Error(`file id ${e.id} (FIFO): files.img has no path entry ${fifo.regfId} for it`);
+      const pathEntry = ctx.entry(fifo.regfId);
+      const reg = pathEntry?.reg;
+      if (!pathEntry || !reg) throw new Error(`file id ${e.id} (FIFO): files.img has no path entry ${fifo.regfId} for it`);
       forFile(e.id, `FIFO ${reg.name}`, () => {
+        // An unlinked FIFO is made again beside its old path (and unlinked once the tree holds it).
+        const path = ghosts.pathFor(pathEntry, reg) ?? reg.name;
         if (!helpers.has(fifo.pipeId)) {
-          const helper = ctx.own(openat(AT.FDCWD, reg.name, O.RDWR | O.NONBLOCK | O.NOFOLLOW | O.CLOEXEC));
-          if ((fstat(helper).mode & S_IFMT) !== S_IF.FIFO) throw new Error(`${reg.name} is no longer a FIFO`);
+          const helper = ctx.own(openat(AT.FDCWD, path, O.RDWR | O.NONBLOCK | O.NOFOLLOW | O.CLOEXEC));
+          if ((fstat(helper).mode & S_IFMT) !== S_IF.FIFO) throw new Error(`${path} is no longer a FIFO`);
           refillPipe(helper, saved.get(fifo.pipeId));
           helpers.set(fifo.pipeId, helper);
         }
-        const fd = ctx.own(openat(AT.FDCWD, reg.name, reopenFlags(reg.flags) | O.NONBLOCK | O.NOFOLLOW));
-        if ((fstat(fd).mode & S_IFMT) !== S_IF.FIFO) throw new Error(`${reg.name} is no longer a FIFO`);
+        // The helper made sure a FIFO is there; no O_NOFOLLOW here, which the
+        // kernel would keep in the file's flags for F_GETFL to show.
+        const fd = ctx.own(openat(AT.FDCWD, path, reopenFlags(reg.flags) | O.NONBLOCK));
+        if ((fstat(fd).mode & S_IFMT) !== S_IF.FIFO) throw new Error(`${path} is no longer a FIFO`);
         restoreFileState(fd, { flags: reg.flags, fown: reg.fown });
         ctx.keep(e.id, fd);
       });

@@ -13,7 +13,7 @@ import type { FileEntry } from "../../image/gen/fdinfo_pb";
 import { GhostChunkEntrySchema, GhostFileEntrySchema, type GhostChunkEntry, type GhostFileEntry } from "../../image/gen/ghost-file_pb";
 import type { RegFileEntry } from "../../image/gen/regfile_pb";
 import { RemapFilePathEntrySchema, RemapType, type RemapFilePathEntry } from "../../image/gen/remap-file-path_pb";
-import { fchmod, fchown, ftruncate, futimens } from "../../sys/calls";
+import { chmodPath, chownPath, fchmod, fchown, ftruncate, futimens, mknodPath } from "../../sys/calls";
 import { Errno, SysError } from "../../sys/errno";
 import { openat, pwriteAll } from "../../sys/libc";
 import { AT, O, S_IF, S_IFMT } from "../../sys/nr";
@@ -43,6 +43,23 @@ export class Ghosts {
     return this.create(reg.name, remap.remapId);
   }
 
+  /** An unlinked FIFO: only its inode (its unread bytes are the FIFO restore's). */
+  private createFifo(key: string, path: string, origPath: string, g: GhostFileEntry): string {
+    try {
+      mknodPath(path, S_IF.FIFO | 0o600);
+    } catch (e) {
+      if (e instanceof SysError && e.errno === Errno.EEXIST) {
+        throw new Error(`cannot re-create unlinked FIFO ${origPath}: ${path} exists (left by an earlier restore?); remove it and restore again`);
+      }
+      throw new Error(`cannot re-create unlinked FIFO ${origPath} at ${path}: ${(e as Error).message}`);
+    }
+    this.ctx.removeLater(path);
+    chownPath(path, g.uid, g.gid);
+    chmodPath(path, g.mode & 0o7777);
+    this.made.set(key, path);
+    return path;
+  }
+
   private create(origPath: string, remapId: number): string {
     const image = `ghost-file-${remapId.toString(16)}.img`;
     const raw = this.ctx.images.raw(image);
@@ -52,8 +69,9 @@ export class Ghosts {
     const key = isFieldSet(g, GhostFileEntrySchema.field.ino) ? `${g.dev}:${g.ino}` : `remap ${remapId}`;
     const have = this.made.get(key);
     if (have) return have;
-    if ((g.mode & S_IFMT) !== S_IF.REG) throw new Error(`${image}: an unlinked file of mode 0${g.mode.toString(8)}; ckpt restores only unlinked regular files`);
     const path = `${origPath}.cr.${remapId.toString(16)}.ghost`;
+    if ((g.mode & S_IFMT) === S_IF.FIFO) return this.createFifo(key, path, origPath, g);
+    if ((g.mode & S_IFMT) !== S_IF.REG) throw new Error(`${image}: an unlinked file of mode 0${g.mode.toString(8)}; ckpt restores only unlinked regular files and FIFOs`);
     let fd: number;
     try {
       fd = openat(AT.FDCWD, path, O.RDWR | O.CREAT | O.EXCL | O.NOFOLLOW | O.CLOEXEC, 0o600);
