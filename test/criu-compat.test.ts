@@ -17,7 +17,7 @@ import { runsFree } from "./helpers/images";
 import { FD, fdTarget } from "./helpers/fd-workloads";
 import { dirtyTarget } from "./helpers/iterative-workloads";
 import { credTarget, restoreTarget, sharedTreeTarget } from "./helpers/restore-workloads";
-import { multiprocessingScript, preforkTarget, sparseGhostTarget, zombieTreeTarget } from "./helpers/shape-workloads";
+import { multiprocessingScript, preforkTarget, sparseGhostTarget, udpTarget, zombieTreeTarget } from "./helpers/shape-workloads";
 import { alive, killablePid, startDetached, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { memTarget, selfCheck } from "./helpers/workloads";
 
@@ -154,6 +154,10 @@ const WORKLOADS: Workload[] = [
   {
     name: "an unlinked sparse file, open and mapped (sparseghosttarget)",
     start: () => started([sparseGhostTarget(), tempDir("compat-ghost")]),
+  },
+  {
+    name: "UDP sockets: bound, connected, free-bound IPv6, unbound; an unbound TCP socket (udptarget)",
+    start: () => started([udpTarget()], (w) => [Number(w[0])]),
   },
   {
     name: "a process that dropped root (credtarget)",

@@ -16,7 +16,7 @@ import { readImageFile } from "../src/image/image-file";
 import { PstreeEntrySchema } from "../src/image/gen/pstree_pb";
 import { runCkpt } from "./helpers/cli";
 import { critFailures, entries, savedPagesOf } from "./helpers/images";
-import { multiprocessingScript, preforkTarget, sparseGhostTarget, zombieTreeTarget } from "./helpers/shape-workloads";
+import { multiprocessingScript, preforkTarget, sparseGhostTarget, udpTarget, zombieTreeTarget } from "./helpers/shape-workloads";
 import { alive, killablePid, startDetached, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { selfCheck } from "./helpers/workloads";
 
@@ -180,6 +180,20 @@ describe("process shapes of real programs", () => {
     expect(await selfCheck(pid, out)).toBe("ok");
     expect(await selfCheck(pid, out)).toBe("ok");
     expect(readdirSync(work)).toEqual([]);
+  });
+
+  test("a daemon's UDP sockets: bound, connected, free-bound IPv6, unbound; and an unbound TCP socket", async () => {
+    const images = join(tempDir("udp-img"), "img");
+    const { words, out } = await startReady([udpTarget()]);
+    const [pid, port] = words.map(Number) as [number, number];
+    cleanup.push(killablePid(pid));
+    expect(await selfCheck(pid, out)).toBe("ok");
+    await dumpAndWait(pid, images);
+    expect(critFailures(images)).toEqual([]);
+    restore(images);
+    // The server is back on its port, and the client's datagrams reach it from the same address.
+    expect(readFileSync("/proc/net/udp", "utf8")).toContain(`0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`);
+    expect(await selfCheck(pid, out)).toBe("ok");
   });
 
   test("a shell loop spawning short children: 20 dumps at random moments, then one restored that loops on", async () => {

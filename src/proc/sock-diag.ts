@@ -408,6 +408,18 @@ export class SocketTable {
   private unixMap: Map<number, UnixDiag> | null = null;
   private tcp4: Map<number, InetDiag> | null = null;
   private tcp6: Map<number, InetDiag> | null = null;
+  private udp4: Map<number, InetDiag> | null = null;
+  private udp6: Map<number, InetDiag> | null = null;
+
+  /** The UDP socket of `family` with inode `ino`, if listed (an unbound one is not). */
+  udp(family: InetFamily, ino: number): InetDiag | undefined {
+    if (family === AF.INET) {
+      this.udp4 ??= inetSockets(AF.INET, IPPROTO.UDP);
+      return this.udp4.get(ino);
+    }
+    this.udp6 ??= inetSockets(AF.INET6, IPPROTO.UDP);
+    return this.udp6.get(ino);
+  }
 
   /** The AF_UNIX socket with inode `ino`, if any. */
   unix(ino: number): UnixDiag | undefined {
@@ -444,6 +456,6 @@ export class SocketTable {
   }
 
   refresh(): void {
-    this.unixMap = this.tcp4 = this.tcp6 = null;
+    this.unixMap = this.tcp4 = this.tcp6 = this.udp4 = this.udp6 = null;
   }
 }

@@ -291,3 +291,71 @@ int main(int argc, char **argv) {
 }
 `);
 }
+
+/**
+ * A daemon's UDP sockets: a server bound to 127.0.0.1 (an ephemeral port), a
+ * client connected to it, an IPv6 socket bound with IPV6_FREEBIND to an
+ * address this host does not have, and an unbound UDP and an unbound TCP
+ * socket. On SIGUSR1 the client sends to the server, which must see it come
+ * from the client's address and port and answer; the other sockets must be
+ * as they were: "ok" or "bad <why>". Prints "ready PID SERVERPORT".
+ */
+export function udpTarget(): string {
+  return buildC("udpdaemon", String.raw`
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t check;
+static void on_usr1(int s) { (void)s; check = 1; }
+
+int main(void) {
+  int srv = socket(AF_INET, SOCK_DGRAM, 0), cli = socket(AF_INET, SOCK_DGRAM, 0);
+  int free6 = socket(AF_INET6, SOCK_DGRAM, 0), loose = socket(AF_INET, SOCK_DGRAM, 0), tcp = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) }, ca;
+  socklen_t len = sizeof sa;
+  if (bind(srv, (struct sockaddr *)&sa, sizeof sa) || getsockname(srv, (struct sockaddr *)&sa, &len)) return 1;
+  if (connect(cli, (struct sockaddr *)&sa, sizeof sa)) return 1;
+  len = sizeof ca;
+  if (getsockname(cli, (struct sockaddr *)&ca, &len)) return 1;
+  int one = 1;
+  struct sockaddr_in6 s6 = { .sin6_family = AF_INET6, .sin6_port = htons(0) };
+  inet_pton(AF_INET6, "2001:db8::7", &s6.sin6_addr);
+  if (setsockopt(free6, SOL_IPV6, 78 /* IPV6_FREEBIND */, &one, sizeof one) || bind(free6, (struct sockaddr *)&s6, sizeof s6)) return 1;
+  len = sizeof s6;
+  getsockname(free6, (struct sockaddr *)&s6, &len);
+  signal(SIGUSR1, on_usr1);
+  printf("ready %d %d\n", getpid(), ntohs(sa.sin_port));
+  fflush(stdout);
+  for (;;) {
+    pause();
+    if (!check) continue;
+    check = 0;
+    const char *why = NULL;
+    char buf[16] = "";
+    struct sockaddr_in from, now;
+    struct sockaddr_in6 n6;
+    socklen_t fl = sizeof from, nl = sizeof now, n6l = sizeof n6;
+    if (send(cli, "ping", 4, 0) != 4) why = "send from the connected client";
+    else if (recvfrom(srv, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl) != 4 || memcmp(buf, "ping", 4)) why = "the server's datagram";
+    else if (from.sin_port != ca.sin_port || from.sin_addr.s_addr != ca.sin_addr.s_addr) why = "the datagram's sender is not the client";
+    else if (sendto(srv, "pong", 4, 0, (struct sockaddr *)&from, fl) != 4 || recv(cli, buf, sizeof buf, 0) != 4 || memcmp(buf, "pong", 4)) why = "the answer";
+    else if (getsockname(free6, (struct sockaddr *)&n6, &n6l) || memcmp(&n6.sin6_addr, &s6.sin6_addr, 16) || n6.sin6_port != s6.sin6_port) why = "the free-bound IPv6 socket's address";
+    else if (getsockname(loose, (struct sockaddr *)&now, &nl) || now.sin_port != 0) why = "the unbound UDP socket got bound";
+    else {
+      int type = 0;
+      socklen_t tl = sizeof type;
+      nl = sizeof now;
+      if (getsockopt(tcp, SOL_SOCKET, SO_TYPE, &type, &tl) || type != SOCK_STREAM || getsockname(tcp, (struct sockaddr *)&now, &nl) || now.sin_port != 0) why = "the unbound TCP socket";
+    }
+    printf(why ? "bad %s\n" : "ok\n", why);
+    fflush(stdout);
+  }
+}
+`);
+}

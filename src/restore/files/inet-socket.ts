@@ -1,16 +1,17 @@
 /**
- * Listening TCP sockets (IPv4 and IPv6): a new socket bound to the recorded
- * address and port, listening with the recorded backlog. SO_REUSEADDR is on
- * while binding — connections of the dumped listener may still linger in
- * TIME_WAIT on that port — and then set as recorded. Other TCP states need
- * the kernel's repair mode, which ckpt does not use yet; the dump refuses
- * them, and so does restore, by name.
+ * Inet sockets a restore makes with plain calls: listening TCP (bind and
+ * listen with the recorded backlog), TCP never connected (perhaps bound),
+ * and UDP (bound and connected again as recorded). SO_REUSEADDR is on while
+ * binding — connections of the dumped listener may still linger in
+ * TIME_WAIT on that port — and then set as recorded. Connected TCP needs the
+ * kernel's repair mode, which ckpt does not use yet; the dump refuses it,
+ * and so does restore, by name.
  */
 import { isFieldSet } from "@bufbuild/protobuf";
 import { FdTypes } from "../../image/gen/fdinfo_pb";
 import { InetSkEntrySchema, type InetSkEntry } from "../../image/gen/sk-inet_pb";
-import { SkOptsEntrySchema } from "../../image/gen/sk-opts_pb";
-import { AF, bind, formatIpv4, formatIpv6, IPPROTO, IPV6_OPT, listen, setsockoptInt, SO, SOCK, sockaddrIn, sockaddrIn6, socket, SOL, TCP_STATE } from "../../sys/socket";
+import { SkOptsEntrySchema, SkShutdown } from "../../image/gen/sk-opts_pb";
+import { AF, bind, connect, formatIpv4, formatIpv6, IP_OPT, IPPROTO, IPV6_OPT, listen, setsockoptInt, SHUT, shutdown, SO, SOCK, sockaddrIn, sockaddrIn6, socket, SOL, TCP_STATE } from "../../sys/socket";
 import { Errno, SysError } from "../../sys/errno";
 import { restoreFileState } from "./file-state";
 import { forFile, part, type FileRestoreKind } from "./kind";
@@ -27,13 +28,21 @@ function addressBytes(words: readonly number[], count: number): Uint8Array {
   return out;
 }
 
-function sockaddrOf(isk: InetSkEntry): { addr: Uint8Array; text: string } {
-  if (isk.family === AF.INET) {
-    const ip = formatIpv4(addressBytes(isk.srcAddr, 1));
-    return { addr: sockaddrIn(ip, isk.srcPort), text: `${ip}:${isk.srcPort}` };
+function sockaddrOf(family: number, words: readonly number[], port: number): { addr: Uint8Array; text: string } {
+  if (family === AF.INET) {
+    const ip = formatIpv4(addressBytes(words, 1));
+    return { addr: sockaddrIn(ip, port), text: `${ip}:${port}` };
   }
-  const ip = formatIpv6(addressBytes(isk.srcAddr, 4));
-  return { addr: sockaddrIn6(ip, isk.srcPort), text: `[${ip}]:${isk.srcPort}` };
+  const ip = formatIpv6(addressBytes(words, 4));
+  return { addr: sockaddrIn6(ip, port), text: `[${ip}]:${port}` };
+}
+
+const isTcp = (isk: InetSkEntry): boolean => isk.type === SOCK.STREAM && isk.proto === IPPROTO.TCP;
+const isUdp = (isk: InetSkEntry): boolean => isk.type === SOCK.DGRAM && isk.proto === IPPROTO.UDP;
+
+/** Whether the socket was bound: a port, or an address other than the any-address. */
+function wasBound(isk: InetSkEntry): boolean {
+  return isk.srcPort !== 0 || isk.srcAddr.some((w) => w !== 0);
 }
 
 export const inetSocketKind: FileRestoreKind = {
@@ -42,40 +51,55 @@ export const inetSocketKind: FileRestoreKind = {
   check(e) {
     const isk = part(e, e.isk, "isk");
     forFile(e.id, "inet socket", () => {
-      if ((isk.family !== AF.INET && isk.family !== AF.INET6) || isk.type !== SOCK.STREAM || isk.proto !== IPPROTO.TCP) {
-        throw new Error(`a socket of family ${isk.family}, type ${isk.type}, protocol ${isk.proto}; ckpt restores only TCP sockets`);
+      if ((isk.family !== AF.INET && isk.family !== AF.INET6) || !(isTcp(isk) || isUdp(isk))) {
+        throw new Error(`a socket of family ${isk.family}, type ${isk.type}, protocol ${isk.proto}; ckpt restores only TCP and UDP sockets`);
       }
-      if (isk.state !== TCP_STATE.LISTEN) throw new Error(`a TCP socket in state ${STATE_NAMES[isk.state] ?? isk.state}; ckpt restores only listening TCP sockets`);
+      if (isTcp(isk) && isk.state !== TCP_STATE.LISTEN && isk.state !== TCP_STATE.CLOSE) {
+        throw new Error(`a TCP socket in state ${STATE_NAMES[isk.state] ?? isk.state}; ckpt restores only listening and unconnected TCP sockets`);
+      }
     });
   },
   open(entries, ctx) {
     for (const e of entries) {
       const isk = part(e, e.isk, "isk");
-      const { addr, text } = sockaddrOf(isk);
-      forFile(e.id, `TCP listener ${text}`, () => {
-        const fd = ctx.own(socket(isk.family, SOCK.STREAM | SOCK.CLOEXEC, IPPROTO.TCP));
+      const { addr, text } = sockaddrOf(isk.family, isk.srcAddr, isk.srcPort);
+      const what = isTcp(isk) ? (isk.state === TCP_STATE.LISTEN ? `TCP listener ${text}` : `TCP socket ${text}`) : `UDP socket ${text}`;
+      forFile(e.id, what, () => {
+        const fd = ctx.own(socket(isk.family, isk.type | SOCK.CLOEXEC, isk.proto));
         if (isk.family === AF.INET6 && isFieldSet(isk, InetSkEntrySchema.field.v6only)) setsockoptInt(fd, IPPROTO.IPV6, IPV6_OPT.V6ONLY, isk.v6only ? 1 : 0);
-        setsockoptInt(fd, SOL.SOCKET, SO.REUSEADDR, 1);
         const opts = part(e, isk.opts, "isk.opts");
-        try {
-          bind(fd, addr);
-        } catch (err) {
-          if (!(err instanceof SysError && err.errno === Errno.EADDRINUSE)) throw err;
-          // TIME_WAIT connections block a new bind unless the socket they
-          // came from had SO_REUSEADDR too: the dumped program could not
-          // have restarted on that port yet either.
-          const why = opts.reuseaddr
-            ? "another socket is bound to the port"
-            : "another socket is bound to the port, or connections of the dumped listener linger in TIME_WAIT (it had no SO_REUSEADDR, so they block the port for up to 60 s)";
-          throw new Error(`${err.message}: ${why}`);
-        }
-        listen(fd, isk.backlog);
-        // Off unless recorded on (restoreSkOpts sets it when the entry has it).
-        if (!isFieldSet(opts, SkOptsEntrySchema.field.reuseaddr)) setsockoptInt(fd, SOL.SOCKET, SO.REUSEADDR, 0);
+        if (wasBound(isk)) {
+          // Free bind while binding: the address was the socket's at dump
+          // time, but it may be missing here (or came with IP_FREEBIND that
+          // was turned off after the bind). Set as recorded afterwards.
+          setsockoptInt(fd, IPPROTO.IP, IP_OPT.FREEBIND, 1);
+          setsockoptInt(fd, SOL.SOCKET, SO.REUSEADDR, 1);
+          try {
+            bind(fd, addr);
+          } catch (err) {
+            if (!(err instanceof SysError && err.errno === Errno.EADDRINUSE)) throw err;
+            // TIME_WAIT connections block a new bind unless the socket they
+            // came from had SO_REUSEADDR too: the dumped program could not
+            // have restarted on that port yet either.
+            const why = opts.reuseaddr || !isTcp(isk)
+              ? "another socket is bound to the port"
+              : "another socket is bound to the port, or connections of the dumped listener linger in TIME_WAIT (it had no SO_REUSEADDR, so they block the port for up to 60 s)";
+            throw new Error(`${err.message}: ${why}`);
+          }
+          if (!isk.ipOpts?.freebind) setsockoptInt(fd, IPPROTO.IP, IP_OPT.FREEBIND, 0);
+          // Off unless recorded on (restoreSkOpts sets it when the entry has it).
+          if (!isFieldSet(opts, SkOptsEntrySchema.field.reuseaddr)) setsockoptInt(fd, SOL.SOCKET, SO.REUSEADDR, 0);
+        } else if (isk.ipOpts?.freebind) setsockoptInt(fd, IPPROTO.IP, IP_OPT.FREEBIND, 1);
+        if (isTcp(isk) && isk.state === TCP_STATE.LISTEN) listen(fd, isk.backlog);
+        if (isUdp(isk) && isk.state === TCP_STATE.ESTABLISHED) connect(fd, sockaddrOf(isk.family, isk.dstAddr, isk.dstPort).addr);
         restoreSkOpts(fd, opts);
+        if (isk.shutdown) shutdown(fd, SHUT_HOW[isk.shutdown]!);
         restoreFileState(fd, { flags: isk.flags, fown: isk.fown });
         ctx.keep(e.id, fd);
       });
     }
   },
 };
+
+/** shutdown()'s `how` for each SkShutdown value. */
+const SHUT_HOW: Record<number, number> = { [SkShutdown.READ]: SHUT.RD, [SkShutdown.WRITE]: SHUT.WR, [SkShutdown.BOTH]: SHUT.RDWR };
