@@ -41,6 +41,7 @@ const NEWER_THAN_CRIT = new Set([
   "INVENTORY.allow_uprobes",
   "PAGEMAP.nr_pages",
   "CORE.thread_core.cg_set",
+  "CORE.tc.stop_signo",
   "CORE.thread_core.creds.cap_amb",
   "CORE.thread_info.fpregs.xsave.cet",
   "MEMFD_INODE.mode",

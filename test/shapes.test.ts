@@ -14,9 +14,10 @@ import { CoreEntrySchema } from "../src/image/gen/core_pb";
 import { GhostChunkEntrySchema, GhostFileEntrySchema } from "../src/image/gen/ghost-file_pb";
 import { readImageFile } from "../src/image/image-file";
 import { PstreeEntrySchema } from "../src/image/gen/pstree_pb";
+import * as ptrace from "../src/sys/ptrace";
 import { runCkpt } from "./helpers/cli";
 import { critFailures, entries, savedPagesOf } from "./helpers/images";
-import { multiprocessingScript, preforkTarget, sparseGhostTarget, udpTarget, zombieTreeTarget } from "./helpers/shape-workloads";
+import { jobParentTarget, multiprocessingScript, preforkTarget, sparseGhostTarget, udpTarget, zombieTreeTarget } from "./helpers/shape-workloads";
 import { alive, killablePid, startDetached, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { selfCheck } from "./helpers/workloads";
 
@@ -194,6 +195,27 @@ describe("process shapes of real programs", () => {
     // The server is back on its port, and the client's datagrams reach it from the same address.
     expect(readFileSync("/proc/net/udp", "utf8")).toContain(`0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`);
     expect(await selfCheck(pid, out)).toBe("ok");
+  });
+
+  test("a job stopped by SIGTSTP is stopped by SIGTSTP again after restore", async () => {
+    const images = join(tempDir("tstp-img"), "img");
+    // Its own group under a parent of the same session: not orphaned, so SIGTSTP stops it.
+    const { words } = await startReady(["setsid", jobParentTarget()]);
+    const [parent, job] = words.map(Number) as [number, number];
+    cleanup.push(killablePid(parent), killablePid(job));
+    process.kill(job, "SIGTSTP");
+    await waitFor("the job stop", () => statOf(job).state === "T");
+    await dumpAndWait(parent, images);
+    expect(entries(images, `core-${job}.img`, CoreEntrySchema)[0]?.tc?.stopSigno).toBe(20); // SIGTSTP
+    restore(images);
+    expect(statOf(job).state).toBe("T");
+    // A tracer that seizes a task in a group-stop is told the signal of that stop.
+    ptrace.seize(job);
+    const status = ptrace.waitTracee(job);
+    ptrace.detach(job);
+    expect(ptrace.stopSig(status)).toBe(20);
+    process.kill(job, "SIGCONT");
+    await waitFor("the job to go on", () => statOf(job).state === "S");
   });
 
   test("a shell loop spawning short children: 20 dumps at random moments, then one restored that loops on", async () => {

@@ -324,6 +324,7 @@ function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, kobj: Kob
     if (tid === pid) {
       core.tc = create(TaskCoreEntrySchema, {
         taskState: p.jobStopped ? TASK_STOPPED : TASK_ALIVE,
+        ...(p.stopSigno ? { stopSigno: p.stopSigno } : {}),
         exitCode: 0,
         personality: readProcNumber(proc, pid, "personality", 16),
         flags: stat.flags,

@@ -26,6 +26,8 @@ const STOP_SIGNALS = new Set([SIG.STOP, 20 /* SIGTSTP */, 21 /* SIGTTIN */, 22 /
 export interface FrozenProcess extends TreeTask {
   /** It was in a job-control stop (SIGSTOP and friends) when frozen: restore keeps it stopped. */
   jobStopped: boolean;
+  /** The signal of that stop (SIGSTOP, SIGTSTP, SIGTTIN or SIGTTOU), 0 when not stopped. */
+  stopSigno: number;
   /**
    * It had exited and its parent had not yet reaped it: nothing of it is
    * left but its pid, ids and exit status. Zombies are not seized (ptrace
@@ -49,7 +51,8 @@ function isErrno(e: unknown, errno: number): boolean {
 export class Freezer {
   /** Seized threads, by tid, with the pid of their process. */
   private readonly seized = new Map<number, number>();
-  private readonly jobStopped = new Set<number>();
+  /** Threads found in a group-stop, with the signal that stopped them. */
+  private readonly jobStopped = new Map<number, number>();
   private readonly exited = new Set<number>();
   /** Milliseconds from the first seize to the whole tree stopped. */
   freezingMs = 0;
@@ -108,7 +111,7 @@ export class Freezer {
         }
         // A seized thread of it that exited was collected as it went.
         for (const [tid, owner] of this.seized) if (owner === pid) this.seized.delete(tid);
-        processes.push({ pid, ppid, pgid: stat.pgrp, sid: stat.session, threads: [pid], jobStopped: false, zombie: true });
+        processes.push({ pid, ppid, pgid: stat.pgrp, sid: stat.session, threads: [pid], jobStopped: false, stopSigno: 0, zombie: true });
         continue;
       }
       for (const tid of threads) {
@@ -132,7 +135,7 @@ export class Freezer {
       }
       processes.push({
         pid, ppid, pgid: stat.pgrp, sid: stat.session, threads: live,
-        jobStopped: live.some((t) => this.jobStopped.has(t)), zombie: false,
+        jobStopped: live.some((t) => this.jobStopped.has(t)), stopSigno: live.map((t) => this.jobStopped.get(t) ?? 0).find((s) => s !== 0) ?? 0, zombie: false,
       });
       for (const child of readAllChildren(this.proc, pid, live)) queue.push({ pid: child, ppid: pid });
     }
@@ -196,7 +199,7 @@ export class Freezer {
       const sig = ptrace.stopSig(status);
       if (ptrace.ptraceEvent(status) !== 0) {
         // PTRACE_EVENT_STOP: the interrupt (SIGTRAP) or a group-stop (SIGSTOP...).
-        if (STOP_SIGNALS.has(sig as 19)) this.jobStopped.add(tid);
+        if (STOP_SIGNALS.has(sig as 19)) this.jobStopped.set(tid, sig);
         return;
       }
       ptrace.cont(tid, sig);

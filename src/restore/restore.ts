@@ -195,9 +195,10 @@ interface RestoreContext {
  * fds, fs, signal actions and timers, limits, per-thread state and queued
  * signals, then credentials, and what a change of credentials resets
  * (dumpable, parent-death signal) after them. Returns the pages copied and
- * whether a SIGSTOP was queued (the task must end up stopped).
+ * the signal that must stop the task as it is let go (it was job-stopped, or
+ * a SIGSTOP was queued), 0 for none.
  */
-function restoreProcess(ctx: RestoreContext, p: ProcessPlan, tree: RestoredTree): { pages: number; stop: boolean } {
+function restoreProcess(ctx: RestoreContext, p: ProcessPlan, tree: RestoredTree): { pages: number; stop: number } {
   const pid = p.entry.pid;
   const task = tree.processes.get(pid);
   const tc = p.cores.get(pid)?.tc;
@@ -247,7 +248,9 @@ function restoreProcess(ctx: RestoreContext, p: ProcessPlan, tree: RestoredTree)
     if (thc.pdeathSig) setPdeathSignal(th, thc.pdeathSig);
   }
   restoreDumpable(task, p.mm);
-  return { pages: fill.pages, stop: stop || tc.taskState === TASK_STOPPED };
+  // A job-stopped task stops again by the signal that stopped it (CRIU's stop_signo; SIGSTOP when the image has none).
+  const stopSignal = tc.taskState === TASK_STOPPED ? tc.stopSigno || SIG.STOP : stop ? SIG.STOP : 0;
+  return { pages: fill.pages, stop: stopSignal };
 }
 
 /**
@@ -308,11 +311,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     files = OpenedFiles.open(images, { shellJob: opts.shellJob ?? false });
     figures.filesMs += performance.now() - t;
     const ctx: RestoreContext = { proc, files, syscallPage, scratch, epollsDone: new Set(), shared, figures };
-    const stopped = new Set<number>();
+    /** Tasks to stop as they are let go, with the stop signal of each. */
+    const stopped = new Map<number, number>();
     for (const p of plan) {
       const r = restoreProcess(ctx, p, tree);
       pagesRestored += r.pages;
-      if (r.stop) stopped.add(p.entry.pid);
+      if (r.stop) stopped.set(p.entry.pid, r.stop);
     }
     files.finish();
     files = undefined;
@@ -335,7 +339,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // From here a kill of ckpt must not leave part of the tree running (guard.ts).
     guard = await RestoreGuard.start(plan.map((p) => p.entry.pid));
     // Pending when the tasks are let go, so they stop before running a single instruction.
-    for (const pid of stopped) kill(pid, SIG.STOP);
+    for (const [pid, sig] of stopped) kill(pid, sig);
     for (const p of plan) for (const tid of p.entry.threads) ptrace.detach(tid);
     guard.release();
     created.length = 0;

@@ -359,3 +359,22 @@ int main(void) {
 }
 `);
 }
+
+/**
+ * A shell-like parent with a job in a process group of its own (so the
+ * group is not orphaned and SIGTSTP stops it). Prints "ready PARENT JOB".
+ */
+export function jobParentTarget(): string {
+  return buildC("jobparent", String.raw`
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+  pid_t job = fork();
+  if (job == 0) { setpgid(0, 0); for (;;) pause(); }
+  setpgid(job, job);
+  printf("ready %d %d\n", getpid(), job);
+  fflush(stdout);
+  for (;;) pause();
+}
+`);
+}
