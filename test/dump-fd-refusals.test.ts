@@ -37,6 +37,8 @@ describe("fds ckpt refuses", () => {
     ["tcp-established", /fd \d is a TCP socket in state ESTABLISHED \(127\.0\.0\.1:\d+ → 127\.0\.0\.1:\d+\)/],
     ["pending", /fd 3 is a listening unix socket with 1 connection\(s\) not yet accepted/],
     ["inflight", /file descriptors in flight \(SCM_RIGHTS\)/],
+    // Refused, not peeked forever (an empty packet came back at the same offset without end).
+    ["empty-datagram", /its queue holds a zero-length packet, which ckpt cannot dump yet/],
     ["tty", /fd 0 is a terminal \(\/dev\/pts\/\d+\); dump with --shell-job to save it/],
   ];
   for (const [mode, message] of cases) {

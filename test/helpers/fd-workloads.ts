@@ -244,6 +244,10 @@ int main(int argc, char **argv) {
     struct cmsghdr *h = CMSG_FIRSTHDR(&m); h->cmsg_level = SOL_SOCKET; h->cmsg_type = SCM_RIGHTS; h->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(h), &fd, sizeof fd);
     if (sendmsg(s[0], &m, 0) != 1) return 9;
+  } else if (!strcmp(mode, "empty-datagram")) {
+    /* A zero-length datagram, then one byte: a peek at an offset cannot step over the first. */
+    int s[2];
+    if (socketpair(AF_UNIX, SOCK_DGRAM, 0, s) || send(s[0], "", 0, 0) != 0 || send(s[0], "x", 1, 0) != 1) return 20;
   } else if (!strcmp(mode, "tty")) {
     int master = posix_openpt(O_RDWR | O_NOCTTY);
     if (master < 0 || grantpt(master) || unlockpt(master)) return 10;

@@ -56,6 +56,16 @@ function peekQueue(local: number, d: UnixDiag, where: string): Uint8Array[] {
       }
       if (r.flags & MSG.TRUNC) throw new Error(`${where}: a queued datagram is larger than ${MAX_DGRAM} bytes`);
       if (r.bytes === 0 && stream) break;
+      if (r.bytes === 0) {
+        // The peek offset cannot step over an empty packet: the same one
+        // would come back forever. On a seqpacket socket whose peer is gone
+        // it is the end of the queue once every queued byte was seen (the
+        // kernel's count, rqlen, is all the queue's bytes there); anything
+        // else is a zero-length packet ckpt cannot save the rest behind.
+        const seen = packets.reduce((n, p) => n + p.length, 0);
+        if (d.type === SOCK.SEQPACKET && seen >= d.rqlen) break;
+        throw new Error(`${where}: its queue holds a zero-length packet, which ckpt cannot dump yet`);
+      }
       packets.push(buf.slice(0, r.bytes));
       if (stream) break;
     }
@@ -95,7 +105,9 @@ export const unixSocketKind: FdKind = {
     const dumped = (ctx.shared.get("unix") as Dumped | undefined) ?? new Map();
     ctx.shared.set("unix", dumped);
     dumped.set(ino, { pid: f.pid, fd: f.fd, diag: d });
-    if (d.state !== TCP_STATE.LISTEN && d.rqlen > 0) {
+    // A datagram socket's rqlen is the length of its first datagram only,
+    // which is 0 for an empty one with more behind it: peek those always.
+    if (d.state !== TCP_STATE.LISTEN && (d.rqlen > 0 || d.type === SOCK.DGRAM)) {
       for (const p of peekQueue(local, d, where)) {
         ctx.table.image("sk-queues.img", "SK_QUEUES").add(SkPacketEntrySchema, create(SkPacketEntrySchema, { idFor: id, length: p.length }), p);
       }
