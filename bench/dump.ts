@@ -15,7 +15,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { dump, type DumpResult } from "../src/dump/dump";
-import { RemoteSyscalls } from "../src/dump/inject";
+import { RemoteSyscalls } from "../src/dump/task/inject";
 import { allBlocked } from "../test/helpers/images";
 import { startDetached, tempDir, waitFor, type Target } from "../test/helpers/target";
 import { BenchCleanup } from "./cleanup";

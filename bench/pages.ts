@@ -1,5 +1,5 @@
 /**
- * Finding and copying the pages a dump saves (src/dump/pages.ts), on live
+ * Finding and copying the pages a dump saves (src/dump/memory/pages.ts), on live
  * processes:
  *   - 256 MiB and 2 GiB of written anonymous memory (4 KiB pages, as malloc'd
  *     memory usually is),
@@ -9,7 +9,7 @@
  * the destination buffer, and call counts. Every figure is measured here.
  * Run: bun bench/pages.ts   (SIZES_MIB=256,2048 to change the sizes)
  */
-import { copyPages, newPageCounters, scanPages, type PageBufferMode, type PageCounters, type PageScan, type PageVma, type ScanOptions } from "../src/dump/pages";
+import { copyPages, newPageCounters, scanPages, type PageBufferMode, type PageCounters, type PageScan, type PageVma, type ScanOptions } from "../src/dump/memory/pages";
 import { readMaps } from "../src/proc/maps";
 import { ProcFs } from "../src/proc/procfs";
 import { PAGE_SIZE } from "../src/sys/nr";

@@ -7,7 +7,7 @@ import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "
 import { join } from "node:path";
 import { CoreEntrySchema, TaskKobjIdsEntrySchema } from "../src/image/gen/core_pb";
 import { InventoryEntrySchema } from "../src/image/gen/inventory_pb";
-import { imageRegs } from "../src/dump/core";
+import { imageRegs } from "../src/dump/task/core";
 import { FileEntrySchema } from "../src/image/gen/fdinfo_pb";
 import { MmEntrySchema } from "../src/image/gen/mm_pb";
 import { PstreeEntrySchema } from "../src/image/gen/pstree_pb";

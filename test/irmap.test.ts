@@ -10,7 +10,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { create } from "@bufbuild/protobuf";
 import { mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { DEFAULT_SCAN_PATHS, Irmap, IrmapError, IRMAP_CACHE_FILE, readIrmapCache, resolveTreeWatches } from "../src/dump/irmap";
+import { DEFAULT_SCAN_PATHS, Irmap, IrmapError, IRMAP_CACHE_FILE, readIrmapCache, resolveTreeWatches } from "../src/dump/files/irmap";
 import { IrmapCacheEntrySchema } from "../src/image/gen/fh_pb";
 import { writeEncodedImage, writeImageFile } from "../src/image/image-file";
 import { kind } from "../src/image/magic";

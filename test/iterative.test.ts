@@ -12,7 +12,7 @@ import { PagemapEntrySchema, PagemapHeadSchema, type PagemapEntry } from "../src
 import { StatsEntrySchema } from "../src/image/gen/stats_pb";
 import { readImageFile } from "../src/image/image-file";
 import { ImageDirWriter } from "../src/dump/image-dir";
-import { ParentImages } from "../src/dump/parent";
+import { ParentImages } from "../src/dump/memory/parent";
 import { ProcFs } from "../src/proc/procfs";
 import { readStat } from "../src/proc/stat";
 import { runCkpt } from "./helpers/cli";

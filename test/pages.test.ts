@@ -4,8 +4,8 @@ import { join } from "node:path";
 import {
   collectPages, copyPages, newPageCounters, PE_PRESENT, pagemapEntries, scanPages, writePages, type PageData, type PageRun,
   type PageScan, type PageVma,
-} from "../src/dump/pages";
-import { zeroPagePfns } from "../src/dump/pagemap-cache";
+} from "../src/dump/memory/pages";
+import { zeroPagePfns } from "../src/dump/memory/pagemap-cache";
 import { readMaps, type MapArea } from "../src/proc/maps";
 import { ProcFs } from "../src/proc/procfs";
 import { close, openat, preadInto } from "../src/sys/libc";

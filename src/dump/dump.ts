@@ -3,7 +3,7 @@
  * write the image set.
  *
  * Order matters for safety and for the freeze time:
- *  1. freeze every thread (freeze.ts);
+ *  1. freeze every thread (task/freeze.ts);
  *  2. read all state and copy all pages into memory while frozen;
  *  3. with --leave-running: resume the tree, then write the images — the freeze
  *     ends before the disk is touched. Without it: write every image first and
@@ -31,28 +31,28 @@ import { readStatus } from "../proc/status";
 import { addressOf, callCountsSince, snapshotCallCounts, syscall, writeAll } from "../sys/libc";
 import { PAGE_SIZE, SYS } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
-import { credsEntry, isGone, readProcNumber, readThreadRegs, rlimits, robustList, signalQueue, threadInfo } from "./core";
-import { readRseq } from "./task-state";
+import { credsEntry, isGone, readProcNumber, readThreadRegs, rlimits, robustList, signalQueue, threadInfo } from "./task/core";
+import { readRseq } from "./task/task-state";
 import { FileIds, type FileIdCounters } from "./files/file-ids";
 import { FileTable } from "./files/file-table";
 import { dumpFds, finishFds, type FilesDump } from "./files/fds";
 import { dumpLinkedFile } from "./files/regular";
 import { SocketTable } from "../proc/sock-diag";
-import { Freezer, type FrozenProcess } from "./freeze";
+import { Freezer, type FrozenProcess } from "./task/freeze";
 import { KobjIds } from "./ids";
 import { ImageDirWriter } from "./image-dir";
 import { InterruptGuard } from "./interrupt";
-import { Irmap, type IrmapCounters } from "./irmap";
+import { Irmap, type IrmapCounters } from "./files/irmap";
 import { inventoryEntry, uptimeMicros } from "./inventory";
-import { dumpVmas, mmEntry, parseAuxv, type MapFilesCounters } from "./mm";
-import { SharedAnonMemory } from "./shmem";
-import { readTaskState, type ProcessTaskState } from "./remote-state";
-import { copyProcessPages, writeProcessPages, type PageCopy } from "./page-dump";
-import { newPageCounters, PE_PRESENT, type PageCounters } from "./pages";
+import { dumpVmas, mmEntry, parseAuxv, type MapFilesCounters } from "./memory/mm";
+import { SharedAnonMemory } from "./memory/shmem";
+import { readTaskState, type ProcessTaskState } from "./task/remote-state";
+import { copyProcessPages, writeProcessPages, type PageCopy } from "./memory/page-dump";
+import { newPageCounters, PE_PRESENT, type PageCounters } from "./memory/pages";
 import { pstreeEntries } from "./pstree";
 import { commitRound } from "./commit";
 import type { DumpFigures, RoundResult } from "./stats";
-import { ParentImages } from "./parent";
+import { ParentImages } from "./memory/parent";
 import { RoundTracking } from "./tracking/round";
 import { schedGetscheduler } from "../sys/calls";
 

@@ -5,7 +5,7 @@
 import { create } from "@bufbuild/protobuf";
 import { DumpStatsEntrySchema, StatsEntrySchema, type StatsEntry } from "../image/gen/stats_pb";
 import type { ProcCounters } from "../proc/procfs";
-import type { PageCounters } from "./pages";
+import type { PageCounters } from "./memory/pages";
 import type { TrackingSummary } from "./tracking/round";
 
 export interface DumpFigures {

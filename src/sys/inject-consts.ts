@@ -1,6 +1,6 @@
 /**
- * Kernel constants used only by remote system-call injection (inject.ts) and
- * the task-state readers built on it (task-state.ts). x86_64 values.
+ * Kernel constants used only by remote system-call injection (dump/task/inject.ts) and
+ * the task-state readers built on it (dump/task/task-state.ts). x86_64 values.
  */
 
 /** The System V x86_64 ABI lets leaf code use 128 bytes below rsp without moving rsp. */

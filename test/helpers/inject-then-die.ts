@@ -12,7 +12,7 @@
  * Usage: bun test/helpers/inject-then-die.ts PID MOMENT [PATH]
  */
 import { readdirSync } from "node:fs";
-import { RemoteSyscalls } from "../../src/dump/inject";
+import { RemoteSyscalls } from "../../src/dump/task/inject";
 import { AT, O, SYS } from "../../src/sys/nr";
 import * as ptrace from "../../src/sys/ptrace";
 

@@ -18,7 +18,7 @@ import type { FanotifyMarkInfo } from "../../proc/fdinfo";
 import { readMountInfo, type MountInfo } from "../../proc/mountinfo";
 import { O } from "../../sys/nr";
 import { encodeKernelDev } from "../../sys/structs";
-import { devName } from "../irmap";
+import { devName } from "./irmap";
 import { readFown, type OpenFd } from "./fd-access";
 import { UnsupportedFileError } from "./file-table";
 import { fileHandleEntry, watchedPath } from "./inotify";

@@ -11,7 +11,7 @@ import { ImageEncoder } from "../../image/encode";
 import { kind } from "../../image/magic";
 import type { Statx } from "../../sys/structs";
 import { validatesSize } from "../../image/file-validation";
-import type { ShmemContents } from "../shmem";
+import type { ShmemContents } from "../memory/shmem";
 
 /** An fd kind (or a state of one) this dump cannot save. */
 export class UnsupportedFileError extends Error {

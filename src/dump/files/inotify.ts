@@ -11,7 +11,7 @@ import { FhEntrySchema, type FhEntry } from "../../image/gen/fh_pb";
 import { InotifyFileEntrySchema, InotifyWdEntrySchema } from "../../image/gen/fsnotify_pb";
 import { O } from "../../sys/nr";
 import { MAX_HANDLE_SZ } from "../../sys/structs";
-import { watchHandle } from "../irmap";
+import { watchHandle } from "./irmap";
 import { readFown, type OpenFd } from "./fd-access";
 import type { FdDumpContext, FdKind } from "./kind";
 

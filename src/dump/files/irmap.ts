@@ -15,18 +15,18 @@
  * Every answer is checked by stat: right device, right inode.
  */
 import { create } from "@bufbuild/protobuf";
-import { ImageEncoder } from "../image/encode";
-import { IrmapCacheEntrySchema, type IrmapCacheEntry } from "../image/gen/fh_pb";
-import { readImageFile } from "../image/image-file";
-import { kind } from "../image/magic";
-import { readFdInfo, type FdInfo } from "../proc/fdinfo";
-import { readMountInfo, type MountInfo } from "../proc/mountinfo";
-import { ProcFs } from "../proc/procfs";
-import { openByHandleAt } from "../sys/calls";
-import { Errno, SysError } from "../sys/errno";
-import { close, fstat, getdents64, openat, statx } from "../sys/libc";
-import { AT, O, S_IF, S_IFMT } from "../sys/nr";
-import { decodeDirents, decodeKernelDev, encodeKernelDev, type Dirent, type FileHandle, type Statx } from "../sys/structs";
+import { ImageEncoder } from "../../image/encode";
+import { IrmapCacheEntrySchema, type IrmapCacheEntry } from "../../image/gen/fh_pb";
+import { readImageFile } from "../../image/image-file";
+import { kind } from "../../image/magic";
+import { readFdInfo, type FdInfo } from "../../proc/fdinfo";
+import { readMountInfo, type MountInfo } from "../../proc/mountinfo";
+import { ProcFs } from "../../proc/procfs";
+import { openByHandleAt } from "../../sys/calls";
+import { Errno, SysError } from "../../sys/errno";
+import { close, fstat, getdents64, openat, statx } from "../../sys/libc";
+import { AT, O, S_IF, S_IFMT } from "../../sys/nr";
+import { decodeDirents, decodeKernelDev, encodeKernelDev, type Dirent, type FileHandle, type Statx } from "../../sys/structs";
 
 /** The image's file name, in a pre-dump's directory or a dump's parent. */
 export const IRMAP_CACHE_FILE = "irmap-cache";

@@ -6,7 +6,7 @@
 import type { FdTypes } from "../../image/gen/fdinfo_pb";
 import type { ProcFs } from "../../proc/procfs";
 import type { SocketTable } from "../../proc/sock-diag";
-import type { Irmap } from "../irmap";
+import type { Irmap } from "./irmap";
 import type { FdAccess, OpenFd } from "./fd-access";
 import type { FileTable } from "./file-table";
 

@@ -12,7 +12,7 @@ import { FdTypes, FileEntrySchema } from "../../image/gen/fdinfo_pb";
 import { MemfdFileEntrySchema, MemfdInodeEntrySchema } from "../../image/gen/memfd_pb";
 import { fcntl, fstatfsType } from "../../sys/calls";
 import { close } from "../../sys/libc";
-import { readObject, type ShmemContents } from "../shmem";
+import { readObject, type ShmemContents } from "../memory/shmem";
 import { F, FS_MAGIC, O, PAGE_SIZE, S_IF, S_IFMT } from "../../sys/nr";
 import { readFown, type OpenFd } from "./fd-access";
 import { noOwner, UnsupportedFileError, type FileTable } from "./file-table";

@@ -11,18 +11,18 @@
  * result and the file id: one stat per distinct file, no opens at all.
  */
 import { create } from "@bufbuild/protobuf";
-import { MmEntrySchema, type MmEntry } from "../image/gen/mm_pb";
-import { VmaEntrySchema, type VmaEntry } from "../image/gen/vma_pb";
-import type { MapArea } from "../proc/maps";
-import type { ProcFs } from "../proc/procfs";
-import type { ProcStat } from "../proc/stat";
-import { MAP, O, PROT } from "../sys/nr";
-import { VMA } from "../image/vma-status";
-import { type FileTable, UnsupportedFileError } from "./files/file-table";
-import { dumpMappedMemfd } from "./files/memfd";
-import { addMappedFile } from "./files/regular";
+import { MmEntrySchema, type MmEntry } from "../../image/gen/mm_pb";
+import { VmaEntrySchema, type VmaEntry } from "../../image/gen/vma_pb";
+import type { MapArea } from "../../proc/maps";
+import type { ProcFs } from "../../proc/procfs";
+import type { ProcStat } from "../../proc/stat";
+import { MAP, O, PROT } from "../../sys/nr";
+import { VMA } from "../../image/vma-status";
+import { type FileTable, UnsupportedFileError } from "../files/file-table";
+import { dumpMappedMemfd } from "../files/memfd";
+import { addMappedFile } from "../files/regular";
 import type { SharedAnonMemory } from "./shmem";
-import { shmemDevice } from "../sys/shmem";
+import { shmemDevice } from "../../sys/shmem";
 
 
 /** smaps VmFlags mnemonics that CRIU keeps as madvise bits (1 << MADV_*). */

@@ -14,13 +14,13 @@
  * memory, an extra copy only costs bytes.
  */
 import { create } from "@bufbuild/protobuf";
-import { ImageEncoder } from "../image/encode";
-import { PagemapEntrySchema, PagemapHeadSchema, type PagemapEntry } from "../image/gen/pagemap_pb";
-import { kind } from "../image/magic";
-import type { MapArea } from "../proc/maps";
-import type { ProcFs } from "../proc/procfs";
-import { PAGE_SIZE } from "../sys/nr";
-import type { ImageDirWriter } from "./image-dir";
+import { ImageEncoder } from "../../image/encode";
+import { PagemapEntrySchema, PagemapHeadSchema, type PagemapEntry } from "../../image/gen/pagemap_pb";
+import { kind } from "../../image/magic";
+import type { MapArea } from "../../proc/maps";
+import type { ProcFs } from "../../proc/procfs";
+import { PAGE_SIZE } from "../../sys/nr";
+import type { ImageDirWriter } from "../image-dir";
 import type { PageCoverage } from "./parent";
 import { copyPages, pagemapEntries, scanPages, writePages, type DirtyScan, type PageCounters, type PageRun, type PageVma, type ScanMethod } from "./pages";
 

@@ -15,8 +15,8 @@
  * kept as pairs of u32 words so that decoding needs no BigInt: the flag bits
  * and the top of the PFN sit in the high word.
  */
-import { close, madvise, memoryView, mmap, munmap, openat, preadInto } from "../sys/libc";
-import { AT, MAP, O, PAGE_SIZE, PROT } from "../sys/nr";
+import { close, madvise, memoryView, mmap, munmap, openat, preadInto } from "../../sys/libc";
+import { AT, MAP, O, PAGE_SIZE, PROT } from "../../sys/nr";
 
 const PAGEMAP_ENTRY_SIZE = 8;
 /** Flag bits of a pagemap entry, as bits of its high 32-bit word. */

@@ -22,13 +22,13 @@
  * them with FOLL_FORCE.
  */
 import { create } from "@bufbuild/protobuf";
-import { PagemapEntrySchema, type PagemapEntry } from "../image/gen/pagemap_pb";
-import { PE_PARENT, PE_PRESENT } from "../image/pagemap";
-import { ProcFs } from "../proc/procfs";
-import { Errno, SysError } from "../sys/errno";
-import { addressOf, close, ioctl, madvise, memoryView, mmap, munmap, preadInto, processVmReadv, writeAll } from "../sys/libc";
-import { MAP, O, PAGE_IS, PAGE_SIZE, PAGEMAP_SCAN, PM_SCAN, PROT } from "../sys/nr";
-import { decodePageRegions, encodePmScanArg, PAGE_REGION_SIZE, PM_SCAN_ARG_SIZE, pmScanWalkEnd, setIovec } from "../sys/structs";
+import { PagemapEntrySchema, type PagemapEntry } from "../../image/gen/pagemap_pb";
+import { PE_PARENT, PE_PRESENT } from "../../image/pagemap";
+import { ProcFs } from "../../proc/procfs";
+import { Errno, SysError } from "../../sys/errno";
+import { addressOf, close, ioctl, madvise, memoryView, mmap, munmap, preadInto, processVmReadv, writeAll } from "../../sys/libc";
+import { MAP, O, PAGE_IS, PAGE_SIZE, PAGEMAP_SCAN, PM_SCAN, PROT } from "../../sys/nr";
+import { decodePageRegions, encodePmScanArg, PAGE_REGION_SIZE, PM_SCAN_ARG_SIZE, pmScanWalkEnd, setIovec } from "../../sys/structs";
 import { entryPfn, MIN_WINDOW_BYTES, PagemapCache, PME_HI, zeroPagePfns, type PageSpan, type ZeroPfns } from "./pagemap-cache";
 
 // ---------------------------------------------------------------- types
@@ -718,7 +718,7 @@ export function collectPages(pid: number, vmas: readonly PageVma[], options: Sca
 
 // ---------------------------------------------------------------- images
 
-export { PE_PARENT, PE_PRESENT } from "../image/pagemap";
+export { PE_PARENT, PE_PRESENT } from "../../image/pagemap";
 
 /** Bytes per write(2) of page data: large, and under the kernel's 2 GiB cap per call. */
 const WRITE_CHUNK_BYTES = 1024 * 1024 * 1024;

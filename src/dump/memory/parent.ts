@@ -5,13 +5,13 @@
  * page recorded as in-parent, and a later round finds the round before.
  */
 import { isAbsolute, join } from "node:path";
-import type { PagemapEntry } from "../image/gen/pagemap_pb";
-import { entryInParent, entryPageCount, entryPresent, splitPagemap } from "../image/pagemap";
-import { InventoryEntrySchema } from "../image/gen/inventory_pb";
-import { ImageSet } from "../image/image-set";
-import { PAGE_SIZE } from "../sys/nr";
-import type { ImageDirWriter } from "./image-dir";
-import { readTrackingRecord, type TrackingRecord } from "./tracking/record";
+import type { PagemapEntry } from "../../image/gen/pagemap_pb";
+import { entryInParent, entryPageCount, entryPresent, splitPagemap } from "../../image/pagemap";
+import { InventoryEntrySchema } from "../../image/gen/inventory_pb";
+import { ImageSet } from "../../image/image-set";
+import { PAGE_SIZE } from "../../sys/nr";
+import type { ImageDirWriter } from "../image-dir";
+import { readTrackingRecord, type TrackingRecord } from "../tracking/record";
 
 /** Kernel clock ticks per second in /proc/PID/stat (USER_HZ, fixed at 100 in the x86_64 ABI). */
 const USER_HZ = 100n;

@@ -11,11 +11,11 @@
  * memory or in swap), so pages nobody touched cost nothing and a page
  * mapped by four processes is read once.
  */
-import type { MapArea } from "../proc/maps";
-import type { ProcFs } from "../proc/procfs";
-import { nextData } from "../sys/shmem";
-import { close, preadInto } from "../sys/libc";
-import { PAGE_SIZE } from "../sys/nr";
+import type { MapArea } from "../../proc/maps";
+import type { ProcFs } from "../../proc/procfs";
+import { nextData } from "../../sys/shmem";
+import { close, preadInto } from "../../sys/libc";
+import { PAGE_SIZE } from "../../sys/nr";
 import { mapPageBuffer, type PageData } from "./pages";
 
 /** Page runs of a shared memory object (or memfd), waiting for the writer to give them a pages image. */

@@ -9,18 +9,18 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import {
   ThreadInfoX86Schema, UserDescTSchema, UserX86FpregsEntrySchema, UserX86RegsEntrySchema, UserX86XsaveEntrySchema,
   type ThreadInfoX86, type UserDescT, type UserX86XsaveEntry,
-} from "../image/gen/core_x86_pb";
-import { CredsEntrySchema, type CredsEntry } from "../image/gen/creds_pb";
-import { RlimitEntrySchema, type RlimitEntry } from "../image/gen/rlimit_pb";
-import { SignalQueueEntrySchema, SiginfoEntrySchema, type SignalQueueEntry } from "../image/gen/siginfo_pb";
-import type { ProcFs } from "../proc/procfs";
-import type { ProcStatus } from "../proc/status";
-import { Errno, SysError } from "../sys/errno";
-import { addressOf, syscall } from "../sys/libc";
-import { NT, PTRACE, SYS } from "../sys/nr";
-import * as ptrace from "../sys/ptrace";
+} from "../../image/gen/core_x86_pb";
+import { CredsEntrySchema, type CredsEntry } from "../../image/gen/creds_pb";
+import { RlimitEntrySchema, type RlimitEntry } from "../../image/gen/rlimit_pb";
+import { SignalQueueEntrySchema, SiginfoEntrySchema, type SignalQueueEntry } from "../../image/gen/siginfo_pb";
+import type { ProcFs } from "../../proc/procfs";
+import type { ProcStatus } from "../../proc/status";
+import { Errno, SysError } from "../../sys/errno";
+import { addressOf, syscall } from "../../sys/libc";
+import { NT, PTRACE, SYS } from "../../sys/nr";
+import * as ptrace from "../../sys/ptrace";
 import { withRestartApplied } from "./inject";
-import { decodeUserFpregs, decodeUserRegs, USER_REGS_SIZE, XFEATURE, XSAVE_HEADER_BV, XSAVE_SW_XCR0, type UserRegs } from "../sys/structs";
+import { decodeUserFpregs, decodeUserRegs, USER_REGS_SIZE, XFEATURE, XSAVE_HEADER_BV, XSAVE_SW_XCR0, type UserRegs } from "../../sys/structs";
 
 /** Largest xstate the kernel hands out (AMX tiles make it ~11 KiB); the kernel trims iov_len. */
 const XSTATE_MAX = 16384;

@@ -10,14 +10,14 @@
  * that exit meanwhile are walked again as what they became: a zombie (kept:
  * its frozen parent cannot reap it now) or nothing.
  */
-import { SysError, Errno } from "../sys/errno";
-import { getpid, kill, waitpid } from "../sys/libc";
-import { SIG, W } from "../sys/nr";
-import * as ptrace from "../sys/ptrace";
-import type { ProcFs } from "../proc/procfs";
-import { readStat } from "../proc/stat";
-import { readAllChildren, readThreads } from "../proc/task";
-import type { TreeTask } from "./pstree";
+import { SysError, Errno } from "../../sys/errno";
+import { getpid, kill, waitpid } from "../../sys/libc";
+import { SIG, W } from "../../sys/nr";
+import * as ptrace from "../../sys/ptrace";
+import type { ProcFs } from "../../proc/procfs";
+import { readStat } from "../../proc/stat";
+import { readAllChildren, readThreads } from "../../proc/task";
+import type { TreeTask } from "../pstree";
 
 /** Signals whose group-stop a seized task reports as a PTRACE_EVENT_STOP. */
 const STOP_SIGNALS = new Set([SIG.STOP, 20 /* SIGTSTP */, 21 /* SIGTTIN */, 22 /* SIGTTOU */]);

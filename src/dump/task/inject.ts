@@ -62,16 +62,16 @@
  * room for the frames (~3.6 KiB), or that runs with a shadow stack, is refused
  * rather than driven without a way home.
  */
-import { SysError, errnoName, errnoText } from "../sys/errno";
-import { addressOf, processVmReadv, processVmWritev, waitpid } from "../sys/libc";
-import { NT, PTRACE_EVENT_STOP, PTRACE_O, SIG, SYS, W } from "../sys/nr";
-import * as ptrace from "../sys/ptrace";
-import { encodeSigframe, placeSigframe, RT_SIGFRAME_SIZE, sigframeXstate, type SigframePlacement } from "../sys/sigframe";
-import { decodeUserRegs, encodeUserRegs, setIovec, USER_REGS_SIZE, type UserRegs } from "../sys/structs";
-import { readMaps, type MapArea } from "../proc/maps";
-import { ProcFs } from "../proc/procfs";
-import { listDirectory } from "../sys/file";
-import { MAX_ERRNO, RED_ZONE, SCRATCH_MAP_FLAGS, SCRATCH_PROT, USER_CS_64, signalName } from "../sys/inject-consts";
+import { SysError, errnoName, errnoText } from "../../sys/errno";
+import { addressOf, processVmReadv, processVmWritev, waitpid } from "../../sys/libc";
+import { NT, PTRACE_EVENT_STOP, PTRACE_O, SIG, SYS, W } from "../../sys/nr";
+import * as ptrace from "../../sys/ptrace";
+import { encodeSigframe, placeSigframe, RT_SIGFRAME_SIZE, sigframeXstate, type SigframePlacement } from "../../sys/sigframe";
+import { decodeUserRegs, encodeUserRegs, setIovec, USER_REGS_SIZE, type UserRegs } from "../../sys/structs";
+import { readMaps, type MapArea } from "../../proc/maps";
+import { ProcFs } from "../../proc/procfs";
+import { listDirectory } from "../../sys/file";
+import { MAX_ERRNO, RED_ZONE, SCRATCH_MAP_FLAGS, SCRATCH_PROT, USER_CS_64, signalName } from "../../sys/inject-consts";
 
 const PAGE = 4096n;
 const U64_MASK = (1n << 64n) - 1n;

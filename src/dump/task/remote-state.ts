@@ -6,13 +6,13 @@
  * signal, securebits). Each visit restores the thread exactly (inject.ts).
  */
 import { create } from "@bufbuild/protobuf";
-import type { ThreadSasEntry } from "../image/gen/core_pb";
-import type { SaEntry } from "../image/gen/sa_pb";
-import { TaskTimersEntrySchema, type TaskTimersEntry } from "../image/gen/timer_pb";
-import type { ProcFs } from "../proc/procfs";
-import { SYS } from "../sys/nr";
+import type { ThreadSasEntry } from "../../image/gen/core_pb";
+import type { SaEntry } from "../../image/gen/sa_pb";
+import { TaskTimersEntrySchema, type TaskTimersEntry } from "../../image/gen/timer_pb";
+import type { ProcFs } from "../../proc/procfs";
+import { SYS } from "../../sys/nr";
 import { RemoteSyscalls } from "./inject";
-import type { MmTaskValues } from "./mm";
+import type { MmTaskValues } from "../memory/mm";
 import { readItimers, readSigactions, readThreadState } from "./task-state";
 
 const PR = { GET_PDEATHSIG: 2, GET_DUMPABLE: 3, GET_SECUREBITS: 27, GET_CHILD_SUBREAPER: 37, GET_THP_DISABLE: 42 } as const;

@@ -8,17 +8,17 @@
  * from outside.
  */
 import { create } from "@bufbuild/protobuf";
-import { ThreadSasEntrySchema, type ThreadSasEntry } from "../image/gen/core_pb";
-import { RseqEntrySchema, type RseqEntry } from "../image/gen/rseq_pb";
-import { SaEntrySchema, type SaEntry } from "../image/gen/sa_pb";
-import { ItimerEntrySchema, type ItimerEntry } from "../image/gen/timer_pb";
-import { addressOf, syscall as rawSyscall } from "../sys/libc";
-import { SIG, SYS } from "../sys/nr";
+import { ThreadSasEntrySchema, type ThreadSasEntry } from "../../image/gen/core_pb";
+import { RseqEntrySchema, type RseqEntry } from "../../image/gen/rseq_pb";
+import { SaEntrySchema, type SaEntry } from "../../image/gen/sa_pb";
+import { ItimerEntrySchema, type ItimerEntry } from "../../image/gen/timer_pb";
+import { addressOf, syscall as rawSyscall } from "../../sys/libc";
+import { SIG, SYS } from "../../sys/nr";
 import { InjectionError, type RemoteSyscalls } from "./inject";
 import {
   ITIMER, ITIMERVAL_SIZE, KSIGACTION_SIZE, KSIGSET_SIZE, PR_GET_TID_ADDRESS, PTRACE_GET_RSEQ_CONFIGURATION,
   RSEQ_CONFIGURATION_SIZE, SIGMAX, STACK_T_OFF, STACK_T_SIZE, signalName,
-} from "../sys/inject-consts";
+} from "../../sys/inject-consts";
 
 const hex = (v: bigint): string => `0x${v.toString(16)}`;
 

@@ -19,7 +19,7 @@ import { Errno, SysError } from "../../sys/errno";
 import { close, ioctl } from "../../sys/libc";
 import { O, SYS, UFFD_API, UFFD_FEATURE, UFFD_USER_MODE_ONLY, UFFDIO_API, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_WP } from "../../sys/nr";
 import { encodeUffdioRegister, UFFDIO_API_SIZE, UFFDIO_REGISTER_SIZE } from "../../sys/structs";
-import { RemoteSyscalls } from "../inject";
+import { RemoteSyscalls } from "../task/inject";
 
 /**
  * WP_UNPOPULATED makes the kernel keep protect markers on anonymous pages it
