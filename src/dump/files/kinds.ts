@@ -33,7 +33,8 @@ export function findKind(f: OpenFd, ctx: FdDumpContext): FdKind | undefined {
 /** A human name for an fd no kind takes, from its link text and mode. */
 export function describeKind(f: OpenFd): string {
   const anon = /^anon_inode:\[?([^\]]+)\]?$/.exec(f.link);
-  if (anon) return `an ${anon[1]} fd`;
+  // "an io_uring fd", "a pidfd fd": the article by the name's first letter.
+  if (anon) return `${/^[aeiou]/i.test(anon[1]!) ? "an" : "a"} ${anon[1]} fd`;
   if (f.link.startsWith("socket:")) return `a socket (${f.link})`;
   switch (f.st.mode & S_IFMT) {
     case S_IF.SOCK: return `a socket (${f.link})`;
