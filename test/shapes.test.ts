@@ -17,7 +17,7 @@ import { PstreeEntrySchema } from "../src/image/gen/pstree_pb";
 import * as ptrace from "../src/sys/ptrace";
 import { runCkpt } from "./helpers/cli";
 import { critFailures, entries, savedPagesOf } from "./helpers/images";
-import { jobParentTarget, multiprocessingScript, preforkTarget, sparseGhostTarget, udpTarget, zombieTreeTarget } from "./helpers/shape-workloads";
+import { jobParentTarget, multiprocessingScript, netlinkTarget, preforkTarget, sparseGhostTarget, udpTarget, zombieTreeTarget } from "./helpers/shape-workloads";
 import { alive, killablePid, startDetached, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { selfCheck } from "./helpers/workloads";
 
@@ -194,6 +194,18 @@ describe("process shapes of real programs", () => {
     restore(images);
     // The server is back on its port, and the client's datagrams reach it from the same address.
     expect(readFileSync("/proc/net/udp", "utf8")).toContain(`0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`);
+    expect(await selfCheck(pid, out)).toBe("ok");
+  });
+
+  test("a daemon's netlink sockets: route (groups past 32 too), uevent, unbound", async () => {
+    const images = join(tempDir("nl-img"), "img");
+    const { words, out } = await startReady([netlinkTarget()]);
+    const pid = Number(words[0]);
+    cleanup.push(killablePid(pid));
+    expect(await selfCheck(pid, out)).toBe("ok");
+    await dumpAndWait(pid, images);
+    expect(critFailures(images)).toEqual([]);
+    restore(images);
     expect(await selfCheck(pid, out)).toBe("ok");
   });
 

@@ -378,3 +378,75 @@ int main(void) {
 }
 `);
 }
+
+/**
+ * A daemon's netlink sockets: a route socket (bound by the kernel's choice
+ * of port id, in the link group and in group 33, past the first 32), a
+ * uevent socket in its multicast group 1, and one never bound. On SIGUSR1
+ * it checks that each has its port id and groups, and that the route socket
+ * still answers a request (RTM_GETLINK for lo): "ok" or "bad <why>".
+ * With the argument "low", no group past 32 (CRIU 4.2 refuses those).
+ * Prints "ready PID".
+ */
+export function netlinkTarget(): string {
+  return buildC("netlinkdaemon", String.raw`
+#define _GNU_SOURCE
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t check;
+static void on_usr1(int s) { (void)s; check = 1; }
+
+static int addr_of(int fd, struct sockaddr_nl *a) { socklen_t l = sizeof *a; return getsockname(fd, (struct sockaddr *)a, &l); }
+static int groups_of(int fd, unsigned g[4]) { socklen_t l = 4 * sizeof g[0]; memset(g, 0, 4 * sizeof g[0]); return getsockopt(fd, SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS, g, &l); }
+
+int main(int argc, char **argv) {
+  int high = !(argc > 1 && !strcmp(argv[1], "low"));
+  int route = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE), uevent = socket(AF_NETLINK, SOCK_DGRAM, NETLINK_KOBJECT_UEVENT);
+  int loose = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+  struct sockaddr_nl a = { .nl_family = AF_NETLINK, .nl_groups = RTMGRP_LINK }, u = { .nl_family = AF_NETLINK, .nl_groups = 1 };
+  int g33 = 33; /* the first group past the 32 a sockaddr can name */
+  if (bind(route, (struct sockaddr *)&a, sizeof a) || (high && setsockopt(route, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &g33, sizeof g33))) return 1;
+  if (bind(uevent, (struct sockaddr *)&u, sizeof u)) return 2;
+  struct sockaddr_nl ra0, ua0, la0;
+  unsigned rg0[4], ug0[4];
+  if (addr_of(route, &ra0) || addr_of(uevent, &ua0) || addr_of(loose, &la0) || groups_of(route, rg0) || groups_of(uevent, ug0)) return 3;
+  signal(SIGUSR1, on_usr1);
+  printf("ready %d\n", getpid());
+  fflush(stdout);
+  for (;;) {
+    pause();
+    if (!check) continue;
+    check = 0;
+    const char *why = NULL;
+    struct sockaddr_nl ra, ua, la;
+    unsigned rg[4], ug[4];
+    if (addr_of(route, &ra) || ra.nl_pid != ra0.nl_pid) why = "the route socket's port id";
+    else if (groups_of(route, rg) || memcmp(rg, rg0, sizeof rg) || rg[1] != (high ? 1u : 0u)) why = "the route socket's groups";
+    else if (addr_of(uevent, &ua) || ua.nl_pid != ua0.nl_pid || groups_of(uevent, ug) || memcmp(ug, ug0, sizeof ug)) why = "the uevent socket";
+    else if (addr_of(loose, &la) || la.nl_pid != 0) why = "the unbound socket got bound";
+    else {
+      struct { struct nlmsghdr h; struct ifinfomsg i; } req = { .h = { .nlmsg_len = sizeof req, .nlmsg_type = RTM_GETLINK, .nlmsg_flags = NLM_F_REQUEST, .nlmsg_seq = 7 }, .i = { .ifi_family = AF_UNSPEC, .ifi_index = 1 } };
+      char buf[8192];
+      ssize_t n;
+      if (send(route, &req, sizeof req, 0) != sizeof req) why = "a request on the route socket";
+      else {
+        /* Skip any link event that came meanwhile: the answer is the message with our sequence number. */
+        why = "no answer from the kernel";
+        while ((n = recv(route, buf, sizeof buf, 0)) > 0) {
+          struct nlmsghdr *h = (struct nlmsghdr *)buf;
+          if (h->nlmsg_seq == 7) { why = h->nlmsg_type == RTM_NEWLINK ? NULL : "an error answer"; break; }
+        }
+      }
+    }
+    printf(why ? "bad %s\n" : "ok\n", why);
+    fflush(stdout);
+  }
+}
+`);
+}

@@ -11,6 +11,7 @@ import { inetSocketKind } from "./inet-socket";
 import { inotifyKind } from "./inotify";
 import type { FdDumpContext, FdKind } from "./kind";
 import { memfdKind } from "./memfd";
+import { netlinkSocketKind } from "./netlink-socket";
 import { fifoKind, pipeKind } from "./pipe";
 import { regularKind } from "./regular";
 import { signalfdKind } from "./signalfd";
@@ -21,7 +22,8 @@ import { unixSocketKind } from "./unix-socket";
 /** memfd before regular files: a memfd looks like an unlinked regular file. */
 export const FD_KINDS: readonly FdKind[] = [
   memfdKind, regularKind, pipeKind, fifoKind, eventfdKind, eventpollKind, signalfdKind, timerfdKind,
-  unixSocketKind, inetSocketKind, ttyKind,
+  // netlink before inet: the inet kind takes whatever socket is left.
+  unixSocketKind, netlinkSocketKind, inetSocketKind, ttyKind,
   inotifyKind,
   fanotifyKind,
 ];

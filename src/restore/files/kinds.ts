@@ -12,6 +12,7 @@ import { inetSocketKind } from "./inet-socket";
 import { inotifyKind } from "./inotify";
 import type { FileRestoreKind } from "./kind";
 import { memfdKind } from "./memfd";
+import { netlinkSocketKind } from "./netlink-socket";
 import { pipeKind } from "./pipe";
 import { regularKind } from "./regular";
 import { signalfdKind } from "./signalfd";
@@ -22,7 +23,7 @@ import { unixSocketKind } from "./unix-socket";
 /** Kinds that fail for reasons outside ckpt (a changed file, a watched path gone, a taken name or port, no terminal) come first, before much is made. */
 export const RESTORE_KINDS: readonly FileRestoreKind[] = [
   regularKind, fifoKind, inotifyKind, fanotifyKind, ttyKind, inetSocketKind, unixSocketKind, pipeKind, memfdKind,
-  eventfdKind, signalfdKind, timerfdKind, eventpollKind,
+  eventfdKind, signalfdKind, timerfdKind, netlinkSocketKind, eventpollKind,
 ];
 
 const byType = new Map(RESTORE_KINDS.map((k) => [k.type, k]));
