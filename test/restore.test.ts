@@ -160,7 +160,11 @@ describe("ckpt restore", () => {
     cleanup.push(killablePid(pid));
     await dumpAndKill([pid], images);
     const ckpt = Bun.spawn([process.execPath, `${import.meta.dir}/../src/cli/main.ts`, "restore", "-D", images], { stdout: "pipe", stderr: "pipe" });
-    await waitFor("the restored process", () => alive(pid) && readFileSync(`/proc/${pid}/status`, "utf8").includes("TracerPid:\t0"), 20000);
+    // Every thread let go, not just the leader: a process-directed SIGUSR1 sent
+    // while the others are still held may be taken by a thread that is not in
+    // the workload's pause(), and its self-check then never starts.
+    const untraced = (): boolean => readdirSync(`/proc/${pid}/task`).every((t) => readFileSync(`/proc/${pid}/task/${t}/status`, "utf8").includes("TracerPid:\t0"));
+    await waitFor("the restored process", () => alive(pid) && untraced(), 20000);
     expect(statFields(pid).ppid).toBe(ckpt.pid);
     expect(await selfCheck(pid, out)).toBe("ok");
     process.kill(pid, "SIGTERM");
