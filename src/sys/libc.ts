@@ -147,6 +147,17 @@ export function preadInto(fd: number, buf: Uint8Array, offset: number | bigint, 
   return n;
 }
 
+/** pread(2) into all of `buf` from `offset`, looping over short reads; returns the bytes read (fewer only at EOF). */
+export function preadFull(fd: number, buf: Uint8Array, offset: bigint): number {
+  let done = 0;
+  while (done < buf.length) {
+    const n = preadInto(fd, buf.subarray(done), offset + BigInt(done));
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
+}
+
 /** write(2) all of `buf`, looping over short writes. */
 export function writeAll(fd: number, buf: Uint8Array): void {
   let off = 0;

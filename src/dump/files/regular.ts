@@ -11,7 +11,7 @@ import { FdTypes } from "../../image/gen/fdinfo_pb";
 import { GhostChunkEntrySchema, GhostFileEntrySchema } from "../../image/gen/ghost-file_pb";
 import { RemapFilePathEntrySchema, RemapType } from "../../image/gen/remap-file-path_pb";
 import type { ProcFs } from "../../proc/procfs";
-import { close, preadInto } from "../../sys/libc";
+import { close, preadFull } from "../../sys/libc";
 import { nextData } from "../../sys/shmem";
 import { O, S_IF, S_IFMT } from "../../sys/nr";
 import type { Statx } from "../../sys/structs";
@@ -107,11 +107,8 @@ function* dataChunks(pid: number, what: number | string, st: Statx, fd: number):
 
 function readExactly(pid: number, what: number | string, fd: number, offset: bigint, length: number): Uint8Array {
   const data = new Uint8Array(length);
-  for (let done = 0; done < length;) {
-    const n = preadInto(fd, data.subarray(done), offset + BigInt(done));
-    if (n === 0) throw new Error(`process ${pid}: ${typeof what === "number" ? `fd ${what}` : what}: unlinked file ended at ${offset + BigInt(done)} bytes while frozen`);
-    done += n;
-  }
+  const done = preadFull(fd, data, offset);
+  if (done < length) throw new Error(`process ${pid}: ${typeof what === "number" ? `fd ${what}` : what}: unlinked file ended at ${offset + BigInt(done)} bytes while frozen`);
   return data;
 }
 

@@ -14,7 +14,7 @@
 import type { MapArea } from "../../proc/maps";
 import type { ProcFs } from "../../proc/procfs";
 import { nextData } from "../../sys/shmem";
-import { close, preadInto } from "../../sys/libc";
+import { close, preadFull } from "../../sys/libc";
 import { PAGE_SIZE } from "../../sys/nr";
 import { mapPageBuffer, type PageData } from "./pages";
 
@@ -126,12 +126,7 @@ export class SharedAnonMemory {
 
 /** Fill `data` from `offset`; the last page of an object that ends mid-page reads short and stays zero-filled. */
 function readRange(fd: number, offset: bigint, data: Uint8Array, extent: bigint, what: string): void {
-  for (let done = 0; done < data.length;) {
-    const n = preadInto(fd, data.subarray(done), offset + BigInt(done));
-    if (n === 0) {
-      if (offset + BigInt(done) >= extent || done % PAGE_SIZE !== 0) return;
-      throw new Error(`${what}: ended at offset ${offset + BigInt(done)} while the tree was frozen`);
-    }
-    done += n;
-  }
+  const done = preadFull(fd, data, offset);
+  if (done === data.length || offset + BigInt(done) >= extent || done % PAGE_SIZE !== 0) return;
+  throw new Error(`${what}: ended at offset ${offset + BigInt(done)} while the tree was frozen`);
 }
