@@ -160,11 +160,16 @@ int main(int argc, char **argv) {
   pthread_create(&t2, NULL, sleeper, NULL);
   while (!tids[0] || !tids[1]) usleep(1000);
   usleep(20000);
+  /* SIGUSR1 only inside sigsuspend: one sent before the wait (just after a
+     restore, say) stays pending instead of being lost before a pause(). */
+  sigset_t wait_mask, usr1; sigprocmask(SIG_BLOCK, NULL, &wait_mask);
+  sigemptyset(&usr1); sigaddset(&usr1, SIGUSR1); sigprocmask(SIG_BLOCK, &usr1, NULL);
   printf("ready %d %d %d\\n", getpid(), tids[0], tids[1]);
   fflush(stdout);
   for (;;) {
-    pause();
-    if (check_requested) { check_requested = 0; check(); }
+    while (!check_requested) sigsuspend(&wait_mask);
+    check_requested = 0;
+    check();
   }
 }
 `);
