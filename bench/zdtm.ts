@@ -20,8 +20,14 @@
  * Report on stdout: counts, one line per failure, failures grouped by reason
  * (pids, addresses and long numbers stripped). Progress goes to stderr.
  *
+ * With `--dumper criu`, CRIU_BIN (an upstream CRIU 4.2) dumps and ckpt
+ * restores: this asks whether ckpt restores CRIU's images of every test, or
+ * refuses them in one line. A test CRIU itself cannot dump here is "nodump";
+ * a restore ckpt refuses (exit 1, one `ckpt:` line) is "refused"; "fail" is
+ * then what matters: a restore that went through and the test failed.
+ *
  * Run: bun bench/zdtm.ts [TEST...] [--list] [--json FILE] [--timeout S]
- *      [--no-control] [--keep]
+ *      [--no-control] [--keep] [--dumper ckpt|criu]
  *      ZDTM_STATIC=the built tests (default /work/criu42/test/zdtm/static),
  *      CKPT=path of a ckpt executable (default: this tree's source, run by this bun)
  */
@@ -44,10 +50,20 @@ const { values: opt, positionals } = parseArgs({
     timeout: { type: "string", default: "30" },
     "no-control": { type: "boolean", default: false },
     keep: { type: "boolean", default: false },
+    dumper: { type: "string", default: "ckpt" },
   },
   allowPositionals: true,
 });
 const TIMEOUT_MS = Number(opt.timeout) * 1000;
+if (opt.dumper !== "ckpt" && opt.dumper !== "criu") {
+  process.stderr.write(`bench/zdtm: --dumper is ckpt or criu, not ${opt.dumper}\n`);
+  process.exit(2);
+}
+const CRIU = process.env.CRIU_BIN;
+if (opt.dumper === "criu" && !CRIU) {
+  process.stderr.write("bench/zdtm: --dumper criu needs CRIU_BIN (an upstream CRIU 4.2 binary)\n");
+  process.exit(2);
+}
 
 // ---- .desc files: Python dict literals -------------------------------------
 
@@ -317,6 +333,10 @@ async function killLeftovers(dir: string, sids: number[]): Promise<number> {
 
 /** A step failed; the message is the reason reported. */
 class Failed extends Error {}
+/** CRIU could not dump the test (--dumper criu): nothing to say of ckpt. */
+class NoDump extends Failed {}
+/** ckpt's restore refused the images in one line (--dumper criu). */
+class Refused extends Failed {}
 
 async function waitUntil(what: string, pred: () => boolean, deadline: number): Promise<void> {
   while (!pred()) {
@@ -357,7 +377,9 @@ function testEnv(d: Desc): Record<string, string | undefined> {
   const env: Record<string, string | undefined> = { ...process.env, TMPDIR: process.env.TMPDIR ?? "/tmp", ZDTM_THREAD_BOMB: "5" };
   if (d.flags.includes("pre-dump-notify")) Object.assign(env, { ZDTM_NOTIFY_FDIN: "100", ZDTM_NOTIFY_FDOUT: "101" });
   // Tests without 'suid' drop to these ids (the numbers CRIU's tests expect).
-  if (!d.flags.includes("suid")) Object.assign(env, { ZDTM_UID: "18943", ZDTM_GID: "58467", ZDTM_GROUPS: "27495 48244" });
+  // Not when CRIU dumps: its prlimit() of a process of another uid needs
+  // CAP_SYS_RESOURCE, which this kind of machine withholds.
+  if (!d.flags.includes("suid") && opt.dumper !== "criu") Object.assign(env, { ZDTM_UID: "18943", ZDTM_GID: "58467", ZDTM_GROUPS: "27495 48244" });
   return env;
 }
 
@@ -373,6 +395,13 @@ function ckptReason(log: string): string {
   return ls.findLast((l) => l.startsWith("ckpt:")) ?? ls.at(-1) ?? "no output";
 }
 
+/** The first error of a CRIU log, without its timestamp (CRIU goes on without raising its own RLIMIT_NOFILE). */
+function criuReason(log: string): string {
+  const ls = lines(log);
+  const first = ls.find((l) => /\bError\b/.test(l) && !l.includes("RLIMIT_NOFILE for self")) ?? ls.at(-1) ?? "no output";
+  return first.replace(/^\(\s*[\d.]+\)\s*/, "");
+}
+
 interface Run {
   dir: string;
   sids: number[];
@@ -380,8 +409,8 @@ interface Run {
 /** The run under way, for the signal handler. */
 let current: Run | undefined;
 
-/** One run of a test, with dump and restore or without (the control); undefined = PASS, else the reason. */
-async function runOnce(t: Test & { desc: Desc; argv: string[] }, scratch: string, withCkpt: boolean): Promise<string | undefined> {
+/** One run of a test, with dump and restore or without (the control). */
+async function runOnce(t: Test & { desc: Desc; argv: string[] }, scratch: string, withCkpt: boolean): Promise<Verdict> {
   const { name, desc } = t;
   const dir = join(scratch, `${name}${withCkpt ? "" : "-control"}`);
   const images = `${dir}.img`;
@@ -399,7 +428,15 @@ async function runOnce(t: Test & { desc: Desc; argv: string[] }, scratch: string
   const ckpt = async (step: string, args: string[]): Promise<void> => {
     const code = await run([...CKPT, ...args], log(step), deadline, scratch, env);
     if (code === null) throw new Failed(`timeout: ckpt ${step}`);
-    if (code !== 0) throw new Failed(`${step}: ${ckptReason(log(step))}`);
+    if (code === 0) return;
+    const reason = `${step}: ${ckptReason(log(step))}`;
+    if (opt.dumper === "criu" && (code === 1 || code === 2) && lines(log(step)).filter((l) => l.trim() !== "").length === 1) throw new Refused(reason);
+    throw new Failed(reason);
+  };
+  const criuDump = async (pid: number): Promise<void> => {
+    const code = await run([CRIU!, "dump", "-t", String(pid), "-D", images, "-o", log("criu-dump"), "-v4", ...desc.opts, ...desc.dopts], log("dump"), deadline, scratch, env);
+    if (code === null) throw new NoDump("timeout: criu dump");
+    if (code !== 0) throw new NoDump(`criu dump: ${criuReason(log("criu-dump"))}`);
   };
   const readPid = (): number => {
     const pid = Number(readFileSync(pidfile, "utf8").trim());
@@ -428,7 +465,10 @@ async function runOnce(t: Test & { desc: Desc; argv: string[] }, scratch: string
       const tree = withDescendants(procs(), [pid]);
       for (const p of procs()) if (p.sid === pid) tree.add(p.pid);
       await hook("--pre-dump");
-      await ckpt("dump", ["dump", "-t", String(pid), "-D", images, ...desc.opts, ...desc.dopts]);
+      if (opt.dumper === "criu") {
+        mkdirSync(images, { mode: 0o700 });
+        await criuDump(pid);
+      } else await ckpt("dump", ["dump", "-t", String(pid), "-D", images, ...desc.opts, ...desc.dopts]);
       await waitUntil("the dumped tree to be gone", () => [...tree].every((p) => !existsSync(`/proc/${p}`)), deadline);
       rmSync(pidfile, { force: true });
       await hook("--pre-restore");
@@ -443,12 +483,14 @@ async function runOnce(t: Test & { desc: Desc; argv: string[] }, scratch: string
     if (!signal([pid], "SIGTERM")) throw new Failed(`the test (pid ${pid}) was gone before SIGTERM`);
     await waitUntil("the test to exit after SIGTERM", () => !alive(pid), deadline);
     const out = join(dir, `${name}.out`);
-    if (!existsSync(out)) return `no .out: ${failLine(lines(`${out}.inprogress`))}`;
+    if (!existsSync(out)) return { status: "fail", reason: `no .out: ${failLine(lines(`${out}.inprogress`))}` };
     const ls = lines(out);
-    return ls.at(-1)?.split(/\s+/).includes("PASS") ? undefined : failLine(ls);
+    return ls.at(-1)?.split(/\s+/).includes("PASS") ? { status: "pass" } : { status: "fail", reason: failLine(ls) };
   } catch (e) {
-    if (e instanceof Failed) return e.message;
-    return `runner: ${e instanceof Error ? e.message : String(e)}`;
+    if (e instanceof NoDump) return { status: "nodump", reason: e.message };
+    if (e instanceof Refused) return { status: "refused", reason: e.message };
+    if (e instanceof Failed) return { status: "fail", reason: e.message };
+    return { status: "fail", reason: `runner: ${e instanceof Error ? e.message : String(e)}` };
   } finally {
     // A test still running after a failure gets SIGTERM first, so that it
     // undoes what it did to the host (zdtm.py SIGKILLs, but in a namespace).
@@ -462,7 +504,7 @@ async function runOnce(t: Test & { desc: Desc; argv: string[] }, scratch: string
     if (executable(h)) await run([h, "--clean"], log("hook"), Date.now() + 10_000, ZDTM_TEST_DIR, env);
     unmountUnder(dir);
     if (!opt.keep) {
-      for (const p of [dir, images, log("start"), log("dump"), log("restore"), log("hook")]) {
+      for (const p of [dir, images, log("start"), log("dump"), log("criu-dump"), log("restore"), log("hook")]) {
         try {
           rmSync(p, { recursive: true, force: true });
         } catch (e) {
@@ -475,13 +517,14 @@ async function runOnce(t: Test & { desc: Desc; argv: string[] }, scratch: string
 
 // ---- report -------------------------------------------------------------------------
 
-type Status = "pass" | "fail" | "broken" | "skip";
+type Status = "pass" | "fail" | "broken" | "skip" | "nodump" | "refused";
 interface Result {
   name: string;
   status: Status;
   reason?: string;
   seconds: number;
 }
+type Verdict = Omit<Result, "name" | "seconds">;
 
 /** A reason with what differs from test to test stripped, so that equal causes group together. */
 function normalise(name: string, reason: string): string {
@@ -508,10 +551,12 @@ function grouped(rs: Result[]): [string, Result[]][] {
 
 function report(results: Result[], seconds: number): string {
   const of = (s: Status): Result[] => results.filter((r) => r.status === s);
-  const [pass, fail, broken, skip] = [of("pass"), of("fail"), of("broken"), of("skip")];
+  const [pass, fail, broken, skip, nodump, refused] = [of("pass"), of("fail"), of("broken"), of("skip"), of("nodump"), of("refused")];
+  const byCriu = opt.dumper === "criu";
   const out: string[] = [
-    `zdtm static tests through ckpt (${STATIC}, host flavor): ${results.length} tests in ${(seconds / 60).toFixed(1)} min`,
-    `pass ${pass.length}  fail ${fail.length}  skip ${skip.length}  broken ${broken.length} (fail without ckpt too)`,
+    `zdtm static tests ${byCriu ? "dumped by CRIU, restored by ckpt" : "through ckpt"} (${STATIC}, host flavor): ${results.length} tests in ${(seconds / 60).toFixed(1)} min`,
+    `pass ${pass.length}  fail ${fail.length}  skip ${skip.length}  broken ${broken.length} (fail without ckpt too)` +
+      (byCriu ? `  nodump ${nodump.length} (CRIU cannot dump them here)  refused ${refused.length} (ckpt's restore refuses in one line)` : ""),
   ];
   const section = (title: string, ls: string[]): void => {
     if (ls.length > 0) out.push("", `${title}:`, ...ls);
@@ -522,6 +567,8 @@ function report(results: Result[], seconds: number): string {
   section("broken (the control run without ckpt failed)", broken.map((r) => `  ${r.name}: ${r.reason}`));
   section("skipped, by reason", byReason(skip));
   section("failures by reason", byReason(fail));
+  section("refused by ckpt's restore, by reason", byReason(refused));
+  section("not dumped by CRIU, by reason", byReason(nodump));
   return `${out.join("\n")}\n`;
 }
 
@@ -565,7 +612,7 @@ const results: Result[] = [];
 const started = performance.now();
 for (const [i, t] of tests.entries()) {
   const t0 = performance.now();
-  const result = async (): Promise<Omit<Result, "name" | "seconds">> => {
+  const result = async (): Promise<Verdict> => {
     const why = skipReason(t, named);
     if (why !== undefined || !t.desc || !t.argv) return { status: "skip", reason: why ?? "" };
     const checkskip = join(STATIC, `${t.name}.checkskip`);
@@ -573,10 +620,9 @@ for (const [i, t] of tests.entries()) {
     const runnable = { ...t, desc: t.desc, argv: t.argv };
     if (!opt["no-control"]) {
       const control = await runOnce(runnable, scratch, false);
-      if (control !== undefined) return { status: "broken", reason: control };
+      if (control.status !== "pass") return { status: "broken", reason: control.reason ?? "" };
     }
-    const verdict = await runOnce(runnable, scratch, true);
-    return verdict === undefined ? { status: "pass" } : { status: "fail", reason: verdict };
+    return await runOnce(runnable, scratch, true);
   };
   const r: Result = { name: t.name, ...(await result()), seconds: (performance.now() - t0) / 1000 };
   results.push(r);

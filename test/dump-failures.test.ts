@@ -120,6 +120,38 @@ int main(void) {
   });
 });
 
+describe("sharing ckpt cannot restore", () => {
+  test("a child made with CLONE_FILES is refused, naming both processes, before anything is written", async () => {
+    const exe = buildC("clonefiles", `
+#define _GNU_SOURCE
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+static char stack[65536];
+static int child(void *arg) { (void)arg; for (;;) pause(); }
+int main(void) {
+  int pid = clone(child, stack + sizeof stack, CLONE_FILES | SIGCHLD, 0);
+  if (pid < 0) return 2;
+  printf("ready %d %d\\n", getpid(), pid); fflush(stdout);
+  for (;;) pause();
+}
+`);
+    const { pid, words } = await start([exe], (w) => w.map(Number));
+    const child = Number(words[1]);
+    const dir = join(tempDir("fail"), "images");
+    const r = runCkpt(["dump", "-t", String(pid), "-D", dir]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(r.stderr).toContain(`process ${child}: files_id`);
+    expect(r.stderr).toContain(`also process ${pid}'s`);
+    expect(r.stderr).toContain("CLONE_FILES");
+    expect(existsSync(dir)).toBe(false);
+    expect(runsFree(pid)).toBe(true);
+    expect(runsFree(child)).toBe(true);
+  });
+});
+
 describe("a target that dies during the dump", () => {
   test("fails the dump; the rest of the tree runs on", async () => {
     const { pid, words } = await start([treeTarget(), "256"], (w) => w.map(Number));

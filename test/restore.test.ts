@@ -8,7 +8,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { runCkpt } from "./helpers/cli";
-import { CoreEntrySchema, type CoreEntry } from "../src/image/gen/core_pb";
+import { CoreEntrySchema, TaskKobjIdsEntrySchema, type CoreEntry, type TaskKobjIdsEntry } from "../src/image/gen/core_pb";
 import { readImageFile, writeImageFile } from "../src/image/image-file";
 import { kind } from "../src/image/magic";
 import { kcmp } from "../src/sys/calls";
@@ -149,6 +149,27 @@ describe("ckpt restore", () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(join(work, "shared"));
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    for (const p of pids) expect(alive(p)).toBe(false);
+  });
+
+  test("processes that share an fd table (files_id in ids-PID.img) are refused by name before anything is made", async () => {
+    const work = tempDir("restore-kids");
+    const images = join(tempDir("restore-img"), "img");
+    const { words } = await startReady([sharedTreeTarget(), work]);
+    const pids = words.map(Number) as [number, number, number];
+    cleanup.push(...pids.map(killablePid));
+    await dumpAndKill(pids, images);
+    // As CRIU writes a child made with CLONE_FILES: its files_id is its parent's.
+    const rootIds = readImageFile(join(images, `ids-${pids[0]}.img`)).entries[0]?.message as TaskKobjIdsEntry;
+    const file = join(images, `ids-${pids[1]}.img`);
+    const child = readImageFile(file).entries[0]?.message as TaskKobjIdsEntry;
+    child.filesId = rootIds.filesId;
+    writeImageFile(file, kind("IDS"), TaskKobjIdsEntrySchema, [child]);
+    const r = runCkpt(["restore", "-D", images, "-d"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(r.stderr).toContain(`ids-${pids[1]}.img: files_id ${rootIds.filesId} is also process ${pids[0]}'s`);
+    expect(r.stderr).toContain("CLONE_FILES");
     for (const p of pids) expect(alive(p)).toBe(false);
   });
 

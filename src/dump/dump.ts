@@ -40,6 +40,7 @@ import { dumpLinkedFile } from "./files/regular";
 import { SocketTable } from "../proc/sock-diag";
 import { Freezer, type FrozenProcess } from "./task/freeze";
 import { KobjIds } from "./ids";
+import { unrestorableSharing } from "../image/shared-kobjs";
 import { ImageDirWriter } from "./image-dir";
 import { InterruptGuard } from "./interrupt";
 import { Irmap, type IrmapCounters } from "./files/irmap";
@@ -150,13 +151,16 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     const clocks = { monotonic: clockNow(CLOCK_MONOTONIC), boottime: clockNow(CLOCK_BOOTTIME) };
     await guard.checkpoint();
 
+    const treeIds = new Map(tree.filter((p) => !p.zombie).map((p) => [p.pid, kobj.of(p.pid)]));
+    const sharing = unrestorableSharing([...treeIds].map(([pid, ids]) => ({ pid, ids })));
+    if (sharing) throw new Error(`process ${sharing.pid}: ${sharing.why}`);
     for (const p of tree) {
       if (p.zombie) {
         zombies.push(zombieCore(proc, p.pid));
         continue;
       }
       try {
-        dumped.push(dumpProcess(proc, p, files, kobj, fdTables, mapFiles, objects, pageCounters, opts, tracking));
+        dumped.push(dumpProcess(proc, p, files, treeIds.get(p.pid)!, fdTables, mapFiles, objects, pageCounters, opts, tracking));
       } catch (e) {
         throw explainProcessError(p.pid, e);
       }
@@ -266,22 +270,20 @@ export function release(freezer: Freezer, mode: "resume" | "kill"): void {
   for (const p of freezer.release(mode)) process.stderr.write(`ckpt: warning: while letting the tree go: ${p}\n`);
 }
 
-function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, kobj: KobjIds, fdTables: Map<number, FdinfoEntry[]>, mapFiles: MapFilesCounters, objects: SharedAnonMemory, pageCounters: PageCounters, opts: DumpOptions, tracking: RoundTracking): DumpedProcess {
+function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, ids: TaskKobjIdsEntry, fdTables: Map<number, FdinfoEntry[]>, mapFiles: MapFilesCounters, objects: SharedAnonMemory, pageCounters: PageCounters, opts: DumpOptions, tracking: RoundTracking): DumpedProcess {
   const { pid } = p;
   const stat = readStat(proc, pid);
   const status = readStatus(proc, pid);
   if (status.seccomp !== 0) throw new Error(`process ${pid} runs in seccomp mode ${status.seccomp}, which ckpt cannot dump yet`);
   // POSIX timers are not saved yet: refuse rather than drop them silently.
   if (proc.readText(pid, "timers").trim() !== "") throw new Error(`process ${pid} has POSIX timers (timer_create), which ckpt cannot dump yet`);
-  const ids = kobj.of(pid);
   const { table } = files.ctx;
 
   // Files first: exe, cwd, root, then the fds and the mapped files.
   const exeId = dumpLinkedFile(proc, pid, "exe", table);
   const cwdId = dumpLinkedFile(proc, pid, "cwd", table);
   const rootId = dumpLinkedFile(proc, pid, "root", table);
-  // Processes that share one fd table (CLONE_FILES) share its fdinfo image.
-  const fdinfo = fdTables.get(ids.filesId) ?? dumpFds(files, pid);
+  const fdinfo = dumpFds(files, pid);
   fdTables.set(ids.filesId, fdinfo);
   const areas = readSmaps(proc, pid, false);
   const vmas = dumpVmas(proc, pid, areas, table, mapFiles, objects);
@@ -371,19 +373,15 @@ function writeImages(out: ImageDirWriter, dumped: readonly DumpedProcess[], zomb
   for (const e of pstreeEntries(tree)) pstree.add(PstreeEntrySchema, e);
   out.writeImage("pstree.img", pstree);
   for (const z of zombies) out.writeImage(`core-${z.pid}.img`, new ImageEncoder(kind("CORE")).add(CoreEntrySchema, z.core));
-  const filesByTable = new Set<number>();
   for (const d of dumped) {
     const pid = d.tree.pid;
     for (const [tid, core] of d.cores) out.writeImage(`core-${tid}.img`, new ImageEncoder(kind("CORE")).add(CoreEntrySchema, core));
     out.writeImage(`ids-${pid}.img`, new ImageEncoder(kind("IDS")).add(TaskKobjIdsEntrySchema, d.ids));
     out.writeImage(`mm-${pid}.img`, new ImageEncoder(kind("MM")).add(MmEntrySchema, d.mm));
     out.writeImage(`fs-${pid}.img`, new ImageEncoder(kind("FS")).add(FsEntrySchema, create(FsEntrySchema, { cwdId: d.cwdId, rootId: d.rootId, umask: d.umask })));
-    if (!filesByTable.has(d.ids.filesId)) {
-      filesByTable.add(d.ids.filesId);
-      const fdinfo = new ImageEncoder(kind("FDINFO"));
-      for (const e of d.fdinfo) fdinfo.add(FdinfoEntrySchema, e);
-      out.writeImage(`fdinfo-${d.ids.filesId}.img`, fdinfo);
-    }
+    const fdinfo = new ImageEncoder(kind("FDINFO"));
+    for (const e of d.fdinfo) fdinfo.add(FdinfoEntrySchema, e);
+    out.writeImage(`fdinfo-${d.ids.filesId}.img`, fdinfo);
   }
   const files = new ImageEncoder(kind("FILES"));
   for (const e of table.entries) files.add(FileEntrySchema, e);

@@ -42,6 +42,7 @@ import { addEpollWatches, aboveAll, placeFds, restoreFs } from "./fds";
 import { OpenedFiles } from "./files/open-files";
 import { RestoreGuard } from "./guard";
 import { ImageSet } from "../image/image-set";
+import { unrestorableSharing } from "../image/shared-kobjs";
 import { findFree, type Range } from "./layout";
 import { rebuildMm } from "./mm";
 import { SharedAnonObjects } from "./shmem";
@@ -140,10 +141,13 @@ function loadPlan(images: ImageSet): TreePlan {
       entry, cores, ids,
       mm: images.one(`mm-${pid}.img`, MmEntrySchema),
       fs: images.one(`fs-${pid}.img`, FsEntrySchema),
-      fdinfo: images.entries(`fdinfo-${ids.filesId}.img`, FdinfoEntrySchema),
+      // CRIU writes no image for an empty fd table (it leaves out every empty image).
+      fdinfo: images.entries(`fdinfo-${ids.filesId}.img`, FdinfoEntrySchema, true),
       pages: PageChain.open(images, pid),
     });
   }
+  const sharing = unrestorableSharing(processes.map((p) => ({ pid: p.entry.pid, ids: p.ids })));
+  if (sharing) throw new Error(`ids-${sharing.pid}.img: ${sharing.why}`);
   return { pstree, processes, zombies };
 }
 
