@@ -14,7 +14,7 @@ import { kind } from "../src/image/magic";
 import { kcmp } from "../src/sys/calls";
 import { KCMP } from "../src/sys/nr";
 import { FD, fdTarget } from "./helpers/fd-workloads";
-import { credTarget, restoreTarget, sharedTreeTarget } from "./helpers/restore-workloads";
+import { credTarget, kernelStateTarget, restoreTarget, sharedTreeTarget } from "./helpers/restore-workloads";
 import { alive, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { selfCheck } from "./helpers/workloads";
 
@@ -150,6 +150,21 @@ describe("ckpt restore", () => {
     expect(r.stderr).toContain(join(work, "shared"));
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
     for (const p of pids) expect(alive(p)).toBe(false);
+  });
+
+  test("what the kernel keeps per area and per process comes back: MAP_LOCKED, madvise, MAP_DROPPABLE, membarrier, loginuid", async () => {
+    const images = join(tempDir("restore-img"), "img");
+    const { target, words, out } = await startReady([kernelStateTarget()]);
+    cleanup.push(target);
+    const pid = target.pid;
+    await dumpAndKill([pid], images);
+    const core = readImageFile(join(images, `core-${pid}.img`)).entries[0]?.message as CoreEntry;
+    expect(core.tc?.membarrierRegistrationMask).toBe(1 << 4);
+    expect(String(core.tc?.loginuid)).toBe(words[1] ?? "");
+    const r = restoreDetached(images);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await selfCheck(pid, out)).toBe("ok");
   });
 
   test("processes that share an fd table (files_id in ids-PID.img) are refused by name before anything is made", async () => {

@@ -339,6 +339,7 @@ function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, ids: Task
         oomScoreAdj: readProcNumber(proc, pid, "oom_score_adj"),
         sigactions: task.sigactions,
         childSubreaper: task.childSubreaper,
+        ...(task.membarrierRegistrations !== 0 ? { membarrierRegistrationMask: task.membarrierRegistrations } : {}),
       });
     }
     cores.set(tid, core);

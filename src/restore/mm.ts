@@ -36,7 +36,7 @@ const PR_SET_MM_MAP = 14;
 /** struct prctl_mm_map: eleven u64 bounds, auxv pointer, auxv_size and exe_fd (u32 each). */
 const PRCTL_MM_MAP_SIZE = 104;
 /** madvise values whose bits vma.madv keeps (1 << MADV_*). */
-const MADV_BITS = [10, 12, 14, 15, 16, 18];
+const MADV_BITS = [1, 2, 10, 12, 14, 15, 16, 18];
 
 const hex = (v: bigint): string => `0x${v.toString(16)}`;
 

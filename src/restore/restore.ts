@@ -31,7 +31,7 @@ import { MmEntrySchema, type MmEntry } from "../image/gen/mm_pb";
 import { PageChain } from "./page-chain";
 import { InventoryEntrySchema } from "../image/gen/inventory_pb";
 import { PstreeEntrySchema, type PstreeEntry } from "../image/gen/pstree_pb";
-import { CoreEntry_March, TaskKobjIdsEntrySchema, ThreadCoreEntrySchema, type TaskKobjIdsEntry } from "../image/gen/core_pb";
+import { CoreEntry_March, TaskCoreEntrySchema, TaskKobjIdsEntrySchema, ThreadCoreEntrySchema, type TaskKobjIdsEntry } from "../image/gen/core_pb";
 import { readMaps } from "../proc/maps";
 import { ProcFs } from "../proc/procfs";
 import { statOrNull, writeWholeFile } from "../sys/file";
@@ -50,7 +50,7 @@ import { ALL_SIGNALS, Puppet, puppetCounters, RESTORE_PTRACE_OPTIONS, waitStop }
 import { restoreRegisters } from "./regs";
 import { startSeed } from "./seed";
 import {
-  PR, requeueSignals, restoreCreds, restoreDumpable, restoreItimers, restoreScheduling, restoreSigactions, restoreThreadState,
+  PR, requeueSignals, restoreCreds, restoreDumpable, restoreLoginuid, restoreMembarrier, restoreItimers, restoreScheduling, restoreSigactions, restoreThreadState,
   setChildSubreaper, setPdeathSignal,
 } from "./task";
 import { createProcesses, PidTakenError, type RestoredTree, type ZombieState } from "./tree";
@@ -228,6 +228,8 @@ function restoreProcess(ctx: RestoreContext, p: ProcessPlan, tree: RestoredTree)
   restoreItimers(task, scratch, tc);
   task.call(SYS.personality, [tc.personality]);
   if (tc.childSubreaper) setChildSubreaper(task);
+  if (tc.membarrierRegistrationMask) restoreMembarrier(task, tc.membarrierRegistrationMask);
+  if (isFieldSet(tc, TaskCoreEntrySchema.field.loginuid)) restoreLoginuid(task, ctx.proc, scratch, tc.loginuid);
   if (tc.oomScoreAdj !== undefined && tc.oomScoreAdj !== 0) writeWholeFile(`/proc/${pid}/oom_score_adj`, new TextEncoder().encode(String(tc.oomScoreAdj)));
   // Limits now, with every fd and area in place (a low RLIMIT_NOFILE or
   // RLIMIT_DATA would have refused restore's own steps), and before the

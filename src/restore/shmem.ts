@@ -24,7 +24,10 @@ const CHUNK = 1 << 20;
 /** Copy the page runs of pagemap-shmem-SHMID.img from their pages image into `fd`; returns the pages copied. */
 export function fillShmemContents(fd: number, shmid: number | bigint, images: ImageSet): number {
   const name = `pagemap-shmem-${shmid}.img`;
-  const { head, entries: runs } = splitPagemap(images.raw(name), name);
+  // CRIU writes none for an object without pages (an empty memfd).
+  const raw = images.raw(name, true);
+  if (raw.length === 0) return 0;
+  const { head, entries: runs } = splitPagemap(raw, name);
   if (runs.length === 0) return 0;
   const pagesName = `pages-${head.pagesId}.img`;
   const pages = openat(AT.FDCWD, images.path(pagesName), O.RDONLY | O.CLOEXEC);

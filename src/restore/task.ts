@@ -9,9 +9,10 @@ import type { ItimerEntry } from "../image/gen/timer_pb";
 import { readWholeFile } from "../sys/file";
 import { addressOf, syscall } from "../sys/libc";
 import { KSIGACTION_SIZE, KSIGSET_SIZE, SIGMAX, signalName } from "../sys/inject-consts";
-import { SIG, SYS } from "../sys/nr";
+import { AT, O, SIG, SYS } from "../sys/nr";
 import { SIGINFO_SIZE } from "../sys/structs";
 import type { MmEntry } from "../image/gen/mm_pb";
+import type { ProcFs } from "../proc/procfs";
 import type { Puppet } from "./puppet";
 
 const hex = (v: bigint | number): string => `0x${v.toString(16)}`;
@@ -189,5 +190,35 @@ export function restoreCreds(p: Puppet, scratch: bigint, c: CredsEntry): void {
   const amb = word64(c.capAmb);
   for (let cap = 0; cap <= last; cap++) {
     if ((amb & (1n << BigInt(cap))) !== 0n) p.call(SYS.prctl, [PR.CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0], ["PR_CAP_AMBIENT_RAISE", String(cap)]);
+  }
+}
+
+/**
+ * The audit login uid, which children inherit. Only the task itself may
+ * write its own (a fresh task's is unset, which needs no privilege), so the
+ * write is made inside it; skipped when the inherited value is the dumped one.
+ */
+export function restoreLoginuid(p: Puppet, proc: ProcFs, scratch: bigint, loginuid: number): void {
+  const want = String(loginuid >>> 0);
+  if (proc.readText(p.tid, "loginuid").trim() === want) return;
+  const path = "/proc/self/loginuid";
+  p.write(scratch, new TextEncoder().encode(`${path}\0${want}`));
+  const fd = p.call(SYS.openat, [AT.FDCWD, scratch, O.WRONLY | O.CLOEXEC], ["AT_FDCWD", path, "O_WRONLY|O_CLOEXEC"]);
+  try {
+    p.call(SYS.write, [fd, scratch + BigInt(path.length + 1), want.length], [String(fd), want, String(want.length)]);
+  } finally {
+    p.call(SYS.close, [fd]);
+  }
+}
+
+/**
+ * membarrier(2) registrations: the mask holds one bit per REGISTER_* command
+ * the process had issued; each is issued again in the task (they belong to
+ * its address space).
+ */
+export function restoreMembarrier(p: Puppet, mask: number): void {
+  for (let bit = 0; bit < 32; bit++) {
+    const cmd = (1 << bit) >>> 0;
+    if ((mask & cmd) !== 0) p.call(SYS.membarrier, [cmd, 0]);
   }
 }

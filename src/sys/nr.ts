@@ -7,7 +7,7 @@ export const SYS = {
   getdents64: 217, set_tid_address: 218, exit_group: 231, tgkill: 234, openat: 257,
   get_robust_list: 274, prlimit64: 302, name_to_handle_at: 303, open_by_handle_at: 304,
   process_vm_readv: 310, process_vm_writev: 311, kcmp: 312, userfaultfd: 323, statx: 332,
-  rseq: 334, pidfd_open: 434, clone3: 435, pidfd_getfd: 438, getitimer: 36,
+  rseq: 334, membarrier: 324, pidfd_open: 434, clone3: 435, pidfd_getfd: 438, getitimer: 36,
   brk: 12, clock_gettime: 228, sched_getparam: 143, sched_getscheduler: 145,
   fcntl: 72, fstatfs: 138, tee: 276, pipe2: 293,
   // Used by restore inside the tasks it rebuilds.
@@ -94,7 +94,7 @@ export const KCMP = { FILE: 0, VM: 1, FILES: 2, FS: 3, SIGHAND: 4, IO: 5, SYSVSE
 
 /** mmap(2) protections and flags. */
 export const PROT = { NONE: 0, READ: 1, WRITE: 2, EXEC: 4 } as const;
-export const MAP = { SHARED: 1, PRIVATE: 2, FIXED: 0x10, FIXED_NOREPLACE: 0x100000, ANONYMOUS: 0x20, GROWSDOWN: 0x100, NORESERVE: 0x4000, POPULATE: 0x8000 } as const;
+export const MAP = { SHARED: 1, PRIVATE: 2, DROPPABLE: 0x08, FIXED: 0x10, LOCKED: 0x2000, FIXED_NOREPLACE: 0x100000, ANONYMOUS: 0x20, GROWSDOWN: 0x100, NORESERVE: 0x4000, POPULATE: 0x8000 } as const;
 
 /** madvise(2) advice values. */
 export const MADV_NOHUGEPAGE = 15;

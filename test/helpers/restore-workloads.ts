@@ -306,3 +306,85 @@ int main(void) {
 }
 `);
 }
+
+/**
+ * State the kernel keeps per area and per process that a restore must put
+ * back: areas that are MAP_LOCKED, MADV_SEQUENTIAL, MADV_RANDOM and
+ * MAP_DROPPABLE (each area's smaps VmFlags line is kept at start and compared
+ * on SIGUSR1), a membarrier registration (PRIVATE_EXPEDITED works only when
+ * registered) and the audit login uid (set to 4321 where the kernel allows).
+ * Prints "ready PID LOGINUID"; its self-check answers "ok" or "bad ...".
+ */
+export function kernelStateTarget(): string {
+  return buildC("kernelstatetarget", `
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#ifndef MAP_DROPPABLE
+#define MAP_DROPPABLE 0x08
+#endif
+#define NAREAS 4
+static volatile sig_atomic_t check_requested;
+static void on_usr1(int s) { (void)s; check_requested = 1; }
+static char *areas[NAREAS];
+static char flags_then[NAREAS][256];
+/* The VmFlags line of the area starting at addr. */
+static int vmflags(char *addr, char *out) {
+  char line[512], want[32];
+  snprintf(want, sizeof want, "%lx-", (unsigned long)addr);
+  FILE *f = fopen("/proc/self/smaps", "r");
+  int in = 0;
+  if (!f) return -1;
+  while (fgets(line, sizeof line, f)) {
+    if (!strncmp(line, want, strlen(want))) in = 1;
+    else if (in && !strncmp(line, "VmFlags:", 8)) { strcpy(out, line); fclose(f); return 0; }
+  }
+  fclose(f);
+  return -1;
+}
+int main(void) {
+  long pg = sysconf(_SC_PAGESIZE);
+  /* Separated by a gap each so that the kernel cannot merge them. */
+  char *base = mmap(0, 16 * pg, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  int advice[NAREAS] = { -1, MADV_SEQUENTIAL, MADV_RANDOM, -1 };
+  for (int i = 0; i < NAREAS; i++) {
+    int kind = i == 0 ? MAP_PRIVATE | MAP_LOCKED : i == 3 ? MAP_DROPPABLE : MAP_PRIVATE;
+    areas[i] = mmap(base + (i * 4 + 1) * pg, 2 * pg, PROT_READ | PROT_WRITE, kind | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    if (areas[i] == MAP_FAILED) { printf("mmap %d failed\\n", i); return 2; }
+    if (advice[i] >= 0 && madvise(areas[i], 2 * pg, advice[i])) return 3;
+    memset(areas[i], 'a' + i, 2 * pg);
+    if (vmflags(areas[i], flags_then[i])) return 4;
+  }
+  if (syscall(SYS_membarrier, 1 << 4 /* REGISTER_PRIVATE_EXPEDITED */, 0, 0)) return 5;
+  int fd = open("/proc/self/loginuid", O_WRONLY);
+  if (fd >= 0) { (void)!write(fd, "4321", 4); close(fd); }
+  char luid[32] = "";
+  fd = open("/proc/self/loginuid", O_RDONLY);
+  if (fd < 0 || read(fd, luid, sizeof luid - 1) <= 0) return 6;
+  close(fd);
+  signal(SIGUSR1, on_usr1);
+  printf("ready %d %s\\n", getpid(), luid); fflush(stdout);
+  for (;;) {
+    while (!check_requested) usleep(10000);
+    check_requested = 0;
+    char now[256], luid_now[32] = "";
+    int bad = 0;
+    for (int i = 0; i < NAREAS && !bad; i++) {
+      if (vmflags(areas[i], now) || strcmp(now, flags_then[i])) { printf("bad area %d: %s then, %s now\\n", i, flags_then[i], now); bad = 1; }
+      else if (i != 3 && areas[i][0] != 'a' + i) { printf("bad area %d contents\\n", i); bad = 1; }
+    }
+    fd = open("/proc/self/loginuid", O_RDONLY);
+    if (fd >= 0) { (void)!read(fd, luid_now, sizeof luid_now - 1); close(fd); }
+    if (!bad && strcmp(luid, luid_now)) { printf("bad loginuid %s, was %s\\n", luid_now, luid); bad = 1; }
+    if (!bad && syscall(SYS_membarrier, 1 << 3 /* PRIVATE_EXPEDITED */, 0, 0)) { printf("bad membarrier: not registered\\n"); bad = 1; }
+    if (!bad) printf("ok\\n");
+    fflush(stdout);
+  }
+}
+`);
+}

@@ -27,6 +27,8 @@ import { shmemDevice } from "../../sys/shmem";
 
 /** smaps VmFlags mnemonics that CRIU keeps as madvise bits (1 << MADV_*). */
 const MADV_BY_VMFLAG: Record<string, number> = {
+  rr: 1, // MADV_RANDOM
+  sr: 2, // MADV_SEQUENTIAL
   dc: 10, // MADV_DONTFORK
   mg: 12, // MADV_MERGEABLE
   hg: 14, // MADV_HUGEPAGE
@@ -71,7 +73,8 @@ function isMaySharedArea(a: MapArea): boolean {
  * boot) nor the vsyscall page.
  */
 export function savesPages(a: MapArea): boolean {
-  if (a.path === "[vsyscall]" || isMaySharedArea(a)) return false;
+  // MAP_DROPPABLE pages may be dropped by the kernel at any time: none is owed.
+  if (a.path === "[vsyscall]" || isMaySharedArea(a) || hasFlag(a, "dp")) return false;
   return a.inode !== 0n || SPECIAL_NAMES[a.path] !== VMA.AREA_VVAR;
 }
 
@@ -86,9 +89,11 @@ export function dumpVmas(proc: ProcFs, pid: number, areas: readonly MapArea[], t
   for (const a of areas) {
     const prot = (a.read ? PROT.READ : 0) | (a.write ? PROT.WRITE : 0) | (a.exec ? PROT.EXEC : 0);
     const shared = isMaySharedArea(a);
-    let flags = shared ? MAP.SHARED : MAP.PRIVATE;
+    // A droppable area is private memory of its own map type (not MAP_PRIVATE).
+    let flags = shared ? MAP.SHARED : hasFlag(a, "dp") ? MAP.DROPPABLE : MAP.PRIVATE;
     if (hasFlag(a, "gd")) flags |= MAP.GROWSDOWN;
     if (hasFlag(a, "nr")) flags |= MAP.NORESERVE;
+    if (hasFlag(a, "lo")) flags |= MAP.LOCKED;
     let madv = 0n;
     for (const f of a.vmFlags ?? []) {
       const bit = MADV_BY_VMFLAG[f];

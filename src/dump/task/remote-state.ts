@@ -29,8 +29,12 @@ export interface ProcessTaskState {
   sigactions: SaEntry[];
   timers: TaskTimersEntry;
   childSubreaper: boolean;
+  /** membarrier registrations, 0 when none or the kernel cannot tell (before 6.3). */
+  membarrierRegistrations: number;
   mm: MmTaskValues;
 }
+
+const MEMBARRIER_CMD_GET_REGISTRATIONS = 1 << 9;
 
 /** An int the kernel writes to a pointer argument (prctl GET calls that do so). */
 function readIntResult(remote: RemoteSyscalls, name: string, option: number): number {
@@ -61,6 +65,9 @@ export function readTaskState(proc: ProcFs, threads: readonly number[]): Process
         const it = readItimers(remote);
         state.timers = create(TaskTimersEntrySchema, { real: it.real, virt: it.virt, prof: it.prof });
         state.childSubreaper = readIntResult(remote, "PR_GET_CHILD_SUBREAPER", PR.GET_CHILD_SUBREAPER) !== 0;
+        // Registrations belong to the address space; a kernel without the query says EINVAL.
+        const registrations = remote.syscall(SYS.membarrier, [MEMBARRIER_CMD_GET_REGISTRATIONS, 0]);
+        state.membarrierRegistrations = registrations > 0n ? Number(registrations) : 0;
         state.mm = {
           brk: remote.check("brk", SYS.brk, [0], ["0"]),
           dumpable: Number(remote.check("prctl", SYS.prctl, [PR.GET_DUMPABLE], ["PR_GET_DUMPABLE"])),
@@ -71,7 +78,7 @@ export function readTaskState(proc: ProcFs, threads: readonly number[]): Process
       remote.close();
     }
   }
-  const { sigactions, timers, childSubreaper, mm } = state;
-  if (!sigactions || !timers || childSubreaper === undefined || !mm || !state.threads) throw new Error("readTaskState: no threads to visit");
-  return { threads: state.threads, sigactions, timers, childSubreaper, mm };
+  const { sigactions, timers, childSubreaper, membarrierRegistrations, mm } = state;
+  if (!sigactions || !timers || childSubreaper === undefined || membarrierRegistrations === undefined || !mm || !state.threads) throw new Error("readTaskState: no threads to visit");
+  return { threads: state.threads, sigactions, timers, childSubreaper, membarrierRegistrations, mm };
 }
