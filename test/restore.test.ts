@@ -152,7 +152,7 @@ describe("ckpt restore", () => {
     for (const p of pids) expect(alive(p)).toBe(false);
   });
 
-  test("what the kernel keeps per area and per process comes back: MAP_LOCKED, madvise, MAP_DROPPABLE, membarrier, loginuid", async () => {
+  test("what the kernel keeps per area and per process comes back: MAP_LOCKED, madvise, MAP_DROPPABLE, membarrier, loginuid, bounding set", async () => {
     const images = join(tempDir("restore-img"), "img");
     const { target, words, out } = await startReady([kernelStateTarget()]);
     cleanup.push(target);

@@ -153,6 +153,7 @@ let lastCapKnown: number | undefined;
 /** The highest capability this kernel knows (read once, not per thread). */
 function lastCap(): number {
   lastCapKnown ??= Number.parseInt(new TextDecoder().decode(readWholeFile("/proc/sys/kernel/cap_last_cap")), 10);
+  if (!Number.isInteger(lastCapKnown)) throw new Error("/proc/sys/kernel/cap_last_cap does not hold a number");
   return lastCapKnown;
 }
 

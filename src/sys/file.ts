@@ -14,19 +14,27 @@ export function statOrNull(path: string, flags = 0): Statx | null {
   }
 }
 
-/** Contents of a regular file. */
+/** Contents of a regular file, or of a /proc or /sys file (which report size 0). */
 export function readWholeFile(path: string): Uint8Array {
   const fd = openat(AT.FDCWD, path, O.RDONLY | O.CLOEXEC);
   try {
+    // Files of /proc and /sys report size 0 and hold data all the same:
+    // read those until EOF.
     const size = Number(fstat(fd).size);
-    const buf = new Uint8Array(size);
+    let buf = new Uint8Array(size > 0 ? size : 4096);
     let off = 0;
-    while (off < size) {
+    for (;;) {
+      if (off === buf.length) {
+        if (size > 0) break;
+        const bigger = new Uint8Array(buf.length * 2);
+        bigger.set(buf);
+        buf = bigger;
+      }
       const n = preadInto(fd, buf.subarray(off), off);
       if (n === 0) break;
       off += n;
     }
-    return off === size ? buf : buf.subarray(0, off);
+    return off === buf.length ? buf : buf.subarray(0, off);
   } finally {
     close(fd);
   }

@@ -312,7 +312,8 @@ int main(void) {
  * back: areas that are MAP_LOCKED, MADV_SEQUENTIAL, MADV_RANDOM and
  * MAP_DROPPABLE (each area's smaps VmFlags line is kept at start and compared
  * on SIGUSR1), a membarrier registration (PRIVATE_EXPEDITED works only when
- * registered) and the audit login uid (set to 4321 where the kernel allows).
+ * registered), the audit login uid (set to 4321 where the kernel allows) and
+ * a bounding set without CAP_MKNOD.
  * Prints "ready PID LOGINUID"; its self-check answers "ok" or "bad ...".
  */
 export function kernelStateTarget(): string {
@@ -323,6 +324,7 @@ export function kernelStateTarget(): string {
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #ifndef MAP_DROPPABLE
@@ -361,6 +363,7 @@ int main(void) {
     if (vmflags(areas[i], flags_then[i])) return 4;
   }
   if (syscall(SYS_membarrier, 1 << 4 /* REGISTER_PRIVATE_EXPEDITED */, 0, 0)) return 5;
+  if (prctl(PR_CAPBSET_DROP, 27 /* CAP_MKNOD */, 0, 0, 0)) return 7;
   int fd = open("/proc/self/loginuid", O_WRONLY);
   if (fd >= 0) { (void)!write(fd, "4321", 4); close(fd); }
   char luid[32] = "";
@@ -382,6 +385,7 @@ int main(void) {
     if (fd >= 0) { (void)!read(fd, luid_now, sizeof luid_now - 1); close(fd); }
     if (!bad && strcmp(luid, luid_now)) { printf("bad loginuid %s, was %s\\n", luid_now, luid); bad = 1; }
     if (!bad && syscall(SYS_membarrier, 1 << 3 /* PRIVATE_EXPEDITED */, 0, 0)) { printf("bad membarrier: not registered\\n"); bad = 1; }
+    if (!bad && prctl(PR_CAPBSET_READ, 27, 0, 0, 0) != 0) { printf("bad bounding set: CAP_MKNOD is back\\n"); bad = 1; }
     if (!bad) printf("ok\\n");
     fflush(stdout);
   }
