@@ -457,7 +457,7 @@ describe("the files of a dumped tree holding every fd kind", async () => {
 const SIDE = {
   SERVER: 10, CLIENT: 11, UNBOUND: 12, SHUT_A: 13, SHUT_B: 14, ABSTRACT_LISTEN: 15, GONE: 16, MEMFD: 17, MEMFD_RO: 18,
   PIPE_R: 19, PIPE_W: 20, PIPE_R2: 21, SEMAPHORE: 22, ABSTIME: 23, DIR: 24, TCP6: 25, CLIENT2: 26, RELAY: 27, TO_RELAY: 28,
-  GHOST_1: 29, GHOST_2: 30,
+  GHOST_1: 29, GHOST_2: 30, OLD_LISTEN: 31, NEW_LISTEN: 32,
 } as const;
 
 /**
@@ -467,7 +467,8 @@ const SIDE = {
  * a stream pair with one end shut for writing; an abstract listener; a socket
  * whose file was removed; a memfd opened twice (one read-only), sealed; a
  * pipe with two open files of its read end; a semaphore eventfd; an absolute
- * timer; a directory; an IPv6 listener; an unlinked file opened twice.
+ * timer; a directory; an IPv6 listener; an unlinked file opened twice; two
+ * listeners of one path, the newer one's file replaced by the older one's.
  * Prints "ready PID TCP6PORT".
  */
 function sideTarget(): string {
@@ -561,6 +562,12 @@ int main(int argc, char **argv) {
   if (write(${SIDE.GHOST_1}, "shared ghost", 12) != 12) return 22;
   place(open(twice, O_RDONLY), ${SIDE.GHOST_2});
   if (unlink(twice)) return 23;
+  char moved[4096]; snprintf(moved, sizeof moved, "%s/moved.sock", dir);
+  place(socket(AF_UNIX, SOCK_STREAM, 0), ${SIDE.OLD_LISTEN});
+  l = path_addr(&u, dir, "both.sock");
+  if (bind(${SIDE.OLD_LISTEN}, (struct sockaddr *)&u, l) || listen(${SIDE.OLD_LISTEN}, 2) || rename(u.sun_path, moved)) return 24;
+  place(socket(AF_UNIX, SOCK_STREAM, 0), ${SIDE.NEW_LISTEN});
+  if (bind(${SIDE.NEW_LISTEN}, (struct sockaddr *)&u, l) || listen(${SIDE.NEW_LISTEN}, 2) || rename(moved, u.sun_path)) return 25;
   printf("ready %d %d\\n", getpid(), ntohs(a6.sin6_port));
   fflush(stdout);
   for (;;) pause();
@@ -621,6 +628,12 @@ describe("the less common states of sockets, memfds, pipes, eventfd and timerfd"
     expect(existsSync(gone)).toBe(false);
   });
 
+  test("two listeners of one path: both listen under that name, and the path's file is the older one's again", () => {
+    const both = join(work, "both.sock");
+    for (const fd of [SIDE.OLD_LISTEN, SIDE.NEW_LISTEN]) expect(name(getsockname(at(fd)))).toBe(both);
+    expect(acceptedThrough(at(SIDE.OLD_LISTEN), AF.UNIX, sockaddrUn(both))).toBe("hi");
+  });
+
   test("one memfd inode, two open files: read-write and read-only at its own position; seals last", () => {
     const [rw, ro] = [at(SIDE.MEMFD), at(SIDE.MEMFD_RO)];
     expect(fstat(ro).ino).toBe(fstat(rw).ino);
@@ -673,7 +686,7 @@ describe("the less common states of sockets, memfds, pipes, eventfd and timerfd"
 
   test("finish() leaves no socket file made for a removed one, no ghost, and closes everything", () => {
     files.finish();
-    expect(readdirSync(work).sort()).toEqual(["client2.sock", "relay.sock", "server.sock"]);
+    expect(readdirSync(work).sort()).toEqual(["both.sock", "client2.sock", "relay.sock", "server.sock"]);
   });
 });
 

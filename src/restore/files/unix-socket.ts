@@ -71,12 +71,18 @@ function describe(usk: UnixSkEntry, name: SkName | null): string {
   return `unix ${TYPE_NAMES[usk.type] ?? `type ${usk.type}`} socket${name ? ` ${name.text}` : ""}`;
 }
 
-function bindName(sk: Sk, name: SkName): void {
+/**
+ * Bind `sk` to its name. `livePaths`: the paths that sockets of the set
+ * which still had their file at dump time own; a stale socket file there is
+ * theirs to replace, even while a socket whose file was removed binds first.
+ */
+function bindName(sk: Sk, name: SkName, livePaths: ReadonlySet<string>): void {
   const { usk } = sk;
   if (!name.abstract) {
     if (!name.text.startsWith("/")) throw new Error(`bound to the relative path ${name.text}, which the images do not say where to resolve`);
     const there = statOrNull(name.text, AT.SYMLINK_NOFOLLOW);
-    if (there && usk.deleted) {
+    const ours = there !== null && (there.mode & S_IFMT) === S_IF.SOCK && livePaths.has(name.text);
+    if (there && usk.deleted && !ours) {
       throw new Error(`its socket file ${name.text} was removed before the dump, and that path is now taken by a ${fileTypeName(there.mode)}`);
     }
     if (there && (there.mode & S_IFMT) !== S_IF.SOCK) throw new Error(`${name.text} is a ${fileTypeName(there.mode)}, not a stale socket file ckpt may replace`);
@@ -216,13 +222,24 @@ export const unixSocketKind: FileRestoreKind = {
       });
     }
 
-    // Listeners, then sockets of no pair, then pair ends: the first to take a name keeps it.
-    const rank = (s: Sk): number => (s.usk.state === TCP_STATE.LISTEN ? 0 : s.pair ? 2 : 1);
+    // Listeners, then sockets of no pair, then pair ends: the first to take a
+    // name keeps it. Within each, sockets whose file was removed go first:
+    // bound and unlinked, they leave the path to one that kept it (two
+    // listeners of one path, the older one's file replaced by the newer's).
+    const rank = (s: Sk): number => (s.usk.state === TCP_STATE.LISTEN ? 0 : s.pair ? 4 : 2) + (s.usk.deleted ? 0 : 1);
+    const livePaths = new Set(socks.filter((s) => s.name && !s.name.abstract && !s.usk.deleted).map((s) => s.name!.text));
+    // Names bound by a socket that keeps its file, and names of listeners:
+    // a connection accepted from a listener shares its name and gets none of its own.
     const taken = new Set<string>();
+    const listened = new Set<string>();
     for (const sk of [...socks].sort((a, b) => rank(a) - rank(b))) {
-      if (!sk.name || taken.has(sk.name.text)) continue;
-      taken.add(sk.name.text);
-      forFile(sk.entry.id, sk.what, () => bindName(sk, sk.name!));
+      if (!sk.name) continue;
+      const path = sk.name.text;
+      const listener = sk.usk.state === TCP_STATE.LISTEN;
+      if (taken.has(path) || (!listener && listened.has(path))) continue;
+      if (listener) listened.add(path);
+      if (!sk.usk.deleted) taken.add(path);
+      forFile(sk.entry.id, sk.what, () => bindName(sk, sk.name!, livePaths));
     }
     for (const sk of socks) {
       if (sk.usk.state === TCP_STATE.LISTEN) forFile(sk.entry.id, sk.what, () => listen(sk.fd, sk.usk.backlog));
