@@ -42,6 +42,7 @@ const NEWER_THAN_CRIT = new Set([
   "PAGEMAP.nr_pages",
   "CORE.thread_core.cg_set",
   "CORE.tc.stop_signo",
+  "CORE.tc.membarrier_registration_mask",
   "CORE.thread_core.creds.cap_amb",
   "CORE.thread_info.fpregs.xsave.cet",
   "MEMFD_INODE.mode",
@@ -61,7 +62,7 @@ const FILE_NAME: Record<string, string> = {
   INOTIFY_FILE: "inotify.img", INOTIFY_WD: "inotify-wd.img", FANOTIFY_FILE: "fanotify.img",
   FANOTIFY_MARK: "fanotify-mark.img", STATS: "stats-dump", IRMAP_CACHE: "irmap-cache",
   FIFO_DATA: "fifo-data.img", SK_QUEUES: "sk-queues.img", REMAP_FPATH: "remap-fpath.img", GHOST_FILE: "ghost-file-1a.img",
-  TTY_INFO: "tty-info.img", MEMFD_INODE: "memfd.img",
+  TTY_INFO: "tty-info.img", MEMFD_INODE: "memfd.img", FILE_LOCKS: "filelocks.img",
 };
 
 /**

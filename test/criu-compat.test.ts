@@ -16,7 +16,7 @@ import { runCkpt } from "./helpers/cli";
 import { runsFree } from "./helpers/images";
 import { FD, fdTarget } from "./helpers/fd-workloads";
 import { dirtyTarget } from "./helpers/iterative-workloads";
-import { credTarget, restoreTarget, sharedTreeTarget } from "./helpers/restore-workloads";
+import { credTarget, lockTarget, restoreTarget, sharedTreeTarget } from "./helpers/restore-workloads";
 import { multiprocessingScript, netlinkTarget, preforkTarget, sparseGhostTarget, udpTarget, zombieTreeTarget } from "./helpers/shape-workloads";
 import { alive, killablePid, startDetached, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { memTarget, selfCheck } from "./helpers/workloads";
@@ -86,6 +86,8 @@ interface Workload {
   after?(s: Started): Promise<void> | void;
   /** Why CRIU cannot dump it on this machine, or null. */
   criuCannotDump?: () => string | null;
+  /** Options both tools take for its dump and restore. */
+  opts?: string[];
 }
 
 /** Whether this process has capability `bit` in its effective set. */
@@ -165,6 +167,11 @@ const WORKLOADS: Workload[] = [
     start: () => started([netlinkTarget(), "low"], (w) => [Number(w[0])]),
   },
   {
+    name: "POSIX, flock and OFD file locks, with --file-locks (locktarget)",
+    start: () => started([lockTarget(), tempDir("compat-locks")]),
+    opts: ["--file-locks"],
+  },
+  {
     name: "a process that dropped root (credtarget)",
     start: () => started([credTarget()], (w) => [Number(w[0])]),
     // CRIU reads rlimits with prlimit(), which needs CAP_SYS_RESOURCE for a
@@ -187,9 +194,9 @@ for (const d of DIRECTIONS) {
       test.skipIf(cannot !== null)(w.name, async () => {
         const s = await w.start();
         const dir = join(tempDir("compat"), "img");
-        await d.dump(s.pids, dir);
+        await d.dump(s.pids, dir, w.opts);
         await gone(s.zombies ?? []);
-        d.restore(dir);
+        d.restore(dir, w.opts);
         await w.after?.(s);
         for (const p of s.pids) expect(alive(p)).toBe(true);
         expect(await selfCheck(s.pids[0]!, s.out)).toBe("ok");

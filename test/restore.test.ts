@@ -5,7 +5,7 @@
  * and a shared file; pids that are taken; failures that leave nothing behind.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { runCkpt } from "./helpers/cli";
 import { CoreEntrySchema, TaskKobjIdsEntrySchema, type CoreEntry, type TaskKobjIdsEntry } from "../src/image/gen/core_pb";
@@ -14,7 +14,9 @@ import { kind } from "../src/image/magic";
 import { kcmp } from "../src/sys/calls";
 import { KCMP } from "../src/sys/nr";
 import { FD, fdTarget } from "./helpers/fd-workloads";
-import { credTarget, kernelStateTarget, restoreTarget, sharedTreeTarget } from "./helpers/restore-workloads";
+import { credTarget, kernelStateTarget, lockTarget, restoreTarget, sharedTreeTarget } from "./helpers/restore-workloads";
+import { entries } from "./helpers/images";
+import { FileLockEntrySchema } from "../src/image/gen/file-lock_pb";
 import { alive, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { selfCheck } from "./helpers/workloads";
 
@@ -164,6 +166,41 @@ describe("ckpt restore", () => {
     const r = restoreDetached(images);
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
+    expect(await selfCheck(pid, out)).toBe("ok");
+  });
+
+  test("file locks: refused without --file-locks; with it, POSIX, flock and OFD locks are held again after restore", async () => {
+    const work = tempDir("restore-locks");
+    const images = join(tempDir("restore-img"), "img");
+    const { target, out } = await startReady([lockTarget(), work]);
+    cleanup.push(target);
+    const pid = target.pid;
+    const inodes = ["posix", "flock", "ofd"].map((f) => statSync(join(work, f)).ino);
+    /** /proc/locks lines on the three files, without their ordinal. */
+    const locksOnFiles = (): string[] =>
+      readFileSync("/proc/locks", "utf8").split("\n").filter((l) => inodes.some((ino) => l.includes(`:${ino} `))).map((l) => l.replace(/^\d+:\s*/, "")).sort();
+    const before = locksOnFiles();
+    expect(before).toHaveLength(4);
+
+    const refused = runCkpt(["dump", "-t", String(pid), "-D", images]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr.trim().split("\n")).toHaveLength(1);
+    expect(refused.stderr).toContain("--file-locks");
+    expect(existsSync(images)).toBe(false);
+    expect(locksOnFiles()).toEqual(before);
+
+    const r = runCkpt(["dump", "-t", String(pid), "-D", images, "--file-locks"]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    await waitFor("the dumped process to be gone", () => !existsSync(`/proc/${pid}`), 10000);
+    expect(locksOnFiles()).toEqual([]);
+    const saved = entries(images, "filelocks.img", FileLockEntrySchema).map((l) => `${l.flag} ${l.type} ${l.pid} ${l.start} ${l.len}`).sort();
+    expect(saved).toEqual([`1 0 ${pid} 1000 0`, `1 1 ${pid} 100 100`, `2 1 ${pid} 0 0`, `4 1 ${pid} 0 10`]);
+
+    const restored = restoreDetached(images, ["--file-locks"]);
+    expect(restored.stderr).toBe("");
+    expect(restored.code).toBe(0);
+    expect(locksOnFiles()).toEqual(before);
     expect(await selfCheck(pid, out)).toBe("ok");
   });
 

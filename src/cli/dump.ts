@@ -10,11 +10,12 @@ export const dumpCommand = defineCommand({
     "leave-running": { type: "boolean", alias: "R", description: "let the tree run on after the dump", default: false },
     "ghost-limit": { type: "string", description: "refuse to save an unlinked open or mapped file larger than SIZE bytes (K, M, G suffixes; as CRIU's option, but no limit unless given)" },
     "shell-job": { type: "boolean", alias: "j", description: "the tree is a job of your shell: dump the terminal it uses (restore gives it the restorer's terminal)", default: false },
+    "file-locks": { type: "boolean", description: "save the file locks (POSIX, flock, OFD) the tree holds; without it a tree holding one is refused, as CRIU does", default: false },
   },
   async run({ args, rawArgs }) {
-    const shared = parseSharedDumpArgs(args, rawArgs, ["leave-running", "R", "shell-job", "j", "ghost-limit"], ["ghost-limit"]);
+    const shared = parseSharedDumpArgs(args, rawArgs, ["leave-running", "R", "shell-job", "j", "ghost-limit", "file-locks"], ["ghost-limit"]);
     const ghostLimit = args["ghost-limit"] === undefined ? undefined : parseSize("--ghost-limit", String(args["ghost-limit"]));
-    const result = await dump({ ...shared, leaveRunning: Boolean(args["leave-running"]), shellJob: Boolean(args["shell-job"]), ...(ghostLimit !== undefined ? { ghostLimit } : {}) });
+    const result = await dump({ ...shared, leaveRunning: Boolean(args["leave-running"]), shellJob: Boolean(args["shell-job"]), fileLocks: Boolean(args["file-locks"]), ...(ghostLimit !== undefined ? { ghostLimit } : {}) });
     if (args.json) {
       process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
       return;

@@ -10,10 +10,11 @@ export const restoreCommand = defineCommand({
     "restore-detached": { type: "boolean", alias: "d", description: "return once the tree runs, leaving it on its own (its root is reparented to init)", default: false },
     pidfile: { type: "string", description: "write the restored root's pid to this file" },
     "shell-job": { type: "boolean", alias: "j", description: "the tree was dumped with --shell-job: give it this terminal and session", default: false },
+    "file-locks": { type: "boolean", description: "as CRIU's: take again the file locks the images hold (ckpt does so whenever filelocks.img holds any, so this is accepted for CRIU's scripts)", default: false },
     json: { type: "boolean", description: "print a JSON summary instead of one line", default: false },
   },
   async run({ args, rawArgs }) {
-    rejectUnknownArgs(rawArgs, ["images-dir", "D", "restore-detached", "d", "pidfile", "shell-job", "j", "json"], 0, ["images-dir", "D", "pidfile"]);
+    rejectUnknownArgs(rawArgs, ["images-dir", "D", "restore-detached", "d", "pidfile", "shell-job", "j", "file-locks", "json"], 0, ["images-dir", "D", "pidfile"]);
     const dir = String(args["images-dir"]);
     if (dir === "") throw new UsageError("-D/--images-dir needs a directory");
     const detach = Boolean(args["restore-detached"]);

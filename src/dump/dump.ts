@@ -36,6 +36,7 @@ import { readRseq } from "./task/task-state";
 import { FileIds, type FileIdCounters } from "./files/file-ids";
 import { FileTable } from "./files/file-table";
 import { dumpFds, finishFds, type FilesDump } from "./files/fds";
+import { FileLocks } from "./files/file-locks";
 import { dumpLinkedFile } from "./files/regular";
 import { SocketTable } from "../proc/sock-diag";
 import { Freezer, type FrozenProcess } from "./task/freeze";
@@ -66,6 +67,8 @@ export interface DumpOptions {
   pageScan?: "auto" | "ioctl" | "pagemap";
   /** The tree is a job of the user's shell: dump the terminal it uses (--shell-job). */
   shellJob?: boolean;
+  /** Save the file locks the tree holds (CRIU's --file-locks); without it a lock is refused. */
+  fileLocks?: boolean;
   /** Directories to search for the paths of watched inodes (--irmap-scan-path); the irmap's defaults when none. */
   irmapScanPaths?: string[];
   /**
@@ -120,7 +123,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const table = new FileTable();
   if (opts.ghostLimit !== undefined) table.ghostLimit = opts.ghostLimit;
   const files: FilesDump = {
-    ids: new FileIds(), kinds: new Map(),
+    ids: new FileIds(), kinds: new Map(), locks: new FileLocks(table, opts.fileLocks ?? false),
     ctx: {
       proc, table, opts: { shellJob: opts.shellJob ?? false }, sockets: new SocketTable(), shared: new Map(),
       irmap: new Irmap({ scanPaths: opts.irmapScanPaths, cacheDirs: [opts.dir, `${opts.dir}/parent`], proc }),

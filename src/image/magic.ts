@@ -3,6 +3,7 @@
  * the message type of its entries. The framing codec is generic; everything it
  * needs to know about a particular image is in this table.
  */
+import { FileLockEntrySchema } from "./gen/file-lock_pb";
 import type { DescMessage } from "@bufbuild/protobuf";
 import { CoreEntrySchema, TaskKobjIdsEntrySchema } from "./gen/core_pb";
 import { FdinfoEntrySchema, FileEntrySchema } from "./gen/fdinfo_pb";
@@ -96,6 +97,7 @@ const kinds: ImageKind[] = [
   { name: "INOTIFY_WD", magic: 0x54562009, head: "common", entry: InotifyWdEntrySchema },
   { name: "FANOTIFY_FILE", magic: 0x55096122, head: "common", entry: FanotifyFileEntrySchema },
   { name: "FANOTIFY_MARK", magic: 0x56506035, head: "common", entry: FanotifyMarkEntrySchema },
+  { name: "FILE_LOCKS", magic: 0x54323616, head: "common", entry: FileLockEntrySchema },
   { name: "STATS", magic: 0x57093306, head: "service", entry: StatsEntrySchema },
   { name: "IRMAP_CACHE", magic: 0x57004059, head: "service", entry: IrmapCacheEntrySchema },
 ];

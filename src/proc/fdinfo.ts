@@ -39,6 +39,35 @@ export type FanotifyMarkInfo =
   /** A kind of mark newer than this parser: the line as the kernel wrote it. */
   | (FanotifyMarkCommon & { type: "unknown"; line: string });
 
+/**
+ * A lock taken through this open file by the fd's process ("lock:" line, as
+ * the kernel's lock_get_status writes it):
+ * "1: POSIX  ADVISORY  WRITE 1234 08:01:5678 0 EOF".
+ */
+export interface FdLockInfo {
+  /** POSIX, OFDLCK, FLOCK, LEASE, ACCESS ... as the kernel names it. */
+  kind: string;
+  /** ADVISORY, or what else the kernel says (a lease's state follows its kind). */
+  mode: string;
+  /** READ, WRITE or UNLCK. */
+  type: string;
+  pid: number;
+  start: bigint;
+  /** Last byte locked; undefined for "EOF" (to the end of the file). */
+  end?: bigint;
+  line: string;
+}
+
+/** One "lock:" line's words after the id; undefined when they do not parse. */
+function parseLockLine(rest: string): FdLockInfo | undefined {
+  const line = rest.trim();
+  const words = line.split(/\s+/).slice(1);
+  // A lease has its state after its kind ("LEASE  ACTIVE    READ ..."); others "ADVISORY".
+  const [kind, mode, type, pid, , start, end] = words;
+  if (!kind || !mode || !type || pid === undefined || start === undefined || end === undefined || !/^-?\d+$/.test(pid) || !/^\d+$/.test(start)) return undefined;
+  return { kind, mode, type, pid: Number(pid), start: BigInt(start), ...(end === "EOF" ? {} : { end: BigInt(end) }), line };
+}
+
 /** A fanotify fd's group: fanotify_init's flags and event_f_flags, and its marks. */
 export interface FanotifyInfo {
   flags: number;
@@ -72,6 +101,10 @@ export interface FdInfo {
   epoll: EpollTargetInfo[];
   /** fanotify fds only. */
   fanotify?: FanotifyInfo;
+  /** Locks taken through this open file, by this fd's process or on the file itself. */
+  locks: FdLockInfo[];
+  /** "lock:" lines this parser could not read. */
+  unreadLocks: string[];
 }
 
 /** Split "a:1 b:2" into a map; values stay strings. */
@@ -125,6 +158,8 @@ export function parseFdInfo(text: string): FdInfo {
   const inotify: InotifyWatchInfo[] = [];
   const epoll: EpollTargetInfo[] = [];
   let fanotify: FanotifyInfo | undefined;
+  const locks: FdLockInfo[] = [];
+  const unreadLocks: string[] = [];
   for (const line of text.split("\n")) {
     const colon = line.indexOf(":");
     if (colon <= 0) continue;
@@ -142,6 +177,10 @@ export function parseFdInfo(text: string): FdInfo {
         fhandleType: Number.parseInt(p.get("fhandle-type") ?? "0", 16),
         fhandle: hexBytes(p.get("f_handle") ?? ""),
       });
+    } else if (key === "lock") {
+      const lock = parseLockLine(rest);
+      if (lock) locks.push(lock);
+      else unreadLocks.push(line);
     } else if (key.startsWith("fanotify ")) {
       fanotify ??= { flags: 0, eventFlags: 0, marks: [] };
       parseFanotifyLine(fanotify, key.slice("fanotify ".length), rest);
@@ -169,6 +208,8 @@ export function parseFdInfo(text: string): FdInfo {
     inotify,
     epoll,
     ...(fanotify ? { fanotify } : {}),
+    locks,
+    unreadLocks,
   };
 }
 

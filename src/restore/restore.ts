@@ -40,6 +40,8 @@ import { MAP, PROT, SIG, SYS, W } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
 import { addEpollWatches, aboveAll, placeFds, restoreFs } from "./fds";
 import { OpenedFiles } from "./files/open-files";
+import { loadFileLocks, restoreFileLocks } from "./files/file-locks";
+import type { FileLockEntry } from "../image/gen/file-lock_pb";
 import { RestoreGuard } from "./guard";
 import { ImageSet } from "../image/image-set";
 import { unrestorableSharing } from "../image/shared-kobjs";
@@ -110,6 +112,8 @@ interface TreePlan {
   pstree: PstreeEntry[];
   processes: ProcessPlan[];
   zombies: Map<number, ZombieState>;
+  /** filelocks.img by the pid that holds each lock. */
+  locks: Map<number, FileLockEntry[]>;
 }
 
 function loadPlan(images: ImageSet): TreePlan {
@@ -148,7 +152,8 @@ function loadPlan(images: ImageSet): TreePlan {
   }
   const sharing = unrestorableSharing(processes.map((p) => ({ pid: p.entry.pid, ids: p.ids })));
   if (sharing) throw new Error(`ids-${sharing.pid}.img: ${sharing.why}`);
-  return { pstree, processes, zombies };
+  const locks = loadFileLocks(images, new Map(processes.map((p) => [p.entry.pid, p.fdinfo])));
+  return { pstree, processes, zombies, locks };
 }
 
 function checkPidsFree(pstree: readonly PstreeEntry[]): void {
@@ -191,6 +196,8 @@ interface RestoreContext {
   epollsDone: Set<number>;
   /** Shared anonymous memory objects, made on first use. */
   shared: SharedAnonObjects;
+  /** filelocks.img by the pid that holds each lock. */
+  locks: ReadonlyMap<number, readonly FileLockEntry[]>;
   figures: RestoreFigures;
 }
 
@@ -222,6 +229,8 @@ function restoreProcess(ctx: RestoreContext, p: ProcessPlan, tree: RestoredTree)
   restoreFs(task, fds, p.fs, files, scratch);
   addEpollWatches(task, scratch, p.fdinfo, files, ctx.epollsDone);
   fds.done();
+  // Last of the fd steps: closing any fd of a file drops its POSIX locks.
+  restoreFileLocks(task, scratch, ctx.locks.get(pid) ?? []);
   ctx.figures.filesMs += performance.now() - t;
 
   restoreSigactions(task, scratch, tc);
@@ -277,7 +286,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   if (images.one("inventory.img", InventoryEntrySchema).preDumpMode) {
     throw new Error(`${opts.dir} is a pre-dump (memory only, the tree ran on); restore the final dump, made with --prev-images-dir`);
   }
-  const { pstree, processes: plan, zombies } = loadPlan(images);
+  const { pstree, processes: plan, zombies, locks } = loadPlan(images);
   checkPidsFree(pstree);
   const shared = new SharedAnonObjects(images, plan.map((p) => p.mm));
   const proc = new ProcFs();
@@ -316,7 +325,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     const t = performance.now();
     files = OpenedFiles.open(images, { shellJob: opts.shellJob ?? false });
     figures.filesMs += performance.now() - t;
-    const ctx: RestoreContext = { proc, files, syscallPage, scratch, epollsDone: new Set(), shared, figures };
+    const ctx: RestoreContext = { proc, files, syscallPage, scratch, epollsDone: new Set(), shared, locks, figures };
     /** Tasks to stop as they are let go, with the stop signal of each. */
     const stopped = new Map<number, number>();
     for (const p of plan) {

@@ -9,7 +9,7 @@ export const SYS = {
   process_vm_readv: 310, process_vm_writev: 311, kcmp: 312, userfaultfd: 323, statx: 332,
   rseq: 334, membarrier: 324, pidfd_open: 434, clone3: 435, pidfd_getfd: 438, getitimer: 36,
   brk: 12, clock_gettime: 228, sched_getparam: 143, sched_getscheduler: 145,
-  fcntl: 72, fstatfs: 138, tee: 276, pipe2: 293,
+  fcntl: 72, flock: 73, fstatfs: 138, tee: 276, pipe2: 293,
   // Used by restore inside the tasks it rebuilds.
   mprotect: 10, mremap: 25, setitimer: 38, exit: 60, fchdir: 81, umask: 95, setpgid: 109,
   setsid: 112, setgroups: 116, setresuid: 117, setresgid: 119, setfsuid: 122, setfsgid: 123,

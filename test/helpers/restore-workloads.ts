@@ -392,3 +392,84 @@ int main(void) {
 }
 `);
 }
+
+/**
+ * locktarget DIR: holds file locks on three files of DIR: on "posix" a write
+ * lock on bytes 100-199 and a read lock from byte 1000 to the end (fcntl
+ * F_SETLK); on "flock" an exclusive flock; on "ofd" an open file
+ * description write lock on bytes 0-9 (F_OFD_SETLK). Prints "ready PID";
+ * on SIGUSR1 it compares the /proc/locks lines of its three files with
+ * those it saw at start ("ok" or "bad locks").
+ */
+export function lockTarget(): string {
+  return buildC("locktarget", `
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+static volatile sig_atomic_t check_requested;
+static void on_usr1(int s) { (void)s; check_requested = 1; }
+static int cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+/* The /proc/locks lines of the inodes in ino[3], without their ordinals, sorted, joined. */
+static void locks_of(const unsigned long *ino, char *out, size_t size) {
+  static char lines[16][256];
+  char *sorted[16], line[256];
+  int n = 0;
+  FILE *f = fopen("/proc/locks", "r");
+  out[0] = 0;
+  if (!f) return;
+  while (n < 16 && fgets(line, sizeof line, f)) {
+    for (int i = 0; i < 3; i++) {
+      char want[64];
+      snprintf(want, sizeof want, ":%lu ", ino[i]);
+      if (strstr(line, want)) {
+        char *p = strchr(line, ':'), *nl = strchr(line, '\\n');
+        if (nl) *nl = ';';
+        snprintf(lines[n], sizeof lines[n], "%s", p ? p + 1 : line);
+        sorted[n] = lines[n]; n++; break;
+      }
+    }
+  }
+  fclose(f);
+  qsort(sorted, n, sizeof *sorted, cmp);
+  for (int i = 0; i < n; i++) strncat(out, sorted[i], size - strlen(out) - 1);
+}
+static int open_in(const char *dir, const char *name) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  return open(path, O_RDWR | O_CREAT, 0600);
+}
+static int lock(int fd, int cmd, short type, off_t start, off_t len) {
+  struct flock l = { .l_type = type, .l_whence = SEEK_SET, .l_start = start, .l_len = len };
+  return fcntl(fd, cmd, &l);
+}
+int main(int argc, char **argv) {
+  if (argc < 2) return 2;
+  int posix = open_in(argv[1], "posix"), fl = open_in(argv[1], "flock"), ofd = open_in(argv[1], "ofd");
+  if (posix < 0 || fl < 0 || ofd < 0) return 3;
+  if (lock(posix, F_SETLK, F_WRLCK, 100, 100) || lock(posix, F_SETLK, F_RDLCK, 1000, 0)) return 4;
+  if (flock(fl, LOCK_EX | LOCK_NB)) return 5;
+  if (lock(ofd, F_OFD_SETLK, F_WRLCK, 0, 10)) return 6;
+  unsigned long ino[3];
+  int fds[3] = { posix, fl, ofd };
+  for (int i = 0; i < 3; i++) { struct stat st; if (fstat(fds[i], &st)) return 7; ino[i] = st.st_ino; }
+  static char then[4096], now[4096];
+  locks_of(ino, then, sizeof then);
+  signal(SIGUSR1, on_usr1);
+  printf("ready %d\\n", getpid()); fflush(stdout);
+  for (;;) {
+    while (!check_requested) usleep(10000);
+    check_requested = 0;
+    locks_of(ino, now, sizeof now);
+    if (strcmp(then, now) || !then[0]) printf("bad locks: [%s] then, [%s] now\\n", then, now);
+    else printf("ok\\n");
+    fflush(stdout);
+  }
+}
+`);
+}

@@ -12,6 +12,7 @@ import { FdinfoEntrySchema, type FdinfoEntry, type FdTypes } from "../../image/g
 import { readFdInfo } from "../../proc/fdinfo";
 import { O } from "../../sys/nr";
 import { FdAccess, type OpenFd } from "./fd-access";
+import type { FileLocks } from "./file-locks";
 import { genid, type FileIds } from "./file-ids";
 import { UnsupportedFileError } from "./file-table";
 import type { FdDumpContext, FdKind } from "./kind";
@@ -25,6 +26,8 @@ export interface FilesDump {
   ids: FileIds;
   /** The kind of every file id handed out for an fd. */
   kinds: Map<number, FdKind>;
+  /** The file locks the tree holds (refused unless --file-locks). */
+  locks: FileLocks;
   ctx: Omit<FdDumpContext, "access">;
 }
 
@@ -52,6 +55,7 @@ export function dumpFds(files: FilesDump, pid: number): FdinfoEntry[] {
         }
         files.kinds.set(id, kind);
       }
+      if (info.locks.length > 0 || info.unreadLocks.length > 0) files.locks.note(pid, fd, id, proc.readlink(pid, `fd/${fd}`), info);
       out.push(create(FdinfoEntrySchema, { id, flags: info.flags & O.CLOEXEC ? FD_CLOEXEC : 0, type: kind.type as FdTypes, fd }));
     }
     return out;
