@@ -43,6 +43,7 @@ const NEWER_THAN_CRIT = new Set([
   "CORE.thread_core.cg_set",
   "CORE.tc.stop_signo",
   "CORE.tc.membarrier_registration_mask",
+  "FILES.isk.tcp_opts",
   "CORE.thread_core.creds.cap_amb",
   "CORE.thread_info.fpregs.xsave.cet",
   "MEMFD_INODE.mode",

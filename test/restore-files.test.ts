@@ -25,7 +25,7 @@ import { OpenedFiles } from "../src/restore/files/open-files";
 import { fcntl, fcntlInto, getresuid, timerfdGettime } from "../src/sys/calls";
 import { close, fstat, preadInto, readInto, writeAll } from "../src/sys/libc";
 import { F, F_SEAL, O } from "../src/sys/nr";
-import { accept4, AF, bind, connect, decodeSockaddr, getpeername, getsockname, getsockoptInt, listen, MSG, recvfrom, sendto, setsockoptInt, SO, SOCK, sockaddrIn, sockaddrIn6, sockaddrUn, socket, SOL } from "../src/sys/socket";
+import { accept4, AF, bind, connect, decodeSockaddr, getpeername, getsockname, getsockoptInt, IPPROTO, listen, MSG, recvfrom, sendto, setsockoptInt, SO, SOCK, sockaddrIn, sockaddrIn6, sockaddrUn, socket, SOL, TCP_OPT } from "../src/sys/socket";
 import { runCkpt } from "./helpers/cli";
 import { entries } from "./helpers/images";
 import { DATA, FD, fdTarget, oddFdTarget } from "./helpers/fd-workloads";
@@ -476,6 +476,7 @@ function sideTarget(): string {
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -554,6 +555,11 @@ int main(int argc, char **argv) {
   place(open(dir, O_RDONLY | O_DIRECTORY), ${SIDE.DIR});
   place(socket(AF_INET6, SOCK_STREAM, 0), ${SIDE.TCP6});
   int one = 1; setsockopt(${SIDE.TCP6}, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  int idle = 77, intvl = 11, cnt = 5;
+  setsockopt(${SIDE.TCP6}, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  setsockopt(${SIDE.TCP6}, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  setsockopt(${SIDE.TCP6}, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+  setsockopt(${SIDE.TCP6}, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
   struct sockaddr_in6 a6 = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
   socklen_t a6l = sizeof a6;
   if (bind(${SIDE.TCP6}, (struct sockaddr *)&a6, sizeof a6) || listen(${SIDE.TCP6}, 4) || getsockname(${SIDE.TCP6}, (struct sockaddr *)&a6, &a6l)) return 21;
@@ -656,7 +662,7 @@ describe("the less common states of sockets, memfds, pipes, eventfd and timerfd"
     expect(text(buf.subarray(0, readInto(r2, buf)))).toBe("pipe");
   });
 
-  test("a semaphore eventfd; an absolute timer; a directory; an IPv6 listener", () => {
+  test("a semaphore eventfd; an absolute timer; a directory; an IPv6 listener with its TCP options", () => {
     const info = fdinfo(at(SIDE.SEMAPHORE));
     expect(info.fields.get("eventfd-count")).toBe("3");
     expect(info.fields.get("eventfd-semaphore")).toBe("1");
@@ -671,6 +677,7 @@ describe("the less common states of sockets, memfds, pipes, eventfd and timerfd"
     const l = at(SIDE.TCP6);
     const diag = inetSockets(AF.INET6).get(Number(fstat(l).ino));
     expect([diag?.srcPort, diag?.wqueue, diag?.v6only]).toEqual([tcp6Port, 4, true]);
+    expect([TCP_OPT.NODELAY, TCP_OPT.KEEPIDLE, TCP_OPT.KEEPINTVL, TCP_OPT.KEEPCNT].map((o) => getsockoptInt(l, IPPROTO.TCP, o))).toEqual([1, 77, 11, 5]);
     expect(acceptedThrough(l, AF.INET6, sockaddrIn6("::1", tcp6Port))).toBe("hi");
   });
 

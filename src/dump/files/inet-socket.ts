@@ -11,11 +11,11 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { FdTypes, FileEntrySchema } from "../../image/gen/fdinfo_pb";
-import { InetSkEntrySchema, IpOptsEntrySchema } from "../../image/gen/sk-inet_pb";
+import { InetSkEntrySchema, IpOptsEntrySchema, TcpOptsEntrySchema, type TcpOptsEntry } from "../../image/gen/sk-inet_pb";
 import type { InetDiag } from "../../proc/sock-diag";
 import { Errno, SysError } from "../../sys/errno";
 import { O } from "../../sys/nr";
-import { AF, getpeername, getsockname, getsockoptInt, IP_OPT, IPPROTO, IPV6_OPT, SO, SOCK, SOL, TCP_STATE, type InetFamily } from "../../sys/socket";
+import { AF, getpeername, getsockname, getsockoptInt, IP_OPT, IPPROTO, IPV6_OPT, SO, SOCK, SOL, TCP_OPT, TCP_STATE, type InetFamily } from "../../sys/socket";
 import { readFown } from "./fd-access";
 import { UnsupportedFileError } from "./file-table";
 import type { FdKind } from "./kind";
@@ -53,6 +53,16 @@ function peerOf(family: InetFamily, fd: number): Endpoint | null {
 }
 
 /** IP_FREEBIND, or IPV6_FREEBIND for an AF_INET6 socket (either one allows a free bind there). */
+/** A TCP socket's own options; as CRIU, only those not 0 are written. */
+function tcpOpts(fd: number): TcpOptsEntry {
+  const get = (opt: number): number => getsockoptInt(fd, IPPROTO.TCP, opt);
+  const [cork, nodelay, keepcnt, keepidle, keepintvl] = [TCP_OPT.CORK, TCP_OPT.NODELAY, TCP_OPT.KEEPCNT, TCP_OPT.KEEPIDLE, TCP_OPT.KEEPINTVL].map(get) as [number, number, number, number, number];
+  return create(TcpOptsEntrySchema, {
+    ...(cork ? { cork: true } : {}), ...(nodelay ? { nodelay: true } : {}),
+    ...(keepcnt ? { keepcnt } : {}), ...(keepidle ? { keepidle } : {}), ...(keepintvl ? { keepintvl } : {}),
+  });
+}
+
 function freebind(fd: number, family: InetFamily): boolean {
   if (getsockoptInt(fd, IPPROTO.IP, IP_OPT.FREEBIND) !== 0) return true;
   return family === AF.INET6 && getsockoptInt(fd, IPPROTO.IPV6, IPV6_OPT.FREEBIND) !== 0;
@@ -110,6 +120,7 @@ export const inetSocketKind: FdKind = {
         ipOpts: create(IpOptsEntrySchema, { freebind: freebind(local, family) }),
         ...(family === AF.INET6 ? { v6only: getsockoptInt(local, IPPROTO.IPV6, IPV6_OPT.V6ONLY) !== 0 } : {}),
         ...shutdownField(d?.shutdown ?? 0),
+        ...(proto === IPPROTO.TCP ? { tcpOpts: tcpOpts(local) } : {}),
       }),
     }));
   },

@@ -9,9 +9,9 @@
  */
 import { isFieldSet } from "@bufbuild/protobuf";
 import { FdTypes } from "../../image/gen/fdinfo_pb";
-import { InetSkEntrySchema, type InetSkEntry } from "../../image/gen/sk-inet_pb";
+import { InetSkEntrySchema, type InetSkEntry, type TcpOptsEntry } from "../../image/gen/sk-inet_pb";
 import { SkOptsEntrySchema, SkShutdown } from "../../image/gen/sk-opts_pb";
-import { AF, bind, connect, formatIpv4, formatIpv6, IP_OPT, IPPROTO, IPV6_OPT, listen, setsockoptInt, SHUT, shutdown, SO, SOCK, sockaddrIn, sockaddrIn6, socket, SOL, TCP_STATE } from "../../sys/socket";
+import { AF, bind, connect, formatIpv4, formatIpv6, IP_OPT, IPPROTO, IPV6_OPT, listen, setsockoptInt, SHUT, shutdown, SO, SOCK, sockaddrIn, sockaddrIn6, socket, SOL, TCP_OPT, TCP_STATE } from "../../sys/socket";
 import { Errno, SysError } from "../../sys/errno";
 import { restoreFileState } from "./file-state";
 import { forFile, part, type FileRestoreKind } from "./kind";
@@ -93,6 +93,7 @@ export const inetSocketKind: FileRestoreKind = {
         if (isTcp(isk) && isk.state === TCP_STATE.LISTEN) listen(fd, isk.backlog);
         if (isUdp(isk) && isk.state === TCP_STATE.ESTABLISHED) connect(fd, sockaddrOf(isk.family, isk.dstAddr, isk.dstPort).addr);
         restoreSkOpts(fd, opts);
+        if (isTcp(isk) && isk.tcpOpts) restoreTcpOpts(fd, isk.tcpOpts);
         if (isk.shutdown) shutdown(fd, SHUT_HOW[isk.shutdown]!);
         restoreFileState(fd, { flags: isk.flags, fown: isk.fown });
         ctx.keep(e.id, fd);
@@ -100,6 +101,15 @@ export const inetSocketKind: FileRestoreKind = {
     }
   },
 };
+
+/** The TCP options the entry records (CRIU writes only those not 0). */
+function restoreTcpOpts(fd: number, o: TcpOptsEntry): void {
+  if (o.nodelay) setsockoptInt(fd, IPPROTO.TCP, TCP_OPT.NODELAY, 1);
+  if (o.cork) setsockoptInt(fd, IPPROTO.TCP, TCP_OPT.CORK, 1);
+  if (o.keepcnt) setsockoptInt(fd, IPPROTO.TCP, TCP_OPT.KEEPCNT, o.keepcnt);
+  if (o.keepidle) setsockoptInt(fd, IPPROTO.TCP, TCP_OPT.KEEPIDLE, o.keepidle);
+  if (o.keepintvl) setsockoptInt(fd, IPPROTO.TCP, TCP_OPT.KEEPINTVL, o.keepintvl);
+}
 
 /** shutdown()'s `how` for each SkShutdown value. */
 const SHUT_HOW: Record<number, number> = { [SkShutdown.READ]: SHUT.RD, [SkShutdown.WRITE]: SHUT.WR, [SkShutdown.BOTH]: SHUT.RDWR };
