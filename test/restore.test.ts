@@ -8,7 +8,9 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { runCkpt } from "./helpers/cli";
-import { CoreEntrySchema, TaskKobjIdsEntrySchema, type CoreEntry, type TaskKobjIdsEntry } from "../src/image/gen/core_pb";
+import { CoreEntrySchema, SeccompMode, TaskKobjIdsEntrySchema, type CoreEntry, type TaskKobjIdsEntry } from "../src/image/gen/core_pb";
+import { PosixTimerEntrySchema } from "../src/image/gen/timer_pb";
+import { create } from "@bufbuild/protobuf";
 import { readImageFile, writeImageFile } from "../src/image/image-file";
 import { kind } from "../src/image/magic";
 import { kcmp } from "../src/sys/calls";
@@ -202,6 +204,32 @@ describe("ckpt restore", () => {
     expect(restored.code).toBe(0);
     expect(locksOnFiles()).toEqual(before);
     expect(await selfCheck(pid, out)).toBe("ok");
+  });
+
+  test("what a CRIU image may hold that ckpt cannot restore yet (POSIX timers, seccomp) is refused by image and field, before anything is made", async () => {
+    const images = join(tempDir("restore-img"), "img");
+    const { target } = await startReady([kernelStateTarget()]);
+    cleanup.push(target);
+    const pid = target.pid;
+    await dumpAndKill([pid], images);
+    const file = join(images, `core-${pid}.img`);
+    const original = readImageFile(file).entries[0]?.message as CoreEntry;
+    const refusal = (edit: (c: CoreEntry) => void): string => {
+      const core = structuredClone(original);
+      edit(core);
+      writeImageFile(file, kind("CORE"), CoreEntrySchema, [core]);
+      const r = runCkpt(["restore", "-D", images, "-d"]);
+      expect(r.code).toBe(1);
+      expect(r.stderr.trim().split("\n")).toHaveLength(1);
+      expect(alive(pid)).toBe(false);
+      return r.stderr;
+    };
+    expect(refusal((c) => c.tc!.timers!.posix.push(create(PosixTimerEntrySchema, { itId: 0, clockId: 1, siSigno: 14, itSigevNotify: 0, sivalPtr: 0n, overrun: 0, isec: 5n, insec: 0n, vsec: 0n, vnsec: 0n })))).toContain(`core-${pid}.img: tc.timers.posix holds 1 POSIX timer(s)`);
+    expect(refusal((c) => { c.threadCore!.seccompMode = SeccompMode.filter; })).toContain(`core-${pid}.img: thread_core.seccomp_mode is filter`);
+    writeImageFile(file, kind("CORE"), CoreEntrySchema, [original]);
+    const r = restoreDetached(images);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
   });
 
   test("processes that share an fd table (files_id in ids-PID.img) are refused by name before anything is made", async () => {

@@ -278,6 +278,11 @@ function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, ids: Task
   const stat = readStat(proc, pid);
   const status = readStatus(proc, pid);
   if (status.seccomp !== 0) throw new Error(`process ${pid} runs in seccomp mode ${status.seccomp}, which ckpt cannot dump yet`);
+  // A filter may be a thread's alone (seccomp without TSYNC).
+  for (const tid of p.threads.slice(1)) {
+    const mode = readStatus(proc, pid, tid).seccomp;
+    if (mode !== 0) throw new Error(`process ${pid}: thread ${tid} runs in seccomp mode ${mode}, which ckpt cannot dump yet`);
+  }
   // POSIX timers are not saved yet: refuse rather than drop them silently.
   if (proc.readText(pid, "timers").trim() !== "") throw new Error(`process ${pid} has POSIX timers (timer_create), which ckpt cannot dump yet`);
   const { table } = files.ctx;

@@ -31,7 +31,7 @@ import { MmEntrySchema, type MmEntry } from "../image/gen/mm_pb";
 import { PageChain } from "./page-chain";
 import { InventoryEntrySchema } from "../image/gen/inventory_pb";
 import { PstreeEntrySchema, type PstreeEntry } from "../image/gen/pstree_pb";
-import { CoreEntry_March, TaskCoreEntrySchema, TaskKobjIdsEntrySchema, ThreadCoreEntrySchema, type TaskKobjIdsEntry } from "../image/gen/core_pb";
+import { CoreEntry_March, SeccompMode, TaskCoreEntrySchema, TaskKobjIdsEntrySchema, ThreadCoreEntrySchema, type TaskKobjIdsEntry } from "../image/gen/core_pb";
 import { readMaps } from "../proc/maps";
 import { ProcFs } from "../proc/procfs";
 import { statOrNull, writeWholeFile } from "../sys/file";
@@ -138,8 +138,12 @@ function loadPlan(images: ImageSet): TreePlan {
     for (const [tid, c] of cores) {
       if (c.mtype !== CoreEntry_March.X86_64) throw new Error(`core-${tid}.img is for architecture ${c.mtype}; this ckpt restores x86_64 tasks`);
       if (!c.threadInfo || !c.threadCore) throw new Error(`core-${tid}.img has no thread state`);
+      if (c.threadCore.seccompMode) throw new Error(`core-${tid}.img: thread_core.seccomp_mode is ${SeccompMode[c.threadCore.seccompMode] ?? c.threadCore.seccompMode}: ckpt cannot restore seccomp yet`);
     }
     if (!leader.tc) throw new Error(`core-${pid}.img has no task core`);
+    if (leader.tc.oldSeccompMode) throw new Error(`core-${pid}.img: tc.old_seccomp_mode is ${SeccompMode[leader.tc.oldSeccompMode] ?? leader.tc.oldSeccompMode}: ckpt cannot restore seccomp yet`);
+    const posix = leader.tc.timers?.posix.length ?? 0;
+    if (posix > 0) throw new Error(`core-${pid}.img: tc.timers.posix holds ${posix} POSIX timer(s) (timer_create), which ckpt cannot restore yet`);
     const ids = images.one(`ids-${pid}.img`, TaskKobjIdsEntrySchema);
     processes.push({
       entry, cores, ids,
