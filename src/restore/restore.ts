@@ -25,7 +25,7 @@
  */
 import { isFieldSet } from "@bufbuild/protobuf";
 import { CoreEntrySchema, type CoreEntry } from "../image/gen/core_pb";
-import { FdinfoEntrySchema, type FdinfoEntry } from "../image/gen/fdinfo_pb";
+import { FdinfoEntrySchema, FileEntrySchema, type FdinfoEntry } from "../image/gen/fdinfo_pb";
 import { FsEntrySchema, type FsEntry } from "../image/gen/fs_pb";
 import { MmEntrySchema, type MmEntry } from "../image/gen/mm_pb";
 import { PageChain } from "./page-chain";
@@ -45,6 +45,7 @@ import type { FileLockEntry } from "../image/gen/file-lock_pb";
 import { RestoreGuard } from "./guard";
 import { ImageSet } from "../image/image-set";
 import { unrestorableSharing } from "../image/shared-kobjs";
+import { fileIds, validateProcess, validateTree } from "./validate";
 import { findFree, type Range } from "./layout";
 import { rebuildMm } from "./mm";
 import { SharedAnonObjects } from "./shmem";
@@ -55,7 +56,7 @@ import {
   PR, requeueSignals, restoreCreds, restoreDumpable, restoreLoginuid, restoreMembarrier, restoreItimers, restoreScheduling, restoreSigactions, restoreThreadState,
   setChildSubreaper, setPdeathSignal,
 } from "./task";
-import { createProcesses, PidTakenError, type RestoredTree, type ZombieState } from "./tree";
+import { checkSessions, createProcesses, PidTakenError, type RestoredTree, type ZombieState } from "./tree";
 import { TargetFds } from "./target-fds";
 
 export interface RestoreOptions {
@@ -154,6 +155,10 @@ function loadPlan(images: ImageSet): TreePlan {
       pages: PageChain.open(images, pid),
     });
   }
+  validateTree(pstree);
+  checkSessions(pstree);
+  const files = fileIds(images.entries("files.img", FileEntrySchema));
+  for (const p of processes) validateProcess(p, files);
   const sharing = unrestorableSharing(processes.map((p) => ({ pid: p.entry.pid, ids: p.ids })));
   if (sharing) throw new Error(`ids-${sharing.pid}.img: ${sharing.why}`);
   const locks = loadFileLocks(images, new Map(processes.map((p) => [p.entry.pid, p.fdinfo])));

@@ -100,7 +100,6 @@ export function createProcesses(seed: Puppet, scratch: bigint, pstree: readonly 
       created.push(tid);
     }
   };
-  checkSessions(pstree, byPid, inTree);
   make(root, seed, CLONE.PARENT);
 
   // Groups led by another process of the tree: joined once every leader has its group.
@@ -139,10 +138,12 @@ function takeBackSigchld(p: Puppet, scratch: bigint): void {
   if (r !== BigInt(SIG.CHLD) && r !== -BigInt(Errno.EAGAIN)) throw new Error(`rt_sigtimedwait(SIGCHLD) in restored process ${p.tid} returned ${r}`);
 }
 
-/** Refuse sessions and groups the clone order cannot give back. */
-function checkSessions(pstree: readonly PstreeEntry[], byPid: Map<number, PstreeEntry>, inTree: Set<number>): void {
+/** Refuse sessions and groups the clone order cannot give back (before anything is made). */
+export function checkSessions(pstree: readonly PstreeEntry[]): void {
   const root = pstree[0];
   if (!root) return;
+  const byPid = new Map(pstree.map((e) => [e.pid, e]));
+  const inTree = new Set(byPid.keys());
   for (const e of pstree) {
     if (e.pid === root.pid) continue;
     const parent = byPid.get(e.ppid);
