@@ -7,7 +7,10 @@
  *
  * Mutations: flip bytes, cut a file short, append garbage, blow up a length
  * or count word, put an absurd value into a u32/u64 at a random offset, swap
- * two images of the same kind, delete an image.
+ * two images of the same kind, delete an image; and, on images that still
+ * decode (so that the checks behind the decoder are reached): set one number
+ * of one entry to an absurd or nearby value (pids, addresses, sizes, ids,
+ * counts), swap two elements of a repeated field (areas out of order).
  *
  * Run: bun bench/fuzz.ts   (SHOW=5000 cases for show, RESTORE=300 for
  *      restore, SEED=n; CKPT=path of a ckpt executable, default dist/ckpt if
@@ -18,6 +21,10 @@ import { join } from "node:path";
 import { memTarget, selfCheck } from "../test/helpers/workloads";
 import { startReady, tempDir } from "../test/helpers/target";
 import { BenchCleanup } from "./cleanup";
+import type { DecodedImage } from "../src/image/decode";
+import { ImageEncoder } from "../src/image/encode";
+import { readImageFile, writeEncodedImage } from "../src/image/image-file";
+import { entrySchema } from "../src/image/magic";
 
 const ROOT = join(import.meta.dir, "..");
 const CKPT = process.env.CKPT ? [process.env.CKPT] : existsSync(join(ROOT, "dist/ckpt")) ? [join(ROOT, "dist/ckpt")] : [process.execPath, join(ROOT, "src/cli/main.ts")];
@@ -37,6 +44,59 @@ const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)]!;
 const int = (n: number): number => Math.floor(random() * n);
 
 type Mutation = (dir: string) => string;
+
+/** A number inside a decoded message: the object holding it and its key (or index). */
+interface Slot {
+  holder: Record<string | number, unknown>;
+  key: string | number;
+  path: string;
+}
+
+/** Every number and every repeated field (with 2+ elements) of a message, depth first. */
+function walk(m: Record<string, unknown>, path: string, numbers: Slot[], lists: { list: unknown[]; path: string }[]): void {
+  for (const [k, v] of Object.entries(m)) {
+    if (k.startsWith("$")) continue;
+    const at = `${path}.${k}`;
+    if (typeof v === "number" || typeof v === "bigint") numbers.push({ holder: m, key: k, path: at });
+    else if (Array.isArray(v)) {
+      if (v.length >= 2) lists.push({ list: v, path: at });
+      v.forEach((x, i) => {
+        if (typeof x === "number" || typeof x === "bigint") numbers.push({ holder: v as unknown as Record<number, unknown>, key: i, path: `${at}[${i}]` });
+        else if (x && typeof x === "object") walk(x as Record<string, unknown>, `${at}[${i}]`, numbers, lists);
+      });
+    } else if (v && typeof v === "object" && !(v instanceof Uint8Array)) walk(v as Record<string, unknown>, at, numbers, lists);
+  }
+}
+
+function absurd(old: number | bigint): number | bigint {
+  if (typeof old === "bigint") return pick([0n, 1n, old + 4096n, old - 4096n, old * 2n, 1n << 47n, 0x7ffffffff000n, (1n << 63n) - 1n, 0xffffffffffffffffn, BigInt(int(1 << 30))]);
+  return pick([0, 1, -1, old + 1, old - 1, old * 2, 4096, 0x7fffffff, 0xffffffff, 4194304, int(1 << 30)]);
+}
+
+/** Decode one image, change it with `change` (which says what it did, or null), encode it again. */
+function mutateDecoded(dir: string, change: (e: Record<string, unknown>, name: string) => string | null): string {
+  const name = pick(images(dir).filter((f) => f.endsWith(".img") && !f.startsWith("pages-")));
+  const path = join(dir, name);
+  let img: DecodedImage;
+  try {
+    img = readImageFile(path);
+  } catch {
+    return `${name} does not decode`;
+  }
+  const index = int(img.entries.length);
+  const entry = img.entries[index];
+  if (!entry) return `${name} has no entries`;
+  const what = change(entry.message as unknown as Record<string, unknown>, name);
+  if (what === null) return `nothing to change in ${name}`;
+  const enc = new ImageEncoder(img.kind);
+  try {
+    img.entries.forEach((e, i) => enc.add(entrySchema(img.kind, i), e.message as never, e.payload));
+  } catch {
+    return `${what}: not encodable, left as it was`;
+  }
+  writeEncodedImage(path, enc);
+  return `${what} (entry ${index})`;
+}
 
 function images(dir: string): string[] {
   return readdirSync(dir).filter((f) => f.endsWith(".img") || f === "stats-dump");
@@ -77,6 +137,24 @@ const MUTATIONS: Mutation[] = [
     unlinkSync(join(d, name));
     return `delete ${name}`;
   },
+  ...Array.from({ length: 4 }, (): Mutation => (d) => mutateDecoded(d, (m, name) => {
+    const numbers: Slot[] = [];
+    walk(m, name, numbers, []);
+    if (numbers.length === 0) return null;
+    const s = pick(numbers);
+    const value = absurd(s.holder[s.key] as number | bigint);
+    s.holder[s.key] = value;
+    return `set ${s.path} = ${value}`;
+  })),
+  (d) => mutateDecoded(d, (m, name) => {
+    const lists: { list: unknown[]; path: string }[] = [];
+    walk(m, name, [], lists);
+    if (lists.length === 0) return null;
+    const { list, path } = pick(lists);
+    const [i, j] = [int(list.length), int(list.length)];
+    [list[i], list[j]] = [list[j], list[i]];
+    return `swap ${path}[${i}] and [${j}]`;
+  }),
 ];
 
 interface Verdict {
