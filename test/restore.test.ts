@@ -123,7 +123,8 @@ describe("ckpt restore", () => {
     const again = runCkpt(["restore", "-D", images, "-d"]);
     expect(again.code).toBe(1);
     expect(again.stderr).toContain(`pid ${pids[0]}`);
-    expect(again.stderr).toContain("taken");
+    // Naming who holds it: the first restore's root, with its command line.
+    expect(again.stderr).toContain(`is taken on this host by process ${pids[0]} (${sharedTreeTarget()} ${work})`);
     expect(again.stderr.trim().split("\n")).toHaveLength(1);
     // The first tree is untouched.
     expect(pids.every(alive)).toBe(true);

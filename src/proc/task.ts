@@ -24,3 +24,20 @@ export function readAllChildren(proc: ProcFs, pid: number, threads: readonly num
   for (const tid of threads) out.push(...readChildren(proc, pid, tid));
   return out;
 }
+
+/**
+ * Who holds `tid` on this host, for an error: "process 4242 (nginx: worker
+ * process)", or "thread 4243 of process 4242 (...)"; undefined once gone.
+ */
+export function describeTask(proc: ProcFs, tid: number): string | undefined {
+  try {
+    const status = proc.readText(tid, "status");
+    const tgid = Number(/^Tgid:\s*(\d+)/m.exec(status)?.[1] ?? tid);
+    const name = /^Name:\s*(.*)$/m.exec(status)?.[1] ?? "?";
+    const cmdline = proc.readText(tgid, "cmdline").split("\0").filter(Boolean).join(" ");
+    const command = cmdline === "" ? `[${name}]` : cmdline.length > 80 ? `${cmdline.slice(0, 77)}...` : cmdline;
+    return tgid === tid ? `process ${tid} (${command})` : `thread ${tid} of process ${tgid} (${command})`;
+  } catch {
+    return undefined;
+  }
+}

@@ -33,6 +33,7 @@ import { InventoryEntrySchema } from "../image/gen/inventory_pb";
 import { PstreeEntrySchema, type PstreeEntry } from "../image/gen/pstree_pb";
 import { CoreEntry_March, SeccompMode, TaskCoreEntrySchema, TaskKobjIdsEntrySchema, ThreadCoreEntrySchema, type TaskKobjIdsEntry } from "../image/gen/core_pb";
 import { readMaps } from "../proc/maps";
+import { describeTask } from "../proc/task";
 import { ProcFs } from "../proc/procfs";
 import { statOrNull, writeWholeFile } from "../sys/file";
 import { addressOf, callCountsSince, kill, snapshotCallCounts, syscall, waitpid } from "../sys/libc";
@@ -165,10 +166,10 @@ function loadPlan(images: ImageSet): TreePlan {
   return { pstree, processes, zombies, locks };
 }
 
-function checkPidsFree(pstree: readonly PstreeEntry[]): void {
+function checkPidsFree(proc: ProcFs, pstree: readonly PstreeEntry[]): void {
   for (const p of pstree) {
     for (const tid of p.threads) {
-      if (statOrNull(`/proc/${tid}`)) throw new PidTakenError(tid, tid === p.pid ? `process ${p.pid}` : `thread of process ${p.pid}`);
+      if (statOrNull(`/proc/${tid}`)) throw new PidTakenError(tid, tid === p.pid ? `process ${p.pid}` : `thread of process ${p.pid}`, describeTask(proc, tid));
     }
   }
 }
@@ -296,9 +297,14 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     throw new Error(`${opts.dir} is a pre-dump (memory only, the tree ran on); restore the final dump, made with --prev-images-dir`);
   }
   const { pstree, processes: plan, zombies, locks } = loadPlan(images);
-  checkPidsFree(pstree);
   const shared = new SharedAnonObjects(images, plan.map((p) => p.mm));
   const proc = new ProcFs();
+  try {
+    checkPidsFree(proc, pstree);
+  } catch (e) {
+    proc.close();
+    throw e;
+  }
   const created: number[] = [];
   let seedPid = 0;
   let files: OpenedFiles | undefined;

@@ -30,8 +30,9 @@ const THREAD_FLAGS = CLONE.VM | CLONE.FS | CLONE.FILES | CLONE.SIGHAND | CLONE.T
 /** A pid or tid of the image is in use on this host. */
 export class PidTakenError extends Error {
   override readonly name = "PidTakenError";
-  constructor(readonly pid: number, what: string) {
-    super(`pid ${pid} (${what}) is taken on this host: a task with that pid is running`);
+  /** `holder`: who has the pid now (describeTask), when known. */
+  constructor(readonly pid: number, what: string, holder?: string) {
+    super(`pid ${pid} (${what}) is taken on this host${holder ? ` by ${holder}` : ": a task with that pid is running"}`);
   }
 }
 
