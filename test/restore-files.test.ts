@@ -31,6 +31,9 @@ import { entries } from "./helpers/images";
 import { DATA, FD, fdTarget, oddFdTarget } from "./helpers/fd-workloads";
 import { buildC, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 
+/** What `ckpt restore` passes when no option says otherwise. */
+const FILE_DEFAULTS = { fileValidation: "buildid", skipFileRwxCheck: false } as const;
+
 const targets: Target[] = [];
 afterAll(() => {
   for (const t of targets) t.kill();
@@ -187,7 +190,9 @@ describe("the files of a dumped tree holding every fd kind", async () => {
   let files!: OpenedFiles;
   beforeAll(() => {
     before = openFds();
-    files = OpenedFiles.open(ImageSet.open(dir), { shellJob: false });
+    files = OpenedFiles.open(ImageSet.open(dir), { ...FILE_DEFAULTS, shellJob: false });
+    // The engine sets owners once the tree exists; here the owners' pids are those of the killed workload.
+    files.applyOwners();
   });
   const at = (fd: number): number => files.fd(idOf(fd));
 
@@ -333,7 +338,7 @@ describe("the files of a dumped tree holding every fd kind", async () => {
   // Failures, on the same image set (each test puts back what it changed).
   const refused = (pattern: RegExp): void => {
     const was = openFds();
-    expect(() => OpenedFiles.open(ImageSet.open(dir), { shellJob: false })).toThrow(pattern);
+    expect(() => OpenedFiles.open(ImageSet.open(dir), { ...FILE_DEFAULTS, shellJob: false })).toThrow(pattern);
     expect(newFds(was)).toEqual([]);
     expect(ghostsIn(work)).toEqual([]);
   };
@@ -355,7 +360,7 @@ describe("the files of a dumped tree holding every fd kind", async () => {
     const log = join(work, "log.txt");
     const size = statSync(log).size;
     appendFileSync(log, "a line logged after the snapshot\n");
-    const grown = OpenedFiles.open(ImageSet.open(dir), { shellJob: false });
+    const grown = OpenedFiles.open(ImageSet.open(dir), { ...FILE_DEFAULTS, shellJob: false });
     try {
       const fd = grown.fd(idOf(FD.APPEND));
       expect(fcntl(fd, F.GETFL) & (3 | O.APPEND)).toBe(O.WRONLY | O.APPEND);
@@ -371,7 +376,8 @@ describe("the files of a dumped tree holding every fd kind", async () => {
     try {
       refused(new RegExp(`file id ${cfds.get(FD.CHILD_OWN)} \\(${own}\\): ${own} is gone`));
     } finally {
-      writeFileSync(own, "");
+      // As the workload made it: restore checks the mode too.
+      writeFileSync(own, "", { mode: 0o600 });
     }
   });
 
@@ -413,15 +419,16 @@ describe("the files of a dumped tree holding every fd kind", async () => {
   test("a kind ckpt cannot restore is refused before anything is opened, naming id and type", () => {
     const synthetic = syntheticSet(dir, [devNull(1), create(FileEntrySchema, { type: FdTypes.PACKETSK, id: 2 })]);
     const was = openFds();
-    expect(() => OpenedFiles.open(ImageSet.open(synthetic), { shellJob: false })).toThrow("file id 2 is of type PACKETSK (10), which ckpt cannot restore");
+    expect(() => OpenedFiles.open(ImageSet.open(synthetic), { ...FILE_DEFAULTS, shellJob: false })).toThrow("file id 2 is of type PACKETSK (10), which ckpt cannot restore");
     expect(newFds(was)).toEqual([]);
   });
 
   test("an owner is set as the uids the dump recorded; ckpt is root again afterwards", () => {
     const file = devNull(1);
     file.reg!.fown = create(FownEntrySchema, { uid: 1000, euid: 1001, signum: 10, pidType: 1, pid: process.pid });
-    const opened = OpenedFiles.open(ImageSet.open(syntheticSet(dir, [file])), { shellJob: false });
+    const opened = OpenedFiles.open(ImageSet.open(syntheticSet(dir, [file])), { ...FILE_DEFAULTS, shellJob: false });
     try {
+      opened.applyOwners();
       const uids = new Uint32Array(2);
       fcntlInto(opened.fd(1), F.GETOWNER_UIDS, uids);
       expect([...uids]).toEqual([1000, 1001]);
@@ -437,7 +444,7 @@ describe("the files of a dumped tree holding every fd kind", async () => {
 
   test("thousands of files fit (the soft fd limit is raised); more than the hard limit allows are refused up front", () => {
     const many = syntheticSet(dir, Array.from({ length: 3000 }, (_, i) => devNull(i + 1)));
-    const opened = OpenedFiles.open(ImageSet.open(many), { shellJob: false });
+    const opened = OpenedFiles.open(ImageSet.open(many), { ...FILE_DEFAULTS, shellJob: false });
     expect(opened.count).toBe(3000);
     expect(fcntl(opened.fd(3000), F.GETFL) & 3).toBe(O.RDWR);
     opened.finish();
@@ -445,7 +452,7 @@ describe("the files of a dumped tree holding every fd kind", async () => {
     writeFileSync(script, `
       import { ImageSet } from "${join(import.meta.dir, "../src/image/image-set")}";
       import { OpenedFiles } from "${join(import.meta.dir, "../src/restore/files/open-files")}";
-      try { OpenedFiles.open(ImageSet.open(${JSON.stringify(many)}), { shellJob: false }); console.log("opened"); }
+      try { OpenedFiles.open(ImageSet.open(${JSON.stringify(many)}), { fileValidation: "buildid", skipFileRwxCheck: false, shellJob: false }); console.log("opened"); }
       catch (e) { console.log((e as Error).message); }
     `);
     const r = Bun.spawnSync(["prlimit", "--nofile=1024:1024", process.execPath, script], { stdout: "pipe", stderr: "pipe" });
@@ -588,7 +595,7 @@ describe("the less common states of sockets, memfds, pipes, eventfd and timerfd"
   const table = fdTable(dir, pid);
   let files!: OpenedFiles;
   beforeAll(() => {
-    files = OpenedFiles.open(ImageSet.open(dir), { shellJob: false });
+    files = OpenedFiles.open(ImageSet.open(dir), { ...FILE_DEFAULTS, shellJob: false });
   });
   const at = (fd: number): number => files.fd(table.get(fd)!);
   const name = (raw: Uint8Array): string => {
@@ -708,7 +715,7 @@ describe("a terminal (a --shell-job dump)", async () => {
     import { FdTypes, FileEntrySchema } from "${join(import.meta.dir, "../src/image/gen/fdinfo_pb")}";
     try {
       const images = ImageSet.open(${JSON.stringify(dir)});
-      const files = OpenedFiles.open(images, { shellJob: true });
+      const files = OpenedFiles.open(images, { fileValidation: "buildid", skipFileRwxCheck: false, shellJob: true });
       const fd = files.fd(images.entries("files.img", FileEntrySchema).find((e) => e.type === FdTypes.TTY)!.id);
       console.log(JSON.stringify({ fd: readlinkSync("/proc/self/fd/" + fd), stdin: readlinkSync("/proc/self/fd/0"), flags: fcntl(fd, 3), count: files.count }));
       files.finish();
@@ -717,7 +724,7 @@ describe("a terminal (a --shell-job dump)", async () => {
 
   test("without --shell-job it is refused by name, telling what to do", () => {
     const was = openFds();
-    expect(() => OpenedFiles.open(ImageSet.open(dir), { shellJob: false })).toThrow(/file id \d+ \(terminal \/dev\/pts\/\d+\): the dumped tree used a terminal; restore it with --shell-job/);
+    expect(() => OpenedFiles.open(ImageSet.open(dir), { ...FILE_DEFAULTS, shellJob: false })).toThrow(/file id \d+ \(terminal \/dev\/pts\/\d+\): the dumped tree used a terminal; restore it with --shell-job/);
     expect(newFds(was)).toEqual([]);
   });
 

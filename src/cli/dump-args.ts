@@ -1,4 +1,5 @@
 /** The flags `ckpt dump` and `ckpt pre-dump` share, and their checks. */
+import { FILE_VALIDATIONS, type FileValidation } from "../image/file-validation";
 import { flagValues, rejectUnknownArgs, UsageError } from "./exit";
 
 const PAGE_SCANS = ["auto", "ioctl", "pagemap"] as const;
@@ -48,4 +49,12 @@ export function parseSize(flag: string, text: string): bigint {
   const m = /^(\d+)([KMG]?)$/i.exec(text);
   if (!m) throw new UsageError(`${flag} needs a size in bytes (digits, optionally followed by K, M or G), got ${JSON.stringify(text)}`);
   return BigInt(m[1]!) * SIZE_UNITS[m[2]!.toUpperCase()]!;
+}
+
+/** --file-validation's value (dump and restore): buildid or filesize; undefined when not given. */
+export function parseFileValidation(value: unknown): FileValidation | undefined {
+  if (value === undefined) return undefined;
+  const text = String(value);
+  if (!(FILE_VALIDATIONS as readonly string[]).includes(text)) throw new UsageError(`--file-validation must be one of ${FILE_VALIDATIONS.join(", ")}, got ${JSON.stringify(text)}`);
+  return text as FileValidation;
 }

@@ -1,7 +1,7 @@
 /** `ckpt dump`: checkpoint the process tree rooted at a pid into an image directory. */
 import { defineCommand } from "citty";
 import { dump } from "../dump/dump";
-import { parseSharedDumpArgs, parseSize, sharedDumpArgs } from "./dump-args";
+import { parseFileValidation, parseSharedDumpArgs, parseSize, sharedDumpArgs } from "./dump-args";
 
 export const dumpCommand = defineCommand({
   meta: { name: "dump", description: "Checkpoint the process tree rooted at PID into DIR (the tree is killed unless -R)" },
@@ -11,11 +11,13 @@ export const dumpCommand = defineCommand({
     "ghost-limit": { type: "string", description: "refuse to save an unlinked open or mapped file larger than SIZE bytes (K, M, G suffixes; as CRIU's option, but no limit unless given)" },
     "shell-job": { type: "boolean", alias: "j", description: "the tree is a job of your shell: dump the terminal it uses (restore gives it the restorer's terminal)", default: false },
     "file-locks": { type: "boolean", description: "save the file locks (POSIX, flock, OFD) the tree holds; without it a tree holding one is refused, as CRIU does", default: false },
+    "file-validation": { type: "string", description: "what restore will check open and mapped files by: buildid (size and ELF build-id, the default, as CRIU) or filesize" },
   },
   async run({ args, rawArgs }) {
-    const shared = parseSharedDumpArgs(args, rawArgs, ["leave-running", "R", "shell-job", "j", "ghost-limit", "file-locks"], ["ghost-limit"]);
+    const shared = parseSharedDumpArgs(args, rawArgs, ["leave-running", "R", "shell-job", "j", "ghost-limit", "file-locks", "file-validation"], ["ghost-limit", "file-validation"]);
+    const fileValidation = parseFileValidation(args["file-validation"]);
     const ghostLimit = args["ghost-limit"] === undefined ? undefined : parseSize("--ghost-limit", String(args["ghost-limit"]));
-    const result = await dump({ ...shared, leaveRunning: Boolean(args["leave-running"]), shellJob: Boolean(args["shell-job"]), fileLocks: Boolean(args["file-locks"]), ...(ghostLimit !== undefined ? { ghostLimit } : {}) });
+    const result = await dump({ ...shared, leaveRunning: Boolean(args["leave-running"]), shellJob: Boolean(args["shell-job"]), fileLocks: Boolean(args["file-locks"]), ...(fileValidation ? { fileValidation } : {}), ...(ghostLimit !== undefined ? { ghostLimit } : {}) });
     if (args.json) {
       process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
       return;

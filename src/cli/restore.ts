@@ -1,6 +1,7 @@
 /** `ckpt restore`: bring a dumped process tree back from an image directory. */
 import { defineCommand } from "citty";
 import { restore, waitForRoot } from "../restore/restore";
+import { parseFileValidation } from "./dump-args";
 import { rejectUnknownArgs, UsageError } from "./exit";
 
 export const restoreCommand = defineCommand({
@@ -11,15 +12,19 @@ export const restoreCommand = defineCommand({
     pidfile: { type: "string", description: "write the restored root's pid to this file" },
     "shell-job": { type: "boolean", alias: "j", description: "the tree was dumped with --shell-job: give it this terminal and session", default: false },
     "file-locks": { type: "boolean", description: "as CRIU's: take again the file locks the images hold (ckpt does so whenever filelocks.img holds any, so this is accepted for CRIU's scripts)", default: false },
+    "file-validation": { type: "string", description: "check open and mapped files by buildid (their size, and the ELF build-id the images record: the default, as CRIU) or filesize (the size alone)" },
+    "skip-file-rwx-check": { type: "boolean", description: "as CRIU's: allow a file whose read/write/execute permission bits changed since the dump", default: false },
     json: { type: "boolean", description: "print a JSON summary instead of one line", default: false },
   },
   async run({ args, rawArgs }) {
-    rejectUnknownArgs(rawArgs, ["images-dir", "D", "restore-detached", "d", "pidfile", "shell-job", "j", "file-locks", "json"], 0, ["images-dir", "D", "pidfile"]);
+    rejectUnknownArgs(rawArgs, ["images-dir", "D", "restore-detached", "d", "pidfile", "shell-job", "j", "file-locks", "file-validation", "skip-file-rwx-check", "json"], 0, ["images-dir", "D", "pidfile", "file-validation"]);
+    const fileValidation = parseFileValidation(args["file-validation"]);
     const dir = String(args["images-dir"]);
     if (dir === "") throw new UsageError("-D/--images-dir needs a directory");
     const detach = Boolean(args["restore-detached"]);
     const result = await restore({
-      dir, detach, shellJob: Boolean(args["shell-job"]),
+      dir, detach, shellJob: Boolean(args["shell-job"]), skipFileRwxCheck: Boolean(args["skip-file-rwx-check"]),
+      ...(fileValidation ? { fileValidation } : {}),
       ...(args.pidfile !== undefined ? { pidfile: String(args.pidfile) } : {}),
     });
     if (args.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);

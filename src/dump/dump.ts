@@ -12,6 +12,7 @@
  *     image set, and a failed dump removes what it wrote.
  * Any error or SIGINT/SIGTERM on the way lets every task go untouched.
  */
+import type { FileValidation } from "../image/file-validation";
 import { create } from "@bufbuild/protobuf";
 import { ImageEncoder } from "../image/encode";
 import { CoreEntry_March, CoreEntrySchema, TaskCoreEntrySchema, TaskRlimitsEntrySchema, ThreadCoreEntrySchema, ThreadSasEntrySchema, type CoreEntry, type TaskKobjIdsEntry } from "../image/gen/core_pb";
@@ -69,6 +70,8 @@ export interface DumpOptions {
   shellJob?: boolean;
   /** Save the file locks the tree holds (CRIU's --file-locks); without it a lock is refused. */
   fileLocks?: boolean;
+  /** What restore will check files by (CRIU's --file-validation): "buildid" (the default) or "filesize". */
+  fileValidation?: FileValidation;
   /** Directories to search for the paths of watched inodes (--irmap-scan-path); the irmap's defaults when none. */
   irmapScanPaths?: string[];
   /**
@@ -122,6 +125,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const guard = new InterruptGuard();
   const table = new FileTable();
   if (opts.ghostLimit !== undefined) table.ghostLimit = opts.ghostLimit;
+  if (opts.fileValidation) table.fileValidation = opts.fileValidation;
   const files: FilesDump = {
     ids: new FileIds(), kinds: new Map(), locks: new FileLocks(table, opts.fileLocks ?? false),
     ctx: {

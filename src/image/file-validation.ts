@@ -1,4 +1,4 @@
-/** Which regular files an image set records a size for, to be checked at restore. */
+/** Which regular files an image set records a size (and a build-id) for, to be checked at restore. */
 import { O } from "../sys/nr";
 
 /**
@@ -9,3 +9,7 @@ import { O } from "../sys/nr";
 export function validatesSize(flags: number): boolean {
   return !((flags & O.ACCMODE) === O.WRONLY && (flags & O.APPEND) !== 0);
 }
+
+/** How a restore knows a file is the one dumped: its size, or its size and ELF build-id (CRIU's default). */
+export type FileValidation = "buildid" | "filesize";
+export const FILE_VALIDATIONS: readonly FileValidation[] = ["buildid", "filesize"];

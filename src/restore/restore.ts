@@ -5,10 +5,12 @@
  * Everything is done by ckpt through ptrace and injected system calls in
  * tasks it creates itself (puppet.ts): no helper binary, no code of ckpt's in
  * the restored tasks. The order:
- *  1. read and check the images, refuse pids that are taken;
- *  2. start the seed (seed.ts), give it the syscall page, clone the tree
- *     with the original pids (tree.ts), let the seed exit;
- *  3. open every file in ckpt (files/), then per process: rlimits, address
+ *  1. read and check the whole image set (validate.ts), refuse pids that
+ *     are taken;
+ *  2. open every file in ckpt (files/): files that changed since the dump
+ *     are refused here, before any task exists;
+ *  3. start the seed (seed.ts), give it the syscall page, clone the tree
+ *     with the original pids (tree.ts), let the seed exit; then per process: rlimits, address
  *     space and pages (mm.ts), fds, cwd/root/umask, signal actions, timers,
  *     then its threads and their state, queued signals, credentials;
  *  4. unmap the syscall page, park every thread in a signal stop and set its
@@ -23,6 +25,7 @@
  * the guard kills the whole tree instead; a seed not yet seized ends itself
  * after 30 s (seed.ts).
  */
+import type { FileValidation } from "../image/file-validation";
 import { isFieldSet } from "@bufbuild/protobuf";
 import { CoreEntrySchema, type CoreEntry } from "../image/gen/core_pb";
 import { FdinfoEntrySchema, FileEntrySchema, type FdinfoEntry } from "../image/gen/fdinfo_pb";
@@ -68,6 +71,10 @@ export interface RestoreOptions {
   pidfile?: string;
   /** The tree was dumped with --shell-job: it joins ckpt's session and terminal. */
   shellJob?: boolean;
+  /** Check files by their size and recorded build-id ("buildid", the default) or their size alone. */
+  fileValidation?: FileValidation;
+  /** Let a file whose rwx permission bits changed since the dump pass (CRIU's --skip-file-rwx-check). */
+  skipFileRwxCheck?: boolean;
 }
 
 export interface RestoreFigures {
@@ -311,10 +318,20 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let guard: RestoreGuard | undefined;
   const figures: RestoreFigures = { forkMs: 0, mmMs: 0, pagesMs: 0, filesMs: 0, totalMs: 0 };
   let pagesRestored = 0;
-  // Without -d ckpt waits for the root: as a subreaper it becomes the root's parent.
-  if (!opts.detach) syscall("prctl", SYS.prctl, [PR.SET_CHILD_SUBREAPER, 1], ["PR_SET_CHILD_SUBREAPER", "1"]);
+  // ckpt is a subreaper, so the seed and the root (cloned with CLONE_PARENT)
+  // are its children: without -d it waits for the root; and a failed restore
+  // reaps what it killed itself, leaving no zombie to hold a pid until init
+  // (which may be slow to reap) gets to it. With -d the root goes on to
+  // init, or to ckpt's nearest subreaper ancestor, when ckpt exits.
+  syscall("prctl", SYS.prctl, [PR.SET_CHILD_SUBREAPER, 1], ["PR_SET_CHILD_SUBREAPER", "1"]);
   const root = pstree[0]?.pid ?? 0;
   try {
+    // Files first: a file that changed since the dump (size, build-id, mode)
+    // or a port now taken fails the restore before any task exists.
+    const t = performance.now();
+    files = OpenedFiles.open(images, { shellJob: opts.shellJob ?? false, fileValidation: opts.fileValidation ?? "buildid", skipFileRwxCheck: opts.skipFileRwxCheck ?? false });
+    figures.filesMs += performance.now() - t;
+
     const seed = await startSeed(!opts.shellJob);
     seedPid = seed.pid;
     ptrace.seize(seed.pid, RESTORE_PTRACE_OPTIONS);
@@ -335,11 +352,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     const tree = createProcesses(seedTask, scratch, pstree, created, zombies);
     seedTask.callNoReturn(SYS.exit_group, [0]);
     seedPid = 0;
-    figures.forkMs = performance.now() - started;
+    files.applyOwners();
+    figures.forkMs = performance.now() - started - figures.filesMs;
 
-    const t = performance.now();
-    files = OpenedFiles.open(images, { shellJob: opts.shellJob ?? false });
-    figures.filesMs += performance.now() - t;
     const ctx: RestoreContext = { proc, files, syscallPage, scratch, epollsDone: new Set(), shared, locks, figures };
     /** Tasks to stop as they are let go, with the stop signal of each. */
     const stopped = new Map<number, number>();

@@ -24,6 +24,8 @@ const PID_MAX_LIMIT = 4 * 1024 * 1024;
 /** The kernel's ceiling on fd numbers (fs.nr_open can go no higher). */
 const NR_OPEN_MAX = 1 << 30;
 const PAGE = BigInt(PAGE_SIZE);
+/** Status bits of which an area must have one for restore to know how to make it. */
+const KNOWN_KINDS = VMA.FILE_PRIVATE | VMA.FILE_SHARED | VMA.ANON_SHARED | VMA.ANON_PRIVATE | VMA.AREA_VDSO | VMA.AREA_VVAR | VMA.AREA_VSYSCALL;
 
 /** What validation needs of one process of the plan. */
 export interface ProcessToCheck {
@@ -112,6 +114,7 @@ export function validateProcess(p: ProcessToCheck, files: ReadonlySet<number>): 
     if (v.start < prevEnd) throw new Error(`${at}: overlaps the area before it, or is out of order`);
     prevEnd = v.end;
     if (v.pgoff % PAGE !== 0n) throw new Error(`${at}: file offset ${hex(v.pgoff)} is not page-aligned`);
+    if ((v.status & KNOWN_KINDS) === 0) throw new Error(`${at}: status 0x${v.status.toString(16)} names no kind of area restore knows (private or shared, anonymous or file, vDSO, vvar, vsyscall)`);
     if ((v.status & (VMA.FILE_PRIVATE | VMA.FILE_SHARED)) !== 0) needFile(mmImage, `area ${i}`, Number(v.shmid));
   });
 

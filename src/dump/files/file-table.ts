@@ -10,7 +10,11 @@ import { RegFileEntrySchema } from "../../image/gen/regfile_pb";
 import { ImageEncoder } from "../../image/encode";
 import { kind } from "../../image/magic";
 import type { Statx } from "../../sys/structs";
-import { validatesSize } from "../../image/file-validation";
+import { validatesSize, type FileValidation } from "../../image/file-validation";
+import { buildIdWords, readBuildId } from "../../sys/build-id";
+import { SysError } from "../../sys/errno";
+import { close } from "../../sys/libc";
+import { S_IF, S_IFMT } from "../../sys/nr";
 import type { ShmemContents } from "../memory/shmem";
 
 /** An fd kind (or a state of one) this dump cannot save. */
@@ -34,6 +38,12 @@ export interface RegularFile {
   pos: bigint;
   st: Statx;
   fown?: FownEntry;
+  /**
+   * How to read the file for its build-id (--file-validation buildid): a
+   * function opening it read-only, and whether the caller's fd must be
+   * closed here (false when the caller closes what it opened).
+   */
+  open?: { fd: () => number; close: boolean };
 }
 
 export class FileTable {
@@ -46,6 +56,10 @@ export class FileTable {
   readonly ghosts = new Map<string, number>();
   /** The largest unlinked file saved as a ghost, in bytes (--ghost-limit); no limit when unset. */
   ghostLimit?: bigint;
+  /** Build-ids go into the entries of ELF files with "buildid" (CRIU's default); sizes always. */
+  fileValidation: FileValidation = "buildid";
+  /** Build-ids read so far by "dev:ino" (undefined: none, or unreadable). */
+  private readonly buildIds = new Map<string, number[] | undefined>();
   /** Further images by file name, in the order they were first used. */
   readonly images = new Map<string, ImageEncoder>();
   private nextId = 1;
@@ -68,6 +82,32 @@ export class FileTable {
     return enc;
   }
 
+  /**
+   * The build-id of an ELF regular file whose size is validated too, read
+   * once per inode; none for other files, and none (the size alone, as in
+   * CRIU) for one that cannot be read.
+   */
+  private buildIdField(f: RegularFile): { buildId?: number[] } {
+    if (this.fileValidation !== "buildid" || !f.open || (f.st.mode & S_IFMT) !== S_IF.REG || !validatesSize(f.flags) || f.st.size === 0n) return {};
+    const key = `${f.st.dev}:${f.st.ino}`;
+    if (!this.buildIds.has(key)) {
+      let words: number[] | undefined;
+      let fd = -1;
+      try {
+        fd = f.open.fd();
+        const id = readBuildId(fd);
+        words = id ? buildIdWords(id) : undefined;
+      } catch (e) {
+        if (!(e instanceof SysError)) throw e;
+      } finally {
+        if (fd >= 0 && f.open.close) close(fd);
+      }
+      this.buildIds.set(key, words);
+    }
+    const words = this.buildIds.get(key);
+    return words ? { buildId: words } : {};
+  }
+
   /** Add a regular file (or directory, or memory device) under `id` (a new id if not given); returns the id. */
   addRegular(f: RegularFile, id = this.newId()): number {
     this.entries.push(create(FileEntrySchema, {
@@ -83,6 +123,7 @@ export class FileTable {
         // written only with the mount namespace. CRIU looks it up when it
         // is set and fails, for ghost files, when there is none.
         ...(validatesSize(f.flags) ? { size: f.st.size } : {}),
+        ...this.buildIdField(f),
         mode: f.st.mode,
       }),
     }));

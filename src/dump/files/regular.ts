@@ -121,6 +121,7 @@ export const regularKind: FdKind = {
     const { path, unlinked } = pathOf(f.link, f.st);
     ctx.table.addRegular({
       path, flags: f.info.flags & ~O.CLOEXEC, pos: f.info.pos, st: f.st,
+      open: { fd: () => ctx.access.reopen(f.fd, O.RDONLY), close: false },
       // An O_PATH fd has no owner (fcntl F_GETOWN_EX fails on it with EBADF).
       ...(f.info.flags & O.PATH ? {} : { fown: readFown(ctx.access.local(f.fd)) }),
     }, id);
@@ -139,7 +140,7 @@ export function dumpLinkedFile(proc: ProcFs, pid: number, name: "cwd" | "root" |
   const { path, unlinked } = pathOf(link, st);
   if (unlinked && name !== "exe") throw new UnsupportedFileError(pid, name, `a removed directory (${link})`);
   const flags = name === "exe" ? O.RDONLY : O.RDONLY | O.DIRECTORY;
-  const id = table.addRegular({ path, flags, pos: 0n, st });
+  const id = table.addRegular({ path, flags, pos: 0n, st, open: { fd: () => proc.open(pid, name, O.RDONLY | O.CLOEXEC), close: true } });
   if (unlinked) saveGhost(pid, name, st, id, table, () => proc.open(pid, name, O.RDONLY), true);
   return id;
 }
@@ -154,7 +155,7 @@ export function addMappedFile(proc: ProcFs, pid: number, range: string, link: st
   if (!path.startsWith("/") || (!unlinked && path.endsWith(DELETED))) {
     throw new UnsupportedFileError(pid, `the mapping at 0x${range}`, `a mapping of ${link || "an unnamed file"}`);
   }
-  const id = table.addRegular({ path, flags, pos: 0n, st });
+  const id = table.addRegular({ path, flags, pos: 0n, st, open: { fd: () => proc.open(pid, `map_files/${range}`, O.RDONLY | O.CLOEXEC), close: true } });
   if (unlinked) saveGhost(pid, `the mapping at 0x${range}`, st, id, table, () => proc.open(pid, `map_files/${range}`, O.RDONLY), true);
   return id;
 }

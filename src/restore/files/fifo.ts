@@ -42,7 +42,7 @@ export const fifoKind: FileRestoreKind = {
         // kernel would keep in the file's flags for F_GETFL to show.
         const fd = ctx.own(openat(AT.FDCWD, path, reopenFlags(reg.flags) | O.NONBLOCK));
         if ((fstat(fd).mode & S_IFMT) !== S_IF.FIFO) throw new Error(`${path} is no longer a FIFO`);
-        restoreFileState(fd, { flags: reg.flags, fown: reg.fown });
+        restoreFileState(fd, { flags: reg.flags, fown: reg.fown }, ctx);
         ctx.keep(e.id, fd);
       });
     }

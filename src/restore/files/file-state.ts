@@ -66,10 +66,15 @@ export function restorePosition(fd: number, pos: bigint): void {
   if (pos !== 0n) lseek(fd, pos, SEEK.SET);
 }
 
-/** Status flags, owner and position of a newly made open file. */
-export function restoreFileState(fd: number, state: { flags: number; fown?: FownEntry; pos?: bigint }): void {
+/** Where an owner (F_SETOWN) waits until its process exists. */
+export interface OwnerSink {
+  setOwner(fd: number, fown: FownEntry | undefined): void;
+}
+
+/** Status flags and position of a newly made open file; its owner goes to `owners`, set once the tree exists. */
+export function restoreFileState(fd: number, state: { flags: number; fown?: FownEntry; pos?: bigint }, owners: OwnerSink): void {
   if (state.pos !== undefined) restorePosition(fd, state.pos);
-  restoreFown(fd, state.fown);
+  owners.setOwner(fd, state.fown);
   restoreStatusFlags(fd, state.flags);
 }
 

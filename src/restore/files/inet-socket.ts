@@ -95,7 +95,7 @@ export const inetSocketKind: FileRestoreKind = {
         restoreSkOpts(fd, opts);
         if (isTcp(isk) && isk.tcpOpts) restoreTcpOpts(fd, isk.tcpOpts);
         if (isk.shutdown) shutdown(fd, SHUT_HOW[isk.shutdown]!);
-        restoreFileState(fd, { flags: isk.flags, fown: isk.fown });
+        restoreFileState(fd, { flags: isk.flags, fown: isk.fown }, ctx);
         ctx.keep(e.id, fd);
       });
     }

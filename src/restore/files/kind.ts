@@ -7,12 +7,18 @@
  * together: both ends of a pipe come from one pipe2, a socketpair makes two
  * sockets, a memfd inode is shared by several open files.
  */
+import type { FownEntry } from "../../image/gen/fown_pb";
+import type { FileValidation } from "../../image/file-validation";
 import { FdTypes, type FileEntry } from "../../image/gen/fdinfo_pb";
 import type { ImageSet } from "../../image/image-set";
 
 export interface FileRestoreOptions {
   /** The dump was a shell job (--shell-job): its terminal becomes the one ckpt's stdin refers to. */
   shellJob: boolean;
+  /** "buildid": a regular file's recorded build-id must match too, not only its size. */
+  fileValidation: FileValidation;
+  /** Ignore changes of a file's rwx permission bits (the rest of its mode must match). */
+  skipFileRwxCheck: boolean;
 }
 
 /** One watch of an eventpoll file, for the engine to add inside the restored process. */
@@ -39,6 +45,8 @@ export interface FileRestoreContext {
   removeLater(path: string): void;
   /** The watch list of eventpoll file `id`. */
   setWatches(id: number, watches: readonly EpollWatch[]): void;
+  /** The owner (F_SETOWN_EX, F_SETSIG) of the file open as `fd`, set by applyOwners once the tree exists. */
+  setOwner(fd: number, fown: FownEntry | undefined): void;
 }
 
 export interface FileRestoreKind {

@@ -53,7 +53,7 @@ export const memfdKind: FileRestoreKind = {
           const mine = !given && (m.flags & O_ACCMODE) === O.RDWR;
           given ||= mine;
           const fd = mine ? created : ctx.own(reopenOwn(created, m.flags));
-          restoreFileState(fd, { flags: m.flags, fown: m.fown, pos: m.pos });
+          restoreFileState(fd, { flags: m.flags, fown: m.fown, pos: m.pos }, ctx);
           ctx.keep(e.id, fd);
         });
       }

@@ -9,13 +9,15 @@
  * the way is tracked from the moment it exists, so a failure leaves no fd
  * and no temporary file behind.
  */
+import type { FownEntry } from "../../image/gen/fown_pb";
+import { restoreFown } from "./file-state";
 import { FileEntrySchema, type FileEntry } from "../../image/gen/fdinfo_pb";
 import { fcntl } from "../../sys/calls";
 import { close, openat, unlinkat } from "../../sys/libc";
 import { AT, F, O } from "../../sys/nr";
 import type { ImageSet } from "../../image/image-set";
 import { makeRoomForFiles } from "./fd-limit";
-import { typeName, type EpollWatch, type FileRestoreContext, type FileRestoreKind, type FileRestoreOptions } from "./kind";
+import { forFile, typeName, type EpollWatch, type FileRestoreContext, type FileRestoreKind, type FileRestoreOptions } from "./kind";
 import { restoreKind, RESTORE_KINDS } from "./kinds";
 
 export type { EpollWatch, FileRestoreOptions } from "./kind";
@@ -31,6 +33,8 @@ export class OpenedFiles {
   /** Paths made for the restore (ghost files), unlinked by finish() and abort(). */
   private readonly temporary: string[] = [];
   private readonly watches = new Map<number, readonly EpollWatch[]>();
+  /** Owners to set once the tree's processes exist (F_SETOWN_EX names one of them). */
+  private readonly owners: { fd: number; fown: FownEntry }[] = [];
 
   private constructor() {}
 
@@ -96,6 +100,18 @@ export class OpenedFiles {
    */
   epollWatches(id: number): readonly EpollWatch[] {
     return this.watches.get(id) ?? [];
+  }
+
+  /**
+   * Set the owner of every file that had one (F_SETSIG, F_SETOWN_EX): the
+   * files are opened before the tree's processes exist, the owners need them.
+   */
+  applyOwners(): void {
+    const idOf = new Map([...this.files].map(([id, fd]) => [fd, id]));
+    for (const { fd, fown } of this.owners.splice(0)) {
+      const id = idOf.get(fd);
+      forFile(id ?? -1, "the owner of the file", () => restoreFown(fd, fown));
+    }
   }
 
   /** After every process has pulled its fds: unlink temporary/ghost paths, close all ckpt fds. */
@@ -164,6 +180,9 @@ export class OpenedFiles {
       },
       setWatches: (id, watches) => {
         this.watches.set(id, watches);
+      },
+      setOwner: (fd, fown) => {
+        if (fown && (fown.signum !== 0 || fown.pid !== 0)) this.owners.push({ fd, fown });
       },
     };
   }

@@ -69,7 +69,7 @@ export const pipeKind: FileRestoreKind = {
           } else {
             fd = ctx.own(reopenOwn(acc === O.WRONLY ? w : r, p.flags));
           }
-          restoreFileState(fd, { flags: p.flags, fown: p.fown });
+          restoreFileState(fd, { flags: p.flags, fown: p.fown }, ctx);
           ctx.keep(e.id, fd);
         });
       }

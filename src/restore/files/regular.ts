@@ -10,7 +10,8 @@ import { FdTypes, type FileEntry } from "../../image/gen/fdinfo_pb";
 import { validatesSize } from "../../image/file-validation";
 import { RegFileEntrySchema, type RegFileEntry } from "../../image/gen/regfile_pb";
 import { statOrNull } from "../../sys/file";
-import { fstat, openat } from "../../sys/libc";
+import { buildIdHex, buildIdWords, readBuildId } from "../../sys/build-id";
+import { close, fstat, openat } from "../../sys/libc";
 import { AT, O, S_IF, S_IFMT } from "../../sys/nr";
 import { reopenFlags, restoreFileState } from "./file-state";
 import { Ghosts } from "./ghost";
@@ -39,6 +40,33 @@ function checkType(path: string, recordedMode: number | undefined, mode: number)
   }
 }
 
+/** As CRIU: the whole mode must be the recorded one, or all but the rwx bits with --skip-file-rwx-check. */
+function checkMode(name: string, recorded: number | undefined, now: number, skipRwx: boolean): void {
+  if (recorded === undefined) return;
+  const mask = skipRwx ? ~0o777 : ~0;
+  if ((recorded & mask) === (now & mask)) return;
+  const octal = (m: number): string => `0${(m & 0o7777).toString(8)}`;
+  const onlyRwx = (recorded & ~0o777) === (now & ~0o777);
+  throw new Error(`${name} has mode ${octal(now)} now but had ${octal(recorded)} when dumped${onlyRwx ? "; restore with --skip-file-rwx-check to allow changed permissions" : ""}`);
+}
+
+/** The file open as `fd` must be the build the images recorded (its ELF build-id), as CRIU's default validation asks. */
+function checkBuildId(reg: RegFileEntry, fd: number): void {
+  // The restored fd may be write-only: read through a read-only open of the same file.
+  const reader = openat(AT.FDCWD, `/proc/self/fd/${fd}`, O.RDONLY | O.CLOEXEC);
+  let now: Uint8Array | undefined;
+  try {
+    now = readBuildId(reader);
+  } finally {
+    close(reader);
+  }
+  const recorded = new Uint8Array(new Uint32Array(reg.buildId).buffer);
+  const same = now !== undefined && buildIdWords(now).length === reg.buildId.length && buildIdWords(now).every((w, i) => w === reg.buildId[i]);
+  if (same) return;
+  const was = buildIdHex(recorded);
+  throw new Error(`${reg.name} ${now ? `is another build now (build-id ${buildIdHex(now)})` : "has no build-id now"}; it was build-id ${was} when dumped; restore with --file-validation filesize to check its size alone`);
+}
+
 function openRegular(e: FileEntry, reg: RegFileEntry, ghosts: Ghosts, ctx: FileRestoreContext): number {
   if (!reg.name.startsWith("/")) throw new Error(`the dumped path "${reg.name}" is not absolute`);
   const ghost = ghosts.pathFor(e, reg);
@@ -60,8 +88,12 @@ function openRegular(e: FileEntry, reg: RegFileEntry, ghosts: Ghosts, ctx: FileR
   if ((st.mode & S_IFMT) === S_IF.REG && isFieldSet(reg, RegFileEntrySchema.field.size) && validatesSize(reg.flags) && st.size !== reg.size) {
     throw new Error(`${reg.name} is ${st.size} bytes now but was ${reg.size} bytes when dumped; ckpt restores only files that did not change`);
   }
+  if (!ghost) {
+    checkMode(reg.name, mode, st.mode, ctx.opts.skipFileRwxCheck);
+    if (ctx.opts.fileValidation === "buildid" && reg.buildId.length > 0 && (st.mode & S_IFMT) === S_IF.REG) checkBuildId(reg, fd);
+  }
   // An O_PATH fd has no position, owner or status flags to set.
-  if (!(reg.flags & O.PATH)) restoreFileState(fd, { flags: reg.flags, fown: reg.fown, pos: reg.pos });
+  if (!(reg.flags & O.PATH)) restoreFileState(fd, { flags: reg.flags, fown: reg.fown, pos: reg.pos }, ctx);
   return fd;
 }
 

@@ -35,7 +35,7 @@ export function standaloneKind<P extends StandalonePart>(k: {
         const p = part(e, k.part(e), k.field);
         forFile(e.id, k.describe?.(p) ?? k.name, () => {
           const fd = k.make(p, ctx, e);
-          restoreFileState(fd, { flags: k.statusFlags?.(p) ?? p.flags, fown: p.fown });
+          restoreFileState(fd, { flags: k.statusFlags?.(p) ?? p.flags, fown: p.fown }, ctx);
           ctx.keep(e.id, fd);
         });
       }

@@ -53,7 +53,7 @@ export const ttyKind: FileRestoreKind = {
         // Through ckpt's fd 0: the same terminal even where its path is not reachable.
         // Non-blocking: some terminals wait for carrier on open; the recorded flags follow.
         const fd = ctx.own(openat(AT.FDCWD, "/proc/self/fd/0", reopenFlags(tty.flags) | O.NONBLOCK));
-        restoreFileState(fd, { flags: tty.flags, fown: tty.fown });
+        restoreFileState(fd, { flags: tty.flags, fown: tty.fown }, ctx);
         ctx.keep(e.id, fd);
       });
     }

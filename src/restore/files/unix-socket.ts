@@ -251,7 +251,7 @@ export const unixSocketKind: FileRestoreKind = {
         const how = SHUT_OF[sk.usk.shutdown];
         if (how !== undefined) shutdown(sk.fd, how);
         restoreSkOpts(sk.fd, part(sk.entry, sk.usk.opts, "usk.opts"));
-        restoreFileState(sk.fd, { flags: sk.usk.flags, fown: sk.usk.fown });
+        restoreFileState(sk.fd, { flags: sk.usk.flags, fown: sk.usk.fown }, ctx);
         ctx.keep(sk.entry.id, sk.fd);
       });
     }
