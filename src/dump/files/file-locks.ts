@@ -8,11 +8,10 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { FileLockEntrySchema, type FileLockEntry } from "../../image/gen/file-lock_pb";
+import { FL } from "../../image/file-lock-flags";
 import type { FdInfo, FdLockInfo } from "../../proc/fdinfo";
 import type { FileTable } from "./file-table";
 
-/** file_lock_entry.flag values. */
-export const FL = { POSIX: 1, FLOCK: 2, OFD: 4 } as const;
 const KIND_FLAGS: Record<string, number> = { POSIX: FL.POSIX, FLOCK: FL.FLOCK, OFDLCK: FL.OFD };
 /** F_RDLCK and F_WRLCK, as the entries keep a lock's type. */
 const TYPES: Record<string, number> = { READ: 0, WRITE: 1 };

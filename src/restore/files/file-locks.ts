@@ -5,13 +5,13 @@
  * closes fds of the same files while it places them.
  */
 import { FileLockEntrySchema, type FileLockEntry } from "../../image/gen/file-lock_pb";
+import { FL } from "../../image/file-lock-flags";
 import type { FdinfoEntry } from "../../image/gen/fdinfo_pb";
 import type { ImageSet } from "../../image/image-set";
 import { Errno, SysError } from "../../sys/errno";
 import { SYS } from "../../sys/nr";
 import type { Puppet } from "../puppet";
 
-const FL = { POSIX: 1, FLOCK: 2, OFD: 4 } as const;
 const KIND_NAMES: Record<number, string> = { [FL.POSIX]: "POSIX", [FL.FLOCK]: "flock", [FL.OFD]: "OFD" };
 const F_SETLK = 6;
 const F_OFD_SETLK = 37;
