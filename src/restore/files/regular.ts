@@ -61,7 +61,8 @@ function checkBuildId(reg: RegFileEntry, fd: number): void {
     close(reader);
   }
   const recorded = new Uint8Array(new Uint32Array(reg.buildId).buffer);
-  const same = now !== undefined && buildIdWords(now).length === reg.buildId.length && buildIdWords(now).every((w, i) => w === reg.buildId[i]);
+  const words = now === undefined ? [] : buildIdWords(now);
+  const same = words.length === reg.buildId.length && words.every((w, i) => w === reg.buildId[i]);
   if (same) return;
   const was = buildIdHex(recorded);
   throw new Error(`${reg.name} ${now ? `is another build now (build-id ${buildIdHex(now)})` : "has no build-id now"}; it was build-id ${was} when dumped; restore with --file-validation filesize to check its size alone`);
