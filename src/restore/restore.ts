@@ -7,10 +7,9 @@
  * the restored tasks. The order:
  *  1. read and check the whole image set (validate.ts), refuse pids that
  *     are taken;
- *  2. open every file in ckpt (files/): files that changed since the dump
- *     are refused here, before any task exists;
- *  3. start the seed (seed.ts), give it the syscall page, clone the tree
- *     with the original pids (tree.ts), let the seed exit; then per process: rlimits, address
+ *  2. start the seed (seed.ts), give it the syscall page, clone the tree
+ *     with the original pids (tree.ts), let the seed exit;
+ *  3. open every file in ckpt (files/), then per process: rlimits, address
  *     space and pages (mm.ts), fds, cwd/root/umask, signal actions, timers,
  *     then its threads and their state, queued signals, credentials;
  *  4. unmap the syscall page, park every thread in a signal stop and set its
@@ -326,12 +325,6 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   syscall("prctl", SYS.prctl, [PR.SET_CHILD_SUBREAPER, 1], ["PR_SET_CHILD_SUBREAPER", "1"]);
   const root = pstree[0]?.pid ?? 0;
   try {
-    // Files first: a file that changed since the dump (size, build-id, mode)
-    // or a port now taken fails the restore before any task exists.
-    const t = performance.now();
-    files = OpenedFiles.open(images, { shellJob: opts.shellJob ?? false, fileValidation: opts.fileValidation ?? "buildid", skipFileRwxCheck: opts.skipFileRwxCheck ?? false });
-    figures.filesMs += performance.now() - t;
-
     const seed = await startSeed(!opts.shellJob);
     seedPid = seed.pid;
     ptrace.seize(seed.pid, RESTORE_PTRACE_OPTIONS);
@@ -352,8 +345,15 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     const tree = createProcesses(seedTask, scratch, pstree, created, zombies);
     seedTask.callNoReturn(SYS.exit_group, [0]);
     seedPid = 0;
+    figures.forkMs = performance.now() - started;
+
+    // Files once the tasks exist: a /proc/PID file of the tree's own
+    // processes (zdtm child_opened_proc) opens only then. A file that changed
+    // fails the restore here, and every task made is killed and reaped.
+    const t = performance.now();
+    files = OpenedFiles.open(images, { shellJob: opts.shellJob ?? false, fileValidation: opts.fileValidation ?? "buildid", skipFileRwxCheck: opts.skipFileRwxCheck ?? false });
     files.applyOwners();
-    figures.forkMs = performance.now() - started - figures.filesMs;
+    figures.filesMs += performance.now() - t;
 
     const ctx: RestoreContext = { proc, files, syscallPage, scratch, epollsDone: new Set(), shared, locks, figures };
     /** Tasks to stop as they are let go, with the stop signal of each. */
