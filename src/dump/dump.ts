@@ -158,7 +158,13 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     const clocks = { monotonic: clockNow(CLOCK_MONOTONIC), boottime: clockNow(CLOCK_BOOTTIME) };
     await guard.checkpoint();
 
-    const treeIds = new Map(tree.filter((p) => !p.zombie).map((p) => [p.pid, kobj.of(p.pid)]));
+    const treeIds = new Map(tree.filter((p) => !p.zombie).map((p) => {
+      try {
+        return [p.pid, kobj.of(p.pid)] as const;
+      } catch (e) {
+        throw explainProcessError(p.pid, e);
+      }
+    }));
     const sharing = unrestorableSharing([...treeIds].map(([pid, ids]) => ({ pid, ids })));
     if (sharing) throw new Error(`process ${sharing.pid}: ${sharing.why}`);
     for (const p of tree) {
