@@ -6,18 +6,16 @@
  * the steps after this may still fail (a pid taken, a file changed), but
  * not because the images contradict themselves.
  */
-import type { FileEntry } from "../image/gen/fdinfo_pb";
 import type { PstreeEntry } from "../image/gen/pstree_pb";
 import type { VmaEntry } from "../image/gen/vma_pb";
 import { VMA } from "../image/vma-status";
-import { statOrNull } from "../sys/file";
+import { readWholeFile, statOrNull } from "../sys/file";
 import { MAP, PAGE_SIZE } from "../sys/nr";
 import type { CoreEntry } from "../image/gen/core_pb";
-import type { FdinfoEntry } from "../image/gen/fdinfo_pb";
+import type { FdinfoEntry, FileEntry } from "../image/gen/fdinfo_pb";
 import type { FsEntry } from "../image/gen/fs_pb";
 import type { MmEntry } from "../image/gen/mm_pb";
 import type { PageChain } from "./page-chain";
-import { readFileSync } from "node:fs";
 
 /** The kernel's largest pid (PID_MAX_LIMIT on 64-bit). */
 const PID_MAX_LIMIT = 4 * 1024 * 1024;
@@ -44,7 +42,7 @@ function userTop(): bigint {
   if (userTopKnown === undefined) {
     let la57 = false;
     try {
-      la57 = /^flags\s*:.*\bla57\b/m.test(readFileSync("/proc/cpuinfo", "utf8"));
+      la57 = /^flags\s*:.*\bla57\b/m.test(new TextDecoder().decode(readWholeFile("/proc/cpuinfo")));
     } catch {
       // No cpuinfo: assume four-level paging, the narrower space.
     }
