@@ -74,6 +74,21 @@ describe("a restore checks the image set before it makes any task", () => {
     for (const p of pids) killablePid(p).kill();
   });
 
+  test("groups and sessions led from outside the dumper's pid namespace (0 in /proc, as in a container) restore", async () => {
+    await waitFor("the restored tree to be gone", () => pids.every((p) => !existsSync(`/proc/${p}`)), 10000);
+    const dir = edited((d) => rewrite(d, "pstree.img", "PSTREE", PstreeEntrySchema, (es: PstreeEntry[]) => {
+      for (const e of es) {
+        e.sid = 0;
+        e.pgid = 0;
+      }
+    }));
+    const r = runCkpt(["restore", "-D", dir, "-d"]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(pids.every(alive)).toBe(true);
+    for (const p of pids) killablePid(p).kill();
+  });
+
   test("parents that go round in a loop", async () => {
     await waitFor("the restored tree to be gone", () => pids.every((p) => !existsSync(`/proc/${p}`)), 10000);
     const dir = edited((d) => rewrite(d, "pstree.img", "PSTREE", PstreeEntrySchema, (es: PstreeEntry[]) => {

@@ -69,8 +69,10 @@ export function validateTree(pstree: readonly PstreeEntry[]): void {
       if (seen.has(tid)) throw new Error(`pstree.img: pid ${tid} is used twice`);
       seen.add(tid);
     }
+    // 0: a group or session led from outside the dumper's pid namespace
+    // (/proc shows 0 for it, as in a container whose init is not its leader).
     for (const [what, id] of [["pgid", e.pgid], ["sid", e.sid]] as const) {
-      if (!Number.isInteger(id) || id < 1 || id >= PID_MAX_LIMIT) throw new Error(`pstree.img: process ${e.pid} has ${what} ${id}, not a pid`);
+      if (!Number.isInteger(id) || id < 0 || id >= PID_MAX_LIMIT) throw new Error(`pstree.img: process ${e.pid} has ${what} ${id}, not a pid`);
     }
   }
   if (byPid.has(root.ppid) && root.ppid !== root.pid) throw new Error(`pstree.img: the root process ${root.pid} has its parent ${root.ppid} inside the tree`);

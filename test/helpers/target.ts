@@ -2,7 +2,7 @@
  * Test workloads: small C programs built with gcc, started detached so that
  * Bun's child reaping never sees (and steals) their ptrace stops.
  */
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -58,6 +58,10 @@ export function killablePid(pid: number): Target {
   return {
     pid,
     kill() {
+      // A target that died (a dump that killed it, a restore that failed) may
+      // have its pid taken by now, in a pid namespace of a few thousand pids
+      // soon: never the test runner, its parents or its own helpers.
+      if (ownProcesses().has(pid)) return;
       try {
         process.kill(pid, "SIGKILL");
       } catch {
@@ -65,6 +69,31 @@ export function killablePid(pid: number): Target {
       }
     },
   };
+}
+
+/** This process, its ancestors and its children: pids a test must never kill. */
+function ownProcesses(): Set<number> {
+  const own = new Set<number>([process.pid]);
+  for (let pid = process.ppid; pid > 1 && !own.has(pid); pid = parentOf(pid)) own.add(pid);
+  try {
+    for (const task of readdirSync(`/proc/${process.pid}/task`)) {
+      for (const child of readFileSync(`/proc/${process.pid}/task/${task}/children`, "utf8").split(" ")) {
+        if (child.trim()) own.add(Number(child));
+      }
+    }
+  } catch {
+    // no children file: the ancestors are the ones that matter
+  }
+  return own;
+}
+
+/** The parent's pid, or 0 once the process is gone. */
+function parentOf(pid: number): number {
+  try {
+    return Number(readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ")[1] ?? 0);
+  } catch {
+    return 0;
+  }
 }
 
 /**
