@@ -7,7 +7,9 @@
  *     kernel's special mappings (vvar, vvar_vclock, vdso);
  *  2. move those special mappings to the image's addresses with mremap (two
  *     steps, through free space, so a move never lands on another one) — the
- *     restored code holds pointers into its vDSO;
+ *     restored code holds pointers into its vDSO; where this kernel's layout
+ *     differs from the image's, they go to free space instead and the
+ *     image's vDSO comes back from its pages as a proxy to them (vdso.ts);
  *  3. map every area at its address: anonymous ones anonymous, file ones from
  *     the same file at the same offset (one fd per file, borrowed by all its
  *     areas), shared anonymous memory from its one object (shmem.ts);
@@ -29,6 +31,7 @@ import type { PageChain } from "./page-chain";
 import { fillPages, type PageFill } from "./pages";
 import type { Puppet } from "./puppet";
 import type { TargetFds } from "./target-fds";
+import { proxyPatches, vdsoFunctions } from "./vdso";
 
 const SPECIAL = VMA.AREA_VDSO | VMA.AREA_VVAR;
 const PR_SET_MM = 35;
@@ -94,15 +97,35 @@ function imageSpecialSpans(vmas: readonly VmaEntry[]): SpecialSpan[] {
   return joinSpans(vmas.filter((v) => (v.status & SPECIAL) !== 0).map((v) => ({ start: v.start, end: v.end, kind: (v.status & VMA.AREA_VDSO) !== 0 ? "vdso" : "vvar" })));
 }
 
-/** Move the seed's vvar/vdso areas onto the image's, which must match in kind, order and sizes. */
-function placeSpecials(r: MmRebuild, seedAreas: readonly MapArea[], want: readonly SpecialSpan[]): void {
+/**
+ * Where this kernel's vvar/vdso areas went: onto the image's (same layout),
+ * or, when the layouts differ, to free space of their own, the image's vDSO
+ * then coming back from its pages as a proxy (vdso.ts).
+ */
+type SpecialPlacement = { proxy: false } | { proxy: true; vdso: Range | undefined };
+
+/** Move the seed's vvar/vdso areas onto the image's when they match in kind, order and sizes; park them as a block otherwise. */
+function placeSpecials(r: MmRebuild, seedAreas: readonly MapArea[], want: readonly SpecialSpan[]): SpecialPlacement {
   const seed = joinSpans(seedAreas.filter(isSpecialSeedArea).map((a) => ({ start: a.start, end: a.end, kind: a.path === "[vdso]" ? "vdso" : "vvar" })));
-  const layout = (xs: readonly SpecialSpan[]): string => xs.map((x) => `${x.kind} ${hex(x.end - x.start)}`).join(", ");
-  if (want.length !== seed.length || want.some((w, i) => { const s = seed[i]; return !s || s.kind !== w.kind || w.end - w.start !== s.end - s.start; })) {
-    throw new Error(`process ${r.pid}: this kernel's vvar/vdso areas (${layout(seed)}) differ from the image's (${layout(want)}); images from another kernel are not supported yet`);
+  const taken: Range[] = [...r.mm.vmas, r.syscallPage, ...seed];
+  const same = want.length === seed.length && want.every((w, i) => { const s = seed[i]; return s !== undefined && s.kind === w.kind && w.end - w.start === s.end - s.start; });
+  if (!same) {
+    const layout = (xs: readonly SpecialSpan[]): string => xs.map((x) => `${x.kind} ${hex(x.end - x.start)}`).join(", ") || "none";
+    const seedVdso = seed.find((s) => s.kind === "vdso");
+    if (want.some((w) => w.kind === "vdso") && !seedVdso) {
+      throw new Error(`process ${r.pid}: the image has a vDSO (${layout(want)}) but this kernel gives processes none (${layout(seed)})`);
+    }
+    if (seed.length === 0) return { proxy: true, vdso: undefined };
+    // The kernel's vDSO reads its vvar pages at fixed distances: one block, one move.
+    const first = seed[0]!.start;
+    const size = seed[seed.length - 1]!.end - first;
+    const at = findFree(taken, size);
+    for (const part of seed.flatMap((s) => s.parts)) {
+      r.puppet.call(SYS.mremap, [part.start, part.end - part.start, part.end - part.start, 3 /* MAYMOVE|FIXED */, at + (part.start - first)]);
+    }
+    return { proxy: true, vdso: seedVdso && { start: at + (seedVdso.start - first), end: at + (seedVdso.end - first) } };
   }
   // Step one: every special area to a hole clear of the image and of each other.
-  const taken: Range[] = [...r.mm.vmas, r.syscallPage, ...seed];
   const parked = seed.map((s) => {
     const size = s.end - s.start;
     const at = findFree(taken, size);
@@ -119,6 +142,40 @@ function placeSpecials(r: MmRebuild, seedAreas: readonly MapArea[], want: readon
       r.puppet.call(SYS.mremap, [from + (part.start - s.start), size, size, 3, w.start + (part.start - s.start)]);
     }
   });
+  return { proxy: false };
+}
+
+/**
+ * The image's vvar and vdso areas when this kernel's could not take their
+ * place: the vDSO as private memory its saved pages fill (patched later),
+ * vvar as zero pages, so a thread caught inside the old vDSO's code finds
+ * no clock it could trust and takes the system call (clock mode 0).
+ */
+function mapOldSpecials(r: MmRebuild): void {
+  for (const v of r.mm.vmas) {
+    if ((v.status & SPECIAL) === 0) continue;
+    const vdso = (v.status & VMA.AREA_VDSO) !== 0;
+    const prot = vdso ? PROT.READ | PROT.WRITE : PROT.READ;
+    const got = r.puppet.call(SYS.mmap, [v.start, v.end - v.start, prot, MAP.PRIVATE | MAP.ANONYMOUS | MAP.FIXED, -1, 0]);
+    if (got !== v.start) throw new Error(`process ${r.pid}: mmap of the image's ${vdso ? "vdso" : "vvar"} at ${hex(v.start)} landed at ${hex(got)}`);
+  }
+}
+
+/** Patch the old vDSO (now holding its saved pages) into a proxy of this kernel's, and give it its protection back. */
+function proxyOldVdso(r: MmRebuild, current: Range | undefined): void {
+  const old = r.mm.vmas.find((v) => (v.status & VMA.AREA_VDSO) !== 0);
+  if (!old) return;
+  if (!current) throw new Error(`process ${r.pid}: this kernel's vDSO was not found to proxy the image's to`);
+  const oldWhat = `the image's vDSO at ${hex(old.start)} (mm-${r.pid}.img)`;
+  const oldFns = vdsoFunctions(r.puppet.read(old.start, Number(old.end - old.start)), oldWhat);
+  const currentFns = vdsoFunctions(r.puppet.read(current.start, Number(current.end - current.start)), "this kernel's vDSO");
+  for (const patch of proxyPatches(oldFns, currentFns, current.start)) {
+    if (patch.offset < 0n || patch.offset + BigInt(patch.bytes.length) > old.end - old.start) {
+      throw new Error(`process ${r.pid}: ${oldWhat}: ${patch.name} lies outside the area`);
+    }
+    r.puppet.write(old.start + patch.offset, patch.bytes);
+  }
+  r.puppet.call(SYS.mprotect, [old.start, old.end - old.start, old.prot]);
 }
 
 /** Protection an area is first mapped with: private ones writable so their pages can be copied in. */
@@ -201,11 +258,14 @@ export function rebuildMm(r: MmRebuild): PageFill {
     r.puppet.call(SYS.munmap, [a.start, a.end - a.start]);
   }
   const specials = imageSpecialSpans(r.mm.vmas);
-  placeSpecials(r, seedAreas, specials);
+  const placement = placeSpecials(r, seedAreas, specials);
+  if (placement.proxy) mapOldSpecials(r);
   const fileFds = mapAreas(r);
-  // The kernel's own vDSO now lies where the image's was; the image's copy
-  // of it (CRIU saves it for its proxy) is not written over it.
-  const fill = fillPages(r.pid, r.pages, specials);
+  // Same layout: the kernel's own vDSO now lies where the image's was, and
+  // the image's copy of it is not written over it. Another layout: the copy
+  // comes back, to be patched into a proxy.
+  const fill = fillPages(r.pid, r.pages, placement.proxy ? [] : specials);
+  if (placement.proxy) proxyOldVdso(r, placement.vdso);
   finishAreas(r);
   for (const fd of fileFds.values()) r.fds.close(fd);
   setMmMap(r);

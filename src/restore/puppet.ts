@@ -14,7 +14,7 @@
  * kernel kills every half-built task.
  */
 import { errnoName, errnoText, SysError } from "../sys/errno";
-import { addressOf, processVmWritev, waitpid } from "../sys/libc";
+import { addressOf, processVmReadv, processVmWritev, waitpid } from "../sys/libc";
 import { KSIGACTION_SIZE, KSIGSET_SIZE, signalName } from "../sys/inject-consts";
 import { NT, PTRACE_EVENT_STOP, SIG, SYS, W } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
@@ -120,6 +120,16 @@ export class Puppet {
     const remote = new BigUint64Array([address, BigInt(bytes.length)]);
     const n = processVmWritev(this.tid, local, 1, remote, 1);
     if (n !== bytes.length) throw new PuppetError(`process_vm_writev to task ${this.tid} at 0x${address.toString(16)} wrote ${n} of ${bytes.length} bytes`, this.tid);
+  }
+
+  /** Copy `length` bytes out of the task's memory (it must be mapped and readable there). */
+  read(address: bigint, length: number): Uint8Array {
+    const bytes = new Uint8Array(length);
+    const local = new BigUint64Array([BigInt(addressOf(bytes)), BigInt(length)]);
+    const remote = new BigUint64Array([address, BigInt(length)]);
+    const n = processVmReadv(this.tid, local, 1, remote, 1);
+    if (n !== length) throw new PuppetError(`process_vm_readv from task ${this.tid} at 0x${address.toString(16)} read ${n} of ${length} bytes`, this.tid);
+    return bytes;
   }
 
   /**

@@ -473,3 +473,61 @@ int main(int argc, char **argv) {
 }
 `);
 }
+
+/**
+ * vdsotarget: calls the vDSO's functions through libc (time, clock_gettime,
+ * gettimeofday, clock_getres, sched_getcpu), which found them once at start
+ * through AT_SYSINFO_EHDR and calls them by address ever after. Prints
+ * "ready PID VDSO_BASE"; on SIGUSR1 compares each with its system call and
+ * prints "ok" or "bad WHAT". A vDSO whose vvar data is missing returns 0
+ * from time(), so a restore that leaves the old vDSO reading nothing fails.
+ */
+export function vdsoTarget(): string {
+  return buildC("vdsotarget", `
+#define _GNU_SOURCE
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/auxv.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+static volatile sig_atomic_t check_requested;
+static void on_usr1(int s) { (void)s; check_requested = 1; }
+static double secs(struct timespec t) { return t.tv_sec + t.tv_nsec / 1e9; }
+static const char *check(void) {
+  for (int round = 0; round < 1000; round++) {
+    struct timespec v, k; struct timeval tv;
+    time_t t = time(NULL), tk = syscall(SYS_time, NULL);
+    if (t < tk - 1 || t > tk + 1) return "time";
+    clock_gettime(CLOCK_REALTIME, &v); syscall(SYS_clock_gettime, CLOCK_REALTIME, &k);
+    if (secs(v) < secs(k) - 1 || secs(v) > secs(k) + 1) return "clock_gettime realtime";
+    syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &k); clock_gettime(CLOCK_MONOTONIC, &v);
+    if (secs(v) < secs(k) || secs(v) > secs(k) + 1) return "clock_gettime monotonic";
+    gettimeofday(&tv, NULL); syscall(SYS_clock_gettime, CLOCK_REALTIME, &k);
+    if (tv.tv_sec < k.tv_sec - 1 || tv.tv_sec > k.tv_sec + 1) return "gettimeofday";
+    if (clock_getres(CLOCK_MONOTONIC, &v) != 0 || v.tv_sec != 0 || v.tv_nsec <= 0) return "clock_getres";
+    int cpu = sched_getcpu();
+    if (cpu < 0 || cpu >= sysconf(_SC_NPROCESSORS_CONF)) return "sched_getcpu";
+  }
+  return 0;
+}
+int main(void) {
+  sigset_t usr1, old;
+  sigemptyset(&usr1); sigaddset(&usr1, SIGUSR1);
+  sigprocmask(SIG_BLOCK, &usr1, &old);
+  signal(SIGUSR1, on_usr1);
+  const char *bad = check();
+  if (bad) { printf("bad before: %s\\n", bad); return 1; }
+  printf("ready %d %lx\\n", getpid(), getauxval(AT_SYSINFO_EHDR)); fflush(stdout);
+  for (;;) {
+    while (!check_requested) sigsuspend(&old);
+    check_requested = 0;
+    bad = check();
+    if (bad) printf("bad %s\\n", bad); else printf("ok\\n");
+    fflush(stdout);
+  }
+}
+`);
+}
