@@ -61,6 +61,9 @@ export function setRegs(tid: number, regs: UserRegs): void {
 
 /** Every signal blocked: nothing is delivered while restore drives the task. */
 export const ALL_SIGNALS = U64_MASK;
+/** PTRACE_EVENT_FORK, _VFORK and _CLONE: the stops that name a new task. */
+const PTRACE_EVENT_FORK = 1;
+const PTRACE_EVENT_CLONE = 3;
 
 /**
  * Wait for the next stop of a tracee; its death is an error naming `what`
@@ -81,10 +84,19 @@ export class Puppet {
   /** Registers the calls start from (segment selectors, flags, fs_base of the task as it is). */
   private readonly base: UserRegs;
 
+  /**
+   * The task's pid in ckpt's namespace of the last task its calls cloned
+   * (from the clone event's message), 0 before any.
+   */
+  lastCloned = 0;
+
   constructor(
+    /** The task's id in ckpt's pid namespace: what ptrace, /proc and kill take. */
     readonly tid: number,
     /** Address of a `syscall` instruction mapped in this task. */
     public syscallAt: bigint,
+    /** The task's id as it sees itself (in a new pid namespace, the image's); what injected calls take. */
+    readonly ownTid: number = tid,
   ) {
     this.base = getRegs(tid);
   }
@@ -167,7 +179,7 @@ export class Puppet {
       this.call(SYS.rt_sigaction, [sig, scratch, 0, KSIGSET_SIZE], [signalName(sig), "SIG_DFL", "NULL", String(KSIGSET_SIZE)]);
     }
     ptrace.setSigmask(this.tid, 0n);
-    this.load(SYS.kill, [this.tid, sig]);
+    this.load(SYS.kill, [this.ownTid, sig]);
     ptrace.cont(this.tid);
     for (;;) {
       const { status: st } = waitpid(this.tid, W.ALL);
@@ -200,6 +212,8 @@ export class Puppet {
     for (;;) {
       const status = waitStop(this.tid, `in ${SYSCALL_NAMES.get(nr) ?? `syscall ${nr}`}`);
       if (ptrace.stopSig(status) === SYSCALL_STOP_SIG) return;
+      const event = ptrace.ptraceEvent(status);
+      if (event >= PTRACE_EVENT_FORK && event <= PTRACE_EVENT_CLONE) this.lastCloned = ptrace.eventMsg(this.tid);
       // Clone events (the new task is waited for by tree.ts) and signals (all
       // blocked; only a SIGSTOP from outside can come) pass without a signal.
       ptrace.resumeToSyscall(this.tid);

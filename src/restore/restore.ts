@@ -231,7 +231,7 @@ function restoreProcess(ctx: RestoreContext, p: ProcessPlan, tree: RestoredTree)
   const tc = p.cores.get(pid)?.tc;
   if (!task || !tc) throw new Error(`process ${pid} was not created`);
   const { files, scratch } = ctx;
-  const fds = new TargetFds(task, process.pid);
+  const fds = new TargetFds(task);
   fds.reset(aboveAll(p.fdinfo));
   let t = performance.now();
   const fill = rebuildMm({

@@ -11,9 +11,19 @@
  * once (so the child is nobody's Bun child), the child writes its pid to
  * stdout as 4 raw bytes, arms alarm(30) so that it cannot outlive a ckpt that
  * dies before taking hold of it, and waits in pause() for ckpt to seize it.
+ *
+ * The seed holds a pidfd of ckpt at fd 3 (SEED_CKPT_PIDFD), which every task
+ * cloned from it inherits: through it each task takes its files from ckpt
+ * with pidfd_getfd (target-fds.ts). A task cannot open that pidfd itself
+ * when it lives in a pid namespace of its own, where ckpt has no pid.
  */
 import { asm, FORK_PROLOGUE_SIZE, forkThenChild, launchTinyElf, reportPid, TINY_CODE_OFFSET, TINY_ELF_BASE, tinyElf } from "../sys/tiny-elf";
 import { SYS } from "../sys/nr";
+import { pidfdOpen } from "../sys/calls";
+import { close } from "../sys/libc";
+
+/** The fd at which the seed, and every task cloned from it, holds a pidfd of ckpt. */
+export const SEED_CKPT_PIDFD = 3;
 
 /** Where the seed's one segment is loaded. */
 export const SEED_BASE = TINY_ELF_BASE;
@@ -45,9 +55,12 @@ export interface Seed {
  */
 export async function startSeed(ownSession: boolean): Promise<Seed> {
   const { bytes, syscallAddress } = seedElf();
+  const ckpt = pidfdOpen(process.pid);
   try {
-    return { pid: await launchTinyElf("ckpt-seed", bytes, { ownSession }), syscallAddress };
+    return { pid: await launchTinyElf("ckpt-seed", bytes, { ownSession, fds: [ckpt] }), syscallAddress };
   } catch (e) {
     throw new Error(`the restore seed did not start: ${(e as Error).message}`, { cause: e });
+  } finally {
+    close(ckpt);
   }
 }

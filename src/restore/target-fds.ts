@@ -1,11 +1,12 @@
 /**
  * Handing ckpt's open files to a restored task: the task itself calls
- * pidfd_getfd on a pidfd of ckpt, which gives it the very same open file
+ * pidfd_getfd on a pidfd of ckpt (inherited from the seed), which gives it the very same open file
  * (not a reopen), so files shared at dump time are shared again and a file
  * position moved by one holder moves for all.
  */
 import type { Puppet } from "./puppet";
 import { F, SYS } from "../sys/nr";
+import { SEED_CKPT_PIDFD } from "./seed";
 
 /** close_range's "to the end" (~0U). */
 const ALL_FDS = 0xffffffff;
@@ -13,18 +14,18 @@ const ALL_FDS = 0xffffffff;
 export class TargetFds {
   private pidfd = -1;
 
-  constructor(
-    private readonly puppet: Puppet,
-    private readonly ckptPid: number,
-  ) {}
+  constructor(private readonly puppet: Puppet) {}
 
-  /** Close every fd the task inherited from the seed, then open the pidfd at `parkAt` or above. */
+  /**
+   * Close every fd the task inherited from the seed but its pidfd of ckpt,
+   * which moves to `parkAt` or above: above every fd the task will get
+   * back, so pulls land on free low numbers.
+   */
   reset(parkAt: number): void {
-    this.puppet.call(SYS.close_range, [0, ALL_FDS, 0], ["0", "~0", "0"]);
-    const fd = Number(this.puppet.call(SYS.pidfd_open, [this.ckptPid, 0]));
-    // Park the pidfd above every fd the task will get back, so pulls land on free low numbers.
+    const fd = SEED_CKPT_PIDFD;
     this.pidfd = Number(this.puppet.call(SYS.fcntl, [fd, F.DUPFD_CLOEXEC, parkAt], [String(fd), "F_DUPFD_CLOEXEC", String(parkAt)]));
-    this.puppet.call(SYS.close, [fd]);
+    if (this.pidfd > 0) this.puppet.call(SYS.close_range, [0, this.pidfd - 1, 0], ["0", String(this.pidfd - 1), "0"]);
+    this.puppet.call(SYS.close_range, [this.pidfd + 1, ALL_FDS, 0], [String(this.pidfd + 1), "~0", "0"]);
   }
 
   /** A copy of ckpt's fd in the task (close-on-exec, lowest free number). */

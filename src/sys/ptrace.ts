@@ -34,6 +34,13 @@ export function detach(pid: number, sig = 0): void {
   ptrace(PTRACE.DETACH, "PTRACE_DETACH", pid, 0, sig);
 }
 
+/** The message of the event stop the task is in (PTRACE_GETEVENTMSG): for a clone, the new task's pid in the tracer's namespace. */
+export function eventMsg(pid: number): number {
+  const msg = new BigUint64Array(1);
+  ptrace(PTRACE.GETEVENTMSG, "PTRACE_GETEVENTMSG", pid, 0, BigInt(addressOf(msg)));
+  return Number(msg[0]);
+}
+
 export function cont(pid: number, sig = 0): void {
   ptrace(PTRACE.CONT, "PTRACE_CONT", pid, 0, sig);
 }
