@@ -14,16 +14,21 @@ export const restoreCommand = defineCommand({
     "file-locks": { type: "boolean", description: "as CRIU's: take again the file locks the images hold (ckpt does so whenever filelocks.img holds any, so this is accepted for CRIU's scripts)", default: false },
     "file-validation": { type: "string", description: "check open and mapped files by buildid (their size, and the ELF build-id the images record: the default, as CRIU) or filesize (the size alone)" },
     "skip-file-rwx-check": { type: "boolean", description: "as CRIU's: allow a file whose read/write/execute permission bits changed since the dump", default: false },
+    "restore-in-new-pidns": {
+      type: "boolean",
+      description: "restore into a new pid namespace, under an init of ckpt's (pid 1 there), where every task has its dumped pid whatever holds those pids on this host; the pidfile and the output give host pids",
+      default: false,
+    },
     json: { type: "boolean", description: "print a JSON summary instead of one line", default: false },
   },
   async run({ args, rawArgs }) {
-    rejectUnknownArgs(rawArgs, ["images-dir", "D", "restore-detached", "d", "pidfile", "shell-job", "j", "file-locks", "file-validation", "skip-file-rwx-check", "json"], 0, ["images-dir", "D", "pidfile", "file-validation"]);
+    rejectUnknownArgs(rawArgs, ["images-dir", "D", "restore-detached", "d", "pidfile", "shell-job", "j", "file-locks", "file-validation", "skip-file-rwx-check", "restore-in-new-pidns", "json"], 0, ["images-dir", "D", "pidfile", "file-validation"]);
     const fileValidation = parseFileValidation(args["file-validation"]);
     const dir = String(args["images-dir"]);
     if (dir === "") throw new UsageError("-D/--images-dir needs a directory");
     const detach = Boolean(args["restore-detached"]);
     const result = await restore({
-      dir, detach, shellJob: Boolean(args["shell-job"]), skipFileRwxCheck: Boolean(args["skip-file-rwx-check"]),
+      dir, detach, shellJob: Boolean(args["shell-job"]), skipFileRwxCheck: Boolean(args["skip-file-rwx-check"]), newPidNs: Boolean(args["restore-in-new-pidns"]),
       ...(fileValidation ? { fileValidation } : {}),
       ...(args.pidfile !== undefined ? { pidfile: String(args.pidfile) } : {}),
     });
@@ -31,10 +36,12 @@ export const restoreCommand = defineCommand({
     else {
       const f = result.figures;
       process.stdout.write(
-        `restored ${result.processes} process(es), ${result.threads} thread(s) as tree ${result.root} from ${result.dir}: ` +
+        `restored ${result.processes} process(es), ${result.threads} thread(s) as tree ${result.root}` +
+          `${result.pidNsInit !== undefined ? ` in a new pid namespace (its init: ${result.pidNsInit})` : ""} from ${result.dir}: ` +
           `${result.pagesRestored} pages, total ${f.totalMs.toFixed(1)} ms${detach ? "" : "; waiting for it to exit"}\n`,
       );
     }
-    if (!detach) process.exitCode = waitForRoot(result.root);
+    // In a new pid namespace ckpt's child is its init, which exits as the root did once the namespace is empty.
+    if (!detach) process.exitCode = waitForRoot(result.pidNsInit ?? result.root);
   },
 });

@@ -251,7 +251,7 @@ function setMmMap(r: MmRebuild): void {
 }
 
 export function rebuildMm(r: MmRebuild): PageFill {
-  const seedAreas = readMaps(r.proc, r.pid);
+  const seedAreas = readMaps(r.proc, r.puppet.tid);
   for (const a of seedAreas) {
     if (isSpecialSeedArea(a) || a.path === "[vsyscall]") continue;
     if (a.start >= r.syscallPage.start && a.end <= r.syscallPage.end) continue;
@@ -264,7 +264,7 @@ export function rebuildMm(r: MmRebuild): PageFill {
   // Same layout: the kernel's own vDSO now lies where the image's was, and
   // the image's copy of it is not written over it. Another layout: the copy
   // comes back, to be patched into a proxy.
-  const fill = fillPages(r.pid, r.pages, placement.proxy ? [] : specials);
+  const fill = fillPages(r.puppet.tid, r.pages, placement.proxy ? [] : specials);
   if (placement.proxy) proxyOldVdso(r, placement.vdso);
   finishAreas(r);
   for (const fd of fileFds.values()) r.fds.close(fd);

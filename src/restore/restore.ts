@@ -55,6 +55,7 @@ import { SharedAnonObjects } from "./shmem";
 import { ALL_SIGNALS, Puppet, puppetCounters, RESTORE_PTRACE_OPTIONS, waitStop } from "./puppet";
 import { restoreRegisters } from "./regs";
 import { startSeed } from "./seed";
+import { startInit } from "./pidns-init";
 import {
   PR, requeueSignals, restoreCreds, restoreDumpable, restoreLoginuid, restoreMembarrier, restoreItimers, restoreScheduling, restoreSigactions, restoreThreadState,
   setChildSubreaper, setPdeathSignal,
@@ -74,6 +75,11 @@ export interface RestoreOptions {
   fileValidation?: FileValidation;
   /** Let a file whose rwx permission bits changed since the dump pass (CRIU's --skip-file-rwx-check). */
   skipFileRwxCheck?: boolean;
+  /**
+   * Restore into a new pid namespace (under an init of ckpt's, pid 1 there)
+   * where every task has its dumped pid, whatever holds those pids on this host.
+   */
+  newPidNs?: boolean;
 }
 
 export interface RestoreFigures {
@@ -88,7 +94,10 @@ export interface RestoreFigures {
 
 export interface RestoreResult {
   dir: string;
+  /** The root's pid on this host (not the image's, in a new pid namespace). */
   root: number;
+  /** With a new pid namespace: the host pid of its init, the root's parent. */
+  pidNsInit?: number;
   processes: number;
   threads: number;
   pagesRestored: number;
@@ -102,6 +111,9 @@ export interface RestoreResult {
 const SYSCALL_PAGE_SIZE = 0x10000n;
 const SCRATCH_OFFSET = 0x100n;
 const TASK_STOPPED = 3;
+/** Where in the syscall page a new pid namespace's init gets its loop, and its wait status word. */
+const INIT_CODE_OFFSET = 0x8000n;
+const INIT_STATUS_OFFSET = 0x9000n;
 const TASK_DEAD = 2;
 
 /** Everything the images say about one process. */
@@ -255,11 +267,11 @@ function restoreProcess(ctx: RestoreContext, p: ProcessPlan, tree: RestoredTree)
   if (tc.childSubreaper) setChildSubreaper(task);
   if (tc.membarrierRegistrationMask) restoreMembarrier(task, tc.membarrierRegistrationMask);
   if (isFieldSet(tc, TaskCoreEntrySchema.field.loginuid)) restoreLoginuid(task, ctx.proc, scratch, tc.loginuid);
-  if (tc.oomScoreAdj !== undefined && tc.oomScoreAdj !== 0) writeWholeFile(`/proc/${pid}/oom_score_adj`, new TextEncoder().encode(String(tc.oomScoreAdj)));
+  if (tc.oomScoreAdj !== undefined && tc.oomScoreAdj !== 0) writeWholeFile(`/proc/${task.tid}/oom_score_adj`, new TextEncoder().encode(String(tc.oomScoreAdj)));
   // Limits now, with every fd and area in place (a low RLIMIT_NOFILE or
   // RLIMIT_DATA would have refused restore's own steps), and before the
   // credentials change: prlimit64 on a task of other uids needs CAP_SYS_RESOURCE.
-  restoreRlimits(p);
+  restoreRlimits(p, task.tid);
 
   let stop = false;
   const all = p.entry.threads.map((tid) => {
@@ -271,7 +283,8 @@ function restoreProcess(ctx: RestoreContext, p: ProcessPlan, tree: RestoredTree)
   for (const { th, core, thc } of all) {
     restoreThreadState(th, scratch, core, thc);
     restoreScheduling(th.tid, thc);
-    stop = requeueSignals(th, scratch, pid, thc.signalsP?.signals, th.tid) || stop;
+    // Injected: the ids the task itself knows (the image's).
+    stop = requeueSignals(th, scratch, pid, thc.signalsP?.signals, th.ownTid) || stop;
   }
   stop = requeueSignals(task, scratch, pid, tc.signalsS?.signals) || stop;
   for (const { th, thc } of all) {
@@ -306,7 +319,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const shared = new SharedAnonObjects(images, plan.map((p) => p.mm));
   const proc = new ProcFs();
   try {
-    checkPidsFree(proc, pstree);
+    // In a new pid namespace every pid is free, but 1, which its init takes.
+    if (opts.newPidNs) {
+      const one = pstree.find((e) => e.threads.includes(1) || e.pid === 1);
+      if (one) throw new Error(`pstree.img: process ${one.pid} has pid or tid 1, which the new pid namespace's init takes (--restore-in-new-pidns restores trees whose pids are all above 1)`);
+    } else checkPidsFree(proc, pstree);
   } catch (e) {
     proc.close();
     throw e;
@@ -323,7 +340,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   // (which may be slow to reap) gets to it. With -d the root goes on to
   // init, or to ckpt's nearest subreaper ancestor, when ckpt exits.
   syscall("prctl", SYS.prctl, [PR.SET_CHILD_SUBREAPER, 1], ["PR_SET_CHILD_SUBREAPER", "1"]);
-  const root = pstree[0]?.pid ?? 0;
+  let root = pstree[0]?.pid ?? 0;
+  let pidNsInit: number | undefined;
   try {
     const seed = await startSeed(!opts.shellJob);
     seedPid = seed.pid;
@@ -342,7 +360,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     seedTask.syscallAt = pageAt;
     const scratch = pageAt + SCRATCH_OFFSET;
 
-    const tree = createProcesses(seedTask, scratch, pstree, created, zombies);
+    const tree = createProcesses(seedTask, scratch, pstree, created, zombies, opts.newPidNs ?? false);
+    root = tree.processes.get(root)?.tid ?? root;
+    pidNsInit = tree.init?.tid;
     seedTask.callNoReturn(SYS.exit_group, [0]);
     seedPid = 0;
     figures.forkMs = performance.now() - started;
@@ -361,7 +381,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const p of plan) {
       const r = restoreProcess(ctx, p, tree);
       pagesRestored += r.pages;
-      if (r.stop) stopped.set(p.entry.pid, r.stop);
+      if (r.stop) stopped.set(tree.processes.get(p.entry.pid)?.tid ?? p.entry.pid, r.stop);
     }
     files.finish();
     files = undefined;
@@ -373,19 +393,24 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       tree.processes.get(p.entry.pid)?.call(SYS.munmap, [syscallPage.start, SYSCALL_PAGE_SIZE]);
       for (const tid of p.entry.threads) {
         const core = p.cores.get(tid);
+        const th = tree.threads.get(tid);
         if (!core?.threadInfo) throw new Error(`thread ${tid} has no registers in its core image`);
-        tree.threads.get(tid)?.parkInSignalStop();
-        restoreRegisters(tid, core.threadInfo);
-        ptrace.setSigmask(tid, blockedMask(core));
+        if (!th) throw new Error(`thread ${tid} was not created`);
+        th.parkInSignalStop();
+        restoreRegisters(th.tid, core.threadInfo);
+        ptrace.setSigmask(th.tid, blockedMask(core));
       }
     }
+    if (tree.init) startInit(tree.init, pstree[0]!.pid, syscallPage.start + INIT_CODE_OFFSET, syscallPage.start + INIT_STATUS_OFFSET);
     // Before the tree runs, so that a bad path fails the restore and not after it.
     if (opts.pidfile) writeWholeFile(opts.pidfile, new TextEncoder().encode(`${root}\n`), 0o644);
     // From here a kill of ckpt must not leave part of the tree running (guard.ts).
-    guard = await RestoreGuard.start(plan.map((p) => p.entry.pid));
+    const hostPids = plan.map((p) => tree.processes.get(p.entry.pid)?.tid ?? p.entry.pid);
+    guard = await RestoreGuard.start(tree.init ? [tree.init.tid, ...hostPids] : hostPids);
     // Pending when the tasks are let go, so they stop before running a single instruction.
     for (const [pid, sig] of stopped) kill(pid, sig);
-    for (const p of plan) for (const tid of p.entry.threads) ptrace.detach(tid);
+    for (const p of plan) for (const tid of p.entry.threads) ptrace.detach(tree.threads.get(tid)?.tid ?? tid);
+    if (tree.init) ptrace.detach(tree.init.tid);
     guard.release();
     created.length = 0;
   } catch (e) {
@@ -399,7 +424,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   }
   figures.totalMs = performance.now() - started;
   return {
-    dir: opts.dir, root, processes: pstree.length,
+    dir: opts.dir, root, ...(pidNsInit !== undefined ? { pidNsInit } : {}), processes: pstree.length,
     threads: plan.reduce((s, p) => s + p.entry.threads.length, 0),
     pagesRestored,
     injectedCalls: puppetCounters.calls - counters0.calls,
@@ -409,13 +434,13 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
 }
 
 /** Resource limits, set from ckpt before anything the limits govern (fd numbers, stack). */
-function restoreRlimits(p: ProcessPlan): void {
+function restoreRlimits(p: ProcessPlan, hostPid: number): void {
   const limits = p.cores.get(p.entry.pid)?.tc?.rlimits?.rlimits ?? [];
   const v = new BigUint64Array(2);
   limits.forEach((l, resource) => {
     v[0] = l.cur;
     v[1] = l.max;
-    syscall("prlimit64", SYS.prlimit64, [p.entry.pid, resource, addressOf(v), 0], [String(p.entry.pid), String(resource), `{${l.cur}, ${l.max}}`, "NULL"]);
+    syscall("prlimit64", SYS.prlimit64, [hostPid, resource, addressOf(v), 0], [String(hostPid), String(resource), `{${l.cur}, ${l.max}}`, "NULL"]);
   });
 }
 

@@ -12,6 +12,11 @@
  * outside it) is allowed only when it is the root's, which the root then
  * takes from the seed (a new session, or ckpt's own with --shell-job).
  *
+ * With a new pid namespace (--restore-in-new-pidns) the seed first clones
+ * the namespace's init (CLONE_NEWPID|CLONE_PARENT, so ckpt's child), and
+ * the root is cloned from it: every pid of the image is then free whatever
+ * runs on the host, and ckpt knows each task by its host pid too.
+ *
  * Zombies are created like any process (their pid, group and session must
  * exist) and then die with their recorded wait status, so that their parent
  * reaps them after the restore as it would have before the dump.
@@ -23,7 +28,7 @@ import { Errno } from "../sys/errno";
 
 const CLONE_ARGS_SIZE = 88;
 const CLONE = {
-  VM: 0x100, FS: 0x200, FILES: 0x400, SIGHAND: 0x800, PARENT: 0x8000, THREAD: 0x10000, SYSVSEM: 0x40000,
+  VM: 0x100, FS: 0x200, FILES: 0x400, SIGHAND: 0x800, PARENT: 0x8000, THREAD: 0x10000, SYSVSEM: 0x40000, NEWPID: 0x20000000,
 } as const;
 const THREAD_FLAGS = CLONE.VM | CLONE.FS | CLONE.FILES | CLONE.SIGHAND | CLONE.THREAD | CLONE.SYSVSEM;
 
@@ -36,35 +41,47 @@ export class PidTakenError extends Error {
   }
 }
 
-/** clone3 from `parent` with set_tid = [tid]; returns the new task, stopped and traced. */
+/**
+ * clone3 from `parent` with set_tid = [tid] (the pid in the parent's own
+ * namespace, the innermost level) or, with tid 0, any pid; returns the new
+ * task, stopped and traced, known by its pid in ckpt's namespace (from the
+ * clone event) and by `tid` in its own.
+ */
 function cloneWithTid(parent: Puppet, scratch: bigint, tid: number, flags: number, what: string): Puppet {
   const buf = new Uint8Array(CLONE_ARGS_SIZE + 8);
   const v = new DataView(buf.buffer);
   v.setBigUint64(0, BigInt(flags), true);
   // CLONE_PARENT and CLONE_THREAD want exit_signal 0 (it comes from the parent, or there is none).
   v.setBigUint64(32, flags & (CLONE.PARENT | CLONE.THREAD) ? 0n : BigInt(SIG.CHLD), true);
-  v.setBigUint64(64, scratch + BigInt(CLONE_ARGS_SIZE), true);
-  v.setBigUint64(72, 1n, true);
-  v.setInt32(CLONE_ARGS_SIZE, tid, true);
+  if (tid !== 0) {
+    v.setBigUint64(64, scratch + BigInt(CLONE_ARGS_SIZE), true);
+    v.setBigUint64(72, 1n, true);
+    v.setInt32(CLONE_ARGS_SIZE, tid, true);
+  }
   parent.write(scratch, buf);
+  parent.lastCloned = 0;
   let got: number;
   try {
-    got = Number(parent.call(SYS.clone3, [scratch, CLONE_ARGS_SIZE], [`{flags 0x${flags.toString(16)}, set_tid [${tid}]}`, String(CLONE_ARGS_SIZE)]));
+    got = Number(parent.call(SYS.clone3, [scratch, CLONE_ARGS_SIZE], [`{flags 0x${flags.toString(16)}, set_tid [${tid || ""}]}`, String(CLONE_ARGS_SIZE)]));
   } catch (e) {
     if (e instanceof PuppetCallError && e.errno === Errno.EEXIST) throw new PidTakenError(tid, what);
     throw e;
   }
-  if (got !== tid) throw new Error(`clone3 for ${what} gave pid ${got}, not ${tid}`);
+  if (tid !== 0 && got !== tid) throw new Error(`clone3 for ${what} gave pid ${got}, not ${tid}`);
+  const host = parent.lastCloned;
+  if (host <= 0) throw new Error(`clone3 for ${what} gave pid ${got}, but no clone event named it`);
   // Its first stop: the auto-attach stop of a clone event.
-  waitStop(got, "before its first stop");
-  return new Puppet(got, parent.syscallAt);
+  waitStop(host, "before its first stop");
+  return new Puppet(host, parent.syscallAt, tid || (flags & CLONE.NEWPID ? 1 : host));
 }
 
 export interface RestoredTree {
-  /** Thread-group leaders by pid, in pstree order (parents first). */
+  /** Thread-group leaders by the image's pid, in pstree order (parents first). */
   processes: Map<number, Puppet>;
-  /** Every task by tid, leaders included. */
+  /** Every task by the image's tid, leaders included. */
   threads: Map<number, Puppet>;
+  /** With a new pid namespace: its init (pid 1 there), the root's parent. */
+  init?: Puppet;
 }
 
 /**
@@ -79,7 +96,9 @@ export interface ZombieState {
   comm: string;
 }
 
-export function createProcesses(seed: Puppet, scratch: bigint, pstree: readonly PstreeEntry[], created: number[], zombies: ReadonlyMap<number, ZombieState> = new Map()): RestoredTree {
+export function createProcesses(
+  seed: Puppet, scratch: bigint, pstree: readonly PstreeEntry[], created: number[], zombies: ReadonlyMap<number, ZombieState> = new Map(), newPidNs = false,
+): RestoredTree {
   const root = pstree[0];
   if (!root) throw new Error("pstree.img lists no process");
   const inTree = new Set(pstree.map((e) => e.pid));
@@ -89,7 +108,7 @@ export function createProcesses(seed: Puppet, scratch: bigint, pstree: readonly 
 
   const make = (e: PstreeEntry, parent: Puppet, flags: number): void => {
     const p = cloneWithTid(parent, scratch, e.pid, flags, e.pid === root.pid ? "the root process" : `a process, child of ${e.ppid}`);
-    created.push(e.pid);
+    created.push(p.tid);
     processes.set(e.pid, p);
     threads.set(e.pid, p);
     if (e.sid === e.pid) p.call(SYS.setsid, []);
@@ -97,11 +116,19 @@ export function createProcesses(seed: Puppet, scratch: bigint, pstree: readonly 
     for (const child of pstree) if (child.ppid === e.pid && child.pid !== e.pid) make(child, p, 0);
     // Threads last: a clone of a multi-threaded process would copy only the caller.
     for (const tid of e.threads.slice(1)) {
-      threads.set(tid, cloneWithTid(p, scratch, tid, THREAD_FLAGS, `a thread of ${e.pid}`));
-      created.push(tid);
+      const th = cloneWithTid(p, scratch, tid, THREAD_FLAGS, `a thread of ${e.pid}`);
+      threads.set(tid, th);
+      created.push(th.tid);
     }
   };
-  make(root, seed, CLONE.PARENT);
+  // In a new pid namespace the first task is its init, pid 1 there: the
+  // tree's pids are then set at the namespace's own level, under it.
+  let init: Puppet | undefined;
+  if (newPidNs) {
+    init = cloneWithTid(seed, scratch, 0, CLONE.NEWPID | CLONE.PARENT, "the pid namespace's init");
+    created.push(init.tid);
+    make(root, init, 0);
+  } else make(root, seed, CLONE.PARENT);
 
   // Groups led by another process of the tree: joined once every leader has its group.
   for (const e of pstree) {
@@ -128,7 +155,7 @@ export function createProcesses(seed: Puppet, scratch: bigint, pstree: readonly 
     threads.delete(pid);
     takeBackSigchld(parent, scratch);
   }
-  return { processes, threads };
+  return { processes, threads, ...(init ? { init } : {}) };
 }
 
 /** Dequeue a pending SIGCHLD of `p` (all its signals are blocked), if there is one. */

@@ -1,7 +1,7 @@
 /** x86_64 system call numbers and the kernel constants ckpt passes to them. */
 
 export const SYS = {
-  read: 0, write: 1, close: 3, mmap: 9, munmap: 11, rt_sigaction: 13, rt_sigprocmask: 14, rt_sigreturn: 15, rt_sigtimedwait: 128,
+  read: 0, write: 1, close: 3, wait4: 61, mmap: 9, munmap: 11, rt_sigaction: 13, rt_sigprocmask: 14, rt_sigreturn: 15, rt_sigtimedwait: 128,
   ioctl: 16, madvise: 28, pread64: 17, pwrite64: 18, getpid: 39, kill: 62, ptrace: 101,
   sigaltstack: 131, personality: 135, prctl: 157, arch_prctl: 158, gettid: 186,
   getdents64: 217, set_tid_address: 218, exit_group: 231, tgkill: 234, openat: 257,
