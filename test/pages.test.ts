@@ -8,7 +8,7 @@ import {
 import { zeroPagePfns } from "../src/dump/memory/pagemap-cache";
 import { readMaps, type MapArea } from "../src/proc/maps";
 import { ProcFs } from "../src/proc/procfs";
-import { close, openat, preadInto } from "../src/sys/libc";
+import { close, openat, preadInto, writeAll } from "../src/sys/libc";
 import { AT, O, PAGE_SIZE } from "../src/sys/nr";
 import { buildC, startReady, tempDir, type Target } from "./helpers/target";
 
@@ -353,7 +353,7 @@ describe("page selection and copy against a live process", () => {
     const path = join(tempDir("pages-img"), "pages-1.img");
     const fd = openat(AT.FDCWD, path, O.WRONLY | O.CREAT | O.TRUNC, 0o600);
     try {
-      writePages(fd, data);
+      writePages({ write: (bytes) => writeAll(fd, bytes) }, data);
     } finally {
       close(fd);
     }

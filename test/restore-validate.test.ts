@@ -8,7 +8,9 @@
  * through a shared mapping into its file).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { cpSync, existsSync, truncateSync, statSync } from "node:fs";
+import { cpSync, existsSync, readdirSync, readFileSync, rmSync, truncateSync, statSync, writeFileSync } from "node:fs";
+import { digestOfFile, FileDigest } from "../src/image/digest";
+import type { InventoryEntry } from "../src/image/gen/inventory_pb";
 import { join } from "node:path";
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { CoreEntrySchema, type CoreEntry } from "../src/image/gen/core_pb";
@@ -19,6 +21,7 @@ import { readImageFile, writeImageFile } from "../src/image/image-file";
 import { kind } from "../src/image/magic";
 import { VMA } from "../src/image/vma-status";
 import { runCkpt } from "./helpers/cli";
+import { dropDigests } from "./helpers/images";
 import { sharedTreeTarget } from "./helpers/restore-workloads";
 import { alive, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 
@@ -42,10 +45,11 @@ beforeAll(async () => {
   await waitFor("the dumped tree to be gone", () => pids.every((p) => !existsSync(`/proc/${p}`)), 10000);
 });
 
-/** A copy of the dump with `edit` applied to it. */
+/** A copy of the dump with `edit` applied to it, without ckpt's digests (which would refuse any edit first). */
 function edited(edit: (dir: string) => void): string {
   const dir = join(tempDir("validate-case"), "img");
   cpSync(images, dir, { recursive: true });
+  dropDigests(dir);
   edit(dir);
   return dir;
 }
@@ -65,6 +69,53 @@ function refused(dir: string, ...texts: string[]): void {
   for (const t of texts) expect(r.stderr).toContain(t);
   for (const p of pids) expect(alive(p)).toBe(false);
 }
+
+/** A copy of the dump, digests kept, with `edit` applied to it. */
+function corrupted(edit: (dir: string) => void): string {
+  const dir = join(tempDir("validate-corrupt"), "img");
+  cpSync(images, dir, { recursive: true });
+  edit(dir);
+  return dir;
+}
+
+describe("the digests ckpt records in the inventory", () => {
+  test("a file's digest is the same however it was written in pieces", () => {
+    const bytes = new Uint8Array(3 * 1024 * 1024 + 12345).map((_, i) => (i * 7919) % 251);
+    const whole = new FileDigest();
+    whole.update(bytes);
+    const pieces = new FileDigest();
+    for (let at = 0; at < bytes.length; ) {
+      const n = Math.min(bytes.length - at, [1, 4096, 1 << 20, 777_777][at % 4]!);
+      pieces.update(bytes.subarray(at, at + n));
+      at += n;
+    }
+    expect(pieces.value()).toBe(whole.value());
+    const path = join(tempDir("digest"), "f");
+    writeFileSync(path, bytes);
+    expect(digestOfFile(path)).toEqual({ size: bytes.length, digest: whole.value() });
+    bytes[2_000_000]! ^= 1;
+    writeFileSync(path, bytes);
+    expect(digestOfFile(path).digest).not.toBe(whole.value());
+  });
+
+  test("every file of the set is listed, and a set restores only as the dump wrote it: a flipped bit in a pages file, an area's offset, a missing image", () => {
+    const inv = readImageFile(join(images, "inventory.img")).entries[0]!.message as InventoryEntry;
+    const listed = inv.ckptDigests.map((d) => d.name).sort();
+    expect(listed).toEqual(readdirSync(images).filter((f) => f !== "inventory.img").sort());
+    const pagesFile = listed.find((n) => n.startsWith("pages-"))!;
+    refused(corrupted((d) => {
+      const b = readFileSync(join(d, pagesFile));
+      b[Math.floor(b.length / 2)]! ^= 0x10;
+      writeFileSync(join(d, pagesFile), b);
+    }), `${pagesFile} is not the file the dump wrote`, "the image set is corrupt");
+    const mm = `mm-${pids[0]}.img`;
+    refused(corrupted((d) => rewrite(d, mm, "MM", MmEntrySchema, (es: MmEntry[]) => {
+      const v = es[0]!.vmas.find((x) => (x.status & VMA.FILE_PRIVATE) !== 0)!;
+      v.pgoff += 4096n;
+    })), `${mm} is not the file the dump wrote`);
+    refused(corrupted((d) => rmSync(join(d, `core-${pids[1]}.img`))), `core-${pids[1]}.img is missing: the dump wrote it`);
+  });
+});
 
 describe("a restore checks the image set before it makes any task", () => {
   test("the untouched set restores (the cases below differ from it in one thing each)", () => {

@@ -17,7 +17,7 @@ import { kcmp } from "../src/sys/calls";
 import { KCMP } from "../src/sys/nr";
 import { FD, fdTarget } from "./helpers/fd-workloads";
 import { credTarget, kernelStateTarget, lockTarget, restoreTarget, sharedTreeTarget } from "./helpers/restore-workloads";
-import { entries } from "./helpers/images";
+import { dropDigests, entries } from "./helpers/images";
 import { FileLockEntrySchema } from "../src/image/gen/file-lock_pb";
 import { alive, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { selfCheck } from "./helpers/workloads";
@@ -213,6 +213,7 @@ describe("ckpt restore", () => {
     cleanup.push(target);
     const pid = target.pid;
     await dumpAndKill([pid], images);
+    dropDigests(images);
     const file = join(images, `core-${pid}.img`);
     const original = readImageFile(file).entries[0]?.message as CoreEntry;
     const refusal = (edit: (c: CoreEntry) => void): string => {
@@ -240,6 +241,7 @@ describe("ckpt restore", () => {
     const pids = words.map(Number) as [number, number, number];
     cleanup.push(...pids.map(killablePid));
     await dumpAndKill(pids, images);
+    dropDigests(images);
     // As CRIU writes a child made with CLONE_FILES: its files_id is its parent's.
     const rootIds = readImageFile(join(images, `ids-${pids[0]}.img`)).entries[0]?.message as TaskKobjIdsEntry;
     const file = join(images, `ids-${pids[1]}.img`);
@@ -317,6 +319,7 @@ describe("ckpt restore", () => {
     const [pid, , sleeper] = words.map(Number) as [number, number, number];
     cleanup.push(killablePid(pid));
     await dumpAndKill([pid], images);
+    dropDigests(images);
     // A scheduling policy no kernel has: the restore fails while setting up that thread.
     const file = join(images, `core-${sleeper}.img`);
     const core = readImageFile(file).entries[0]?.message as CoreEntry;

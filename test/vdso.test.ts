@@ -14,6 +14,7 @@ import { kind } from "../src/image/magic";
 import { VMA } from "../src/image/vma-status";
 import { proxyPatches, vdsoFunctions, type VdsoFunction } from "../src/restore/vdso";
 import { runCkpt } from "./helpers/cli";
+import { dropDigests } from "./helpers/images";
 import { vdsoTarget } from "./helpers/restore-workloads";
 import { killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { selfCheck } from "./helpers/workloads";
@@ -105,6 +106,7 @@ describe("restore with another kernel's vvar/vdso layout", () => {
     // there is no free page around to grow one into).
     const other = join(tempDir("vdso-other"), "img");
     cpSync(images, other, { recursive: true });
+    dropDigests(other);
     const mmFile = join(other, `mm-${pid}.img`);
     const mm = readImageFile(mmFile).entries.map((e) => e.message as MmEntry);
     const vvar = mm[0]!.vmas.find((v) => (v.status & VMA.AREA_VVAR) !== 0)!;

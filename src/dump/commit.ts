@@ -1,7 +1,8 @@
 /**
  * The last steps of a dump or a pre-dump, in the order that keeps a failed
  * round from looking complete: stats-dump, then inventory.img (which makes
- * the directory an image set), then the end of this round's hold on dirty
+ * the directory an image set, and records the size and digest of every
+ * other file), then the end of this round's hold on dirty
  * tracking — best effort, since the images are complete by then.
  */
 import { ImageEncoder } from "../image/encode";
@@ -14,6 +15,7 @@ import type { RoundTracking } from "./tracking/round";
 
 export function commitRound(out: ImageDirWriter, figures: DumpFigures, inventory: InventoryEntry, tracking: RoundTracking): void {
   out.writeImage("stats-dump", new ImageEncoder(kind("STATS")).add(StatsEntrySchema, statsEntry(figures)));
+  inventory.ckptDigests = out.digests();
   out.commitInventory(new ImageEncoder(kind("INVENTORY")).add(InventoryEntrySchema, inventory));
   const warning = tracking.finish();
   if (warning) process.stderr.write(`ckpt: warning: ${warning}\n`);

@@ -29,7 +29,7 @@ import { readSmaps } from "../proc/maps";
 import { ProcFs } from "../proc/procfs";
 import { readStat } from "../proc/stat";
 import { readStatus } from "../proc/status";
-import { addressOf, callCountsSince, snapshotCallCounts, syscall, writeAll } from "../sys/libc";
+import { addressOf, callCountsSince, snapshotCallCounts, syscall } from "../sys/libc";
 import { PAGE_SIZE, SYS } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
 import { credsEntry, isGone, readProcNumber, readThreadRegs, rlimits, robustList, signalQueue, threadInfo } from "./task/core";
@@ -426,10 +426,10 @@ function writeShmem(out: ImageDirWriter, table: FileTable, processes: number): v
       enc.add(PagemapEntrySchema, create(PagemapEntrySchema, { vaddr: r.offset, compatNrPages: nr, nrPages: BigInt(nr), flags: PE_PRESENT }));
     }
     out.writeImage(`pagemap-shmem-${m.shmid}.img`, enc);
-    out.writeWith(`pages-${pagesId}.img`, (fd) => {
+    out.writeWith(`pages-${pagesId}.img`, (sink) => {
       let bytes = 0;
       for (const r of m.runs) {
-        writeAll(fd, r.data);
+        sink.write(r.data);
         bytes += r.data.length;
       }
       return bytes;

@@ -10,6 +10,9 @@ import { SysError, Errno } from "../sys/errno";
 import { close, fstat, mkdirat, openat, renameat, unlinkat, writeAll } from "../sys/libc";
 import { AT, O, S_IF, S_IFMT } from "../sys/nr";
 import type { ImageEncoder } from "../image/encode";
+import { FileDigest } from "../image/digest";
+import { create } from "@bufbuild/protobuf";
+import { CkptImageDigestSchema, type CkptImageDigest } from "../image/gen/inventory_pb";
 
 export const INVENTORY = "inventory.img";
 const INVENTORY_TMP = ".inventory.img.partial";
@@ -21,8 +24,15 @@ export class ImageDirError extends Error {
   }
 }
 
+/** Where a file's bytes go: written to its fd and into its digest. */
+export interface ImageSink {
+  write(bytes: Uint8Array): void;
+}
+
 export class ImageDirWriter {
   private readonly written: string[] = [];
+  /** The digest of every file written, by name (the inventory records them). */
+  private readonly fileDigests = new Map<string, FileDigest>();
   /** Bytes written so far, for the summary. */
   bytes = 0;
 
@@ -65,8 +75,8 @@ export class ImageDirWriter {
     }
   }
 
-  /** Create `name` exclusively and hand its fd to `fill`. */
-  writeWith(name: string, fill: (fd: number) => number): void {
+  /** Create `name` exclusively and let `fill` write it through a sink; it returns the byte count. */
+  writeWith(name: string, fill: (sink: ImageSink) => number): void {
     let fd: number;
     try {
       fd = openat(this.dirfd, name, O.WRONLY | O.CREAT | O.EXCL | O.CLOEXEC, 0o600);
@@ -75,8 +85,15 @@ export class ImageDirWriter {
       throw new ImageDirError(`cannot write ${this.path}/${name}: ${(e as Error).message}`);
     }
     this.written.push(name);
+    const digest = new FileDigest();
+    this.fileDigests.set(name, digest);
     try {
-      this.bytes += fill(fd);
+      this.bytes += fill({
+        write(bytes) {
+          writeAll(fd, bytes);
+          digest.update(bytes);
+        },
+      });
     } catch (e) {
       throw new ImageDirError(`cannot write ${this.path}/${name}: ${(e as Error).message}`);
     } finally {
@@ -85,10 +102,15 @@ export class ImageDirWriter {
   }
 
   write(name: string, bytes: Uint8Array): void {
-    this.writeWith(name, (fd) => {
-      writeAll(fd, bytes);
+    this.writeWith(name, (sink) => {
+      sink.write(bytes);
       return bytes.length;
     });
+  }
+
+  /** Size and digest of every file written so far, for the inventory. */
+  digests(): CkptImageDigest[] {
+    return [...this.fileDigests].map(([name, d]) => create(CkptImageDigestSchema, { name, size: BigInt(d.size), xxh64: d.value() }));
   }
 
   writeImage(name: string, enc: ImageEncoder): void {
@@ -109,6 +131,7 @@ export class ImageDirWriter {
   /** The last step of a dump: the inventory appears whole or not at all. */
   commitInventory(enc: ImageEncoder): void {
     this.write(INVENTORY_TMP, enc.bytes());
+    this.fileDigests.delete(INVENTORY_TMP);
     try {
       renameat(this.dirfd, INVENTORY_TMP, this.dirfd, INVENTORY);
     } catch (e) {

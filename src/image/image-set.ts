@@ -7,7 +7,12 @@ import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { readImageFile } from "./image-file";
 import type { ImageEntry } from "./decode";
 import { statOrNull } from "../sys/file";
+import { digestOfFile } from "./digest";
+import { InventoryEntrySchema } from "./gen/inventory_pb";
 import { S_IF, S_IFMT } from "../sys/nr";
+
+/** Image sets whose digests were checked in this run, by their inventory's device and inode. */
+const verifiedSets = new Set<string>();
 
 /** An image the set should hold is missing, or holds the wrong kind or count of entries. */
 export class ImageSetError extends Error {
@@ -61,6 +66,27 @@ export class ImageSet {
       }
       return e.message as MessageShape<D>;
     });
+  }
+
+  /**
+   * Check every file the inventory's digests list (ckpt's sets; CRIU's have
+   * none) against its recorded size and digest; once per set and run.
+   */
+  verifyDigests(): void {
+    const inv = statOrNull(this.path("inventory.img"));
+    const key = `${inv?.dev}:${inv?.ino}`;
+    if (verifiedSets.has(key)) return;
+    for (const d of this.one("inventory.img", InventoryEntrySchema).ckptDigests) {
+      if (d.name === "" || d.name.includes("/") || d.name === "inventory.img") throw new ImageSetError(`${this.path("inventory.img")}: a digest names ${JSON.stringify(d.name)}, not a file of the set`);
+      if (!this.has(d.name)) throw new ImageSetError(`${this.path(d.name)} is missing: the dump wrote it (${d.size} bytes)`);
+      const got = digestOfFile(this.path(d.name));
+      if (BigInt(got.size) !== d.size || got.digest !== d.xxh64) {
+        throw new ImageSetError(
+          `${this.path(d.name)} is not the file the dump wrote (${got.size} bytes, digest ${got.digest.toString(16)}; the inventory records ${d.size} bytes, digest ${d.xxh64.toString(16)}): the image set is corrupt`,
+        );
+      }
+    }
+    verifiedSets.add(key);
   }
 
   /** The single entry of an image such as core-TID.img or mm-PID.img. */

@@ -315,6 +315,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   if (images.one("inventory.img", InventoryEntrySchema).preDumpMode) {
     throw new Error(`${opts.dir} is a pre-dump (memory only, the tree ran on); restore the final dump, made with --prev-images-dir`);
   }
+  // Every byte as the dump wrote it (the parents' are checked as the page chains reach them).
+  images.verifyDigests();
   const { pstree, processes: plan, zombies, locks } = loadPlan(images);
   const shared = new SharedAnonObjects(images, plan.map((p) => p.mm));
   const proc = new ProcFs();

@@ -2,7 +2,9 @@
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { readImageFile } from "../../src/image/image-file";
+import { readImageFile, writeImageFile } from "../../src/image/image-file";
+import { InventoryEntrySchema, type InventoryEntry } from "../../src/image/gen/inventory_pb";
+import { kind } from "../../src/image/magic";
 import { close, openat, preadInto } from "../../src/sys/libc";
 import { AT, O } from "../../src/sys/nr";
 
@@ -13,6 +15,18 @@ export function entries<D extends DescMessage>(dir: string, name: string, schema
     if (e.message.$typeName !== schema.typeName) throw new Error(`${name} entry ${i} is ${e.message.$typeName}, not ${schema.typeName}`);
     return e.message as MessageShape<D>;
   });
+}
+
+/**
+ * Rewrite the set's inventory without ckpt's digests, as CRIU writes it: a
+ * test that edits an image on purpose (to reach a check behind the digest
+ * check, or to fake another kernel) does this so that the edit is not
+ * simply refused as corruption.
+ */
+export function dropDigests(dir: string): void {
+  const inv = entries(dir, "inventory.img", InventoryEntrySchema) as InventoryEntry[];
+  for (const e of inv) e.ckptDigests = [];
+  writeImageFile(join(dir, "inventory.img"), kind("INVENTORY"), InventoryEntrySchema, inv);
 }
 
 let warnedNoCrit = false;

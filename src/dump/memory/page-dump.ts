@@ -20,7 +20,7 @@ import { kind } from "../../image/magic";
 import type { MapArea } from "../../proc/maps";
 import type { ProcFs } from "../../proc/procfs";
 import { PAGE_SIZE } from "../../sys/nr";
-import type { ImageDirWriter } from "../image-dir";
+import type { ImageDirWriter, ImageSink } from "../image-dir";
 import type { PageCoverage } from "./parent";
 import { copyPages, pagemapEntries, scanPages, writePages, type DirtyScan, type PageCounters, type PageRun, type PageVma, type ScanMethod } from "./pages";
 
@@ -44,7 +44,7 @@ export interface PageCopy {
   /** Time spent finding and copying the pages. */
   ms: number;
   /** Write the contents (pages-N.img); returns the byte count. */
-  writeTo(fd: number): number;
+  writeTo(sink: ImageSink): number;
   dispose(): void;
 }
 
@@ -156,8 +156,8 @@ export function planProcessPages(pid: number, areas: readonly MapArea[], choice:
         entries: pagemapEntries(runs),
         pagesScanned, pagesWritten: pagesToWrite, pagesInParent,
         ms: scanMs + performance.now() - c,
-        writeTo(fd) {
-          writePages(fd, data);
+        writeTo(sink) {
+          writePages(sink, data);
           return data.byteLength;
         },
         dispose() {
@@ -178,5 +178,5 @@ export function writeProcessPages(out: ImageDirWriter, pid: number, pagesId: num
   const enc = new ImageEncoder(kind("PAGEMAP")).add(PagemapHeadSchema, create(PagemapHeadSchema, { pagesId }));
   for (const e of pages.entries) enc.add(PagemapEntrySchema, e);
   out.writeImage(`pagemap-${pid}.img`, enc);
-  out.writeWith(`pages-${pagesId}.img`, (fd) => pages.writeTo(fd));
+  out.writeWith(`pages-${pagesId}.img`, (sink) => pages.writeTo(sink));
 }

@@ -26,7 +26,7 @@ import { PagemapEntrySchema, type PagemapEntry } from "../../image/gen/pagemap_p
 import { PE_PARENT, PE_PRESENT } from "../../image/pagemap";
 import { ProcFs } from "../../proc/procfs";
 import { Errno, SysError } from "../../sys/errno";
-import { addressOf, close, ioctl, madvise, memoryView, mmap, munmap, preadInto, processVmReadv, writeAll } from "../../sys/libc";
+import { addressOf, close, ioctl, madvise, memoryView, mmap, munmap, preadInto, processVmReadv } from "../../sys/libc";
 import { MAP, O, PAGE_IS, PAGE_SIZE, PAGEMAP_SCAN, PM_SCAN, PROT } from "../../sys/nr";
 import { decodePageRegions, encodePmScanArg, PAGE_REGION_SIZE, PM_SCAN_ARG_SIZE, pmScanWalkEnd, setIovec } from "../../sys/structs";
 import { entryPfn, MIN_WINDOW_BYTES, PagemapCache, PME_HI, zeroPagePfns, type PageSpan, type ZeroPfns } from "./pagemap-cache";
@@ -724,9 +724,9 @@ export { PE_PARENT, PE_PRESENT } from "../../image/pagemap";
 const WRITE_CHUNK_BYTES = 1024 * 1024 * 1024;
 
 /** Write all page data to `fd` (the pages-N.img file) in big writes. */
-export function writePages(fd: number, data: PageData): void {
+export function writePages(sink: { write(bytes: Uint8Array): void }, data: PageData): void {
   for (let offset = 0; offset < data.byteLength; offset += WRITE_CHUNK_BYTES) {
-    writeAll(fd, data.view(offset, Math.min(WRITE_CHUNK_BYTES, data.byteLength - offset)));
+    sink.write(data.view(offset, Math.min(WRITE_CHUNK_BYTES, data.byteLength - offset)));
   }
 }
 
