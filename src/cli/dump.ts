@@ -12,12 +12,17 @@ export const dumpCommand = defineCommand({
     "shell-job": { type: "boolean", alias: "j", description: "the tree is a job of your shell: dump the terminal it uses (restore gives it the restorer's terminal)", default: false },
     "file-locks": { type: "boolean", description: "save the file locks (POSIX, flock, OFD) the tree holds; without it a tree holding one is refused, as CRIU does", default: false },
     "file-validation": { type: "string", description: "what restore will check open and mapped files by: buildid (size and ELF build-id, the default, as CRIU) or filesize" },
+    snapshot: {
+      type: "boolean",
+      description: "with -R: freeze only for the scan and copy memory while the tree runs, still as it was at the freeze (userfaultfd write-protection, copy-before-write); --no-snapshot copies it all while frozen",
+      default: true,
+    },
   },
   async run({ args, rawArgs }) {
-    const shared = parseSharedDumpArgs(args, rawArgs, ["leave-running", "R", "shell-job", "j", "ghost-limit", "file-locks", "file-validation"], ["ghost-limit", "file-validation"]);
+    const shared = parseSharedDumpArgs(args, rawArgs, ["leave-running", "R", "shell-job", "j", "ghost-limit", "file-locks", "file-validation", "snapshot"], ["ghost-limit", "file-validation"]);
     const fileValidation = parseFileValidation(args["file-validation"]);
     const ghostLimit = args["ghost-limit"] === undefined ? undefined : parseSize("--ghost-limit", String(args["ghost-limit"]));
-    const result = await dump({ ...shared, leaveRunning: Boolean(args["leave-running"]), shellJob: Boolean(args["shell-job"]), fileLocks: Boolean(args["file-locks"]), ...(fileValidation ? { fileValidation } : {}), ...(ghostLimit !== undefined ? { ghostLimit } : {}) });
+    const result = await dump({ ...shared, leaveRunning: Boolean(args["leave-running"]), snapshot: args.snapshot !== false, shellJob: Boolean(args["shell-job"]), fileLocks: Boolean(args["file-locks"]), ...(fileValidation ? { fileValidation } : {}), ...(ghostLimit !== undefined ? { ghostLimit } : {}) });
     if (args.json) {
       process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
       return;
@@ -26,7 +31,8 @@ export const dumpCommand = defineCommand({
     const parent = shared.prevImagesDir === undefined ? "" : ` (${f.pagesInParent} left in the parent)`;
     process.stdout.write(
       `dumped ${result.processes} process(es), ${result.threads} thread(s) of tree ${result.pid} into ${result.dir}: ` +
-        `${f.pagesWritten} pages${parent}, frozen ${f.frozenMs.toFixed(1)} ms, total ${f.totalMs.toFixed(1)} ms; ` +
+        `${f.pagesWritten} pages${parent}, frozen ${f.frozenMs.toFixed(1)} ms` +
+        `${result.snapshot.used ? ` (snapshot: ${result.snapshot.pagesRunning} pages copied after, ${result.snapshot.pagesOnFault} before a write)` : ""}, total ${f.totalMs.toFixed(1)} ms; ` +
         `${result.leftRunning ? "the tree runs on" : "the tree was killed"}\n`,
     );
     if (result.tracking.note) process.stderr.write(`ckpt: note: ${result.tracking.note}\n`);

@@ -50,7 +50,9 @@ import { inventoryEntry, uptimeMicros } from "./inventory";
 import { dumpVmas, mmEntry, parseAuxv, type MapFilesCounters } from "./memory/mm";
 import { SharedAnonMemory } from "./memory/shmem";
 import { readTaskState, type ProcessTaskState } from "./task/remote-state";
-import { copyProcessPages, writeProcessPages, type PageCopy } from "./memory/page-dump";
+import { planProcessPages, writeProcessPages, type PageCopy, type PagePlan } from "./memory/page-dump";
+import { finishSnapshots, newSnapshotCounters, type ProcessSnapshot, type SnapshotCounters } from "./memory/snapshot";
+import { Errno, SysError } from "../sys/errno";
 import { newPageCounters, PE_PRESENT, type PageCounters } from "./memory/pages";
 import { pstreeEntries } from "./pstree";
 import { commitRound } from "./commit";
@@ -81,6 +83,12 @@ export interface DumpOptions {
   prevImagesDir?: string;
   /** The largest unlinked file to save as a ghost file (--ghost-limit), in bytes; no limit when unset. */
   ghostLimit?: bigint;
+  /**
+   * With leaveRunning: copy private memory after letting the tree go, as a
+   * snapshot of the freeze (snapshot.ts). The default; false copies
+   * everything while frozen (--no-snapshot).
+   */
+  snapshot?: boolean;
 }
 
 export interface DumpResult extends RoundResult {
@@ -90,6 +98,8 @@ export interface DumpResult extends RoundResult {
   files: FileIdCounters & { fds: number; openFiles: number };
   /** Paths of watched inodes: how each was found, and the time it took. */
   irmap: IrmapCounters & { ms: number };
+  /** How memory was copied: as a snapshot after the freeze (dump -R), or while frozen, and why. */
+  snapshot: SnapshotCounters & { used: boolean; why?: string };
 }
 
 /** Everything read from one process while it was frozen. */
@@ -103,6 +113,8 @@ interface DumpedProcess {
   rootId: number;
   umask: number;
   pages: PageCopy;
+  /** With a snapshot dump: the copy to finish once the tree runs. */
+  snapshot?: ProcessSnapshot;
 }
 
 function clockNow(clock: number): { tvSec: bigint; tvNsec: bigint } {
@@ -146,6 +158,10 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   let memdumpMs = 0;
   let memwriteMs = 0;
   let tracking: RoundTracking | null = null;
+  const snapCounters = newSnapshotCounters();
+  const snapshot: SnapshotChoice = { use: opts.leaveRunning && opts.snapshot !== false, counters: snapCounters };
+  if (!opts.leaveRunning) snapshot.why = "the tree is killed after the dump: nothing runs to copy from";
+  else if (opts.snapshot === false) snapshot.why = "--no-snapshot";
   try {
     const parent = opts.prevImagesDir === undefined ? null : ParentImages.open(out, opts.prevImagesDir);
     // Read the irmap cache (through the parent link just made) before the freeze.
@@ -173,7 +189,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
         continue;
       }
       try {
-        dumped.push(dumpProcess(proc, p, files, treeIds.get(p.pid)!, fdTables, mapFiles, objects, pageCounters, opts, tracking));
+        dumped.push(dumpProcess(proc, p, files, treeIds.get(p.pid)!, fdTables, mapFiles, objects, pageCounters, opts, tracking, snapshot));
       } catch (e) {
         throw explainProcessError(p.pid, e);
       }
@@ -210,8 +226,10 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       release(freezer, "resume");
       released = true;
       frozenMs = performance.now() - frozenAt;
+      // The memory of the freeze, copied while the tree runs (copy-before-write).
+      finishSnapshots(dumped.flatMap((d) => (d.snapshot ? [d.snapshot] : [])), snapCounters);
       writeAll();
-      figures = { ...pageFigures(), frozenMs, memwriteMs, totalMs: performance.now() - started };
+      figures = { ...pageFigures(), frozenMs, memwriteMs, totalMs: performance.now() - started, snapshot: snapCounters };
       // The dump is complete: tracking is over (the tracker ends, the tree is unregistered).
       commitRound(out, figures, inv, tracking);
     } else {
@@ -239,9 +257,12 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       bytesWritten: out.bytes,
       tracking: tracking.summary,
       irmap: { ...files.ctx.irmap.counters, ms: files.ctx.irmap.ms },
+      snapshot: { ...snapCounters, used: snapCounters.processes > 0, ...(snapshot.why ? { why: snapshot.why } : {}) },
     };
   } catch (e) {
     tracking?.abort();
+    // Protection off before the tree runs: no thread should wait on a copy that will not come.
+    for (const d of dumped) d.snapshot?.release();
     if (!released) release(freezer, "resume");
     out.discard();
     throw e;
@@ -283,7 +304,35 @@ export function release(freezer: Freezer, mode: "resume" | "kill"): void {
   for (const p of freezer.release(mode)) process.stderr.write(`ckpt: warning: while letting the tree go: ${p}\n`);
 }
 
-function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, ids: TaskKobjIdsEntry, fdTables: Map<number, FdinfoEntry[]>, mapFiles: MapFilesCounters, objects: SharedAnonMemory, pageCounters: PageCounters, opts: DumpOptions, tracking: RoundTracking): DumpedProcess {
+/** Whether this dump copies memory as a snapshot, and if not, why. */
+interface SnapshotChoice {
+  use: boolean;
+  why?: string;
+  counters: SnapshotCounters;
+}
+
+/**
+ * The pages of a frozen process: a snapshot begun, or copied now. A kernel
+ * without synchronous write-protection (userfaultfd refused) turns the
+ * snapshot off for the rest of the dump, saying why.
+ */
+function processPages(pid: number, plan: PagePlan, snapshot: SnapshotChoice): { pages: PageCopy; snapshot?: ProcessSnapshot } {
+  if (snapshot.use) {
+    try {
+      return plan.beginSnapshot(snapshot.counters);
+    } catch (e) {
+      if (!(e instanceof SysError && ([Errno.ENOSYS, Errno.EPERM, Errno.EINVAL, Errno.EOPNOTSUPP] as number[]).includes(e.errno))) throw e;
+      snapshot.use = false;
+      snapshot.why = `no synchronous userfaultfd write-protection here (${e.message}); memory copied while frozen`;
+    }
+  }
+  return { pages: plan.copy(false) };
+}
+
+function dumpProcess(
+  proc: ProcFs, p: FrozenProcess, files: FilesDump, ids: TaskKobjIdsEntry, fdTables: Map<number, FdinfoEntry[]>, mapFiles: MapFilesCounters,
+  objects: SharedAnonMemory, pageCounters: PageCounters, opts: DumpOptions, tracking: RoundTracking, snapshot: SnapshotChoice,
+): DumpedProcess {
   const { pid } = p;
   const stat = readStat(proc, pid);
   const status = readStatus(proc, pid);
@@ -313,7 +362,7 @@ function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, ids: Task
   const task: ProcessTaskState = readTaskState(proc, p.threads);
 
   const saved = vmas.filter((v) => v.savePages).map((v) => v.area);
-  const pages = copyProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved));
+  const plan = planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved));
 
   const cores = new Map<number, CoreEntry>();
   for (const tid of p.threads) {
@@ -363,7 +412,9 @@ function dumpProcess(proc: ProcFs, p: FrozenProcess, files: FilesDump, ids: Task
     cores.set(tid, core);
   }
   const mm = mmEntry(stat, auxv, exeId, vmas, task.mm);
-  return { tree: p, ids, cores, mm, fdinfo, cwdId, rootId, umask: status.umask ?? 0o022, pages };
+  // Last, so that nothing can fail between protecting the memory and handing the snapshot to the dump.
+  const { pages, snapshot: snap } = processPages(pid, plan, snapshot);
+  return { tree: p, ids, cores, mm, fdinfo, cwdId, rootId, umask: status.umask ?? 0o022, pages, ...(snap ? { snapshot: snap } : {}) };
 }
 
 /**

@@ -7,6 +7,7 @@ import { DumpStatsEntrySchema, StatsEntrySchema, type StatsEntry } from "../imag
 import type { ProcCounters } from "../proc/procfs";
 import type { PageCounters } from "./memory/pages";
 import type { TrackingSummary } from "./tracking/round";
+import type { SnapshotCounters } from "./memory/snapshot";
 
 export interface DumpFigures {
   /** From the first PTRACE_SEIZE until every thread stopped. */
@@ -28,6 +29,8 @@ export interface DumpFigures {
   shpagesWritten?: number;
   /** Finding paths for watched inodes (the irmap), when the dump had any. */
   irmapMs?: number;
+  /** A snapshot dump (dump -R): how its memory was copied (snapshot.ts). */
+  snapshot?: SnapshotCounters;
 }
 
 /** What `dump` and `pre-dump` both report (their JSON summaries). */
@@ -61,6 +64,14 @@ export function statsEntry(f: DumpFigures): StatsEntry {
       pagesLazy: 0n,
       ...(f.shpagesScanned !== undefined ? { shpagesScanned: BigInt(f.shpagesScanned), shpagesWritten: BigInt(f.shpagesWritten ?? 0) } : {}),
       ...(f.irmapMs !== undefined ? { irmapResolve: micros(f.irmapMs) } : {}),
+      ...(f.snapshot && f.snapshot.processes > 0
+        ? {
+            ckptSnapshotCopyTime: micros(f.snapshot.copyMs),
+            ckptSnapshotPagesFrozen: BigInt(f.snapshot.pagesFrozen),
+            ckptSnapshotPagesRunning: BigInt(f.snapshot.pagesRunning),
+            ckptSnapshotPagesOnFault: BigInt(f.snapshot.pagesOnFault),
+          }
+        : {}),
     }),
   });
 }

@@ -116,7 +116,13 @@ export const UFFDIO_REGISTER = 0xc020aa00;
 export const UFFDIO_REGISTER_MODE_WP = 2;
 export const UFFD_API = 0xaa;
 export const UFFD_USER_MODE_ONLY = 1;
-export const UFFD_FEATURE = { PAGEFAULT_FLAG_WP: 1 << 0, WP_UNPOPULATED: 1 << 13, WP_ASYNC: 1 << 15 } as const;
+export const UFFD_FEATURE = { PAGEFAULT_FLAG_WP: 1 << 0, EVENT_REMAP: 1 << 2, EVENT_REMOVE: 1 << 3, EVENT_UNMAP: 1 << 6, WP_UNPOPULATED: 1 << 13, WP_ASYNC: 1 << 15 } as const;
+/** UFFDIO_WRITEPROTECT: _IOWR(0xAA, 6, struct uffdio_writeprotect { range; mode }). */
+export const UFFDIO_WRITEPROTECT = 0xc018aa06;
+export const UFFDIO_WRITEPROTECT_MODE_WP = 1;
+/** struct uffd_msg: 32 bytes; its event, and the events a snapshot asks for. */
+export const UFFD_MSG_SIZE = 32;
+export const UFFD_EVENT = { PAGEFAULT: 0x12, FORK: 0x13, REMAP: 0x14, REMOVE: 0x15, UNMAP: 0x16 } as const;
 
 /** Size of one page on x86_64. */
 export const PAGE_SIZE = 4096;

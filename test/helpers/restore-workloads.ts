@@ -531,3 +531,87 @@ int main(void) {
 }
 `);
 }
+
+/**
+ * rewritetarget MIB THREADS: MIB MiB of memory split into one stripe per
+ * thread; each thread rewrites its stripe over and over as fast as it can,
+ * generation after generation, the first and last word of every page. Before
+ * it writes a page it checks that the page still holds the previous
+ * generation: any page from a later moment than the rest (a snapshot copied
+ * after the write) is caught at once, by the original or by a restored copy.
+ * Prints "ready PID ADDR BYTES"; on SIGUSR1 waits for every thread to finish
+ * two more passes and prints "ok GEN" or "bad ...".
+ */
+export function rewriteTarget(): string {
+  return buildC("rewritetarget", `
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+#define PAGE 4096
+static char *mem;
+static size_t pages_per_thread;
+static volatile unsigned long long gens[64];
+static volatile long bad_page = -1;
+static volatile unsigned long long bad_want, bad_got;
+static void *writer(void *arg) {
+  long t = (long)arg;
+  char *base = mem + t * pages_per_thread * PAGE;
+  for (unsigned long long gen = 1;; gen++) {
+    for (size_t i = 0; i < pages_per_thread; i++) {
+      volatile unsigned long long *w = (volatile unsigned long long *)(base + i * PAGE);
+      if (w[0] != gen - 1 || w[PAGE / 8 - 1] != gen - 1) {
+        if (bad_page < 0) { bad_want = gen - 1; bad_got = w[0]; bad_page = (long)(t * pages_per_thread + i); }
+      }
+      w[0] = gen;
+      w[PAGE / 8 - 1] = gen;
+    }
+    gens[t] = gen;
+  }
+  return 0;
+}
+static volatile sig_atomic_t check_requested;
+static void on_usr1(int s) { (void)s; check_requested = 1; }
+int main(int argc, char **argv) {
+  size_t mib = argc > 1 ? strtoul(argv[1], 0, 10) : 64;
+  int threads = argc > 2 ? atoi(argv[2]) : 2;
+  if (threads < 1 || threads > 64) return 2;
+  size_t bytes = mib << 20;
+  pages_per_thread = bytes / PAGE / threads;
+  /* Small pages whatever the machine's THP setting: the test is about pages. */
+  prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
+  mem = mmap(0, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) return 3;
+  for (size_t i = 0; i < bytes; i += PAGE) mem[i] = 0;
+  sigset_t usr1, old;
+  sigemptyset(&usr1); sigaddset(&usr1, SIGUSR1);
+  signal(SIGUSR1, on_usr1);
+  sigprocmask(SIG_BLOCK, &usr1, &old);
+  pthread_t th;
+  for (long t = 0; t < threads; t++) if (pthread_create(&th, 0, writer, (void *)t)) return 4;
+  printf("ready %d %lx %zu\\n", getpid(), (unsigned long)mem, bytes); fflush(stdout);
+  for (;;) {
+    while (!check_requested) sigsuspend(&old);
+    check_requested = 0;
+    unsigned long long start[64];
+    for (int t = 0; t < threads; t++) start[t] = gens[t];
+    for (int t = 0; t < threads; t++) {
+      struct timespec ms = { 0, 1000000 };
+      for (int w = 0; gens[t] < start[t] + 2 && w < 20000; w++) nanosleep(&ms, 0);
+    }
+    if (bad_page >= 0) printf("bad page %ld holds generation %llu, expected %llu\\n", bad_page, bad_got, bad_want);
+    else {
+      int stuck = -1;
+      for (int t = 0; t < threads; t++) if (gens[t] < start[t] + 2) stuck = t;
+      if (stuck >= 0) printf("bad thread %d made no progress\\n", stuck); else printf("ok %llu\\n", gens[0]);
+    }
+    fflush(stdout);
+  }
+}
+`);
+}

@@ -22,6 +22,7 @@ import type { ProcFs } from "../../proc/procfs";
 import { PAGE_SIZE } from "../../sys/nr";
 import type { ImageDirWriter, ImageSink } from "../image-dir";
 import type { PageCoverage } from "./parent";
+import { ProcessSnapshot, type SnapshotCounters } from "./snapshot";
 import { copyPages, pagemapEntries, scanPages, writePages, type DirtyScan, type PageCounters, type PageRun, type PageVma, type ScanMethod } from "./pages";
 
 export type PageScanChoice = "auto" | "ioctl" | "pagemap";
@@ -55,6 +56,11 @@ export interface PagePlan {
   scanMs: number;
   /** Copy the runs to write; `running`: the task was let go since the scan. */
   copy(running: boolean): PageCopy;
+  /**
+   * While frozen: start a snapshot copy of the runs to write (snapshot.ts).
+   * The PageCopy's contents are whole once finishSnapshots has run.
+   */
+  beginSnapshot(counters: SnapshotCounters): { snapshot: ProcessSnapshot; pages: PageCopy };
 }
 
 function methodOf(choice: PageScanChoice): "auto" | ScanMethod {
@@ -149,6 +155,25 @@ export function planProcessPages(pid: number, areas: readonly MapArea[], choice:
   const scanMs = performance.now() - t;
   return {
     pagesScanned, pagesToWrite, pagesInParent, scanMs,
+    beginSnapshot(snapCounters) {
+      const c = performance.now();
+      const snapshot = ProcessSnapshot.begin(proc, pid, allVmas, toWrite, snapCounters);
+      return {
+        snapshot,
+        pages: {
+          entries: pagemapEntries(runs),
+          pagesScanned, pagesWritten: pagesToWrite, pagesInParent,
+          ms: scanMs + performance.now() - c,
+          writeTo(sink) {
+            writePages(sink, snapshot.data);
+            return snapshot.data.byteLength;
+          },
+          dispose() {
+            snapshot.dispose();
+          },
+        },
+      };
+    },
     copy(running) {
       const c = performance.now();
       const data = copyPages(pid, allVmas, toWrite, { proc, counters, running });

@@ -528,7 +528,7 @@ export interface CopyOptions {
  * remote range) and in the buffer (runs are laid out back to back), and of
  * areas that are all readable or all not.
  */
-interface Piece {
+export interface Piece {
   remote: number;
   offset: number;
   length: number;
@@ -587,6 +587,48 @@ export function copyPages(pid: number, vmas: readonly PageVma[], runs: readonly 
     throw e;
   }
   return data;
+}
+
+/**
+ * The pages of `runs` in one buffer laid out in run order, as copyPages
+ * makes it, but filled piece by piece by the caller (snapshot.ts copies
+ * while the task runs, a part at a time). dispose() releases the buffer
+ * unless it was handed on.
+ */
+export class PieceCopy {
+  readonly pieces: readonly Piece[];
+  readonly data: PageData;
+  private readonly copier: Copier;
+  private ownProc: ProcFs | null = null;
+
+  constructor(pid: number, vmas: readonly PageVma[], runs: readonly PageRun[], options: CopyOptions = {}) {
+    const planned = planPieces(toAreas(vmas), runs);
+    this.pieces = planned.pieces;
+    this.data = mapPageBuffer(planned.byteLength, options.buffer);
+    const proc = options.proc ?? (this.ownProc = new ProcFs());
+    this.copier = new Copier(pid, proc, this.data, options.counters ?? newPageCounters(), MAX_BYTES_PER_CALL, options.running ?? false);
+  }
+
+  /** Copy `pieces` (parts of this.pieces: each within one, at the matching buffer offset) from the task. */
+  copy(pieces: readonly Piece[]): void {
+    // The copier takes a batch of pieces into one local range: give it runs
+    // of pieces that are back to back in the buffer.
+    let from = 0;
+    for (let i = 1; i <= pieces.length; i++) {
+      const prev = pieces[i - 1]!;
+      const next = pieces[i];
+      if (next && next.offset === prev.offset + prev.length) continue;
+      this.copier.copy(pieces.slice(from, i), IOV_MAX);
+      from = i;
+    }
+  }
+
+  /** Close the /proc/PID/mem fd, if one was needed; the data stays. */
+  close(): void {
+    this.copier.close();
+    this.ownProc?.close();
+    this.ownProc = null;
+  }
 }
 
 class Copier {

@@ -26,7 +26,7 @@ import { RemoteSyscalls } from "../task/inject";
  * zaps and lets PAGEMAP_SCAN protect anonymous areas at all (its
  * "wp-allowed" test wants markers); WP_ASYNC is the no-waiting mode above.
  */
-const FEATURES = UFFD_FEATURE.WP_ASYNC | UFFD_FEATURE.WP_UNPOPULATED;
+const ASYNC_TRACKING = { features: UFFD_FEATURE.WP_ASYNC | UFFD_FEATURE.WP_UNPOPULATED, what: "WP_ASYNC|WP_UNPOPULATED", userModeOnly: true };
 
 /**
  * A userfaultfd for process `pid` (frozen, leader thread `pid`), handshaken,
@@ -34,13 +34,14 @@ const FEATURES = UFFD_FEATURE.WP_ASYNC | UFFD_FEATURE.WP_UNPOPULATED;
  * one whatever vm.unprivileged_userfaultfd says; it only concerns faults in
  * kernel mode, which async write-protection never delivers anyway.
  */
-export function makeUffd(proc: ProcFs, pid: number): number {
+export function makeUffd(proc: ProcFs, pid: number, mode: { features: number; what: string; userModeOnly: boolean } = ASYNC_TRACKING): number {
   const remote = RemoteSyscalls.open(pid, { proc });
   let ours = -1;
+  const flags = O.CLOEXEC | O.NONBLOCK | (mode.userModeOnly ? UFFD_USER_MODE_ONLY : 0);
   try {
     // The process's own fd is closed by a close() already armed in the
     // thread while we take our copy: a kill of ckpt meanwhile still closes it.
-    remote.withNewFd("userfaultfd", SYS.userfaultfd, [O.CLOEXEC | O.NONBLOCK | UFFD_USER_MODE_ONLY], ["O_CLOEXEC|O_NONBLOCK|UFFD_USER_MODE_ONLY"], (theirs) => {
+    remote.withNewFd("userfaultfd", SYS.userfaultfd, [flags], [`O_CLOEXEC|O_NONBLOCK${mode.userModeOnly ? "|UFFD_USER_MODE_ONLY" : ""}`], (theirs) => {
       const pidfd = pidfdOpen(pid);
       try {
         ours = pidfdGetfd(pidfd, theirs);
@@ -58,8 +59,8 @@ export function makeUffd(proc: ProcFs, pid: number): number {
     const api = new Uint8Array(UFFDIO_API_SIZE);
     const v = new DataView(api.buffer);
     v.setBigUint64(0, BigInt(UFFD_API), true);
-    v.setBigUint64(8, BigInt(FEATURES), true);
-    ioctl(ours, UFFDIO_API, api, "UFFDIO_API(WP_ASYNC|WP_UNPOPULATED)");
+    v.setBigUint64(8, BigInt(mode.features), true);
+    ioctl(ours, UFFDIO_API, api, `UFFDIO_API(${mode.what})`);
   } catch (e) {
     close(ours);
     throw e;

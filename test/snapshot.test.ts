@@ -1,0 +1,108 @@
+/**
+ * Snapshot dumps (dump -R): the tree is frozen only for the scan and runs
+ * while its memory is copied; the images must still be the memory of the
+ * freeze. The workload rewrites its pages as fast as it can throughout, and
+ * checks before every write that the page holds the previous generation:
+ * a restored copy made from pages of different moments fails at once.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import { existsSync, readFileSync, statSync, truncateSync } from "node:fs";
+import { join } from "node:path";
+import { isFieldSet } from "@bufbuild/protobuf";
+import { DumpStatsEntrySchema, StatsEntrySchema } from "../src/image/gen/stats_pb";
+import { runCkpt } from "./helpers/cli";
+import { entries } from "./helpers/images";
+import { rewriteTarget } from "./helpers/restore-workloads";
+import { alive, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
+import { selfCheck } from "./helpers/workloads";
+
+const cleanup: Target[] = [];
+afterAll(() => {
+  for (const t of cleanup) t.kill();
+});
+
+interface SnapshotJson {
+  used: boolean;
+  why?: string;
+  pagesFrozen: number;
+  pagesRunning: number;
+  pagesOnFault: number;
+  faults: number;
+  copyMs: number;
+}
+
+function tracerOf(pid: number): number {
+  return Number(/^TracerPid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
+}
+
+/** Dump -R with --json; the restore later needs the workload's output file as it was at the dump. */
+function dumpJson(pid: number, images: string, out: string, extra: string[] = []): { snapshot: SnapshotJson; frozenMs: number; outSize: number } {
+  const r = runCkpt(["dump", "-t", String(pid), "-D", images, "-R", "--json", ...extra]);
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+  const j = JSON.parse(r.stdout) as { snapshot: SnapshotJson; figures: { frozenMs: number } };
+  return { snapshot: j.snapshot, frozenMs: j.figures.frozenMs, outSize: statSync(out).size };
+}
+
+async function restoreAndCheck(pid: number, images: string, out: string, outSize: number): Promise<void> {
+  killablePid(pid).kill();
+  await waitFor("the original to be gone", () => !existsSync(`/proc/${pid}`), 10000);
+  truncateSync(out, outSize);
+  const r = runCkpt(["restore", "-D", images, "-d"]);
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+  expect(await selfCheck(pid, out)).toMatch(/^ok /);
+}
+
+describe("snapshot dumps", () => {
+  test("a workload rewriting its memory throughout the copy is saved as it was at the freeze, and runs on untouched", async () => {
+    const { words, out } = await startReady([rewriteTarget(), "64", "2"]);
+    const pid = Number(words[0]);
+    cleanup.push(killablePid(pid));
+    expect(await selfCheck(pid, out)).toMatch(/^ok /);
+    const images = join(tempDir("snap-img"), "img");
+    const { snapshot, outSize } = dumpJson(pid, images, out);
+    expect(snapshot.used).toBe(true);
+    // The writers hit pages not yet copied: the fault handler copied them first.
+    expect(snapshot.pagesOnFault).toBeGreaterThan(0);
+    expect(snapshot.pagesRunning).toBeGreaterThanOrEqual((64 * 256) - 64);
+    const [stats] = entries(images, "stats-dump", StatsEntrySchema);
+    expect(Number(stats?.dump?.ckptSnapshotPagesOnFault)).toBe(snapshot.pagesOnFault);
+    expect(Number(stats?.dump?.ckptSnapshotPagesRunning)).toBe(snapshot.pagesRunning);
+    expect(stats?.dump?.ckptSnapshotCopyTime).toBeGreaterThan(0);
+    // The original was never handed a page from another moment either.
+    expect(tracerOf(pid)).toBe(0);
+    expect(await selfCheck(pid, out)).toMatch(/^ok /);
+    await restoreAndCheck(pid, images, out, outSize);
+  });
+
+  test("--no-snapshot copies everything while frozen, as before", async () => {
+    const { words, out } = await startReady([rewriteTarget(), "16", "2"]);
+    const pid = Number(words[0]);
+    cleanup.push(killablePid(pid));
+    const images = join(tempDir("nosnap-img"), "img");
+    const { snapshot, outSize } = dumpJson(pid, images, out, ["--no-snapshot"]);
+    expect(snapshot).toMatchObject({ used: false, why: "--no-snapshot", pagesRunning: 0, pagesOnFault: 0 });
+    const dumpStats = entries(images, "stats-dump", StatsEntrySchema)[0]?.dump;
+    expect(dumpStats && isFieldSet(dumpStats, DumpStatsEntrySchema.field.ckptSnapshotPagesRunning)).toBe(false);
+    await restoreAndCheck(pid, images, out, outSize);
+  });
+
+  test("ckpt SIGKILLed while it copies: the tree runs on with its memory writable, and no image set looks complete", async () => {
+    const { words, out } = await startReady([rewriteTarget(), "512", "2"]);
+    const pid = Number(words[0]);
+    cleanup.push(killablePid(pid));
+    const images = join(tempDir("snap-kill"), "img");
+    const ckpt = Bun.spawn([process.execPath, `${import.meta.dir}/../src/cli/main.ts`, "dump", "-t", String(pid), "-D", images, "-R"], { stdout: "pipe", stderr: "pipe" });
+    // Frozen (traced), then let go (not traced): the copy has begun.
+    await waitFor("the freeze", () => tracerOf(pid) !== 0, 20000);
+    await waitFor("the tree to be let go", () => tracerOf(pid) === 0, 20000);
+    ckpt.kill("SIGKILL");
+    await ckpt.exited;
+    expect(existsSync(join(images, "inventory.img"))).toBe(false);
+    expect(alive(pid)).toBe(true);
+    // Every writer goes on (none is left waiting on a fault ckpt will never answer), and no page went back in time.
+    expect(await selfCheck(pid, out)).toMatch(/^ok /);
+    expect(readFileSync(`/proc/${pid}/status`, "utf8")).toMatch(/^State:\s+[RS]/m);
+  });
+});
