@@ -9,9 +9,17 @@
  * written, copy GB/s, frozen time against an ideal size / 5 GB/s, and the
  * calls made per dump (proc opens, stats, pagemap scans or preads, ptrace,
  * waitpid, process_vm_readv, injected calls). Every figure is measured here.
+ * Then the snapshot table: dump -R as a snapshot (the default) against
+ * --no-snapshot and, with CRIU_BIN set, CRIU 4.2's `criu dump -R` on the same
+ * workload in the same run: the idle 256 MiB and 2 GiB processes, and one
+ * rewriting its memory at 16 MiB/s: frozen time, copy time after the freeze,
+ * pages copied before a write (by the fault handler).
  * Run: bun bench/dump.ts    (REPS=3 REPS_BIG=2 SKIP_BIG=1 to adjust)
  */
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import type { StatsEntry } from "../src/image/gen/stats_pb";
+import { readImageFile } from "../src/image/image-file";
+import { rewriteTarget } from "../test/helpers/restore-workloads";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { dump, type DumpResult } from "../src/dump/dump";
@@ -47,8 +55,8 @@ let injectedCalls = 0;
   };
 }
 
-/** Start a workload detached and wait (long enough for 2 GiB) for its "ready" line, then for every thread to block. */
-async function startWorkload(argv: string[]): Promise<Target> {
+/** Start a workload detached and wait (long enough for 2 GiB) for its "ready" line, then (if `blocks`) for every thread to block. */
+async function startWorkload(argv: string[], blocks = true): Promise<Target> {
   const outDir = tempDir("bench-dump-out");
   left.dirs.push(outDir);
   const out = join(outDir, "out");
@@ -56,7 +64,7 @@ async function startWorkload(argv: string[]): Promise<Target> {
   const target = await startDetached(argv, out);
   left.targets.push(target);
   await waitFor(`${argv.join(" ")} to print "ready"`, () => readFileSync(out, "utf8").startsWith("ready"), 120_000);
-  await waitFor(`${argv.join(" ")} to block`, () => allBlocked(target.pid), 10_000);
+  if (blocks) await waitFor(`${argv.join(" ")} to block`, () => allBlocked(target.pid), 10_000);
   return target;
 }
 
@@ -77,15 +85,15 @@ interface Run {
   r: DumpResult;
 }
 
-async function oneDump(pid: number, method: Method, first = false): Promise<Run> {
-  await waitFor(`${pid} to block again`, () => allBlocked(pid), 10_000);
+async function oneDump(pid: number, method: Method, first = false, snapshot = true, idle = true): Promise<Run> {
+  if (idle) await waitFor(`${pid} to block again`, () => allBlocked(pid), 10_000);
   const dir = join(tempDir("bench-dump"), "img");
   const parent = join(dir, "..");
   left.dirs.push(parent);
   const inj0 = injectedCalls;
   try {
     const t0 = performance.now();
-    const r = await dump({ pid, dir, leaveRunning: true, pageScan: method });
+    const r = await dump({ pid, dir, leaveRunning: true, pageScan: method, snapshot });
     const wallMs = performance.now() - t0;
     return { method, first, wallMs, injected: injectedCalls - inj0, r };
   } finally {
@@ -180,6 +188,50 @@ async function benchWorkload(label: string, target: Target, reps: number): Promi
   }
 }
 
+/** CRIU 4.2's `criu dump -R` of `pid`: its frozen time (stats-dump), ms; null without CRIU_BIN. */
+function criuFrozenMs(pid: number): number | null {
+  const criu = process.env.CRIU_BIN;
+  if (!criu) return null;
+  const dir = join(tempDir("bench-criu"), "img");
+  left.dirs.push(join(dir, ".."));
+  mkdirSync(dir);
+  try {
+    const r = Bun.spawnSync([criu, "dump", "-t", String(pid), "-D", dir, "-R", "-v1", "-o", "dump.log"], { stdout: "pipe", stderr: "pipe" });
+    if (r.exitCode !== 0) throw new Error(`criu dump failed (${r.exitCode}); see ${dir}/dump.log`);
+    const stats = readImageFile(join(dir, "stats-dump")).entries[0]?.message as StatsEntry | undefined;
+    return (stats?.dump?.frozenTime ?? NaN) / 1000;
+  } finally {
+    left.remove(join(dir, ".."));
+  }
+}
+
+/** Snapshot against --no-snapshot (and CRIU) on one workload; `idle`: wait for it to block before each dump. */
+async function benchSnapshot(label: string, pid: number, reps: number, idle: boolean): Promise<void> {
+  const head = ["mode", "rep", "wall ms", "frozen", "copy after", "pages", "on fault", "frozen pg"];
+  const widths = [12, 4, 9, 8, 11, 9, 9, 10];
+  const line = (c: string[]): string => c.map((x, i) => (i < 2 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join(" ");
+  console.log(`
+== snapshot: ${label} (pid ${pid})`);
+  console.log(line(head));
+  const frozen: Record<string, number[]> = { snapshot: [], "no-snapshot": [], "criu 4.2": [] };
+  for (let rep = 1; rep <= reps; rep++) {
+    for (const snapshot of rep % 2 ? [true, false] : [false, true]) {
+      const run = await oneDump(pid, "ioctl", false, snapshot, idle);
+      const f = run.r.figures;
+      const sn = run.r.snapshot;
+      const mode = snapshot ? "snapshot" : "no-snapshot";
+      frozen[mode]!.push(f.frozenMs);
+      console.log(line([mode, String(rep), f1(run.wallMs), f1(f.frozenMs), sn.used ? f1(sn.copyMs) : "-", String(f.pagesWritten), sn.used ? String(sn.pagesOnFault) : "-", sn.used ? String(sn.pagesFrozen) : "-"]));
+    }
+    const criu = criuFrozenMs(pid);
+    if (criu !== null) {
+      frozen["criu 4.2"]!.push(criu);
+      console.log(line(["criu 4.2", String(rep), "", f1(criu), "", "", "", ""]));
+    }
+  }
+  console.log(`median frozen ms: ${Object.entries(frozen).filter(([, v]) => v.length > 0).map(([k, v]) => `${k} ${f1(median(v))}`).join(", ")}${process.env.CRIU_BIN ? "" : " (CRIU_BIN not set: no CRIU column)"}`);
+}
+
 try {
   const t0 = performance.now();
   const mem = memTarget();
@@ -206,6 +258,11 @@ try {
   if (big) await benchWorkload("(b) 2 GiB written anonymous memory, 1 thread", big, REPS_BIG);
   else console.log(`\n== (b) 2 GiB: skipped (${SKIP_BIG ? "SKIP_BIG=1" : `only ${(free / 1024 / MIB).toFixed(1)} GiB free in ${tmp}, need 5`})`);
   await benchWorkload("(c) 4096 one-page areas", areas, REPS);
+
+  await benchSnapshot("(a) idle 256 MiB", small.pid, REPS, true);
+  if (big) await benchSnapshot("(b) idle 2 GiB", big.pid, REPS_BIG, true);
+  const writer = await startWorkload([rewriteTarget(), big ? "2048" : "256", "1", "16"], false);
+  await benchSnapshot(`(d) ${big ? "2 GiB" : "256 MiB"} rewritten at 16 MiB/s`, writer.pid, REPS, false);
   console.log(`\ntotal ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 } finally {
   left.killAll();

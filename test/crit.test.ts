@@ -32,7 +32,10 @@ const CRIT_42 = ((): string | null => {
 })();
 
 /** ckpt's own extensions, which no crit knows (field numbers far from CRIU's; its parsers skip them). */
-const CKPT_ONLY = ["INVENTORY.ckpt_digests"];
+const CKPT_ONLY = [
+  "INVENTORY.ckpt_digests",
+  "STATS.dump.ckpt_snapshot_copy_time", "STATS.dump.ckpt_snapshot_pages_frozen", "STATS.dump.ckpt_snapshot_pages_running", "STATS.dump.ckpt_snapshot_pages_on_fault",
+];
 
 /**
  * Fields ckpt defines that Debian's crit (CRIU 3.17) does not know yet: they are

@@ -30,7 +30,7 @@ import { ProcFs } from "../proc/procfs";
 import { readStat } from "../proc/stat";
 import { readStatus } from "../proc/status";
 import { addressOf, callCountsSince, snapshotCallCounts, syscall } from "../sys/libc";
-import { PAGE_SIZE, SYS } from "../sys/nr";
+import { PAGE_SIZE, SIG, SYS } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
 import { credsEntry, isGone, readProcNumber, readThreadRegs, rlimits, robustList, signalQueue, threadInfo } from "./task/core";
 import { readRseq } from "./task/task-state";
@@ -51,7 +51,7 @@ import { dumpVmas, mmEntry, parseAuxv, type MapFilesCounters } from "./memory/mm
 import { SharedAnonMemory } from "./memory/shmem";
 import { readTaskState, type ProcessTaskState } from "./task/remote-state";
 import { planProcessPages, writeProcessPages, type PageCopy, type PagePlan } from "./memory/page-dump";
-import { finishSnapshots, newSnapshotCounters, type ProcessSnapshot, type SnapshotCounters } from "./memory/snapshot";
+import { finishSnapshots, FROZEN_COPY_BYTES, newSnapshotCounters, type ProcessSnapshot, type SnapshotCounters } from "./memory/snapshot";
 import { Errno, SysError } from "../sys/errno";
 import { newPageCounters, PE_PRESENT, type PageCounters } from "./memory/pages";
 import { pstreeEntries } from "./pstree";
@@ -257,7 +257,10 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       bytesWritten: out.bytes,
       tracking: tracking.summary,
       irmap: { ...files.ctx.irmap.counters, ms: files.ctx.irmap.ms },
-      snapshot: { ...snapCounters, used: snapCounters.processes > 0, ...(snapshot.why ? { why: snapshot.why } : {}) },
+      snapshot: {
+        ...snapCounters, used: snapCounters.processes > 0,
+        ...(snapshot.why ? { why: snapshot.why } : snapCounters.processes === 0 ? { why: `no process had more than ${FROZEN_COPY_BYTES >> 20} MiB to save: all copied while frozen` } : {}),
+      },
     };
   } catch (e) {
     tracking?.abort();
@@ -359,7 +362,8 @@ function dumpProcess(
   // Registers before any injection touches them.
   const regs = new Map(p.threads.map((tid) => [tid, readThreadRegs(tid)]));
   const sigmasks = new Map(p.threads.map((tid) => [tid, ptrace.getSigmask(tid)]));
-  const task: ProcessTaskState = readTaskState(proc, p.threads);
+  // Signal actions to read from the task: the caught and ignored ones, and SIGCHLD (see readSigactions).
+  const task: ProcessTaskState = readTaskState(proc, p.threads, status.sigCgt | status.sigIgn | (1n << BigInt(SIG.CHLD - 1)));
 
   const saved = vmas.filter((v) => v.savePages).map((v) => v.area);
   const plan = planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved));

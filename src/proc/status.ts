@@ -22,6 +22,9 @@ export interface ProcStatus {
   sigBlk: bigint;
   sigPnd: bigint;
   shdPnd: bigint;
+  /** Signals whose action is SIG_IGN, and whose action is a handler. */
+  sigIgn: bigint;
+  sigCgt: bigint;
   seccomp: number;
   umask: number | undefined;
 }
@@ -60,6 +63,8 @@ export function parseStatus(text: string): ProcStatus {
     sigBlk: hex(fields.get("SigBlk")),
     sigPnd: hex(fields.get("SigPnd")),
     shdPnd: hex(fields.get("ShdPnd")),
+    sigIgn: hex(fields.get("SigIgn")),
+    sigCgt: hex(fields.get("SigCgt")),
     seccomp: Number(fields.get("Seccomp") ?? 0),
     umask: umask === undefined ? undefined : Number.parseInt(umask, 8),
   };

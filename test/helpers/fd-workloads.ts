@@ -52,6 +52,7 @@ export function fdTarget(): string {
 #include <unistd.h>
 
 static volatile sig_atomic_t check_requested;
+static sigset_t wait_old;
 static void on_usr1(int s) { (void)s; check_requested = 1; }
 static void place(int fd, int at) { if (fd != at) { if (dup2(fd, at) < 0) exit(20); close(fd); } }
 static char path[4096];
@@ -162,11 +163,13 @@ int main(int argc, char **argv) {
   close(x[0]);
 
   signal(SIGUSR1, on_usr1);
+  { sigset_t wait_block; sigemptyset(&wait_block); sigaddset(&wait_block, SIGUSR1); sigaddset(&wait_block, SIGUSR2);
+    /* Handled signals arrive only inside sigsuspend: a pause() loop loses one that lands between its flag check and the call. */
+    sigprocmask(SIG_BLOCK, &wait_block, &wait_old); }
   printf("ready %d %d %d\\n", getpid(), child, ntohs(sin.sin_port));
   fflush(stdout);
   for (;;) {
-    pause();
-    if (!check_requested) continue;
+    while (!check_requested) sigsuspend(&wait_old);
     check_requested = 0;
     const char *bad = NULL;
     int n = 0;

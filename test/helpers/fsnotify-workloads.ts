@@ -58,6 +58,7 @@ export function fsnotifyTarget(): string {
 #include <unistd.h>
 
 static volatile sig_atomic_t check_requested;
+static sigset_t wait_old;
 static void on_usr1(int s) { (void)s; check_requested = 1; }
 static const char *dir, *mnt, *mdir;
 static char path_buf[4][PATH_MAX];
@@ -193,11 +194,13 @@ int main(int argc, char **argv) {
   if (fanotify_mark(${FSN.FANOTIFY_FD}, FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_CLOSE_WRITE, AT_FDCWD, mnt)) return 12;
 
   signal(SIGUSR1, on_usr1);
+  { sigset_t wait_block; sigemptyset(&wait_block); sigaddset(&wait_block, SIGUSR1); sigaddset(&wait_block, SIGUSR2);
+    /* Handled signals arrive only inside sigsuspend: a pause() loop loses one that lands between its flag check and the call. */
+    sigprocmask(SIG_BLOCK, &wait_block, &wait_old); }
   printf("ready %d\\n", getpid());
   fflush(stdout);
   for (;;) {
-    pause();
-    if (!check_requested) continue;
+    while (!check_requested) sigsuspend(&wait_old);
     check_requested = 0;
     const char *bad = check();
     if (bad) printf("bad %s\\n", bad); else printf("ok\\n");

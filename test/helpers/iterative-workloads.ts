@@ -23,6 +23,7 @@ export function dirtyTarget(): string {
 #include <sys/mman.h>
 #include <unistd.h>
 static volatile sig_atomic_t dirty_requested, check_requested;
+static sigset_t wait_old;
 static void on_usr1(int s) { (void)s; check_requested = 1; }
 static void on_usr2(int s) { (void)s; dirty_requested = 1; }
 static unsigned long long *region;
@@ -49,10 +50,13 @@ int main(int argc, char **argv) {
   for (size_t p = 0; p < pages; p++) fill(p, 0);
   signal(SIGUSR1, on_usr1);
   signal(SIGUSR2, on_usr2);
+  { sigset_t wait_block; sigemptyset(&wait_block); sigaddset(&wait_block, SIGUSR1); sigaddset(&wait_block, SIGUSR2);
+    /* Handled signals arrive only inside sigsuspend: a pause() loop loses one that lands between its flag check and the call. */
+    sigprocmask(SIG_BLOCK, &wait_block, &wait_old); }
   printf("ready %llx %zu\\n", (unsigned long long)region, pages * 4096);
   fflush(stdout);
   for (;;) {
-    pause();
+    sigsuspend(&wait_old);
     if (dirty_requested) {
       dirty_requested = 0;
       size_t n = 0;
@@ -96,6 +100,7 @@ export function watchTarget(): string {
 #include <sys/inotify.h>
 #include <unistd.h>
 static volatile sig_atomic_t check_requested;
+static sigset_t wait_old;
 static void on_usr1(int s) { (void)s; check_requested = 1; }
 int main(int argc, char **argv) {
   const char *dir = argv[1];
@@ -113,11 +118,13 @@ int main(int argc, char **argv) {
   }
   /* Files are reopened by the names they have then; the test may rename them. */
   signal(SIGUSR1, on_usr1);
+  { sigset_t wait_block; sigemptyset(&wait_block); sigaddset(&wait_block, SIGUSR1); sigaddset(&wait_block, SIGUSR2);
+    /* Handled signals arrive only inside sigsuspend: a pause() loop loses one that lands between its flag check and the call. */
+    sigprocmask(SIG_BLOCK, &wait_block, &wait_old); }
   printf("ready %d\\n", ifd);
   fflush(stdout);
   for (;;) {
-    pause();
-    if (!check_requested) continue;
+    while (!check_requested) sigsuspend(&wait_old);
     check_requested = 0;
     char *seen = calloc(n + 1, 1);
     for (int i = 0; i < n; i++) {
@@ -172,6 +179,7 @@ export function respawnTarget(): string {
 #include <unistd.h>
 #define WORDS ((4 << 20) / 8)
 static volatile sig_atomic_t usr1, usr2;
+static sigset_t wait_old;
 static void on_usr1(int s) { (void)s; usr1 = 1; }
 static void on_usr2(int s) { (void)s; usr2 = 1; }
 static unsigned gen;
@@ -180,8 +188,7 @@ static void child_main(void) {
   unsigned long long *m = mmap(NULL, WORDS * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   for (size_t k = 0; k < WORDS; k++) m[k] = word(k);
   for (;;) {
-    pause();
-    if (!usr1) continue;
+    while (!usr1) sigsuspend(&wait_old);
     usr1 = 0;
     size_t bad = 0;
     for (size_t k = 0; k < WORDS; k++) if (m[k] != word(k)) bad++;
@@ -201,12 +208,15 @@ static pid_t spawn(pid_t want) {
 int main(void) {
   signal(SIGUSR1, on_usr1);
   signal(SIGUSR2, on_usr2);
+  { sigset_t wait_block; sigemptyset(&wait_block); sigaddset(&wait_block, SIGUSR1); sigaddset(&wait_block, SIGUSR2);
+    /* Handled signals arrive only inside sigsuspend: a pause() loop loses one that lands between its flag check and the call. */
+    sigprocmask(SIG_BLOCK, &wait_block, &wait_old); }
   pid_t child = spawn(0);
   if (child < 0) return 2;
   printf("ready %d %d\\n", getpid(), child);
   fflush(stdout);
   for (;;) {
-    pause();
+    sigsuspend(&wait_old);
     if (usr2) {
       usr2 = 0;
       kill(child, SIGKILL);

@@ -196,6 +196,7 @@ static volatile sig_atomic_t check_requested;
 static void on_usr1(int s) { (void)s; check_requested = 1; }
 static pid_t next_pid;
 static int rounds;
+static sigset_t wait_old;
 /* The three write in turn (R, C, G) through one shared position, so each
    finds it where the one before left it: 5 bytes of "start", 3 per round. */
 static void relay(char mark) {
@@ -209,7 +210,7 @@ static void relay(char mark) {
   if (write(12, &report, 1) != 1) _exit(9);
 }
 static void serve(char mark) {
-  for (;;) { pause(); if (check_requested) { check_requested = 0; relay(mark); } }
+  for (;;) { while (!check_requested) sigsuspend(&wait_old); check_requested = 0; relay(mark); }
 }
 int main(int argc, char **argv) {
   char path[4096];
@@ -220,6 +221,9 @@ int main(int argc, char **argv) {
   int p[2]; if (pipe(p)) return 3;
   dup2(p[0], 11); dup2(p[1], 12); close(p[0]); close(p[1]);
   struct sigaction sa; memset(&sa, 0, sizeof sa); sa.sa_handler = on_usr1; sigaction(SIGUSR1, &sa, NULL);
+  { sigset_t wait_block; sigemptyset(&wait_block); sigaddset(&wait_block, SIGUSR1); sigaddset(&wait_block, SIGUSR2);
+    /* Handled signals arrive only inside sigsuspend: a pause() loop loses one that lands between its flag check and the call. */
+    sigprocmask(SIG_BLOCK, &wait_block, &wait_old); }
   int ready[2]; if (pipe(ready)) return 4;
   pid_t child = fork();
   if (child == 0) {
@@ -237,8 +241,7 @@ int main(int argc, char **argv) {
   printf("ready %d %d %d\\n", getpid(), child, grandchild);
   fflush(stdout);
   for (;;) {
-    pause();
-    if (!check_requested) continue;
+    while (!check_requested) sigsuspend(&wait_old);
     check_requested = 0;
     relay('R');
     char got[3] = {0};
@@ -270,6 +273,7 @@ export function credTarget(): string {
 #include <sys/resource.h>
 #include <unistd.h>
 static volatile sig_atomic_t check_requested;
+static sigset_t wait_old;
 static void on_usr1(int s) { (void)s; check_requested = 1; }
 static const char *cap_line(const char *name) {
   static char line[256];
@@ -285,10 +289,12 @@ int main(void) {
   if (setrlimit(RLIMIT_NOFILE, &rl) || setgroups(1, &g) || setresgid(2000, 2001, 2002) || setresuid(1000, 1001, 1002)) return 2;
   if (prctl(PR_SET_DUMPABLE, 1) || prctl(PR_SET_PDEATHSIG, SIGWINCH)) return 3;
   signal(SIGUSR1, on_usr1);
+  { sigset_t wait_block; sigemptyset(&wait_block); sigaddset(&wait_block, SIGUSR1); sigaddset(&wait_block, SIGUSR2);
+    /* Handled signals arrive only inside sigsuspend: a pause() loop loses one that lands between its flag check and the call. */
+    sigprocmask(SIG_BLOCK, &wait_block, &wait_old); }
   printf("ready %d\\n", getpid()); fflush(stdout);
   for (;;) {
-    pause();
-    if (!check_requested) continue;
+    while (!check_requested) sigsuspend(&wait_old);
     check_requested = 0;
     uid_t r, e, s; gid_t gr, ge, gs; gid_t groups[8];
     getresuid(&r, &e, &s); getresgid(&gr, &ge, &gs);
@@ -533,8 +539,9 @@ int main(void) {
 }
 
 /**
- * rewritetarget MIB THREADS: MIB MiB of memory split into one stripe per
- * thread; each thread rewrites its stripe over and over as fast as it can,
+ * rewritetarget MIB THREADS [RATE]: MIB MiB of memory split into one stripe
+ * per thread; each thread rewrites its stripe over and over as fast as it
+ * can (or, with RATE, at RATE MiB/s for them all),
  * generation after generation, the first and last word of every page. Before
  * it writes a page it checks that the page still holds the previous
  * generation: any page from a later moment than the rest (a snapshot copied
@@ -559,6 +566,8 @@ static size_t pages_per_thread;
 static volatile unsigned long long gens[64];
 static volatile long bad_page = -1;
 static volatile unsigned long long bad_want, bad_got;
+/* With a rate: nanoseconds each thread takes per MiB it writes. */
+static long long mib_ns;
 static void *writer(void *arg) {
   long t = (long)arg;
   char *base = mem + t * pages_per_thread * PAGE;
@@ -570,6 +579,7 @@ static void *writer(void *arg) {
       }
       w[0] = gen;
       w[PAGE / 8 - 1] = gen;
+      if (mib_ns && i % 256 == 255) { struct timespec d = { mib_ns / 1000000000LL, mib_ns % 1000000000LL }; nanosleep(&d, 0); }
     }
     gens[t] = gen;
   }
@@ -580,6 +590,8 @@ static void on_usr1(int s) { (void)s; check_requested = 1; }
 int main(int argc, char **argv) {
   size_t mib = argc > 1 ? strtoul(argv[1], 0, 10) : 64;
   int threads = argc > 2 ? atoi(argv[2]) : 2;
+  long rate = argc > 3 ? atol(argv[3]) : 0;
+  if (rate > 0) mib_ns = 1000000000LL * threads / rate;
   if (threads < 1 || threads > 64) return 2;
   size_t bytes = mib << 20;
   pages_per_thread = bytes / PAGE / threads;

@@ -92,9 +92,14 @@ int main(int argc, char **argv) {
   for (int i = 0; i < nthreads; i++) printf(" %d", tids[i]);
   printf("\\n");
   fflush(stdout);
+  /* SIGUSR1 blocked but inside sigsuspend: a pause() loop loses a signal that
+     lands between its flag check and the call (as one does right after a
+     tracer lets the thread go and it re-issues the interrupted pause). */
+  sigset_t usr1, old;
+  sigemptyset(&usr1); sigaddset(&usr1, SIGUSR1);
+  sigprocmask(SIG_BLOCK, &usr1, &old);
   for (;;) {
-    pause();
-    if (!check_requested) continue;
+    while (!check_requested) sigsuspend(&old);
     check_requested = 0;
     size_t bad = 0;
     for (size_t k = 0; k < region_bytes / 8; k++) if (region[k] != pattern_word(k, SEED)) bad++;
@@ -167,6 +172,7 @@ export function vmaTarget(): string {
 #include <sys/mman.h>
 #include <unistd.h>
 static volatile sig_atomic_t check_requested;
+static sigset_t wait_old;
 static void on_usr1(int s) { (void)s; check_requested = 1; }
 int main(int argc, char **argv) {
   int n = argc > 1 ? atoi(argv[1]) : 4096;
@@ -183,11 +189,13 @@ int main(int argc, char **argv) {
     if (i % 2) mprotect(p, pg, PROT_READ);
   }
   signal(SIGUSR1, on_usr1);
+  { sigset_t wait_block; sigemptyset(&wait_block); sigaddset(&wait_block, SIGUSR1); sigaddset(&wait_block, SIGUSR2);
+    /* Handled signals arrive only inside sigsuspend: a pause() loop loses one that lands between its flag check and the call. */
+    sigprocmask(SIG_BLOCK, &wait_block, &wait_old); }
   printf("ready %llx %d\\n", (unsigned long long)base, n);
   fflush(stdout);
   for (;;) {
-    pause();
-    if (!check_requested) continue;
+    while (!check_requested) sigsuspend(&wait_old);
     check_requested = 0;
     int bad = 0;
     for (int i = 0; i < n; i++) {

@@ -521,6 +521,13 @@ export interface CopyOptions {
    * mapping there is not the tracked one, so it is saved whole.
    */
   running?: boolean;
+  /**
+   * Read everything through /proc/PID/mem, opened at once: the fd stays
+   * bound to the address space of now, so a task that execs or exits later
+   * makes the reads fail instead of reading another address space under
+   * the same pid (process_vm_readv looks the pid up on every call).
+   */
+  boundToMm?: boolean;
 }
 
 /**
@@ -606,7 +613,7 @@ export class PieceCopy {
     this.pieces = planned.pieces;
     this.data = mapPageBuffer(planned.byteLength, options.buffer);
     const proc = options.proc ?? (this.ownProc = new ProcFs());
-    this.copier = new Copier(pid, proc, this.data, options.counters ?? newPageCounters(), MAX_BYTES_PER_CALL, options.running ?? false);
+    this.copier = new Copier(pid, proc, this.data, options.counters ?? newPageCounters(), MAX_BYTES_PER_CALL, options.running ?? false, options.boundToMm ?? false);
   }
 
   /** Copy `pieces` (parts of this.pieces: each within one, at the matching buffer offset) from the task. */
@@ -641,7 +648,11 @@ class Copier {
     private readonly counters: PageCounters,
     private readonly maxBytes: number,
     private readonly running: boolean,
-  ) {}
+    /** Every read through /proc/PID/mem, opened now (CopyOptions.boundToMm). */
+    private readonly memOnly = false,
+  ) {
+    if (memOnly) this.memFd = this.proc.open(this.pid, "mem", O.RDONLY);
+  }
 
   copy(pieces: readonly Piece[], maxIovecs: number): void {
     let p = 0;
@@ -649,7 +660,7 @@ class Copier {
     let pieceDone = 0;
     while (p < pieces.length) {
       const first = pieces[p]!;
-      if (!first.readable) {
+      if (!first.readable || this.memOnly) {
         this.readMem(first.remote, first.offset, first.length);
         p++;
         continue;
@@ -733,7 +744,7 @@ class Copier {
         if (!(this.running && e instanceof SysError && (e.errno === Errno.EIO || e.errno === Errno.EFAULT))) throw e;
       }
       if (n === 0) {
-        if (!this.running) throw new Error(`pread of /proc/${this.pid}/mem at ${hex(remote + done)} returned no data`);
+        if (!this.running) throw new Error(`pread of /proc/${this.pid}/mem at ${hex(remote + done)} returned no data${this.memOnly ? " (the process exited or ran another program)" : ""}`);
         // Unmapped since the scan: zeros for the rest of the page, then go on.
         const skip = PAGE_SIZE - ((remote + done) % PAGE_SIZE);
         this.data.view(offset + done, Math.min(skip, length - done)).fill(0);

@@ -54,14 +54,14 @@ function threadState(remote: RemoteSyscalls): ThreadRemoteState {
 }
 
 /** Visit every thread of a frozen process (the leader first) and collect what it reports. */
-export function readTaskState(proc: ProcFs, threads: readonly number[]): ProcessTaskState {
+export function readTaskState(proc: ProcFs, threads: readonly number[], signalsWithAction: bigint = ~0n): ProcessTaskState {
   const state: Partial<ProcessTaskState> = { threads: new Map() };
   for (const [i, tid] of threads.entries()) {
     const remote = RemoteSyscalls.open(tid, { proc });
     try {
       state.threads?.set(tid, threadState(remote));
       if (i === 0) {
-        state.sigactions = readSigactions(remote);
+        state.sigactions = readSigactions(remote, signalsWithAction);
         const it = readItimers(remote);
         state.timers = create(TaskTimersEntrySchema, { real: it.real, virt: it.virt, prof: it.prof });
         state.childSubreaper = readIntResult(remote, "PR_GET_CHILD_SUBREAPER", PR.GET_CHILD_SUBREAPER) !== 0;
