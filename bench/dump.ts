@@ -196,8 +196,13 @@ function criuFrozenMs(pid: number): number | null {
   left.dirs.push(join(dir, ".."));
   mkdirSync(dir);
   try {
-    const r = Bun.spawnSync([criu, "dump", "-t", String(pid), "-D", dir, "-R", "-v1", "-o", "dump.log"], { stdout: "pipe", stderr: "pipe" });
-    if (r.exitCode !== 0) throw new Error(`criu dump failed (${r.exitCode}); see ${dir}/dump.log`);
+    // --shell-job: the workloads share this process's session (they are not session leaders).
+    const r = Bun.spawnSync([criu, "dump", "-t", String(pid), "-D", dir, "-R", "--shell-job", "-v1", "-o", "dump.log"], { stdout: "pipe", stderr: "pipe" });
+    if (r.exitCode !== 0) {
+      const log = readFileSync(join(dir, "dump.log"), "utf8").split("\n").filter((l) => l.includes("Error")).slice(-3).join(" / ");
+      console.log(`criu dump of ${pid} failed (exit ${r.exitCode}): ${log}`);
+      return NaN;
+    }
     const stats = readImageFile(join(dir, "stats-dump")).entries[0]?.message as StatsEntry | undefined;
     return (stats?.dump?.frozenTime ?? NaN) / 1000;
   } finally {
@@ -224,7 +229,7 @@ async function benchSnapshot(label: string, pid: number, reps: number, idle: boo
       console.log(line([mode, String(rep), f1(run.wallMs), f1(f.frozenMs), sn.used ? f1(sn.copyMs) : "-", String(f.pagesWritten), sn.used ? String(sn.pagesOnFault) : "-", sn.used ? String(sn.pagesFrozen) : "-"]));
     }
     const criu = criuFrozenMs(pid);
-    if (criu !== null) {
+    if (criu !== null && !Number.isNaN(criu)) {
       frozen["criu 4.2"]!.push(criu);
       console.log(line(["criu 4.2", String(rep), "", f1(criu), "", "", "", ""]));
     }
