@@ -259,7 +259,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       irmap: { ...files.ctx.irmap.counters, ms: files.ctx.irmap.ms },
       snapshot: {
         ...snapCounters, used: snapCounters.processes > 0,
-        ...(snapshot.why ? { why: snapshot.why } : snapCounters.processes === 0 ? { why: `no process had more than ${FROZEN_COPY_BYTES >> 20} MiB to save: all copied while frozen` } : {}),
+        ...(snapshot.why ? { why: snapshot.why } : snapCounters.processes === 0 ? { why: `nothing worth protecting (processes with at most ${FROZEN_COPY_BYTES >> 20} MiB to save, areas with under 256 KiB): all copied while frozen` } : {}),
       },
     };
   } catch (e) {
