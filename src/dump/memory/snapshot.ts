@@ -82,10 +82,23 @@ function writeProtect(uffd: number, start: number, length: number, protect: bool
   ioctl(uffd, UFFDIO_WRITEPROTECT, wpBytes, `UFFDIO_WRITEPROTECT(0x${start.toString(16)}+0x${length.toString(16)}, ${protect ? "WP" : "0"})`);
 }
 
-/** The pieces of `pieces` that lie in [start, end), cut to it. */
+/**
+ * The pieces of `pieces` (in address order, not overlapping, as planned)
+ * that lie in [start, end), cut to it. A binary search finds the first: it
+ * runs per area while frozen and per fault while a writer waits.
+ */
 function within(pieces: readonly Piece[], start: number, end: number): Piece[] {
+  let lo = 0;
+  let hi = pieces.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    const p = pieces[mid]!;
+    if (p.remote + p.length <= start) lo = mid + 1;
+    else hi = mid;
+  }
   const out: Piece[] = [];
-  for (const p of pieces) {
+  for (let i = lo; i < pieces.length && pieces[i]!.remote < end; i++) {
+    const p = pieces[i]!;
     const from = Math.max(p.remote, start);
     const to = Math.min(p.remote + p.length, end);
     if (from < to) out.push({ remote: from, offset: p.offset + (from - p.remote), length: to - from, readable: p.readable });
