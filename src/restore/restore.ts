@@ -363,7 +363,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     const scratch = pageAt + SCRATCH_OFFSET;
 
     const tree = createProcesses(seedTask, scratch, pstree, created, zombies, opts.newPidNs ?? false);
-    root = tree.processes.get(root)?.tid ?? root;
+    root = hostPid(tree, root);
     pidNsInit = tree.init?.tid;
     seedTask.callNoReturn(SYS.exit_group, [0]);
     seedPid = 0;
@@ -383,7 +383,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const p of plan) {
       const r = restoreProcess(ctx, p, tree);
       pagesRestored += r.pages;
-      if (r.stop) stopped.set(tree.processes.get(p.entry.pid)?.tid ?? p.entry.pid, r.stop);
+      if (r.stop) stopped.set(hostPid(tree, p.entry.pid), r.stop);
     }
     files.finish();
     files = undefined;
@@ -407,11 +407,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // Before the tree runs, so that a bad path fails the restore and not after it.
     if (opts.pidfile) writeWholeFile(opts.pidfile, new TextEncoder().encode(`${root}\n`), 0o644);
     // From here a kill of ckpt must not leave part of the tree running (guard.ts).
-    const hostPids = plan.map((p) => tree.processes.get(p.entry.pid)?.tid ?? p.entry.pid);
+    const hostPids = plan.map((p) => hostPid(tree, p.entry.pid));
     guard = await RestoreGuard.start(tree.init ? [tree.init.tid, ...hostPids] : hostPids);
     // Pending when the tasks are let go, so they stop before running a single instruction.
     for (const [pid, sig] of stopped) kill(pid, sig);
-    for (const p of plan) for (const tid of p.entry.threads) ptrace.detach(tree.threads.get(tid)?.tid ?? tid);
+    for (const p of plan) for (const tid of p.entry.threads) ptrace.detach(hostPid(tree, tid));
     if (tree.init) ptrace.detach(tree.init.tid);
     guard.release();
     created.length = 0;
@@ -433,6 +433,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     ptraceStops: puppetCounters.stops - counters0.stops,
     figures, syscalls: callCountsSince(calls0),
   };
+}
+
+/** The host pid of the image's task `tid` (the same number unless the tree is in a new pid namespace). */
+function hostPid(tree: RestoredTree, tid: number): number {
+  return tree.threads.get(tid)?.tid ?? tid;
 }
 
 /** Resource limits, set from ckpt before anything the limits govern (fd numbers, stack). */
