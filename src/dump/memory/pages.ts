@@ -606,14 +606,18 @@ export class PieceCopy {
   readonly pieces: readonly Piece[];
   readonly data: PageData;
   private readonly copier: Copier;
-  private ownProc: ProcFs | null = null;
 
-  constructor(pid: number, vmas: readonly PageVma[], runs: readonly PageRun[], options: CopyOptions = {}) {
+  constructor(pid: number, vmas: readonly PageVma[], runs: readonly PageRun[], proc: ProcFs, options: Omit<CopyOptions, "proc"> = {}) {
     const planned = planPieces(toAreas(vmas), runs);
     this.pieces = planned.pieces;
     this.data = mapPageBuffer(planned.byteLength, options.buffer);
-    const proc = options.proc ?? (this.ownProc = new ProcFs());
-    this.copier = new Copier(pid, proc, this.data, options.counters ?? newPageCounters(), MAX_BYTES_PER_CALL, options.running ?? false, options.boundToMm ?? false);
+    try {
+      this.copier = new Copier(pid, proc, this.data, options.counters ?? newPageCounters(), MAX_BYTES_PER_CALL, options.running ?? false, options.boundToMm ?? false);
+    } catch (e) {
+      // The mem fd could not be opened (the task is gone): nothing may keep the buffer.
+      this.data.dispose();
+      throw e;
+    }
   }
 
   /** Copy `pieces` (parts of this.pieces: each within one, at the matching buffer offset) from the task. */
@@ -630,11 +634,9 @@ export class PieceCopy {
     }
   }
 
-  /** Close the /proc/PID/mem fd, if one was needed; the data stays. */
+  /** Close the /proc/PID/mem fd, if one was opened; the data stays. */
   close(): void {
     this.copier.close();
-    this.ownProc?.close();
-    this.ownProc = null;
   }
 }
 

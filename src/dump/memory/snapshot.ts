@@ -139,7 +139,7 @@ export class ProcessSnapshot {
   static begin(proc: ProcFs, pid: number, vmas: readonly PageVma[], runs: readonly PageRun[], counters: SnapshotCounters): ProcessSnapshot {
     // Strict: a range that cannot be read is an error, never zeros (pre-dump's
     // "unmapped since the scan"): its freeze-time contents would be lost.
-    const copy = new PieceCopy(pid, vmas, runs, { proc, running: false, boundToMm: true });
+    const copy = new PieceCopy(pid, vmas, runs, proc, { running: false, boundToMm: true });
     let uffd = -1;
     try {
       if (copy.data.byteLength <= FROZEN_COPY_BYTES) {
