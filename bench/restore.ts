@@ -16,6 +16,8 @@ import { allBlocked } from "../test/helpers/images";
 import { startDetached, tempDir, waitFor } from "../test/helpers/target";
 import { memTarget, selfCheck } from "../test/helpers/workloads";
 import { BenchCleanup } from "./cleanup";
+import { waitpid } from "../src/sys/libc";
+import { W } from "../src/sys/nr";
 
 const REPS = Number(process.env.REPS ?? 3);
 const SKIP_BIG = process.env.SKIP_BIG === "1";
@@ -62,7 +64,10 @@ async function benchOne(mib: number): Promise<void> {
         `${r.pagesRestored} pages, ${r.injectedCalls} injected calls, ${r.ptraceStops} ptrace stops; self-check: ${verdict}\n`,
     );
     if (verdict !== "ok") throw new Error(`the restored workload reported "${verdict}"`);
-    target.kill();
+    // restore() made this process a subreaper and the restored root its
+    // child: killed directly (a Target spares the runner's own children) and reaped.
+    process.kill(target.pid, "SIGKILL");
+    waitpid(target.pid, W.ALL);
     await waitFor("the restored workload to exit", () => gone(target.pid), 10_000);
   }
   left.remove(dir);
