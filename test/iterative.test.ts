@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { PagemapEntrySchema, PagemapHeadSchema, type PagemapEntry } from "../src/image/gen/pagemap_pb";
 import { StatsEntrySchema } from "../src/image/gen/stats_pb";
 import { readImageFile } from "../src/image/image-file";
-import { ImageDirWriter } from "../src/dump/image-dir";
+import { ImageDirWriter } from "../src/image/image-dir";
 import { ParentImages } from "../src/dump/memory/parent";
 import { ProcFs } from "../src/proc/procfs";
 import { readStat } from "../src/proc/stat";

@@ -9,7 +9,7 @@ import { ImageEncoder } from "../image/encode";
 import { InventoryEntrySchema, type InventoryEntry } from "../image/gen/inventory_pb";
 import { StatsEntrySchema } from "../image/gen/stats_pb";
 import { kind } from "../image/magic";
-import type { ImageDirWriter } from "./image-dir";
+import type { ImageDirWriter } from "../image/image-dir";
 import { statsEntry, type DumpFigures } from "./stats";
 import type { RoundTracking } from "./tracking/round";
 

@@ -43,7 +43,7 @@ import { SocketTable } from "../proc/sock-diag";
 import { Freezer, type FrozenProcess } from "./task/freeze";
 import { KobjIds } from "./ids";
 import { unrestorableSharing } from "../image/shared-kobjs";
-import { ImageDirWriter } from "./image-dir";
+import { ImageDirWriter } from "../image/image-dir";
 import { InterruptGuard } from "./interrupt";
 import { Irmap, type IrmapCounters } from "./files/irmap";
 import { inventoryEntry, uptimeMicros } from "./inventory";

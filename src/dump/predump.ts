@@ -29,7 +29,7 @@ import { readStat } from "../proc/stat";
 import { callCountsSince, snapshotCallCounts } from "../sys/libc";
 import { explainProcessError, release } from "./dump";
 import { Freezer, type FrozenProcess } from "./task/freeze";
-import { ImageDirWriter } from "./image-dir";
+import { ImageDirWriter } from "../image/image-dir";
 import { InterruptGuard } from "./interrupt";
 import { inventoryEntry, uptimeMicros } from "./inventory";
 import { Irmap, resolveTreeWatches, type IrmapCounters } from "./files/irmap";

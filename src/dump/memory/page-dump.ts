@@ -20,7 +20,7 @@ import { kind } from "../../image/magic";
 import type { MapArea } from "../../proc/maps";
 import type { ProcFs } from "../../proc/procfs";
 import { PAGE_SIZE } from "../../sys/nr";
-import type { ImageDirWriter, ImageSink } from "../image-dir";
+import type { ImageDirWriter, ImageSink } from "../../image/image-dir";
 import type { PageCoverage } from "./parent";
 import { ProcessSnapshot, type SnapshotCounters } from "./snapshot";
 import { copyPages, pagemapEntries, scanPages, writePages, type DirtyScan, type PageCounters, type PageRun, type PageVma, type ScanMethod } from "./pages";

@@ -10,7 +10,7 @@ import { entryInParent, entryPageCount, entryPresent, splitPagemap } from "../..
 import { InventoryEntrySchema } from "../../image/gen/inventory_pb";
 import { ImageSet } from "../../image/image-set";
 import { PAGE_SIZE } from "../../sys/nr";
-import type { ImageDirWriter } from "../image-dir";
+import type { ImageDirWriter } from "../../image/image-dir";
 import { readTrackingRecord, type TrackingRecord } from "../tracking/record";
 
 /** Kernel clock ticks per second in /proc/PID/stat (USER_HZ, fixed at 100 in the x86_64 ABI). */

@@ -9,10 +9,10 @@ import { symlinkat } from "../sys/calls";
 import { SysError, Errno } from "../sys/errno";
 import { close, fstat, mkdirat, openat, renameat, unlinkat, writeAll } from "../sys/libc";
 import { AT, O, S_IF, S_IFMT } from "../sys/nr";
-import type { ImageEncoder } from "../image/encode";
-import { FileDigest } from "../image/digest";
+import type { ImageEncoder } from "./encode";
+import { FileDigest } from "./digest";
 import { create } from "@bufbuild/protobuf";
-import { CkptImageDigestSchema, type CkptImageDigest } from "../image/gen/inventory_pb";
+import { CkptImageDigestSchema, type CkptImageDigest } from "./gen/inventory_pb";
 
 export const INVENTORY = "inventory.img";
 const INVENTORY_TMP = ".inventory.img.partial";
