@@ -1,5 +1,6 @@
 /** The flags `ckpt dump` and `ckpt pre-dump` share, and their checks. */
 import { FILE_VALIDATIONS, type FileValidation } from "../image/file-validation";
+import type { Endpoint } from "../transfer/connection";
 import { flagValues, rejectUnknownArgs, UsageError } from "./exit";
 
 const PAGE_SCANS = ["auto", "ioctl", "pagemap"] as const;
@@ -12,10 +13,13 @@ export const sharedDumpArgs = {
   "page-scan": { type: "string", description: "how to find the pages to save: auto, ioctl (PAGEMAP_SCAN) or pagemap (read /proc/PID/pagemap)", default: "auto" },
   "irmap-scan-path": { type: "string", description: "a directory to search for the paths of inodes inotify/fanotify watch (repeatable; replaces the defaults /etc, /var/log, /var/lib ...)" },
   json: { type: "boolean", description: "print a JSON summary (stats, syscall counts) instead of one line", default: false },
+  "page-server": { type: "boolean", description: "send the pages to `ckpt page-server` (or CRIU's) at --address/--port instead of writing them into DIR; the other images stay in DIR", default: false },
+  address: { type: "string", description: "with --page-server: the page server's IPv4 or IPv6 address" },
+  port: { type: "string", description: "with --page-server: the page server's TCP port" },
 } as const;
 
-const SHARED_KNOWN = ["tree", "t", "images-dir", "D", "prev-images-dir", "page-scan", "irmap-scan-path", "json"];
-const SHARED_VALUED = ["tree", "t", "images-dir", "D", "prev-images-dir", "page-scan", "irmap-scan-path"];
+const SHARED_KNOWN = ["tree", "t", "images-dir", "D", "prev-images-dir", "page-scan", "irmap-scan-path", "json", "page-server", "address", "port"];
+const SHARED_VALUED = ["tree", "t", "images-dir", "D", "prev-images-dir", "page-scan", "irmap-scan-path", "address", "port"];
 
 export interface SharedDumpArgs {
   pid: number;
@@ -23,6 +27,7 @@ export interface SharedDumpArgs {
   prevImagesDir?: string;
   pageScan: PageScan;
   irmapScanPaths: string[];
+  pageServer?: Endpoint;
 }
 
 /** Check the command line (`known`/`valued`: the command's own flags) and read the shared flags. */
@@ -39,7 +44,27 @@ export function parseSharedDumpArgs(args: Record<string, unknown>, rawArgs: read
   if (!(PAGE_SCANS as readonly string[]).includes(pageScan)) throw new UsageError(`--page-scan must be one of ${PAGE_SCANS.join(", ")}`);
   const prev = args["prev-images-dir"];
   if (prev !== undefined && String(prev) === "") throw new UsageError("--prev-images-dir needs a directory");
-  return { pid: Number(pidText), dir, pageScan: pageScan as PageScan, irmapScanPaths, ...(prev !== undefined ? { prevImagesDir: String(prev) } : {}) };
+  const pageServer = parsePageServer(args);
+  return { pid: Number(pidText), dir, pageScan: pageScan as PageScan, irmapScanPaths, ...(prev !== undefined ? { prevImagesDir: String(prev) } : {}), ...(pageServer ? { pageServer } : {}) };
+}
+
+/** A TCP port as --port takes it; `zeroOk` for a server letting the kernel choose. */
+export function parsePort(value: unknown, zeroOk = false): number {
+  const text = String(value);
+  const port = /^\d{1,5}$/.test(text) ? Number(text) : NaN;
+  if (!(port <= 65535 && (port > 0 || (zeroOk && port === 0)))) throw new UsageError(`--port needs a TCP port (${zeroOk ? 0 : 1}-65535), got ${JSON.stringify(text)}`);
+  return port;
+}
+
+/** --page-server with --address and --port; --address or --port alone is a mistake worth saying. */
+function parsePageServer(args: Record<string, unknown>): Endpoint | undefined {
+  if (!args["page-server"]) {
+    if (args.address !== undefined || args.port !== undefined) throw new UsageError("--address and --port are for --page-server (give it too)");
+    return undefined;
+  }
+  if (args.address === undefined || String(args.address) === "") throw new UsageError("--page-server needs --address (the page server's IP address)");
+  if (args.port === undefined) throw new UsageError("--page-server needs --port");
+  return { address: String(args.address), port: parsePort(args.port) };
 }
 
 const SIZE_UNITS: Record<string, bigint> = { "": 1n, K: 1n << 10n, M: 1n << 20n, G: 1n << 30n };

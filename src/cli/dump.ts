@@ -35,6 +35,7 @@ export const dumpCommand = defineCommand({
         `${result.snapshot.used ? ` (snapshot: ${result.snapshot.pagesRunning} pages copied after, ${result.snapshot.pagesOnFault} before a write)` : ""}, total ${f.totalMs.toFixed(1)} ms; ` +
         `${result.leftRunning ? "the tree runs on" : "the tree was killed"}\n`,
     );
+    if (result.pageServer) process.stderr.write(`ckpt: pages sent to the page server at ${result.pageServer.peer}: ${result.pageServer.pagesSent} pages, ${result.pageServer.holesSent} left in the parent round, ${(result.pageServer.bytesSent / 1048576).toFixed(1)} MiB\n`);
     if (result.tracking.note) process.stderr.write(`ckpt: note: ${result.tracking.note}\n`);
   },
 });

@@ -25,6 +25,7 @@ export const preDumpCommand = defineCommand({
         `${f.pagesInParent} left in the parent, frozen ${f.frozenMs.toFixed(1)} ms, total ${f.totalMs.toFixed(1)} ms; ` +
         `tracking writes with ${result.tracking.method} (tracker ${result.tracking.trackerStarted?.pid ?? "?"}); the tree runs on\n`,
     );
+    if (result.pageServer) process.stderr.write(`ckpt: pages sent to the page server at ${result.pageServer.peer}: ${result.pageServer.pagesSent} pages, ${result.pageServer.holesSent} left in the parent round, ${(result.pageServer.bytesSent / 1048576).toFixed(1)} MiB\n`);
     if (result.tracking.note) process.stderr.write(`ckpt: note: ${result.tracking.note}\n`);
   },
 });

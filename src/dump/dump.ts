@@ -19,7 +19,7 @@ import { CoreEntry_March, CoreEntrySchema, TaskCoreEntrySchema, TaskRlimitsEntry
 import { FdinfoEntrySchema, FileEntrySchema, type FdinfoEntry } from "../image/gen/fdinfo_pb";
 import { FsEntrySchema } from "../image/gen/fs_pb";
 import { MmEntrySchema, type MmEntry } from "../image/gen/mm_pb";
-import { PagemapEntrySchema, PagemapHeadSchema } from "../image/gen/pagemap_pb";
+import { PagemapEntrySchema } from "../image/gen/pagemap_pb";
 import { PstreeEntrySchema } from "../image/gen/pstree_pb";
 import { SeccompEntrySchema } from "../image/gen/seccomp_pb";
 import { TaskKobjIdsEntrySchema } from "../image/gen/core_pb";
@@ -50,7 +50,10 @@ import { inventoryEntry, uptimeMicros } from "./inventory";
 import { dumpVmas, mmEntry, parseAuxv, type MapFilesCounters } from "./memory/mm";
 import { SharedAnonMemory } from "./memory/shmem";
 import { readTaskState, type ProcessTaskState } from "./task/remote-state";
-import { planProcessPages, writeProcessPages, type PageCopy, type PagePlan } from "./memory/page-dump";
+import { planProcessPages, saveProcessPages, type PageCopy, type PagePlan } from "./memory/page-dump";
+import type { PageStore } from "../image/page-store";
+import { openPageStore } from "../transfer/page-client";
+import type { Endpoint } from "../transfer/connection";
 import { finishSnapshots, FROZEN_COPY_BYTES, newSnapshotCounters, type ProcessSnapshot, type SnapshotCounters } from "./memory/snapshot";
 import { Errno, SysError } from "../sys/errno";
 import { newPageCounters, PE_PRESENT, type PageCounters } from "./memory/pages";
@@ -89,6 +92,8 @@ export interface DumpOptions {
    * everything while frozen (--no-snapshot).
    */
   snapshot?: boolean;
+  /** Send the pages to this page server (--page-server) instead of writing them here. */
+  pageServer?: Endpoint;
 }
 
 export interface DumpResult extends RoundResult {
@@ -132,6 +137,15 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const started = performance.now();
   const calls0 = snapshotCallCounts();
   const out = ImageDirWriter.open(opts.dir);
+  let pages: ReturnType<typeof openPageStore>;
+  try {
+    pages = openPageStore(out, opts.pageServer);
+  } catch (e) {
+    out.discard();
+    out.close();
+    throw e;
+  }
+  const { store, client: server } = pages;
   const proc = new ProcFs();
   const freezer = new Freezer(proc);
   const guard = new InterruptGuard();
@@ -163,7 +177,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   if (!opts.leaveRunning) snapshot.why = "the tree is killed after the dump: nothing runs to copy from";
   else if (opts.snapshot === false) snapshot.why = "--no-snapshot";
   try {
-    const parent = opts.prevImagesDir === undefined ? null : ParentImages.open(out, opts.prevImagesDir);
+    const parent = opts.prevImagesDir === undefined ? null : ParentImages.open(out, opts.prevImagesDir, opts.pageServer !== undefined);
     // Read the irmap cache (through the parent link just made) before the freeze.
     files.ctx.irmap.load();
     const tree = freezer.freeze(opts.pid);
@@ -203,10 +217,12 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
 
     const writeAll = (): void => {
       const t = performance.now();
-      for (const [i, d] of dumped.entries()) writePages(out, d, i + 1);
+      for (const d of dumped) saveProcessPages(store, d.tree.pid, d.pages);
+      saveShmem(store, table);
       memwriteMs = performance.now() - t;
       writeImages(out, dumped, zombies, table, tree, clocks);
-      writeShmem(out, table, dumped.length);
+      // The server has every page on disk before the inventory makes the set whole.
+      store.finish();
     };
 
     const pageFigures = (): Omit<DumpFigures, "frozenMs" | "memwriteMs" | "totalMs"> => ({
@@ -255,6 +271,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       proc: { ...proc.counters }, mapFiles, pages: pageCounters,
       files: { ...files.ids.counters, fds: [...fdTables.values()].reduce((s, t) => s + t.length, 0), openFiles: files.kinds.size },
       bytesWritten: out.bytes,
+      ...(server ? { pageServer: { peer: server.peer, ...server.counters } } : {}),
       tracking: tracking.summary,
       irmap: { ...files.ctx.irmap.counters, ms: files.ctx.irmap.ms },
       snapshot: {
@@ -271,6 +288,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     throw e;
   } finally {
     guard.dispose();
+    store.close();
     for (const d of dumped) d.pages.dispose();
     for (const m of table.shmem) m.buffer.dispose();
     out.close();
@@ -436,10 +454,6 @@ function zombieCore(proc: ProcFs, pid: number): { pid: number; core: CoreEntry }
   };
 }
 
-function writePages(out: ImageDirWriter, d: DumpedProcess, pagesId: number): void {
-  writeProcessPages(out, d.tree.pid, pagesId, d.pages);
-}
-
 type Clock = ReturnType<typeof clockNow>;
 
 function writeImages(out: ImageDirWriter, dumped: readonly DumpedProcess[], zombies: readonly { pid: number; core: CoreEntry }[], table: FileTable, tree: readonly FrozenProcess[], clocks: { monotonic: Clock; boottime: Clock }): void {
@@ -468,20 +482,14 @@ function writeImages(out: ImageDirWriter, dumped: readonly DumpedProcess[], zomb
   })));
 }
 
-/**
- * Contents of memfds and shared anonymous memory: per object a
- * pagemap-shmem image (entries at offsets into the object) and its pages image. Pages ids follow the processes' own.
- */
-function writeShmem(out: ImageDirWriter, table: FileTable, processes: number): void {
-  table.shmem.forEach((m, i) => {
-    const pagesId = processes + 1 + i;
-    const enc = new ImageEncoder(kind("PAGEMAP")).add(PagemapHeadSchema, create(PagemapHeadSchema, { pagesId }));
-    for (const r of m.runs) {
+/** Contents of memfds and shared anonymous memory: per object a pagemap-shmem pagemap (entries at offsets into the object) and its pages. */
+function saveShmem(store: PageStore, table: FileTable): void {
+  for (const m of table.shmem) {
+    const entries = m.runs.map((r) => {
       const nr = r.data.length / PAGE_SIZE;
-      enc.add(PagemapEntrySchema, create(PagemapEntrySchema, { vaddr: r.offset, compatNrPages: nr, nrPages: BigInt(nr), flags: PE_PRESENT }));
-    }
-    out.writeImage(`pagemap-shmem-${m.shmid}.img`, enc);
-    out.writeWith(`pages-${pagesId}.img`, (sink) => {
+      return create(PagemapEntrySchema, { vaddr: r.offset, compatNrPages: nr, nrPages: BigInt(nr), flags: PE_PRESENT });
+    });
+    store.save({ kind: "shmem", id: m.shmid }, entries, (sink) => {
       let bytes = 0;
       for (const r of m.runs) {
         sink.write(r.data);
@@ -489,6 +497,6 @@ function writeShmem(out: ImageDirWriter, table: FileTable, processes: number): v
       }
       return bytes;
     });
-  });
+  }
 }
 

@@ -34,7 +34,9 @@ import { InterruptGuard } from "./interrupt";
 import { inventoryEntry, uptimeMicros } from "./inventory";
 import { Irmap, resolveTreeWatches, type IrmapCounters } from "./files/irmap";
 import { savesPages } from "./memory/mm";
-import { planProcessPages, writeProcessPages, type PagePlan, type PageScanChoice } from "./memory/page-dump";
+import { planProcessPages, saveProcessPages, type PagePlan, type PageScanChoice } from "./memory/page-dump";
+import { openPageStore } from "../transfer/page-client";
+import type { Endpoint } from "../transfer/connection";
 import { newPageCounters } from "./memory/pages";
 import { ParentImages } from "./memory/parent";
 import { pstreeEntries } from "./pstree";
@@ -59,6 +61,8 @@ export interface PreDumpOptions {
   irmapScanPaths?: string[];
   /** Seconds the tracker keeps tracking alive when no later round claims it. */
   trackTimeoutSeconds?: number;
+  /** Send the pages to this page server (--page-server) instead of writing them here. */
+  pageServer?: Endpoint;
 }
 
 export interface PreDumpResult extends RoundResult {
@@ -82,6 +86,15 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
     throw new Error("--page-scan pagemap cannot arm userfaultfd write-protect tracking (that needs the PAGEMAP_SCAN ioctl); use auto or ioctl");
   }
   const out = ImageDirWriter.open(opts.dir);
+  let pages: ReturnType<typeof openPageStore>;
+  try {
+    pages = openPageStore(out, opts.pageServer);
+  } catch (e) {
+    out.discard();
+    out.close();
+    throw e;
+  }
+  const { store, client: server } = pages;
   const proc = new ProcFs();
   const freezer = new Freezer(proc);
   const guard = new InterruptGuard();
@@ -89,7 +102,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
   let tracking: RoundTracking | null = null;
   let released = false;
   try {
-    const parent = opts.prevImagesDir === undefined ? null : ParentImages.open(out, opts.prevImagesDir);
+    const parent = opts.prevImagesDir === undefined ? null : ParentImages.open(out, opts.prevImagesDir, opts.pageServer !== undefined);
     const tree = freezer.freeze(opts.pid);
     const frozenAt = performance.now();
     const frozenUptime = uptimeMicros(proc);
@@ -116,12 +129,12 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
     // The tree runs again from here on.
     let memdumpMs = planned.reduce((s, x) => s + x.plan.scanMs, 0);
     let memwriteMs = 0;
-    for (const [i, x] of planned.entries()) {
+    for (const x of planned) {
       const copy = x.plan.copy(true);
       try {
         memdumpMs += copy.ms - x.plan.scanMs;
         const t = performance.now();
-        writeProcessPages(out, x.process.pid, i + 1, copy);
+        saveProcessPages(store, x.process.pid, copy);
         memwriteMs += performance.now() - t;
       } finally {
         copy.dispose();
@@ -137,6 +150,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
     for (const e of pstreeEntries(tree)) pstree.add(PstreeEntrySchema, e);
     out.writeImage("pstree.img", pstree);
 
+    store.finish();
     const record = await tracking.arm(opts.pid, planned.map((x) => ({ pid: x.process.pid, startTime: x.startTime })), timeout);
     out.write(TRACKING_FILE, encodeTrackingRecord(record));
 
@@ -160,6 +174,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
       tracking: tracking.summary,
       irmap: { ...irmap.counters, inodes, ms: irmap.ms },
       bytesWritten: out.bytes,
+      ...(server ? { pageServer: { peer: server.peer, ...server.counters } } : {}),
     };
   } catch (e) {
     tracking?.abort();
@@ -168,6 +183,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
     throw e;
   } finally {
     guard.dispose();
+    store.close();
     out.close();
     proc.close();
   }

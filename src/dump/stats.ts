@@ -8,6 +8,7 @@ import type { ProcCounters } from "../proc/procfs";
 import type { PageCounters } from "./memory/pages";
 import type { TrackingSummary } from "./tracking/round";
 import type { SnapshotCounters } from "./memory/snapshot";
+import type { PageServerCounters } from "../transfer/page-client";
 
 export interface DumpFigures {
   /** From the first PTRACE_SEIZE until every thread stopped. */
@@ -47,6 +48,8 @@ export interface RoundResult {
   /** Iterative dumps: what came of the parent round's dirty tracking, and what this round armed. */
   tracking: TrackingSummary;
   bytesWritten: number;
+  /** With --page-server: where the pages went, and how much. */
+  pageServer?: PageServerCounters & { peer: string };
 }
 
 const micros = (ms: number): number => Math.round(ms * 1000);

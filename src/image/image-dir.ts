@@ -29,8 +29,15 @@ export interface ImageSink {
   write(bytes: Uint8Array): void;
 }
 
+/** A file being written by ImageDirWriter.create. */
+export interface ImageFile extends ImageSink {
+  close(): void;
+}
+
 export class ImageDirWriter {
   private readonly written: string[] = [];
+  /** Files written under a partial name until publishStaged(). */
+  private readonly staged: string[] = [];
   /** The digest of every file written, by name (the inventory records them). */
   private readonly fileDigests = new Map<string, FileDigest>();
   /** Bytes written so far, for the summary. */
@@ -77,27 +84,66 @@ export class ImageDirWriter {
 
   /** Create `name` exclusively and let `fill` write it through a sink; it returns the byte count. */
   writeWith(name: string, fill: (sink: ImageSink) => number): void {
-    let fd: number;
+    const file = this.create(name);
     try {
-      fd = openat(this.dirfd, name, O.WRONLY | O.CREAT | O.EXCL | O.CLOEXEC, 0o600);
+      fill(file);
     } catch (e) {
-      if (e instanceof SysError && e.errno === Errno.EEXIST) throw new ImageDirError(`${this.path}/${name} exists already; dump into an empty directory`);
-      throw new ImageDirError(`cannot write ${this.path}/${name}: ${(e as Error).message}`);
-    }
-    this.written.push(name);
-    const digest = new FileDigest();
-    this.fileDigests.set(name, digest);
-    try {
-      this.bytes += fill({
-        write(bytes) {
-          writeAll(fd, bytes);
-          digest.update(bytes);
-        },
-      });
-    } catch (e) {
+      if (e instanceof ImageDirError) throw e;
       throw new ImageDirError(`cannot write ${this.path}/${name}: ${(e as Error).message}`);
     } finally {
-      close(fd);
+      file.close();
+    }
+  }
+
+  /**
+   * Create `name` exclusively, to be written piece by piece (the page server
+   * writes as the stream arrives). `staged`: it is written as `.NAME.partial`
+   * and appears under its own name only at publishStaged() — a writer killed
+   * midway leaves no file that looks like a finished image.
+   */
+  create(name: string, opts: { staged?: boolean } = {}): ImageFile {
+    const onDisk = opts.staged ? `.${name}.partial` : name;
+    let fd: number;
+    try {
+      fd = openat(this.dirfd, onDisk, O.WRONLY | O.CREAT | O.EXCL | O.CLOEXEC, 0o600);
+    } catch (e) {
+      if (e instanceof SysError && e.errno === Errno.EEXIST) throw new ImageDirError(`${this.path}/${onDisk} exists already; dump into an empty directory`);
+      throw new ImageDirError(`cannot write ${this.path}/${onDisk}: ${(e as Error).message}`);
+    }
+    this.written.push(onDisk);
+    if (opts.staged) this.staged.push(name);
+    const digest = new FileDigest();
+    this.fileDigests.set(name, digest);
+    const path = `${this.path}/${onDisk}`;
+    let open = true;
+    return {
+      write: (bytes) => {
+        try {
+          writeAll(fd, bytes);
+        } catch (e) {
+          throw new ImageDirError(`cannot write ${path}: ${(e as Error).message}`);
+        }
+        digest.update(bytes);
+        this.bytes += bytes.length;
+      },
+      close() {
+        if (!open) return;
+        open = false;
+        close(fd);
+      },
+    };
+  }
+
+  /** Give every staged file its own name (see create). */
+  publishStaged(): void {
+    for (const name of this.staged.splice(0)) {
+      const partial = `.${name}.partial`;
+      try {
+        renameat(this.dirfd, partial, this.dirfd, name);
+      } catch (e) {
+        throw new ImageDirError(`cannot rename ${this.path}/${partial} to ${name}: ${(e as Error).message}`);
+      }
+      this.written[this.written.indexOf(partial)] = name;
     }
   }
 

@@ -26,14 +26,24 @@ export class ImageSet {
 
   /** Open a complete image set (one with inventory.img). */
   static open(dir: string): ImageSet {
-    const st = statOrNull(dir);
-    if (!st) throw new ImageSetError(`image directory ${dir} does not exist`);
-    if ((st.mode & S_IFMT) !== S_IF.DIR) throw new ImageSetError(`${dir} is not a directory`);
-    const set = new ImageSet(dir);
+    const set = ImageSet.openPages(dir);
     if (!set.has("inventory.img")) {
       throw new ImageSetError(`${dir} holds no inventory.img: not a complete image set (a dump that failed or is still running?)`);
     }
     return set;
+  }
+
+  /**
+   * Open a directory for the pages of an earlier round only: a page server's
+   * directory holds pagemaps and pages and no inventory (CRIU's restore
+   * reads parents the same way). Its files appear only once its stream ended
+   * cleanly (transfer/page-server.ts).
+   */
+  static openPages(dir: string): ImageSet {
+    const st = statOrNull(dir);
+    if (!st) throw new ImageSetError(`image directory ${dir} does not exist`);
+    if ((st.mode & S_IFMT) !== S_IF.DIR) throw new ImageSetError(`${dir} is not a directory`);
+    return new ImageSet(dir);
   }
 
   path(name: string): string {
@@ -74,6 +84,7 @@ export class ImageSet {
    */
   verifyDigests(): void {
     const inv = statOrNull(this.path("inventory.img"));
+    if (!inv) return;
     const key = `${inv?.dev}:${inv?.ino}`;
     if (verifiedSets.has(key)) return;
     for (const d of this.one("inventory.img", InventoryEntrySchema).ckptDigests) {

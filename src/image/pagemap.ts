@@ -1,6 +1,7 @@
 /** Image-format facts about pagemap images shared by dump and restore. */
 import { isFieldSet } from "@bufbuild/protobuf";
 import type { ImageEntry } from "./decode";
+import { PAGE_SIZE } from "../sys/nr";
 import { PagemapEntrySchema, PagemapHeadSchema, type PagemapEntry, type PagemapHead } from "./gen/pagemap_pb";
 
 /** pagemap entry flag: the run's contents are in the parent image set (unchanged since that round). */
@@ -36,4 +37,58 @@ export function splitPagemap(raw: readonly ImageEntry[], what: string): { head: 
     return e.message as PagemapEntry;
   });
   return { head: head as PagemapHead, entries };
+}
+
+/** The pages a pagemap image holds (saved or themselves in-parent), as sorted page-number intervals. */
+export class PageCoverage {
+  private readonly starts: number[] = [];
+  private readonly ends: number[] = [];
+
+  constructor(entries: readonly PagemapEntry[]) {
+    const spans: [number, number][] = [];
+    for (const e of entries) {
+      if (!entryPresent(e) && !entryInParent(e)) continue;
+      const first = Number(e.vaddr / BigInt(PAGE_SIZE));
+      spans.push([first, first + entryPageCount(e)]);
+    }
+    spans.sort((a, b) => a[0] - b[0]);
+    for (const [s, e] of spans) {
+      const last = this.ends.length - 1;
+      if (last >= 0 && s <= this.ends[last]!) this.ends[last] = Math.max(this.ends[last]!, e);
+      else {
+        this.starts.push(s);
+        this.ends.push(e);
+      }
+    }
+  }
+
+  /** Whether every page of [first, end) (page numbers) is held. */
+  holds(first: number, end: number): boolean {
+    const parts = this.split(first, end);
+    return parts.length === 1 && parts[0]!.covered;
+  }
+
+  /** Split [first, end) (pages) into the parts the parent holds and the parts it does not, in order. */
+  split(first: number, end: number): { first: number; end: number; covered: boolean }[] {
+    const out: { first: number; end: number; covered: boolean }[] = [];
+    // First interval that ends after `first`.
+    let lo = 0;
+    let hi = this.starts.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.ends[mid]! <= first) lo = mid + 1;
+      else hi = mid;
+    }
+    let at = first;
+    for (let i = lo; i < this.starts.length && at < end; i++) {
+      const s = Math.max(this.starts[i]!, at);
+      if (s >= end) break;
+      if (s > at) out.push({ first: at, end: s, covered: false });
+      const e = Math.min(this.ends[i]!, end);
+      out.push({ first: s, end: e, covered: true });
+      at = e;
+    }
+    if (at < end) out.push({ first: at, end, covered: false });
+    return out;
+  }
 }

@@ -89,7 +89,7 @@ export class PageChain {
     }
     let images: ImageSet;
     try {
-      images = ImageSet.open(dir);
+      images = ImageSet.openPages(dir);
       images.verifyDigests();
     } catch (e) {
       throw new Error(`${below.dir} has pages in its parent image set, which cannot be read: ${(e as Error).message}`, { cause: e });

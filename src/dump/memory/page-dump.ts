@@ -13,15 +13,13 @@
  * Anything else is saved again — a wrong "in parent" would restore stale
  * memory, an extra copy only costs bytes.
  */
-import { create } from "@bufbuild/protobuf";
-import { ImageEncoder } from "../../image/encode";
-import { PagemapEntrySchema, PagemapHeadSchema, type PagemapEntry } from "../../image/gen/pagemap_pb";
-import { kind } from "../../image/magic";
+import type { PagemapEntry } from "../../image/gen/pagemap_pb";
+import type { PageStore } from "../../image/page-store";
 import type { MapArea } from "../../proc/maps";
 import type { ProcFs } from "../../proc/procfs";
 import { PAGE_SIZE } from "../../sys/nr";
-import type { ImageDirWriter, ImageSink } from "../../image/image-dir";
-import type { PageCoverage } from "./parent";
+import type { ImageSink } from "../../image/image-dir";
+import type { PageCoverage } from "../../image/pagemap";
 import { ProcessSnapshot, type SnapshotCounters } from "./snapshot";
 import { copyPages, pagemapEntries, scanPages, writePages, type DirtyScan, type PageCounters, type PageRun, type PageVma, type ScanMethod } from "./pages";
 
@@ -198,10 +196,7 @@ export function copyProcessPages(pid: number, areas: readonly MapArea[], choice:
   return planProcessPages(pid, areas, choice, proc, counters, tracking).copy(false);
 }
 
-/** pagemap-PID.img and pages-N.img of one process. */
-export function writeProcessPages(out: ImageDirWriter, pid: number, pagesId: number, pages: PageCopy): void {
-  const enc = new ImageEncoder(kind("PAGEMAP")).add(PagemapHeadSchema, create(PagemapHeadSchema, { pagesId }));
-  for (const e of pages.entries) enc.add(PagemapEntrySchema, e);
-  out.writeImage(`pagemap-${pid}.img`, enc);
-  out.writeWith(`pages-${pagesId}.img`, (sink) => pages.writeTo(sink));
+/** One process's pagemap and pages, wherever the store keeps them. */
+export function saveProcessPages(store: PageStore, pid: number, pages: PageCopy): void {
+  store.save({ kind: "task", id: pid }, pages.entries, (sink) => pages.writeTo(sink));
 }

@@ -5,64 +5,15 @@
  * page recorded as in-parent, and a later round finds the round before.
  */
 import { isAbsolute, join } from "node:path";
-import type { PagemapEntry } from "../../image/gen/pagemap_pb";
-import { entryInParent, entryPageCount, entryPresent, splitPagemap } from "../../image/pagemap";
+import { PageCoverage, splitPagemap } from "../../image/pagemap";
 import { InventoryEntrySchema } from "../../image/gen/inventory_pb";
 import { ImageSet } from "../../image/image-set";
-import { PAGE_SIZE } from "../../sys/nr";
 import type { ImageDirWriter } from "../../image/image-dir";
+import { sentPagemapName } from "../../transfer/page-client";
 import { readTrackingRecord, type TrackingRecord } from "../tracking/record";
 
 /** Kernel clock ticks per second in /proc/PID/stat (USER_HZ, fixed at 100 in the x86_64 ABI). */
 const USER_HZ = 100n;
-
-/** The pages a pagemap image holds (saved or themselves in-parent), as sorted page-number intervals. */
-export class PageCoverage {
-  private readonly starts: number[] = [];
-  private readonly ends: number[] = [];
-
-  constructor(entries: readonly PagemapEntry[]) {
-    const spans: [number, number][] = [];
-    for (const e of entries) {
-      if (!entryPresent(e) && !entryInParent(e)) continue;
-      const first = Number(e.vaddr / BigInt(PAGE_SIZE));
-      spans.push([first, first + entryPageCount(e)]);
-    }
-    spans.sort((a, b) => a[0] - b[0]);
-    for (const [s, e] of spans) {
-      const last = this.ends.length - 1;
-      if (last >= 0 && s <= this.ends[last]!) this.ends[last] = Math.max(this.ends[last]!, e);
-      else {
-        this.starts.push(s);
-        this.ends.push(e);
-      }
-    }
-  }
-
-  /** Split [first, end) (pages) into the parts the parent holds and the parts it does not, in order. */
-  split(first: number, end: number): { first: number; end: number; covered: boolean }[] {
-    const out: { first: number; end: number; covered: boolean }[] = [];
-    // First interval that ends after `first`.
-    let lo = 0;
-    let hi = this.starts.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (this.ends[mid]! <= first) lo = mid + 1;
-      else hi = mid;
-    }
-    let at = first;
-    for (let i = lo; i < this.starts.length && at < end; i++) {
-      const s = Math.max(this.starts[i]!, at);
-      if (s >= end) break;
-      if (s > at) out.push({ first: at, end: s, covered: false });
-      const e = Math.min(this.ends[i]!, end);
-      out.push({ first: s, end: e, covered: true });
-      at = e;
-    }
-    if (at < end) out.push({ first: at, end, covered: false });
-    return out;
-  }
-}
 
 export class ParentImages {
   private constructor(
@@ -73,10 +24,12 @@ export class ParentImages {
     readonly dumpUptime: bigint,
     /** What the parent round armed for this one; null when it armed nothing. */
     readonly tracking: TrackingRecord | null,
+    /** This round's pages go to a page server: the parent's are there too, as its record of them says. */
+    private readonly remote: boolean,
   ) {}
 
   /** Open the previous round's set and link it as `parent` in the new directory. */
-  static open(out: ImageDirWriter, prev: string): ParentImages {
+  static open(out: ImageDirWriter, prev: string, remote = false): ParentImages {
     const path = isAbsolute(prev) ? prev : join(out.path, prev);
     let set: ImageSet;
     try {
@@ -88,7 +41,7 @@ export class ParentImages {
     if (!inv.dumpUptime) throw new Error(`--prev-images-dir ${prev}: its inventory has no dump_uptime, so reused pids could not be told apart`);
     const tracking = readTrackingRecord(path);
     out.symlink("parent", prev);
-    return new ParentImages(path, set, inv.dumpUptime, tracking);
+    return new ParentImages(path, set, inv.dumpUptime, tracking, remote);
   }
 
   /** A process that started after the parent round froze its tasks is not the one the parent saw: its pid was reused. */
@@ -96,9 +49,14 @@ export class ParentImages {
     return (startTimeTicks * 1_000_000n) / USER_HZ > this.dumpUptime;
   }
 
-  /** The pages the parent holds for process `pid`; null when it saved no pagemap for it. */
+  /**
+   * The pages the parent holds for process `pid`; null when it saved no
+   * pagemap for it. Rounds sent to a page server keep the record of what
+   * they sent instead; a local round never leaves pages in a parent whose
+   * pages are on another host, nor a remote round in a local parent.
+   */
   coverage(pid: number): PageCoverage | null {
-    const name = `pagemap-${pid}.img`;
+    const name = this.remote ? sentPagemapName(pid) : `pagemap-${pid}.img`;
     if (!this.set.has(name)) return null;
     return new PageCoverage(splitPagemap(this.set.raw(name), this.set.path(name)).entries);
   }

@@ -1,0 +1,291 @@
+/**
+ * Migration between two hosts (two network namespaces joined by a veth pair,
+ * test/helpers/hosts.ts): the source tree runs on one, the page server and
+ * the restore on the other. The dump's pages cross the network in CRIU's
+ * page-server protocol; the rest of its images are copied over by hand, as a
+ * migration script does.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { copyFileSync, existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { PagemapHeadSchema, type PagemapEntry } from "../src/image/gen/pagemap_pb";
+import { readImageFile } from "../src/image/image-file";
+import { decodeIov, decodeTarget, encodeIov, encodeTarget, PS, PSI_SIZE } from "../src/transfer/protocol";
+import { runsFree } from "./helpers/images";
+import { dirtyTarget } from "./helpers/iterative-workloads";
+import { restoreTarget } from "./helpers/restore-workloads";
+import { ckptOn, freshPort, startPageServer, twoHosts, type TwoHosts } from "./helpers/hosts";
+import { alive, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
+import { memTarget, selfCheck } from "./helpers/workloads";
+
+const CRIU = process.env.CRIU_BIN ?? "";
+const haveCriu = CRIU !== "" && existsSync(CRIU);
+if (!haveCriu) console.warn("migrate: CRIU_BIN is not set to a CRIU 4.2 binary; the page-server interop tests are skipped");
+
+const PE_PARENT = 1;
+const PE_PRESENT = 4;
+let hosts: TwoHosts;
+beforeAll(() => {
+  hosts = twoHosts();
+});
+afterAll(() => hosts.remove());
+const cleanup: Target[] = [];
+afterEach(() => {
+  for (const t of cleanup.splice(0)) t.kill();
+});
+
+/** Copy the source's local images (everything but the pages, which went over the network) into the destination directory. */
+function copyImages(from: string, to: string): void {
+  for (const name of readdirSync(from)) {
+    if (name === "parent") continue;
+    copyFileSync(join(from, name), join(to, name));
+  }
+}
+
+function pagemapOf(dir: string, pid: number): { pagesId: number; entries: PagemapEntry[] } {
+  const img = readImageFile(join(dir, `pagemap-${pid}.img`));
+  const head = img.entries[0]?.message;
+  if (head?.$typeName !== PagemapHeadSchema.typeName) throw new Error("no pagemap head");
+  return { pagesId: (head as unknown as { pagesId: number }).pagesId, entries: img.entries.slice(1).map((e) => e.message as PagemapEntry) };
+}
+
+const count = (e: PagemapEntry): number => Number(e.nrPages ?? 0n) || e.compatNrPages;
+const pagesFlagged = (entries: readonly PagemapEntry[], flag: number): number => entries.filter((e) => (e.flags & flag) !== 0).reduce((s, e) => s + count(e), 0);
+
+async function gone(pids: readonly number[]): Promise<void> {
+  await waitFor("the migrated tree to be gone from the source", () => pids.every((p) => !existsSync(`/proc/${p}`)), 10000);
+}
+
+/** Start a workload on the source host. */
+async function onSource(argv: string[]): Promise<{ target: Target; words: string[]; out: string }> {
+  const r = await startReady(hosts.source.argv(["setsid", ...argv]));
+  cleanup.push(r.target);
+  return r;
+}
+
+describe("the page-server protocol", () => {
+  test("a command is CRIU's 32-byte page_server_iov: cmd with the flags in its high half, padding, nr_pages, vaddr, dst_id", () => {
+    const bytes = encodeIov({ cmd: PS.ADD_F, flags: PE_PRESENT, nrPages: 3n, vaddr: 0x7f0000001000n, dstId: encodeTarget({ kind: "task", id: 4242 }) });
+    expect(bytes.length).toBe(PSI_SIZE);
+    const v = new DataView(bytes.buffer);
+    expect(v.getUint32(0, true)).toBe((PE_PRESENT << 16) | 6);
+    expect(v.getUint32(4, true)).toBe(0);
+    expect(v.getBigUint64(8, true)).toBe(3n);
+    expect(v.getBigUint64(16, true)).toBe(0x7f0000001000n);
+    expect(v.getBigUint64(24, true)).toBe((4242n << 8n) | 1n);
+    expect(decodeIov(bytes)).toEqual({ cmd: PS.ADD_F, flags: PE_PRESENT, nrPages: 3n, vaddr: 0x7f0000001000n, dstId: (4242n << 8n) | 1n });
+    expect(decodeTarget(encodeTarget({ kind: "shmem", id: 77 }))).toEqual({ kind: "shmem", id: 77 });
+    // Older CRIUs sent their CR_FD_* numbers as the type; they still name the same images.
+    expect(decodeTarget((5n << 8n) | 11n)).toEqual({ kind: "task", id: 5 });
+    expect(decodeTarget((5n << 8n) | 34n)).toEqual({ kind: "shmem", id: 5 });
+    expect(decodeTarget((5n << 8n) | 3n)).toBeNull();
+  });
+});
+
+describe("migration through ckpt page-server", () => {
+  test("a process with threads, fds and memory migrates: pages over the network, the rest copied, and it verifies itself at the destination", async () => {
+    const work = tempDir("migrate-work");
+    const { words, out } = await onSource([restoreTarget(), work]);
+    const pid = Number(words[0]);
+    const [src, dst] = [join(tempDir("migrate-src"), "img"), join(tempDir("migrate-dst"), "img")];
+    const port = freshPort();
+    const server = await startPageServer(hosts.dest, ["-D", dst, "--address", hosts.dest.address, "--port", String(port)], port);
+    const d = ckptOn(hosts.source, ["dump", "-t", String(pid), "-D", src, "--page-server", "--address", hosts.dest.address, "--port", String(port), "--json"]);
+    expect(d.code).toBe(0);
+    const summary = JSON.parse(d.stdout) as { figures: { pagesWritten: number }; pageServer: { pagesSent: number; pagemaps: number; bytesSent: number } };
+    const served = await server.done;
+    expect(served.code).toBe(0);
+    expect(served.stdout).toContain(`received ${summary.pageServer.pagesSent} pages`);
+    expect(summary.pageServer.pagesSent).toBe(summary.figures.pagesWritten);
+    expect(summary.pageServer.bytesSent).toBeGreaterThan(summary.pageServer.pagesSent * 4096);
+
+    // The pages are at the destination only; the source keeps the rest and its record of what it sent.
+    expect(readdirSync(src).filter((n) => /^(pages-|pagemap-)/.test(n))).toEqual([]);
+    expect(existsSync(join(src, `sent-pagemap-${pid}.img`))).toBe(true);
+    const pm = pagemapOf(dst, pid);
+    expect(pm.pagesId).toBe(0x10001);
+    expect(readdirSync(dst).sort()).toEqual([`pagemap-${pid}.img`, "pages-65537.img"]);
+    expect(statSync(join(dst, "pages-65537.img")).size).toBe(pagesFlagged(pm.entries, PE_PRESENT) * 4096);
+    expect(statSync(dst).mode & 0o777).toBe(0o700);
+
+    await gone([pid]);
+    copyImages(src, dst);
+    const r = ckptOn(hosts.dest, ["restore", "-D", dst, "-d"]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    cleanup.push(killablePid(pid));
+    expect(await selfCheck(pid, out)).toBe("ok");
+    if (hosts.separate) expect(readFileSync(`/proc/${pid}/net/dev`, "utf8")).toContain("ckd");
+  });
+
+  test("an iterative migration: two pre-dumps and a dump, each to a page server of its own; rounds 2 and 3 send only the pages written since", async () => {
+    const STRIDE = 16;
+    const { target, words, out } = await onSource([dirtyTarget(), "32", String(STRIDE)]);
+    const pid = target.pid;
+    const addr = BigInt(`0x${words[0]}`);
+    const pages = Number(words[1]) / 4096;
+    const [src, dst] = [tempDir("migrate-chain-src"), tempDir("migrate-chain-dst")];
+    const sent: number[] = [];
+    for (const round of [1, 2, 3]) {
+      const prev = round === 1 ? [] : ["--prev-images-dir", `../${round - 1}`];
+      const port = freshPort();
+      const server = await startPageServer(hosts.dest, ["-D", join(dst, String(round)), "--address", hosts.dest.address, "--port", String(port), ...prev], port);
+      const verb = round === 3 ? "dump" : "pre-dump";
+      const r = ckptOn(hosts.source, [verb, "-t", String(pid), "-D", join(src, String(round)), ...prev, "--page-server", "--address", hosts.dest.address, "--port", String(port), "--json"]);
+      expect(r.code).toBe(0);
+      sent.push((JSON.parse(r.stdout) as { pageServer: { pagesSent: number } }).pageServer.pagesSent);
+      expect((await server.done).code).toBe(0);
+      if (round < 3) {
+        process.kill(pid, "SIGUSR2");
+        await waitFor(`dirty round ${round}`, () => readFileSync(out, "utf8").includes(`round ${round}\n`), 10000);
+      }
+    }
+    expect(sent[0]).toBeGreaterThanOrEqual(pages);
+    // Round r+1 saw the pages with p % STRIDE == r-1 rewritten: those, and a few of the stack and libc, went again.
+    for (const round of [2, 3]) {
+      const pm = pagemapOf(join(dst, String(round)), pid);
+      const dirtied = pages / STRIDE;
+      expect(sent[round - 1]).toBeGreaterThanOrEqual(dirtied);
+      expect(sent[round - 1]).toBeLessThanOrEqual(Math.ceil(dirtied * 1.1) + 16);
+      expect(pagesFlagged(pm.entries, PE_PRESENT)).toBe(sent[round - 1]!);
+      // Every page of the region is saved in this round or left in the parent.
+      const covered = pm.entries.filter((e) => e.vaddr >= addr && e.vaddr < addr + BigInt(pages * 4096)).reduce((s, e) => s + count(e), 0);
+      expect(covered).toBe(pages);
+      expect(pagesFlagged(pm.entries, PE_PARENT)).toBeGreaterThanOrEqual(pages - dirtied);
+    }
+
+    await gone([pid]);
+    copyImages(join(src, "3"), join(dst, "3"));
+    const r = ckptOn(hosts.dest, ["restore", "-D", join(dst, "3"), "-d"]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    cleanup.push(killablePid(pid));
+    expect(await selfCheck(pid, out)).toBe("ok round 2");
+  });
+
+  test("a page server given a stream cut short exits 1 with one line and leaves nothing behind", async () => {
+    const dst = join(tempDir("migrate-cut"), "img");
+    const port = freshPort();
+    const server = await startPageServer(hosts.dest, ["-D", dst, "--address", hosts.dest.address, "--port", String(port)], port);
+    // A sender that opens a pagemap, announces 10 pages and sends 5 of them, then goes away.
+    const sender = Bun.spawnSync(hosts.source.argv([process.execPath, "-e", `
+      const net = require("node:net");
+      const [host, port, open, add] = process.argv.slice(1);
+      const s = net.connect(Number(port), host, () => {
+        s.write(Buffer.from(open, "hex"));
+        s.once("data", () => { s.write(Buffer.from(add, "hex")); s.end(Buffer.alloc(5 * 4096, 7)); });
+      });`, hosts.dest.address, String(port),
+      Buffer.from(encodeIov({ cmd: PS.OPEN2, nrPages: 0n, vaddr: 0n, dstId: encodeTarget({ kind: "task", id: 99 }) })).toString("hex"),
+      Buffer.from(encodeIov({ cmd: PS.ADD_F, flags: PE_PRESENT, nrPages: 10n, vaddr: 0x400000n, dstId: encodeTarget({ kind: "task", id: 99 }) })).toString("hex"),
+    ]), { stdout: "pipe", stderr: "pipe" });
+    expect(sender.stderr.toString()).toBe("");
+    const r = await server.done;
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split("\n").filter((l) => !l.includes("listening on"))).toHaveLength(1);
+    expect(r.stderr).toContain("closed the connection");
+    expect(existsSync(dst)).toBe(false);
+  });
+
+  test("a dump killed while it sends: the page server discards the stream, the tree runs on untraced, no image set anywhere", async () => {
+    const { target, out } = await onSource([memTarget(), "256", "2"]);
+    const pid = target.pid;
+    const [src, dst] = [join(tempDir("migrate-kill-src"), "img"), join(tempDir("migrate-kill-dst"), "img")];
+    const port = freshPort();
+    const server = await startPageServer(hosts.dest, ["-D", dst, "--address", hosts.dest.address, "--port", String(port)], port);
+    const dump = Bun.spawn(hosts.source.argv([process.execPath, join(import.meta.dir, "../src/cli/main.ts"), "dump", "-R", "-t", String(pid), "-D", src, "--page-server", "--address", hosts.dest.address, "--port", String(port)]), { stdout: "pipe", stderr: "pipe" });
+    // Kill it once pages have started to arrive.
+    const partial = (): number => (existsSync(dst) ? readdirSync(dst).filter((n) => n.endsWith(".partial")).reduce((s, n) => s + statSync(join(dst, n)).size, 0) : 0);
+    await waitFor("pages to arrive at the page server", () => partial() > 0 || dump.exitCode !== null, 20000);
+    const finishedFirst = dump.exitCode !== null;
+    dump.kill("SIGKILL");
+    await dump.exited.catch(() => undefined);
+    expect(finishedFirst).toBe(false);
+    const r = await server.done;
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("closed the connection");
+    expect(existsSync(dst)).toBe(false);
+    expect(existsSync(join(src, "inventory.img"))).toBe(false);
+    await waitFor("the tree to run free", () => runsFree(pid), 10000);
+    expect(alive(pid)).toBe(true);
+    expect(await selfCheck(pid, out)).toBe("ok");
+  });
+
+  test("a pre-dump round whose page server has no parent round is refused before anything is sent as in-parent", async () => {
+    const { target } = await onSource([dirtyTarget(), "8", "16"]);
+    const pid = target.pid;
+    const [src, dst] = [tempDir("migrate-noparent-src"), tempDir("migrate-noparent-dst")];
+    const port1 = freshPort();
+    const s1 = await startPageServer(hosts.dest, ["-D", join(dst, "1"), "--address", hosts.dest.address, "--port", String(port1)], port1);
+    expect(ckptOn(hosts.source, ["pre-dump", "-t", String(pid), "-D", join(src, "1"), "--page-server", "--address", hosts.dest.address, "--port", String(port1)]).code).toBe(0);
+    expect((await s1.done).code).toBe(0);
+    // Round 2's server was started without --prev-images-dir.
+    const port2 = freshPort();
+    const s2 = await startPageServer(hosts.dest, ["-D", join(dst, "2"), "--address", hosts.dest.address, "--port", String(port2)], port2);
+    const r = ckptOn(hosts.source, ["pre-dump", "-t", String(pid), "-D", join(src, "2"), "--prev-images-dir", "../1", "--page-server", "--address", hosts.dest.address, "--port", String(port2)]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("has no parent round");
+    expect(r.stderr).toContain("--prev-images-dir");
+    expect((await s2.done).code).toBe(1);
+    expect(existsSync(join(src, "2"))).toBe(false);
+    expect(existsSync(join(dst, "2"))).toBe(false);
+    expect(runsFree(pid)).toBe(true);
+  });
+
+  test("a dump with --page-server and no server listening fails before freezing anything", async () => {
+    const { target } = await onSource([dirtyTarget(), "8", "16"]);
+    const src = join(tempDir("migrate-noserver"), "img");
+    const r = ckptOn(hosts.source, ["dump", "-R", "-t", String(target.pid), "-D", src, "--page-server", "--address", hosts.dest.address, "--port", String(freshPort())]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("cannot reach the page server");
+    expect(r.stderr).toContain("ECONNREFUSED");
+    expect(existsSync(src)).toBe(false);
+    expect(runsFree(target.pid)).toBe(true);
+  });
+});
+
+describe.skipIf(!haveCriu)("page-server interop with CRIU 4.2", () => {
+  function criuLogErrors(dir: string, log: string): string {
+    const path = join(dir, log);
+    return existsSync(path) ? readFileSync(path, "utf8").split("\n").filter((l) => /Error/.test(l) && !/RLIMIT_NOFILE/.test(l)).slice(0, 6).join("\n") : "";
+  }
+
+  test("ckpt dump → criu page-server, CRIU 4.2 restores it", async () => {
+    const { target, out } = await onSource([memTarget(), "64", "2"]);
+    const pid = target.pid;
+    const [src, dst] = [join(tempDir("interop-a-src"), "img"), tempDir("interop-a-dst")];
+    const port = freshPort();
+    const server = await startPageServer(hosts.dest, ["page-server", "-D", dst, "--address", hosts.dest.address, "--port", String(port), "-v4", "-o", "ps.log"], port, [CRIU]);
+    const d = ckptOn(hosts.source, ["dump", "-t", String(pid), "-D", src, "--page-server", "--address", hosts.dest.address, "--port", String(port)]);
+    expect(d.code).toBe(0);
+    const served = await server.done;
+    expect(`${served.code} ${criuLogErrors(dst, "ps.log")}`).toBe("0 ");
+    expect(existsSync(join(dst, `pagemap-${pid}.img`))).toBe(true);
+    await gone([pid]);
+    copyImages(src, dst);
+    const r = Bun.spawnSync(hosts.dest.argv([CRIU, "restore", "-D", dst, "-d", "-v4", "-o", "restore.log"]), { stdout: "pipe", stderr: "pipe" });
+    expect(`${r.exitCode} ${criuLogErrors(dst, "restore.log")}`).toBe("0 ");
+    cleanup.push(killablePid(pid));
+    expect(await selfCheck(pid, out)).toBe("ok");
+  });
+
+  test("criu dump --page-server → ckpt page-server, ckpt restores it", async () => {
+    const { target, out } = await onSource([memTarget(), "64", "2"]);
+    const pid = target.pid;
+    const [src, dst] = [tempDir("interop-b-src"), join(tempDir("interop-b-dst"), "img")];
+    const port = freshPort();
+    const server = await startPageServer(hosts.dest, ["-D", dst, "--address", hosts.dest.address, "--port", String(port)], port);
+    const d = Bun.spawnSync(hosts.source.argv([CRIU, "dump", "-t", String(pid), "-D", src, "--page-server", "--address", hosts.dest.address, "--port", String(port), "-v4", "-o", "dump.log"]), { stdout: "pipe", stderr: "pipe" });
+    expect(`${d.exitCode} ${criuLogErrors(src, "dump.log")}`).toBe("0 ");
+    const served = await server.done;
+    expect(served.stderr.split("\n").filter((l) => l && !l.includes("listening on"))).toEqual([]);
+    expect(served.code).toBe(0);
+    await gone([pid]);
+    copyImages(src, dst);
+    const r = ckptOn(hosts.dest, ["restore", "-D", dst, "-d"]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    cleanup.push(killablePid(pid));
+    expect(await selfCheck(pid, out)).toBe("ok");
+  });
+});
