@@ -6,7 +6,7 @@
  * migration script does.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { copyFileSync, existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { PagemapHeadSchema, type PagemapEntry } from "../src/image/gen/pagemap_pb";
@@ -15,7 +15,7 @@ import { decodeIov, decodeTarget, encodeIov, encodeTarget, PS, PSI_SIZE } from "
 import { runsFree } from "./helpers/images";
 import { dirtyTarget } from "./helpers/iterative-workloads";
 import { restoreTarget } from "./helpers/restore-workloads";
-import { ckptOn, freshPort, startPageServer, twoHosts, type TwoHosts } from "./helpers/hosts";
+import { ckptOn, freshPort, spawnOn, startPageServer, twoHosts, type Running, type TwoHosts } from "./helpers/hosts";
 import { alive, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { memTarget, selfCheck } from "./helpers/workloads";
 
@@ -241,6 +241,123 @@ describe("migration through ckpt page-server", () => {
     expect(r.stderr).toContain("ECONNREFUSED");
     expect(existsSync(src)).toBe(false);
     expect(runsFree(target.pid)).toBe(true);
+  });
+});
+
+/**
+ * A lazy migration on one machine: the source tree stays frozen (holding its
+ * pids) while the copy runs, so the destination restores it in a new pid
+ * namespace, where it has its pids all the same.
+ */
+describe("lazy migration (post-copy)", () => {
+  const PE_LAZY = 2;
+
+  /** dump --lazy-pages on the source, running until its pages have gone; resolves once the images are complete. */
+  async function lazyDump(pid: number, dir: string, port: number): Promise<Running> {
+    const dump = spawnOn(hosts.source, ["dump", "-t", String(pid), "-D", dir, "--lazy-pages", "--address", hosts.source.address, "--port", String(port), "--json"]);
+    await waitFor("the lazy dump's images", () => existsSync(join(dir, "inventory.img")), 30000);
+    return dump;
+  }
+
+  /** ckpt lazy-pages for `dir` on the destination, ready for the restore. */
+  async function lazyDaemon(dir: string, port: number): Promise<Running> {
+    const daemon = spawnOn(hosts.dest, ["lazy-pages", "-D", dir, "--page-server", "--address", hosts.source.address, "--port", String(port), "--json"]);
+    await waitFor("the lazy-pages socket", () => existsSync(join(dir, "lazy-pages.socket")), 20000);
+    return daemon;
+  }
+
+  function lazyRestore(dir: string): number {
+    const pidfile = join(tempDir("lazy-pidfile"), "pid");
+    const r = ckptOn(hosts.dest, ["restore", "-D", dir, "-d", "--lazy-pages", "--restore-in-new-pidns", "--pidfile", pidfile]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const root = Number(readFileSync(pidfile, "utf8").trim());
+    cleanup.push(killablePid(root));
+    return root;
+  }
+
+  test("a process with threads and 64 MiB runs at once at the destination, its memory arriving on first touch and in the background; the source ends", async () => {
+    const { target, out } = await onSource([memTarget(), "64", "2"]);
+    const pid = target.pid;
+    const [src, dst] = [join(tempDir("lazy-src"), "img"), join(tempDir("lazy-dst"), "img")];
+    const port = freshPort();
+    const dump = await lazyDump(pid, src, port);
+    // Anonymous memory is left out of the images, flagged lazy.
+    const pm = pagemapOf(src, pid);
+    expect(pagesFlagged(pm.entries, PE_LAZY)).toBeGreaterThanOrEqual(64 * 256);
+    expect(statSync(join(src, `pages-${pm.pagesId}.img`)).size).toBe(pagesFlagged(pm.entries, PE_PRESENT) * 4096);
+    expect(pagesFlagged(pm.entries, PE_PRESENT)).toBeLessThan(4096);
+    // The source tree is frozen meanwhile.
+    expect(readFileSync(`/proc/${pid}/status`, "utf8")).toMatch(/State:\s+t/);
+
+    mkdirSync(dst);
+    copyImages(src, dst);
+    // Without --lazy-pages the set is refused by name.
+    const plain = ckptOn(hosts.dest, ["restore", "-D", dst, "-d"]);
+    expect(plain.code).toBe(1);
+    expect(plain.stderr).toContain("lazy page(s)");
+    expect(plain.stderr).toContain("--lazy-pages");
+
+    const daemon = await lazyDaemon(dst, port);
+    const root = lazyRestore(dst);
+    const filled = await daemon.done;
+    expect(filled.stderr.split("\n").filter((l) => l && !l.includes("ready for the restore"))).toEqual([]);
+    expect(filled.code).toBe(0);
+    const f = JSON.parse(filled.stdout) as { pagesLazy: number; pagesOnFault: number; pagesInBackground: number; faults: number };
+    expect(f.pagesLazy).toBe(pagesFlagged(pm.entries, PE_LAZY));
+    expect(f.pagesOnFault + f.pagesInBackground).toBe(f.pagesLazy);
+    expect(f.faults).toBeGreaterThan(0);
+    const served = await dump.done;
+    expect(served.code).toBe(0);
+    const d = JSON.parse(served.stdout) as { lazy: { pagesServed: number; pagesLazy: number } };
+    expect(d.lazy.pagesServed).toBe(d.lazy.pagesLazy);
+    // The source's tree is gone; the copy runs and its memory is the source's.
+    await gone([pid]);
+    expect(await selfCheck(root, out)).toBe("ok");
+    expect(readFileSync(`/proc/${root}/status`, "utf8")).toContain(`NSpid:\t${root}\t${pid}`);
+  });
+
+  test("a lazy restore whose source dies mid-copy: the restored tree is killed, the source's tree runs on", async () => {
+    const { target, out } = await onSource([memTarget(), "256", "2"]);
+    const pid = target.pid;
+    const [src, dst] = [join(tempDir("lazy-die-src"), "img"), join(tempDir("lazy-die-dst"), "img")];
+    const port = freshPort();
+    const dump = await lazyDump(pid, src, port);
+    mkdirSync(dst);
+    copyImages(src, dst);
+    const daemon = await lazyDaemon(dst, port);
+    const root = lazyRestore(dst);
+    // The source stops answering at once (most of the 256 MiB still there), then dies.
+    process.kill(dump.pid, "SIGSTOP");
+    expect(alive(root)).toBe(true);
+    await Bun.sleep(200);
+    dump.kill("SIGKILL");
+    const r = await daemon.done;
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("was killed");
+    await waitFor("the restored tree to be gone", () => !alive(root), 10000);
+    // ckpt died holding the tree frozen: the kernel let it go, untouched.
+    await waitFor("the source tree to run free", () => runsFree(pid), 10000);
+    expect(await selfCheck(pid, out)).toBe("ok");
+  });
+
+  test("a destination that goes away before it has every page: the source lets its tree run on and removes its images", async () => {
+    const { target, out } = await onSource([memTarget(), "32", "1"]);
+    const pid = target.pid;
+    const src = join(tempDir("lazy-gone-src"), "img");
+    const port = freshPort();
+    const dump = await lazyDump(pid, src, port);
+    // A destination that connects and asks for nothing, then vanishes.
+    const dst = tempDir("lazy-gone-dst");
+    copyImages(src, dst);
+    const daemon = await lazyDaemon(dst, port);
+    daemon.kill("SIGKILL");
+    const r = await dump.done;
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split("\n").filter((l) => !l.includes("images complete"))).toHaveLength(1);
+    expect(existsSync(join(src, "inventory.img"))).toBe(false);
+    await waitFor("the source tree to run free", () => runsFree(pid), 10000);
+    expect(await selfCheck(pid, out)).toBe("ok");
   });
 });
 

@@ -49,6 +49,14 @@ export function parseSharedDumpArgs(args: Record<string, unknown>, rawArgs: read
 }
 
 /** A TCP port as --port takes it; `zeroOk` for a server letting the kernel choose. */
+/** dump --lazy-pages: where the source serves its pages (every IPv4 address unless --address). */
+export function parseLazyPages(args: Record<string, unknown>): Endpoint | undefined {
+  if (!args["lazy-pages"]) return undefined;
+  if (args["page-server"]) throw new UsageError("--lazy-pages serves the pages itself: give it without --page-server");
+  if (args.port === undefined) throw new UsageError("--lazy-pages needs --port (where the destination's ckpt lazy-pages fetches the pages)");
+  return { address: args.address === undefined ? "0.0.0.0" : String(args.address), port: parsePort(args.port) };
+}
+
 export function parsePort(value: unknown, zeroOk = false): number {
   const text = String(value);
   const port = /^\d{1,5}$/.test(text) ? Number(text) : NaN;
@@ -56,10 +64,13 @@ export function parsePort(value: unknown, zeroOk = false): number {
   return port;
 }
 
-/** --page-server with --address and --port; --address or --port alone is a mistake worth saying. */
+/**
+ * --page-server with --address and --port; --address or --port alone is a
+ * mistake worth saying (dump's --lazy-pages takes them too, and reads them itself).
+ */
 function parsePageServer(args: Record<string, unknown>): Endpoint | undefined {
   if (!args["page-server"]) {
-    if (args.address !== undefined || args.port !== undefined) throw new UsageError("--address and --port are for --page-server (give it too)");
+    if (!args["lazy-pages"] && (args.address !== undefined || args.port !== undefined)) throw new UsageError("--address and --port are for --page-server (give it too)");
     return undefined;
   }
   if (args.address === undefined || String(args.address) === "") throw new UsageError("--page-server needs --address (the page server's IP address)");

@@ -5,6 +5,7 @@ import pkg from "../../package.json" with { type: "json" };
 import { runProbeModeIfAsked } from "../check/probe-target";
 import { check } from "./check";
 import { dumpCommand } from "./dump";
+import { lazyPagesCommand } from "./lazy-pages";
 import { pageServerCommand } from "./page-server";
 import { preDumpCommand } from "./pre-dump";
 import { restoreCommand } from "./restore";
@@ -13,7 +14,7 @@ import { show } from "./show";
 
 const main = defineCommand({
   meta: { name: "ckpt", version: pkg.version, description: "Checkpoint a Linux process tree into CRIU-format images" },
-  subCommands: { dump: dumpCommand as CommandDef, "pre-dump": preDumpCommand as CommandDef, "page-server": pageServerCommand as CommandDef, restore: restoreCommand as CommandDef, show: show as CommandDef, check: check as CommandDef },
+  subCommands: { dump: dumpCommand as CommandDef, "pre-dump": preDumpCommand as CommandDef, "page-server": pageServerCommand as CommandDef, "lazy-pages": lazyPagesCommand as CommandDef, restore: restoreCommand as CommandDef, show: show as CommandDef, check: check as CommandDef },
 });
 
 function isCittyUsageError(e: unknown): boolean {

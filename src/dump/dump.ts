@@ -25,7 +25,7 @@ import { SeccompEntrySchema } from "../image/gen/seccomp_pb";
 import { TaskKobjIdsEntrySchema } from "../image/gen/core_pb";
 import { TimensEntrySchema, TimespecSchema } from "../image/gen/timens_pb";
 import { kind } from "../image/magic";
-import { readSmaps } from "../proc/maps";
+import { readSmaps, type MapArea } from "../proc/maps";
 import { ProcFs } from "../proc/procfs";
 import { readStat } from "../proc/stat";
 import { readStatus } from "../proc/status";
@@ -53,6 +53,7 @@ import { readTaskState, type ProcessTaskState } from "./task/remote-state";
 import { planProcessPages, saveProcessPages, type PageCopy, type PagePlan } from "./memory/page-dump";
 import type { PageStore } from "../image/page-store";
 import { openPageStore } from "../transfer/page-client";
+import { LazySource, type LazyServeResult } from "../transfer/lazy-source";
 import type { Endpoint } from "../transfer/connection";
 import { finishSnapshots, FROZEN_COPY_BYTES, newSnapshotCounters, type ProcessSnapshot, type SnapshotCounters } from "./memory/snapshot";
 import { Errno, SysError } from "../sys/errno";
@@ -94,6 +95,15 @@ export interface DumpOptions {
   snapshot?: boolean;
   /** Send the pages to this page server (--page-server) instead of writing them here. */
   pageServer?: Endpoint;
+  /**
+   * A lazy dump (--lazy-pages): anonymous private memory is not saved; once
+   * the images are written the tree stays frozen and its pages are served
+   * from here to the destination's lazy-pages daemon; the tree is killed
+   * when the destination has them all.
+   */
+  lazyPages?: Endpoint;
+  /** Called when the image set is complete (with --lazy-pages: before the pages are served). */
+  onImagesWritten?: (info: { lazyPagesAt?: string }) => void;
 }
 
 export interface DumpResult extends RoundResult {
@@ -105,6 +115,8 @@ export interface DumpResult extends RoundResult {
   irmap: IrmapCounters & { ms: number };
   /** How memory was copied: as a snapshot after the freeze (dump -R), or while frozen, and why. */
   snapshot: SnapshotCounters & { used: boolean; why?: string };
+  /** --lazy-pages: what the destination fetched. */
+  lazy?: LazyServeResult;
 }
 
 /** Everything read from one process while it was frozen. */
@@ -136,10 +148,14 @@ const TASK_DEAD = 2;
 export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const started = performance.now();
   const calls0 = snapshotCallCounts();
+  if (opts.lazyPages && opts.leaveRunning) throw new Error("--lazy-pages cannot be used with -R: the tree stays frozen until its pages have gone, then it is killed");
+  if (opts.lazyPages && opts.pageServer) throw new Error("--lazy-pages serves the pages itself: give it without --page-server");
   const out = ImageDirWriter.open(opts.dir);
   let pages: ReturnType<typeof openPageStore>;
+  let lazy: LazySource | null = null;
   try {
     pages = openPageStore(out, opts.pageServer);
+    if (opts.lazyPages) lazy = LazySource.listen(opts.lazyPages);
   } catch (e) {
     out.discard();
     out.close();
@@ -172,6 +188,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   let memdumpMs = 0;
   let memwriteMs = 0;
   let tracking: RoundTracking | null = null;
+  let lazyResult: LazyServeResult | null = null;
   const snapCounters = newSnapshotCounters();
   const snapshot: SnapshotChoice = { use: opts.leaveRunning && opts.snapshot !== false, counters: snapCounters };
   if (!opts.leaveRunning) snapshot.why = "the tree is killed after the dump: nothing runs to copy from";
@@ -230,6 +247,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       pagesScanned: dumped.reduce((s, d) => s + d.pages.pagesScanned, 0),
       pagesWritten: dumped.reduce((s, d) => s + d.pages.pagesWritten, 0),
       pagesInParent: dumped.reduce((s, d) => s + d.pages.pagesInParent, 0),
+      ...(opts.lazyPages ? { pagesLazy: dumped.reduce((s, d) => s + d.pages.lazy.reduce((n, r) => n + r.nrPages, 0), 0) } : {}),
       shpagesScanned: shared.counters.pagesScanned,
       shpagesWritten: shared.counters.pagesWritten,
       irmapMs: files.ctx.irmap.ms,
@@ -258,6 +276,11 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       const beforeKill = performance.now();
       figures = { ...pageFigures(), frozenMs: beforeKill - frozenAt, memwriteMs, totalMs: beforeKill - started };
       commitRound(out, figures, inv, tracking);
+      opts.onImagesWritten?.(lazy ? { lazyPagesAt: lazy.where } : {});
+      if (lazy) {
+        // The tree stays frozen while its pages are fetched; a destination that goes away first leaves it running here (the catch below).
+        lazyResult = await lazy.serve(dumped.map((d) => ({ pid: d.tree.pid, runs: d.pages.lazy })), () => guard.checkpoint());
+      }
       release(freezer, "kill");
       released = true;
       frozenMs = performance.now() - frozenAt;
@@ -272,6 +295,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       files: { ...files.ids.counters, fds: [...fdTables.values()].reduce((s, t) => s + t.length, 0), openFiles: files.kinds.size },
       bytesWritten: out.bytes,
       ...(server ? { pageServer: { peer: server.peer, ...server.counters } } : {}),
+      ...(lazyResult ? { lazy: lazyResult } : {}),
       tracking: tracking.summary,
       irmap: { ...files.ctx.irmap.counters, ms: files.ctx.irmap.ms },
       snapshot: {
@@ -289,6 +313,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   } finally {
     guard.dispose();
     store.close();
+    lazy?.close();
     for (const d of dumped) d.pages.dispose();
     for (const m of table.shmem) m.buffer.dispose();
     out.close();
@@ -384,7 +409,7 @@ function dumpProcess(
   const task: ProcessTaskState = readTaskState(proc, p.threads, status.sigCgt | status.sigIgn | (1n << BigInt(SIG.CHLD - 1)));
 
   const saved = vmas.filter((v) => v.savePages).map((v) => v.area);
-  const plan = planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved));
+  const plan = planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved), opts.lazyPages ? saved.filter(isLazyArea) : []);
 
   const cores = new Map<number, CoreEntry>();
   for (const tid of p.threads) {
@@ -437,6 +462,15 @@ function dumpProcess(
   // Last, so that nothing can fail between protecting the memory and handing the snapshot to the dump.
   const { pages, snapshot: snap } = processPages(pid, plan, snapshot);
   return { tree: p, ids, cores, mm, fdinfo, cwdId, rootId, umask: status.umask ?? 0o022, pages, ...(snap ? { snapshot: snap } : {}) };
+}
+
+/**
+ * Memory a lazy dump leaves for the destination to fetch: anonymous private
+ * areas (as CRIU's vma_entry_can_be_lazy), not the vDSO's and not locked ones
+ * (mlock'd memory must be there before the tree runs).
+ */
+function isLazyArea(a: MapArea): boolean {
+  return a.inode === 0n && !a.shared && !a.path.startsWith("[v") && !(a.vmFlags ?? []).includes("lo");
 }
 
 /**

@@ -25,6 +25,8 @@ export interface DumpFigures {
   pagesWritten: number;
   /** Pages recorded as in the parent image set, not written again. */
   pagesInParent: number;
+  /** A lazy dump: pages left for the destination to fetch (PE_LAZY). */
+  pagesLazy?: number;
   /** Pages of shared memory objects: their extents, and the pages saved. */
   shpagesScanned?: number;
   shpagesWritten?: number;
@@ -64,7 +66,7 @@ export function statsEntry(f: DumpFigures): StatsEntry {
       pagesScanned: BigInt(f.pagesScanned),
       pagesSkippedParent: BigInt(f.pagesInParent),
       pagesWritten: BigInt(f.pagesWritten),
-      pagesLazy: 0n,
+      pagesLazy: BigInt(f.pagesLazy ?? 0),
       ...(f.shpagesScanned !== undefined ? { shpagesScanned: BigInt(f.shpagesScanned), shpagesWritten: BigInt(f.shpagesWritten ?? 0) } : {}),
       ...(f.irmapMs !== undefined ? { irmapResolve: micros(f.irmapMs) } : {}),
       ...(f.snapshot && f.snapshot.processes > 0

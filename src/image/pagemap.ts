@@ -6,6 +6,8 @@ import { PagemapEntrySchema, PagemapHeadSchema, type PagemapEntry, type PagemapH
 
 /** pagemap entry flag: the run's contents are in the parent image set (unchanged since that round). */
 export const PE_PARENT = 1 << 0;
+/** pagemap entry flag: the run's contents are fetched on first touch from the dump's lazy-pages server (--lazy-pages). */
+export const PE_LAZY = 1 << 1;
 /** pagemap entry flag: the run's contents are in the pages file. */
 export const PE_PRESENT = 1 << 2;
 
@@ -17,6 +19,11 @@ export function entryPageCount(e: PagemapEntry): number {
 /** The entry's pages are in the parent image set (the flag, or the obsolete in_parent). */
 export function entryInParent(e: PagemapEntry): boolean {
   return (e.flags & PE_PARENT) !== 0 || e.inParent;
+}
+
+/** The entry's pages come later, from the source host (a lazy dump), unless they are also present. */
+export function entryLazy(e: PagemapEntry): boolean {
+  return (e.flags & PE_LAZY) !== 0 && !entryPresent(e);
 }
 
 /**

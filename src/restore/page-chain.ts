@@ -7,7 +7,7 @@
  * `parent` symlink each iterative dump leaves in its directory.
  */
 import type { PagemapEntry } from "../image/gen/pagemap_pb";
-import { entryInParent, entryPageCount, entryPresent, splitPagemap } from "../image/pagemap";
+import { entryInParent, entryLazy, entryPageCount, entryPresent, splitPagemap } from "../image/pagemap";
 import { isAbsolute, join } from "node:path";
 import { readlinkat } from "../sys/libc";
 import { AT, PAGE_SIZE } from "../sys/nr";
@@ -69,6 +69,13 @@ export class PageChain {
   /** Every piece to fill, in the top round's order. */
   pieces: PagePiece[] = [];
 
+  /** A lazy dump's runs (PE_LAZY): fetched from the source on first touch, not filled here. */
+  lazy: { start: bigint; end: bigint }[] = [];
+
+  get lazyPages(): number {
+    return this.lazy.reduce((s, r) => s + Number((r.end - r.start) / BigInt(PAGE_SIZE)), 0);
+  }
+
   /** Rounds loaded so far, the image set's own first. */
   get loaded(): readonly Round[] {
     return this.rounds;
@@ -109,7 +116,8 @@ export class PageChain {
       const offset = top.offsets[i]!;
       if (offset >= 0) out.push({ remote: e.vaddr, round: 0, offset, length });
       else if (entryInParent(e)) this.resolve(1, e.vaddr, e.vaddr + BigInt(length), out);
-      else throw new Error(`${top.dir}: pagemap of process ${this.pid} has pages at 0x${e.vaddr.toString(16)} that are neither present nor in the parent (flags ${e.flags}); lazy pages are not supported`);
+      else if (entryLazy(e)) this.lazy.push({ start: e.vaddr, end: e.vaddr + BigInt(length) });
+      else throw new Error(`${top.dir}: pagemap of process ${this.pid} has pages at 0x${e.vaddr.toString(16)} that are neither present, nor in the parent, nor lazy (flags ${e.flags})`);
     });
     return out;
   }

@@ -31,6 +31,7 @@ import { FdinfoEntrySchema, FileEntrySchema, type FdinfoEntry } from "../image/g
 import { FsEntrySchema, type FsEntry } from "../image/gen/fs_pb";
 import { MmEntrySchema, type MmEntry } from "../image/gen/mm_pb";
 import { PageChain } from "./page-chain";
+import { LazyHandoff, lazyAreas } from "./lazy";
 import { InventoryEntrySchema } from "../image/gen/inventory_pb";
 import { PstreeEntrySchema, type PstreeEntry } from "../image/gen/pstree_pb";
 import { CoreEntry_March, SeccompMode, TaskCoreEntrySchema, TaskKobjIdsEntrySchema, ThreadCoreEntrySchema, type TaskKobjIdsEntry } from "../image/gen/core_pb";
@@ -80,6 +81,11 @@ export interface RestoreOptions {
    * where every task has its dumped pid, whatever holds those pids on this host.
    */
   newPidNs?: boolean;
+  /**
+   * The set is a lazy dump's (--lazy-pages): its lazy pages are filled on
+   * first touch by the `ckpt lazy-pages` daemon serving this directory.
+   */
+  lazyPages?: boolean;
 }
 
 export interface RestoreFigures {
@@ -227,6 +233,8 @@ interface RestoreContext {
   /** filelocks.img by the pid that holds each lock. */
   locks: ReadonlyMap<number, readonly FileLockEntry[]>;
   figures: RestoreFigures;
+  /** With --lazy-pages: where each process's userfaultfd goes. */
+  lazy: LazyHandoff | null;
 }
 
 /**
@@ -250,6 +258,7 @@ function restoreProcess(ctx: RestoreContext, p: ProcessPlan, tree: RestoredTree)
     puppet: task, pid, mm: p.mm, pages: p.pages, syscallPage: ctx.syscallPage, scratch, fds,
     ckptFd: (id) => files.fd(id), mappedFd: (id, access) => files.fdForMapping(id, access), sharedFd: (shmid) => ctx.shared.fd(shmid), proc: ctx.proc,
   });
+  if (ctx.lazy && p.pages.lazy.length > 0) ctx.lazy.register(task, pid, lazyAreas(p.mm.vmas, p.pages.lazy));
   ctx.figures.mmMs += performance.now() - t;
   ctx.figures.pagesMs += fill.ms;
   t = performance.now();
@@ -318,6 +327,13 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   // Every byte as the dump wrote it (the parents' are checked as the page chains reach them).
   images.verifyDigests();
   const { pstree, processes: plan, zombies, locks } = loadPlan(images);
+  const lazyPids = plan.filter((p) => p.pages.lazy.length > 0);
+  if (lazyPids.length > 0 && !opts.lazyPages) {
+    const p = lazyPids[0]!;
+    throw new Error(`pagemap-${p.entry.pid}.img holds ${p.pages.lazyPages} lazy page(s) (a dump made with --lazy-pages, whose source serves them): restore with --lazy-pages, with \`ckpt lazy-pages\` running for ${opts.dir}`);
+  }
+  // Reached before anything is made: without its daemon a lazy restore cannot run.
+  const lazy = opts.lazyPages ? LazyHandoff.connect(opts.dir) : null;
   const shared = new SharedAnonObjects(images, plan.map((p) => p.mm));
   const proc = new ProcFs();
   try {
@@ -328,6 +344,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     } else checkPidsFree(proc, pstree);
   } catch (e) {
     proc.close();
+    lazy?.close();
     throw e;
   }
   const created: number[] = [];
@@ -377,7 +394,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     files.applyOwners();
     figures.filesMs += performance.now() - t;
 
-    const ctx: RestoreContext = { proc, files, syscallPage, scratch, epollsDone: new Set(), shared, locks, figures };
+    const ctx: RestoreContext = { proc, files, syscallPage, scratch, epollsDone: new Set(), shared, locks, figures, lazy };
     /** Tasks to stop as they are let go, with the stop signal of each. */
     const stopped = new Map<number, number>();
     for (const p of plan) {
@@ -389,6 +406,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     files = undefined;
     pagesRestored += shared.pages;
     shared.close();
+    // The daemon holds every userfaultfd before any task runs.
+    lazy?.finish();
 
     // Last: the syscall page goes, and every thread gets its registers in a signal stop.
     for (const p of plan) {
@@ -423,6 +442,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   } finally {
     shared.close();
     proc.close();
+    lazy?.close();
   }
   figures.totalMs = performance.now() - started;
   return {

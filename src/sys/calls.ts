@@ -3,6 +3,7 @@
  * kcmp, pidfd_open, pidfd_getfd, name_to_handle_at, open_by_handle_at,
  * userfaultfd. Each throws a SysError naming the call on failure.
  */
+import { Errno, SysError } from "./errno";
 import { addressOf, cstr, syscall } from "./libc";
 import { F, KCMP, SYS } from "./nr";
 import { decodeFileHandle, emptyFileHandle, encodeFileHandle, type FileHandle } from "./structs";
@@ -47,6 +48,25 @@ export function nameToHandleAt(dirfd: number, path: string, flags = 0): { handle
 export function openByHandleAt(mountFd: number, handle: FileHandle, flags: number): number {
   const buf = encodeFileHandle(handle);
   return Number(syscall("open_by_handle_at", SYS.open_by_handle_at, [mountFd, addressOf(buf), flags], [String(mountFd), `handle type ${handle.type}`, `0${flags.toString(8)}`]));
+}
+
+/**
+ * poll(2): wait up to `timeoutMs` (-1: for ever) for any of `fds`; returns
+ * each one's revents, in order (EINTR counts as nothing ready).
+ */
+export function poll(fds: readonly { fd: number; events: number }[], timeoutMs: number): number[] {
+  const buf = new Int32Array(fds.length * 2);
+  fds.forEach((f, i) => {
+    buf[i * 2] = f.fd;
+    buf[i * 2 + 1] = f.events & 0xffff;
+  });
+  try {
+    syscall("poll", SYS.poll, [fds.length > 0 ? addressOf(buf) : 0, fds.length, timeoutMs], [`${fds.length} fds`, String(timeoutMs)]);
+  } catch (e) {
+    if (e instanceof SysError && e.errno === Errno.EINTR) return fds.map(() => 0);
+    throw e;
+  }
+  return fds.map((_, i) => ((buf[i * 2 + 1] ?? 0) >>> 16) & 0xffff);
 }
 
 /** userfaultfd(2). */

@@ -113,16 +113,23 @@ export const PM_SCAN = { WP_MATCHING: 1, CHECK_WPASYNC: 2 } as const;
 export const UFFDIO_API = 0xc018aa3f;
 /** Register a range with a userfaultfd: _IOWR(0xAA, 0x00, struct uffdio_register). */
 export const UFFDIO_REGISTER = 0xc020aa00;
+export const UFFDIO_REGISTER_MODE_MISSING = 1;
 export const UFFDIO_REGISTER_MODE_WP = 2;
+/** Fill missing pages (and wake their waiters): _IOWR(0xAA, 3, struct uffdio_copy), _IOWR(0xAA, 4, struct uffdio_zeropage). */
+export const UFFDIO_COPY = 0xc028aa03;
+export const UFFDIO_ZEROPAGE = 0xc020aa04;
 export const UFFD_API = 0xaa;
 export const UFFD_USER_MODE_ONLY = 1;
-export const UFFD_FEATURE = { PAGEFAULT_FLAG_WP: 1 << 0, EVENT_REMAP: 1 << 2, EVENT_REMOVE: 1 << 3, EVENT_UNMAP: 1 << 6, WP_UNPOPULATED: 1 << 13, WP_ASYNC: 1 << 15 } as const;
+export const UFFD_FEATURE = { PAGEFAULT_FLAG_WP: 1 << 0, EVENT_FORK: 1 << 1, EVENT_REMAP: 1 << 2, EVENT_REMOVE: 1 << 3, EVENT_UNMAP: 1 << 6, WP_UNPOPULATED: 1 << 13, WP_ASYNC: 1 << 15 } as const;
 /** UFFDIO_WRITEPROTECT: _IOWR(0xAA, 6, struct uffdio_writeprotect { range; mode }). */
 export const UFFDIO_WRITEPROTECT = 0xc018aa06;
 export const UFFDIO_WRITEPROTECT_MODE_WP = 1;
 /** struct uffd_msg: 32 bytes; its event, and the events a snapshot asks for. */
 export const UFFD_MSG_SIZE = 32;
 export const UFFD_EVENT = { PAGEFAULT: 0x12, FORK: 0x13, REMAP: 0x14, REMOVE: 0x15, UNMAP: 0x16 } as const;
+
+/** poll(2) events. */
+export const POLL = { IN: 0x1, PRI: 0x2, OUT: 0x4, ERR: 0x8, HUP: 0x10, NVAL: 0x20 } as const;
 
 /** Size of one page on x86_64. */
 export const PAGE_SIZE = 4096;

@@ -311,3 +311,33 @@ export function encodeUffdioRegister(start: bigint, len: bigint, mode: number, b
 
 /** struct uffdio_api { u64 api; u64 features; u64 ioctls; }. */
 export const UFFDIO_API_SIZE = 24;
+
+/** struct uffdio_copy { u64 dst, src, len, mode; s64 copy; }: 40 bytes. */
+export const UFFDIO_COPY_SIZE = 40;
+
+export function encodeUffdioCopy(dst: bigint, src: bigint, len: bigint, buf = new Uint8Array(UFFDIO_COPY_SIZE)): Uint8Array {
+  const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  v.setBigUint64(0, dst, true);
+  v.setBigUint64(8, src, true);
+  v.setBigUint64(16, len, true);
+  v.setBigUint64(24, 0n, true);
+  v.setBigInt64(32, 0n, true);
+  return buf;
+}
+
+/** The `copy` field of a uffdio_copy or `zeropage` of a uffdio_zeropage after the ioctl: bytes done, or a negative errno. */
+export function uffdioDone(buf: Uint8Array, offset: number): bigint {
+  return new DataView(buf.buffer, buf.byteOffset, buf.byteLength).getBigInt64(offset, true);
+}
+
+/** struct uffdio_zeropage { struct uffdio_range range; u64 mode; s64 zeropage; }: 32 bytes. */
+export const UFFDIO_ZEROPAGE_SIZE = 32;
+
+export function encodeUffdioZeropage(start: bigint, len: bigint, buf = new Uint8Array(UFFDIO_ZEROPAGE_SIZE)): Uint8Array {
+  const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  v.setBigUint64(0, start, true);
+  v.setBigUint64(8, len, true);
+  v.setBigUint64(16, 0n, true);
+  v.setBigInt64(24, 0n, true);
+  return buf;
+}

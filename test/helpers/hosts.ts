@@ -110,3 +110,20 @@ export async function startPageServer(h: Host, args: readonly string[], port: nu
 export function freshPort(): number {
   return 20000 + Math.floor(Math.random() * 20000);
 }
+
+/** A ckpt command running on a host, to wait for or kill. */
+export interface Running {
+  pid: number;
+  done: Promise<Ran>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+/** Start ckpt (from source) with `args` on a host, in the background. */
+export function spawnOn(h: Host, args: readonly string[]): Running {
+  const child = Bun.spawn(h.argv([process.execPath, MAIN, ...args]), { stdout: "pipe", stderr: "pipe" });
+  const done = (async (): Promise<Ran> => {
+    const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited.catch(() => -1)]);
+    return { code, stdout, stderr };
+  })();
+  return { pid: child.pid, done, kill: (signal = "SIGKILL") => child.kill(signal) };
+}

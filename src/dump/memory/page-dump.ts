@@ -36,6 +36,8 @@ export interface ProcessTracking {
 
 export interface PageCopy {
   entries: PagemapEntry[];
+  /** A lazy dump: the runs left for the source to serve (not in the copy). */
+  lazy: PageRun[];
   pagesScanned: number;
   pagesWritten: number;
   /** Pages recorded as in the parent and not written (CRIU's pages_skipped_parent). */
@@ -48,6 +50,8 @@ export interface PageCopy {
 }
 
 export interface PagePlan {
+  /** A lazy dump: the runs left for the source to serve. */
+  lazy: PageRun[];
   pagesScanned: number;
   pagesToWrite: number;
   pagesInParent: number;
@@ -114,8 +118,43 @@ function savedWhole(a: MapArea): boolean {
 
 const byAddress = (x: PageRun, y: PageRun): number => (x.vaddr < y.vaddr ? -1 : x.vaddr > y.vaddr ? 1 : 0);
 
-/** Find the pages to save (the tree is frozen). */
-export function planProcessPages(pid: number, areas: readonly MapArea[], choice: PageScanChoice, proc: ProcFs, counters: PageCounters, tracking: ProcessTracking | null): PagePlan {
+/**
+ * Mark the parts of the runs to save that lie in `lazyAreas` (sorted, not
+ * overlapping) as lazy; a run spanning neighbouring areas is split at their
+ * bounds. In-parent runs stay as they are.
+ */
+function markLazy(runs: readonly PageRun[], lazyAreas: readonly MapArea[]): PageRun[] {
+  if (lazyAreas.length === 0) return [...runs];
+  const out: PageRun[] = [];
+  const page = BigInt(PAGE_SIZE);
+  for (const run of runs) {
+    if (run.dirty === false) {
+      out.push(run);
+      continue;
+    }
+    let at = run.vaddr;
+    const end = run.vaddr + BigInt(run.nrPages) * page;
+    const piece = (from: bigint, to: bigint, lazy: boolean): void => {
+      if (to > from) out.push({ ...run, vaddr: from, nrPages: Number((to - from) / page), ...(lazy ? { lazy: true } : {}) });
+    };
+    for (const a of lazyAreas) {
+      if (a.end <= at) continue;
+      if (a.start >= end) break;
+      piece(at, a.start > at ? a.start : at, false);
+      const stop = a.end < end ? a.end : end;
+      piece(a.start > at ? a.start : at, stop, true);
+      at = stop;
+    }
+    piece(at, end, false);
+  }
+  return out;
+}
+
+/**
+ * Find the pages to save (the tree is frozen). `lazyAreas`: a lazy dump's
+ * areas whose pages are left for the source to serve (PE_LAZY).
+ */
+export function planProcessPages(pid: number, areas: readonly MapArea[], choice: PageScanChoice, proc: ProcFs, counters: PageCounters, tracking: ProcessTracking | null, lazyAreas: readonly MapArea[] = []): PagePlan {
   const t = performance.now();
   const method = methodOf(choice);
   const allVmas = areas.map(toVma);
@@ -147,19 +186,21 @@ export function planProcessPages(pid: number, areas: readonly MapArea[], choice:
     runs = [...runs, ...wholeRuns].sort(byAddress);
     pagesScanned += wholeRuns.reduce((s, r) => s + r.nrPages, 0);
   }
-  const toWrite = runs.filter((r) => r.dirty !== false);
+  runs = markLazy(runs, [...lazyAreas].sort((a, b) => (a.start < b.start ? -1 : 1)));
+  const toWrite = runs.filter((r) => r.dirty !== false && !r.lazy);
+  const lazy = runs.filter((r) => r.lazy);
   const pagesToWrite = toWrite.reduce((s, r) => s + r.nrPages, 0);
-  const pagesInParent = runs.reduce((s, r) => s + r.nrPages, 0) - pagesToWrite;
+  const pagesInParent = runs.filter((r) => r.dirty === false).reduce((s, r) => s + r.nrPages, 0);
   const scanMs = performance.now() - t;
   return {
-    pagesScanned, pagesToWrite, pagesInParent, scanMs,
+    lazy, pagesScanned, pagesToWrite, pagesInParent, scanMs,
     beginSnapshot(snapCounters) {
       const c = performance.now();
       const snapshot = ProcessSnapshot.begin(proc, pid, allVmas, toWrite, snapCounters);
       return {
         snapshot,
         pages: {
-          entries: pagemapEntries(runs),
+          entries: pagemapEntries(runs), lazy,
           pagesScanned, pagesWritten: pagesToWrite, pagesInParent,
           ms: scanMs + performance.now() - c,
           writeTo(sink) {
@@ -176,7 +217,7 @@ export function planProcessPages(pid: number, areas: readonly MapArea[], choice:
       const c = performance.now();
       const data = copyPages(pid, allVmas, toWrite, { proc, counters, running });
       return {
-        entries: pagemapEntries(runs),
+        entries: pagemapEntries(runs), lazy,
         pagesScanned, pagesWritten: pagesToWrite, pagesInParent,
         ms: scanMs + performance.now() - c,
         writeTo(sink) {

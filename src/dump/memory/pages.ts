@@ -23,7 +23,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { PagemapEntrySchema, type PagemapEntry } from "../../image/gen/pagemap_pb";
-import { PE_PARENT, PE_PRESENT } from "../../image/pagemap";
+import { PE_LAZY, PE_PARENT, PE_PRESENT } from "../../image/pagemap";
 import { ProcFs } from "../../proc/procfs";
 import { Errno, SysError } from "../../sys/errno";
 import { addressOf, close, ioctl, madvise, memoryView, mmap, munmap, preadInto, processVmReadv } from "../../sys/libc";
@@ -54,6 +54,8 @@ export interface PageRun {
    * tracking was armed (false: unchanged since the previous round).
    */
   dirty?: boolean;
+  /** A lazy dump: the run is not saved, the source serves it on demand (PE_LAZY). */
+  lazy?: boolean;
 }
 
 /**
@@ -795,7 +797,7 @@ export function pagemapEntries(runs: readonly PageRun[]): PagemapEntry[] {
   return runs.map((run) => create(PagemapEntrySchema, {
     vaddr: run.vaddr,
     compatNrPages: run.nrPages,
-    flags: run.dirty === false ? PE_PARENT : PE_PRESENT,
+    flags: run.dirty === false ? PE_PARENT : run.lazy ? PE_LAZY : PE_PRESENT,
     nrPages: BigInt(run.nrPages),
   }));
 }

@@ -1,0 +1,37 @@
+/** `ckpt lazy-pages`: fill a lazily restored tree's memory from the source (`dump --lazy-pages`). */
+import { defineCommand } from "citty";
+import { LazyPagesDaemon } from "../transfer/lazy-pages";
+import { parsePort } from "./dump-args";
+import { rejectUnknownArgs, UsageError } from "./exit";
+
+export const lazyPagesCommand = defineCommand({
+  meta: { name: "lazy-pages", description: "Serve `ckpt restore --lazy-pages -D DIR`: fetch each page from the source (`ckpt dump --lazy-pages`) on first touch, the rest in the background; exit 0 when all are in place" },
+  args: {
+    "images-dir": { type: "string", alias: "D", description: "the image directory the restore reads (the socket lazy-pages.socket is made there)", required: true },
+    "page-server": { type: "boolean", description: "fetch the pages from the source's dump --lazy-pages at --address/--port (as CRIU's option; required)", default: false },
+    address: { type: "string", description: "the source's IPv4 or IPv6 address" },
+    port: { type: "string", description: "the source's TCP port" },
+    json: { type: "boolean", description: "print a JSON summary instead of one line", default: false },
+  },
+  run({ args, rawArgs }) {
+    rejectUnknownArgs(rawArgs, ["images-dir", "D", "page-server", "address", "port", "json"], 0, ["images-dir", "D", "address", "port"]);
+    const dir = String(args["images-dir"]);
+    if (dir === "") throw new UsageError("-D/--images-dir needs a directory");
+    if (!args["page-server"] || args.address === undefined || args.port === undefined) {
+      throw new UsageError("ckpt lazy-pages fetches the pages from the source: give --page-server --address SOURCE --port N");
+    }
+    const result = LazyPagesDaemon.run({
+      dir,
+      source: { address: String(args.address), port: parsePort(args.port) },
+      onReady: (path) => process.stderr.write(`ckpt: lazy-pages ready for the restore at ${path}\n`),
+    });
+    if (args.json) {
+      process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+      return;
+    }
+    process.stdout.write(
+      `filled ${result.pagesOnFault + result.pagesInBackground} lazy pages of ${result.processes} process(es) from ${result.source}: ` +
+        `${result.pagesOnFault} on ${result.faults} fault(s), ${result.pagesInBackground} in the background, ${result.zeroPages} zero page(s), ${result.ms.toFixed(1)} ms\n`,
+    );
+  },
+});

@@ -1,0 +1,448 @@
+/**
+ * `ckpt lazy-pages`: the destination end of a lazy (post-copy) migration.
+ *
+ * It connects to the source (`ckpt dump --lazy-pages`, which keeps the tree
+ * frozen there), then waits on DIR/lazy-pages.socket for `ckpt restore
+ * --lazy-pages` to hand over one userfaultfd per restored process
+ * (restore/lazy.ts). From then on:
+ *  - a thread touching a lazy page faults; the page (and a few after it in
+ *    the same run) is fetched with PS_IOV_GET and placed with UFFDIO_COPY,
+ *    which wakes the thread;
+ *  - when no fault waits, the rest is pulled in the background, a run of up
+ *    to 1 MiB at a time;
+ *  - a page of a registered area that was never saved (untouched memory),
+ *    or one the process dropped (MADV_DONTNEED) or unmapped since, reads as
+ *    zeros (UFFDIO_ZEROPAGE);
+ *  - fork, mremap, munmap and madvise arrive as events: a forked child gets
+ *    a userfaultfd of its own with the parent's progress, moved memory is
+ *    followed to its new address.
+ * When every lazy page is in place the source is told (CLOSE) and both ends
+ * exit. If the source goes away first, the restored tree cannot get the rest
+ * of its memory: it is killed, never left running on part of it.
+ */
+import { readFileSync } from "node:fs";
+import { readImageFile } from "../image/image-file";
+import { entryLazy, entryPageCount, splitPagemap } from "../image/pagemap";
+import { fcntl, poll } from "../sys/calls";
+import { Errno, SysError } from "../sys/errno";
+import { addressOf, close, ioctl, readInto, unlinkat } from "../sys/libc";
+import { AT, F, O, PAGE_SIZE, POLL, UFFD_EVENT, UFFD_MSG_SIZE, UFFDIO_COPY, UFFDIO_ZEROPAGE } from "../sys/nr";
+import { accept4, AF, bind, cmsgFds, decodeCmsgs, listen, recvmsg, sendto, SOCK, socket, sockaddrUn } from "../sys/socket";
+import { encodeUffdioCopy, encodeUffdioZeropage, uffdioDone, UFFDIO_COPY_SIZE, UFFDIO_ZEROPAGE_SIZE } from "../sys/structs";
+import { Connection, ConnectionLost, type Endpoint } from "./connection";
+import { decodeIov, encodeIov, PS, PSI_SIZE } from "./protocol";
+
+const LAZY_SOCKET = "lazy-pages.socket";
+/** Pages fetched for one fault: the faulting page and the next ones of its run. */
+const FAULT_PAGES = 16;
+/** Pages fetched per background request. */
+const BACKGROUND_PAGES = 256;
+const POLL_IDLE_MS = 100;
+
+export interface LazyPagesOptions {
+  dir: string;
+  source: Endpoint;
+  /** Called once the socket for the restore is listening. */
+  onReady?: (socketPath: string) => void;
+}
+
+export interface LazyPagesResult {
+  source: string;
+  processes: number;
+  pagesLazy: number;
+  faults: number;
+  pagesOnFault: number;
+  pagesInBackground: number;
+  zeroPages: number;
+  bytesReceived: number;
+  /** From the handoff to the last page in place. */
+  ms: number;
+}
+
+/** One mm's lazy pages: page states of each run (0: still at the source). */
+class Progress {
+  constructor(
+    readonly starts: bigint[],
+    readonly ends: bigint[],
+    readonly todo: Uint8Array[],
+    public left: number,
+    /** Run and page the background fetch looks at next. */
+    public cursor = { run: 0, page: 0 },
+  ) {}
+
+  static of(runs: { start: bigint; end: bigint }[]): Progress {
+    const sorted = [...runs].sort((a, b) => (a.start < b.start ? -1 : 1));
+    const todo = sorted.map((r) => new Uint8Array(Number((r.end - r.start) / BigInt(PAGE_SIZE))).fill(1));
+    return new Progress(sorted.map((r) => r.start), sorted.map((r) => r.end), todo, todo.reduce((s, t) => s + t.length, 0));
+  }
+
+  clone(): Progress {
+    return new Progress([...this.starts], [...this.ends], this.todo.map((t) => t.slice()), this.left, { ...this.cursor });
+  }
+
+  find(addr: bigint): number {
+    let lo = 0;
+    let hi = this.starts.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.ends[mid]! <= addr) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo < this.starts.length && this.starts[lo]! <= addr ? lo : -1;
+  }
+
+  /** Whether the page at original address `addr` is still to fetch. */
+  pending(addr: bigint): boolean {
+    const run = this.find(addr);
+    return run >= 0 && this.todo[run]![Number((addr - this.starts[run]!) / BigInt(PAGE_SIZE))] === 1;
+  }
+
+  /** Pages still to fetch from `addr` on, in its run, up to `max`. */
+  span(addr: bigint, max: number): number {
+    const run = this.find(addr);
+    if (run < 0) return 0;
+    const t = this.todo[run]!;
+    let i = Number((addr - this.starts[run]!) / BigInt(PAGE_SIZE));
+    let n = 0;
+    while (i < t.length && t[i] === 1 && n < max) {
+      i++;
+      n++;
+    }
+    return n;
+  }
+
+  /** Mark [addr, addr + pages) as no longer at the source (fetched, dropped or unmapped). */
+  settle(addr: bigint, pages: number): void {
+    const end = addr + BigInt(pages * PAGE_SIZE);
+    for (let run = Math.max(0, this.find(addr)); run < this.starts.length && this.starts[run]! < end; run++) {
+      const t = this.todo[run]!;
+      const from = addr > this.starts[run]! ? Number((addr - this.starts[run]!) / BigInt(PAGE_SIZE)) : 0;
+      const to = Math.min(t.length, Number((end - this.starts[run]!) / BigInt(PAGE_SIZE)));
+      for (let i = from; i < to; i++) {
+        if (t[i] === 1) {
+          t[i] = 0;
+          this.left--;
+        }
+      }
+    }
+  }
+
+  /** The next page still at the source, from the cursor on; null when none. */
+  next(): bigint | null {
+    while (this.cursor.run < this.starts.length) {
+      const t = this.todo[this.cursor.run]!;
+      while (this.cursor.page < t.length) {
+        if (t[this.cursor.page] === 1) return this.starts[this.cursor.run]! + BigInt(this.cursor.page * PAGE_SIZE);
+        this.cursor.page++;
+      }
+      this.cursor.run++;
+      this.cursor.page = 0;
+    }
+    return null;
+  }
+}
+
+/** A restored mm: its userfaultfd, whose pages it gets (the image pid), and where moved memory went. */
+interface LazyMm {
+  uffd: number;
+  pid: number;
+  progress: Progress;
+  /** mremap'd ranges: [start, end) now holds what was at `from` in the image. */
+  moved: { start: bigint; end: bigint; from: bigint }[];
+}
+
+/** The image address of what is now at `addr`. */
+function original(mm: LazyMm, addr: bigint): bigint {
+  for (const m of mm.moved) if (addr >= m.start && addr < m.end) return m.from + (addr - m.start);
+  return addr;
+}
+
+function lazyRunsOf(dir: string, pid: number): { start: bigint; end: bigint }[] {
+  const path = `${dir}/pagemap-${pid}.img`;
+  const { entries } = splitPagemap(readImageFile(path).entries, path);
+  return entries.filter(entryLazy).map((e) => ({ start: e.vaddr, end: e.vaddr + BigInt(entryPageCount(e) * PAGE_SIZE) }));
+}
+
+/** A process and every descendant it has now (children of every thread, recursively). */
+function treeOf(pid: number, into: Set<number>): void {
+  if (into.has(pid)) return;
+  into.add(pid);
+  try {
+    for (const task of readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean)) treeOf(Number(task), into);
+  } catch {
+    // gone
+  }
+}
+
+/** The restore failed before its tree ran: it removed what it made, nothing to kill here. */
+class HandoffFailed extends Error {
+  override readonly name = "HandoffFailed";
+}
+
+export class LazyPagesDaemon {
+  private readonly mms: LazyMm[] = [];
+  private readonly hostPids: number[] = [];
+  private readonly header = new Uint8Array(PSI_SIZE);
+  private readonly buffer = new Uint8Array(BACKGROUND_PAGES * PAGE_SIZE);
+  private readonly msg = new Uint8Array(UFFD_MSG_SIZE * 16);
+  private readonly copyArg = new Uint8Array(UFFDIO_COPY_SIZE);
+  private readonly zeroArg = new Uint8Array(UFFDIO_ZEROPAGE_SIZE);
+  private readonly counters = { faults: 0, pagesOnFault: 0, pagesInBackground: 0, zeroPages: 0 };
+
+  private constructor(private readonly source: Connection, private readonly dir: string) {}
+
+  /** Connect to the source, take the restore's userfaultfds, and fill every lazy page. */
+  static run(opts: LazyPagesOptions): LazyPagesResult {
+    const source = Connection.connect(opts.source);
+    const daemon = new LazyPagesDaemon(source, opts.dir);
+    try {
+      source.noDelay(true);
+      const restore = daemon.acceptRestore(opts.onReady);
+      const started = performance.now();
+      try {
+        daemon.fill(restore);
+      } catch (e) {
+        if (e instanceof HandoffFailed) throw e;
+        const killed = daemon.killTree();
+        throw new Error(`${(e as Error).message}: the restored tree could not get the rest of its memory and was killed (${killed} process(es))`, { cause: e });
+      }
+      const ms = performance.now() - started;
+      // Everything is in place: the source may end (and its tree with it).
+      source.sendAll(encodeIov({ cmd: PS.CLOSE, nrPages: 0n, vaddr: 0n, dstId: 0n }, daemon.header));
+      const status = new Uint8Array(4);
+      source.recvExact(status);
+      return { source: source.peer, processes: daemon.hostPids.length, pagesLazy: daemon.pagesLazy, ...daemon.counters, bytesReceived: source.received, ms };
+    } finally {
+      for (const m of daemon.mms) close(m.uffd);
+      source.close();
+    }
+  }
+
+  /** Listen on DIR/lazy-pages.socket and take the one restore that comes; the socket file goes once it is in. */
+  private acceptRestore(onReady?: (path: string) => void): number {
+    const path = `${this.dir}/${LAZY_SOCKET}`;
+    const listener = socket(AF.UNIX, SOCK.SEQPACKET | SOCK.CLOEXEC);
+    try {
+      try {
+        unlinkat(AT.FDCWD, path);
+      } catch {
+        // none left from before
+      }
+      bind(listener, sockaddrUn(path));
+      listen(listener, 1);
+      onReady?.(path);
+      return accept4(listener, SOCK.CLOEXEC);
+    } finally {
+      close(listener);
+      try {
+        unlinkat(AT.FDCWD, path);
+      } catch {
+        // removed already
+      }
+    }
+  }
+
+  private readonly handoffData = new Uint8Array(8);
+  private readonly handoffControl = new Uint8Array(64);
+  private pagesLazy = 0;
+
+  /**
+   * One handoff message from the restore: a process's userfaultfd (true), or
+   * the end of them (false, answered). Faults are served meanwhile: the
+   * restore itself makes the kernel touch lazy memory (rseq registration).
+   */
+  private takeHandoff(conn: number): boolean {
+    const got = recvmsg(conn, this.handoffData, 0, this.handoffControl);
+    const fds = cmsgFds(decodeCmsgs(got.control));
+    if (got.bytes === 0) throw new HandoffFailed("the restore went away before handing over every userfaultfd (it failed, and removed what it made)");
+    const ids = new Uint32Array(this.handoffData.buffer);
+    const [pid, hostPid] = [ids[0]!, ids[1]!];
+    if (pid === 0) {
+      sendto(conn, new Uint8Array([1]));
+      return false;
+    }
+    if (fds.length !== 1) throw new HandoffFailed(`the restore sent ${fds.length} fds for process ${pid}`);
+    fcntl(fds[0]!, F.SETFL, O.NONBLOCK);
+    const progress = Progress.of(lazyRunsOf(this.dir, pid));
+    this.pagesLazy += progress.left;
+    this.mms.push({ uffd: fds[0]!, pid, progress, moved: [] });
+    this.hostPids.push(hostPid);
+    return true;
+  }
+
+  private left(): number {
+    return this.mms.reduce((s, m) => s + m.progress.left, 0);
+  }
+
+  /** The event loop: the restore's handoff, faults first, the background fetch when none waits. */
+  private fill(restore: number): void {
+    let turn = 0;
+    let handoff = restore;
+    try {
+      while (handoff >= 0 || (this.left() > 0 && this.mms.length > 0)) {
+        const fds = [{ fd: this.source.fd, events: POLL.IN }, ...(handoff >= 0 ? [{ fd: handoff, events: POLL.IN }] : []), ...this.mms.map((m) => ({ fd: m.uffd, events: POLL.IN }))];
+        // Until the handoff ends, wait; after it, only look (there is background work).
+        const ready = poll(fds, handoff >= 0 ? POLL_IDLE_MS : 0);
+        if (ready[0]! & (POLL.IN | POLL.HUP | POLL.ERR)) throw new ConnectionLost(`the source at ${this.source.peer} closed the connection with ${this.left()} lazy page(s) not yet here`);
+        let handled = false;
+        // A fork adds an mm while we go: walk the ones polled.
+        const polled = this.mms.slice();
+        const first = handoff >= 0 ? 2 : 1;
+        polled.forEach((m, i) => {
+          if (ready[first + i]! & (POLL.IN | POLL.HUP | POLL.ERR)) handled = this.drain(m) || handled;
+        });
+        if (handoff >= 0 && ready[1]! & (POLL.IN | POLL.HUP | POLL.ERR)) {
+          if (!this.takeHandoff(handoff)) {
+            close(handoff);
+            handoff = -1;
+          }
+          continue;
+        }
+        if (handled || handoff >= 0) continue;
+        // Nothing waits: one background request, round-robin over the mms.
+        const live = this.mms.filter((m) => m.progress.left > 0);
+        if (live.length === 0) break;
+        const m = live[turn++ % live.length]!;
+        const at = m.progress.next();
+        if (at !== null) this.fetch(m, at, at, BACKGROUND_PAGES, false);
+      }
+    } finally {
+      if (handoff >= 0) close(handoff);
+    }
+  }
+
+  /** Read and handle the events waiting on one userfaultfd; false when there were none. */
+  private drain(m: LazyMm): boolean {
+    let any = false;
+    for (;;) {
+      let n: number;
+      try {
+        n = readInto(m.uffd, this.msg);
+      } catch (e) {
+        if (e instanceof SysError && e.errno === Errno.EAGAIN) return any;
+        throw e;
+      }
+      if (n <= 0) {
+        // The mm is gone (every process using it exited).
+        this.drop(m);
+        return any;
+      }
+      any = true;
+      for (let at = 0; at + UFFD_MSG_SIZE <= n; at += UFFD_MSG_SIZE) this.handle(m, at);
+    }
+  }
+
+  private drop(m: LazyMm): void {
+    const i = this.mms.indexOf(m);
+    if (i < 0) return;
+    this.mms.splice(i, 1);
+    close(m.uffd);
+  }
+
+  private handle(m: LazyMm, at: number): void {
+    const v = new DataView(this.msg.buffer, at, UFFD_MSG_SIZE);
+    const event = v.getUint8(0);
+    const arg = (i: number): bigint => v.getBigUint64(8 + 8 * i, true);
+    const page = (a: bigint): bigint => a - (a % BigInt(PAGE_SIZE));
+    switch (event) {
+      case UFFD_EVENT.PAGEFAULT: {
+        this.counters.faults++;
+        const here = page(arg(1));
+        const from = original(m, here);
+        if (m.progress.pending(from)) this.fetch(m, here, from, FAULT_PAGES, true);
+        else this.zero(m, here);
+        return;
+      }
+      case UFFD_EVENT.FORK: {
+        const child = v.getUint32(8, true);
+        fcntl(child, F.SETFL, O.NONBLOCK);
+        this.mms.push({ uffd: child, pid: m.pid, progress: m.progress.clone(), moved: m.moved.map((x) => ({ ...x })) });
+        return;
+      }
+      case UFFD_EVENT.REMAP: {
+        const [from, to, len] = [arg(0), arg(1), arg(2)];
+        m.moved.unshift({ start: to, end: to + len, from: original(m, from) });
+        return;
+      }
+      case UFFD_EVENT.REMOVE:
+      case UFFD_EVENT.UNMAP: {
+        // Dropped or gone: what the source holds for it is no longer wanted (a later touch reads zeros).
+        const [start, end] = [arg(0), arg(1)];
+        m.progress.settle(original(m, start), Number((end - start) / BigInt(PAGE_SIZE)));
+        return;
+      }
+      default:
+        throw new Error(`userfaultfd event 0x${event.toString(16)} of process ${m.pid}, which lazy-pages does not know`);
+    }
+  }
+
+  /** Fetch up to `max` pages from image address `from` and place them at `here`. */
+  private fetch(m: LazyMm, here: bigint, from: bigint, max: number, onFault: boolean): void {
+    const want = m.progress.span(from, max);
+    if (want === 0) return;
+    this.source.sendAll(encodeIov({ cmd: PS.GET, nrPages: BigInt(want), vaddr: from, dstId: BigInt(m.pid) }, this.header));
+    this.source.recvExact(this.header);
+    const answer = decodeIov(this.header);
+    if (answer.cmd !== PS.ADD_F || answer.vaddr !== from || answer.nrPages === 0n || answer.nrPages > BigInt(want)) {
+      throw new Error(`the source answered a request for ${want} page(s) of process ${m.pid} at 0x${from.toString(16)} with command ${answer.cmd}, ${answer.nrPages} page(s) at 0x${answer.vaddr.toString(16)}`);
+    }
+    const pages = Number(answer.nrPages);
+    this.source.recvExact(this.buffer, pages * PAGE_SIZE);
+    this.place(m, here, pages);
+    m.progress.settle(from, pages);
+    if (onFault) this.counters.pagesOnFault += pages;
+    else this.counters.pagesInBackground += pages;
+  }
+
+  /** UFFDIO_COPY of the buffer's first `pages` pages to `here`, page by page past any already there. */
+  private place(m: LazyMm, here: bigint, pages: number): void {
+    const base = BigInt(addressOf(this.buffer));
+    let done = 0;
+    while (done < pages) {
+      const off = BigInt(done * PAGE_SIZE);
+      encodeUffdioCopy(here + off, base + off, BigInt((pages - done) * PAGE_SIZE), this.copyArg);
+      try {
+        ioctl(m.uffd, UFFDIO_COPY, this.copyArg, `UFFDIO_COPY(0x${(here + off).toString(16)}, ${pages - done} pages) for process ${m.pid}`);
+        return;
+      } catch (e) {
+        const copied = uffdioDone(this.copyArg, 32);
+        if (copied > 0n) done += Number(copied) / PAGE_SIZE;
+        if (!(e instanceof SysError)) throw e;
+        // EEXIST: a page there already (placed for another thread's fault); skip it.
+        if (e.errno === Errno.EEXIST) done++;
+        // ENOENT: the area is gone, nothing left to place; ESRCH: so is the mm, nothing more to do for it.
+        else if (e.errno === Errno.ENOENT) return;
+        else if (e.errno === Errno.ESRCH) {
+          this.drop(m);
+          return;
+        }
+        else if (e.errno !== Errno.EAGAIN) throw e;
+      }
+    }
+  }
+
+  /** A page that reads as zeros (never saved, or dropped since). */
+  private zero(m: LazyMm, here: bigint): void {
+    encodeUffdioZeropage(here, BigInt(PAGE_SIZE), this.zeroArg);
+    try {
+      ioctl(m.uffd, UFFDIO_ZEROPAGE, this.zeroArg, `UFFDIO_ZEROPAGE(0x${here.toString(16)}) for process ${m.pid}`);
+      this.counters.zeroPages++;
+    } catch (e) {
+      if (!(e instanceof SysError && ([Errno.EEXIST, Errno.ENOENT, Errno.ESRCH, Errno.EAGAIN] as number[]).includes(e.errno))) throw e;
+    }
+  }
+
+  /** SIGKILL every restored process and its descendants; returns how many. */
+  private killTree(): number {
+    const all = new Set<number>();
+    for (const pid of this.hostPids) treeOf(pid, all);
+    for (const pid of all) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // gone already
+      }
+    }
+    return all.size;
+  }
+}
