@@ -243,7 +243,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     };
 
     const pageFigures = (): Omit<DumpFigures, "frozenMs" | "memwriteMs" | "totalMs"> => ({
-      freezingMs: freezer.freezingMs, memdumpMs,
+      freezingMs: freezer.freezingMs, memdumpMs, frozenSinceEpochMs: performance.timeOrigin + frozenAt,
       pagesScanned: dumped.reduce((s, d) => s + d.pages.pagesScanned, 0),
       pagesWritten: dumped.reduce((s, d) => s + d.pages.pagesWritten, 0),
       pagesInParent: dumped.reduce((s, d) => s + d.pages.pagesInParent, 0),

@@ -27,6 +27,8 @@ export interface DumpFigures {
   pagesInParent: number;
   /** A lazy dump: pages left for the destination to fetch (PE_LAZY). */
   pagesLazy?: number;
+  /** When every thread was stopped, in ms since the Unix epoch (for downtime across processes: migration benches). */
+  frozenSinceEpochMs?: number;
   /** Pages of shared memory objects: their extents, and the pages saved. */
   shpagesScanned?: number;
   shpagesWritten?: number;

@@ -1,0 +1,203 @@
+/**
+ * Migration benchmark: a 2 GiB process rewriting 16 MiB per second moved
+ * across a veth pair between two network namespaces (test/helpers/hosts.ts),
+ * with the compiled ckpt (dist/ckpt):
+ *   (a) final dump through `ckpt page-server`, images copied, restore;
+ *   (b) the same after two pre-dump rounds through page servers;
+ *   (c) dump --lazy-pages, images copied, restore --lazy-pages (memory
+ *       arrives after the restore, through `ckpt lazy-pages`);
+ * and (a) with CRIU 4.2 when CRIU_BIN is set (CRIU cannot pre-dump here: no
+ * soft-dirty).
+ *
+ * Downtime = from the final freeze (every thread stopped, as the dump reports
+ * it) to the restore's exit with the tree running, less nothing: the copy of
+ * the non-memory images between the directories is in it. For CRIU, whose
+ * dump does not report when it froze, from the dump's launch (an upper bound).
+ * The source tree is restored in a new pid namespace at the destination, so
+ * no run waits for the source's pids to be reaped. Bytes are what crossed
+ * the network (page server or lazy-pages stream).
+ *
+ * Run: npm run bench:migrate   (MIB=2048 RATE=16 RUNS=1; CKPT=path to use another binary)
+ */
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { rewriteTarget } from "../test/helpers/restore-workloads";
+import { freshPort, twoHosts, type Host } from "../test/helpers/hosts";
+import { startReady, tempDir, waitFor } from "../test/helpers/target";
+import { BenchCleanup } from "./cleanup";
+
+const MIB = Number(process.env.MIB ?? 2048);
+const RATE = Number(process.env.RATE ?? 16);
+const RUNS = Number(process.env.RUNS ?? 1);
+const CKPT = process.env.CKPT ?? join(import.meta.dir, "../dist/ckpt");
+const CRIU = process.env.CRIU_BIN ?? "";
+const left = new BenchCleanup("bench/migrate");
+
+if (!existsSync(CKPT)) {
+  process.stderr.write(`bench/migrate: ${CKPT} is missing: run npm run build first (npm run bench:migrate does)\n`);
+  process.exit(1);
+}
+const hosts = twoHosts();
+process.on("exit", () => hosts.remove());
+if (!hosts.separate) process.stderr.write("bench/migrate: no network namespaces here: both ends on 127.0.0.1\n");
+
+interface Ran {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function run(h: Host, argv: string[]): Ran {
+  const r = Bun.spawnSync(h.argv(argv), { stdout: "pipe", stderr: "pipe" });
+  const out = { code: r.exitCode ?? -1, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
+  if (out.code !== 0) throw new Error(`${argv.slice(0, 2).join(" ")} exited ${out.code}: ${out.stderr.trim()}`);
+  return out;
+}
+
+function spawn(h: Host, argv: string[]): { done: Promise<Ran> } {
+  const child = Bun.spawn(h.argv(argv), { stdout: "pipe", stderr: "pipe" });
+  return {
+    done: (async () => {
+      const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+      return { code, stdout, stderr };
+    })(),
+  };
+}
+
+/** Start a page server on the destination and wait until it listens. */
+async function pageServer(argv: string[], port: number): Promise<{ done: Promise<Ran> }> {
+  const s = spawn(hosts.dest, argv);
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, "0")}`;
+  await waitFor("the page server", () => {
+    const r = Bun.spawnSync(hosts.dest.argv(["cat", "/proc/net/tcp"]), { stdout: "pipe" });
+    return r.stdout.toString().split("\n").some((l) => l.split(/\s+/)[2]?.endsWith(hex) && l.split(/\s+/)[4] === "0A");
+  }, 20000);
+  return s;
+}
+
+function copyImages(from: string, to: string): void {
+  mkdirSync(to, { recursive: true });
+  for (const name of readdirSync(from)) if (name !== "parent") copyFileSync(join(from, name), join(to, name));
+}
+
+async function workload(): Promise<number> {
+  const { target } = await startReady(hosts.source.argv(["setsid", rewriteTarget(), String(MIB), "1", String(RATE)]));
+  left.targets.push(target);
+  return target.pid;
+}
+
+interface Outcome {
+  downtimeMs: number;
+  bytes: number;
+  rounds: string;
+}
+
+function restoreAt(dir: string, extra: string[] = []): number {
+  const pidfile = join(dir, "..", "restored.pid");
+  run(hosts.dest, [CKPT, "restore", "-D", dir, "-d", "--restore-in-new-pidns", "--pidfile", pidfile, ...extra]);
+  const end = Date.now();
+  const pid = Number(readFileSync(pidfile, "utf8").trim());
+  left.targets.push({ pid, kill: () => { try { process.kill(pid, "SIGKILL"); } catch { /* gone */ } } });
+  return end;
+}
+
+/** Pre-dump rounds (`preRounds` of them) and a final dump, each through a page server of its own; then restore. */
+async function viaPageServer(preRounds: number): Promise<Outcome> {
+  const pid = await workload();
+  const [src, dst] = [tempDir("bench-mig-src"), tempDir("bench-mig-dst")];
+  left.dirs.push(src, dst);
+  const sent: number[] = [];
+  let frozenSince = 0;
+  for (let round = 1; round <= preRounds + 1; round++) {
+    const prev = round === 1 ? [] : ["--prev-images-dir", `../${round - 1}`];
+    const port = freshPort();
+    const server = await pageServer([CKPT, "page-server", "-D", join(dst, String(round)), "--address", hosts.dest.address, "--port", String(port), ...prev], port);
+    const verb = round === preRounds + 1 ? "dump" : "pre-dump";
+    const r = run(hosts.source, [CKPT, verb, "-t", String(pid), "-D", join(src, String(round)), ...prev, "--page-server", "--address", hosts.dest.address, "--port", String(port), "--json"]);
+    const j = JSON.parse(r.stdout) as { figures: { frozenSinceEpochMs?: number }; pageServer: { bytesSent: number } };
+    sent.push(j.pageServer.bytesSent);
+    frozenSince = j.figures.frozenSinceEpochMs ?? 0;
+    const s = await server.done;
+    if (s.code !== 0) throw new Error(`page server: ${s.stderr}`);
+    if (round <= preRounds) await Bun.sleep(1000);
+  }
+  const last = String(preRounds + 1);
+  const dumped = Date.now();
+  copyImages(join(src, last), join(dst, last));
+  const copied = Date.now();
+  const end = restoreAt(join(dst, last));
+  return {
+    downtimeMs: end - frozenSince, bytes: sent.reduce((a, b) => a + b, 0),
+    rounds: `${sent.map((b) => `${(b / 2 ** 20).toFixed(1)}`).join(" + ")}; freeze→dump exit ${dumped - frozenSince} ms, copy ${copied - dumped} ms, restore ${end - copied} ms`,
+  };
+}
+
+async function lazy(): Promise<Outcome> {
+  const pid = await workload();
+  const [src, dst] = [join(tempDir("bench-lazy-src"), "img"), join(tempDir("bench-lazy-dst"), "img")];
+  left.dirs.push(src, dst);
+  mkdirSync(dst);
+  const port = freshPort();
+  const dump = spawn(hosts.source, [CKPT, "dump", "-t", String(pid), "-D", src, "--lazy-pages", "--address", hosts.source.address, "--port", String(port), "--json"]);
+  await Bun.sleep(50);
+  const daemon = spawn(hosts.dest, [CKPT, "lazy-pages", "-D", dst, "--page-server", "--address", hosts.source.address, "--port", String(port), "--json"]);
+  await waitFor("the lazy dump's images", () => existsSync(join(src, "inventory.img")), 60000);
+  const seen = Date.now();
+  copyImages(src, dst);
+  const copied = Date.now();
+  const end = restoreAt(dst, ["--lazy-pages"]);
+  const [d, l] = await Promise.all([dump.done, daemon.done]);
+  if (d.code !== 0 || l.code !== 0) throw new Error(`lazy: dump ${d.code} ${d.stderr} / lazy-pages ${l.code} ${l.stderr}`);
+  const dj = JSON.parse(d.stdout) as { figures: { frozenSinceEpochMs: number }; lazy: { bytesSent: number } };
+  const lj = JSON.parse(l.stdout) as { pagesOnFault: number; pagesInBackground: number; ms: number };
+  const f = dj.figures.frozenSinceEpochMs;
+  return {
+    downtimeMs: end - f, bytes: dj.lazy.bytesSent,
+    rounds: `freeze→images ${(seen - f).toFixed(0)} ms, copy ${copied - seen} ms, restore ${end - copied} ms; lazy: ${lj.pagesOnFault} pages on fault, ${lj.pagesInBackground} in the background, all in ${lj.ms.toFixed(0)} ms`,
+  };
+}
+
+async function criuViaPageServer(): Promise<Outcome> {
+  const pid = await workload();
+  const [src, dst] = [tempDir("bench-criu-src"), tempDir("bench-criu-dst")];
+  left.dirs.push(src, dst);
+  const port = freshPort();
+  const server = await pageServer([CRIU, "page-server", "-D", dst, "--address", hosts.dest.address, "--port", String(port)], port);
+  const started = Date.now();
+  run(hosts.source, [CRIU, "dump", "-t", String(pid), "-D", src, "--page-server", "--address", hosts.dest.address, "--port", String(port)]);
+  const dumpMs = Date.now() - started;
+  await server.done;
+  const t = Date.now();
+  copyImages(src, dst);
+  const copyMs = Date.now() - t;
+  await waitFor("the source's pids to be free for CRIU's restore", () => !existsSync(`/proc/${pid}`), 20000);
+  const r0 = Date.now();
+  run(hosts.dest, [CRIU, "restore", "-D", dst, "-d"]);
+  const restoreMs = Date.now() - r0;
+  left.targets.push({ pid, kill: () => { try { process.kill(pid, "SIGKILL"); } catch { /* gone */ } } });
+  const bytes = readdirSync(dst).filter((n) => n.startsWith("pages-")).reduce((s, n) => s + Bun.file(join(dst, n)).size, 0);
+  return { downtimeMs: dumpMs + copyMs + restoreMs, bytes, rounds: "(downtime: dump launch to exit + copy + restore, not the wait for its pids)" };
+}
+
+const cases: [string, () => Promise<Outcome>][] = [
+  ["(a) dump + page server + restore", () => viaPageServer(0)],
+  ["(b) 2 pre-dumps + dump via page servers", () => viaPageServer(2)],
+  ["(c) dump --lazy-pages + lazy restore", lazy],
+];
+if (CRIU && existsSync(CRIU)) cases.push(["CRIU 4.2 (a) dump + page server + restore", criuViaPageServer]);
+else process.stderr.write("bench/migrate: CRIU_BIN not set: no CRIU figures\n");
+
+process.stdout.write(`migration of a ${MIB} MiB process rewriting ${RATE} MiB/s across ${hosts.separate ? "a veth pair" : "loopback"}, ${RUNS} run(s) each\n`);
+process.stdout.write(`${"case".padEnd(44)} ${"downtime ms".padStart(12)} ${"MiB sent".padStart(10)}  rounds (MiB) / notes\n`);
+for (const [name, fn] of cases) {
+  for (let i = 0; i < RUNS; i++) {
+    try {
+      const o = await fn();
+      process.stdout.write(`${name.padEnd(44)} ${o.downtimeMs.toFixed(0).padStart(12)} ${(o.bytes / 2 ** 20).toFixed(1).padStart(10)}  ${o.rounds}\n`);
+    } catch (e) {
+      process.stdout.write(`${name.padEnd(44)} failed: ${(e as Error).message.split("\n")[0]}\n`);
+    } finally {
+      left.killAll();
+    }
+  }
+}
