@@ -55,6 +55,7 @@ const ERRNO: ReadonlyArray<readonly [number, string, string]> = [
   [84, "EILSEQ", "Invalid or incomplete multibyte or wide character"],
   [88, "ENOTSOCK", "Socket operation on non-socket"],
   [92, "ENOPROTOOPT", "Protocol not available"],
+  [93, "EPROTONOSUPPORT", "Protocol not supported"],
   [95, "EOPNOTSUPP", "Operation not supported"],
   [98, "EADDRINUSE", "Address already in use"],
   [99, "EADDRNOTAVAIL", "Cannot assign requested address"],
@@ -102,7 +103,7 @@ export const Errno = {
   EPERM: 1, ENOENT: 2, ESRCH: 3, EINTR: 4, EIO: 5, ENXIO: 6, EBADF: 9, ECHILD: 10, EAGAIN: 11,
   ENOMEM: 12, EACCES: 13, EFAULT: 14, EBUSY: 16, EEXIST: 17, ENODEV: 19, ENOTDIR: 20,
   EISDIR: 21, EINVAL: 22, ENOTTY: 25, ENOSPC: 28, ESPIPE: 29, ENOSYS: 38, ENOTEMPTY: 39,
-  ELOOP: 40, ENOPROTOOPT: 92, EOVERFLOW: 75, EOPNOTSUPP: 95, EADDRINUSE: 98, ENOTCONN: 107, ESTALE: 116,
+  ELOOP: 40, ENOPROTOOPT: 92, EPROTONOSUPPORT: 93, EOVERFLOW: 75, EOPNOTSUPP: 95, EADDRINUSE: 98, ENOTCONN: 107, ESTALE: 116,
 } as const;
 
 /**
