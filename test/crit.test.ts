@@ -69,7 +69,7 @@ const FILE_NAME: Record<string, string> = {
   PIPES_DATA: "pipes-data.img", SECCOMP: "seccomp.img", TIMENS: "timens-0.img",
   INOTIFY_FILE: "inotify.img", INOTIFY_WD: "inotify-wd.img", FANOTIFY_FILE: "fanotify.img",
   FANOTIFY_MARK: "fanotify-mark.img", STATS: "stats-dump", IRMAP_CACHE: "irmap-cache",
-  FIFO_DATA: "fifo-data.img", SK_QUEUES: "sk-queues.img", REMAP_FPATH: "remap-fpath.img", GHOST_FILE: "ghost-file-1a.img",
+  FIFO_DATA: "fifo-data.img", SK_QUEUES: "sk-queues.img", TCP_STREAM: "tcp-stream-1a.img", REMAP_FPATH: "remap-fpath.img", GHOST_FILE: "ghost-file-1a.img",
   TTY_INFO: "tty-info.img", MEMFD_INODE: "memfd.img", FILE_LOCKS: "filelocks.img",
 };
 

@@ -34,7 +34,7 @@ function fdCount(pid: number): number {
 describe("fds ckpt refuses", () => {
   const cases: [string, RegExp][] = [
     ["fanotify-fs", /fd 3 is a fanotify fd with a filesystem mark \(FAN_MARK_FILESYSTEM\) on device \d+:\d+ \(CRIU's image format has no form for such marks\), which ckpt cannot dump yet/],
-    ["tcp-established", /fd \d is a TCP socket in state ESTABLISHED \(127\.0\.0\.1:\d+ → 127\.0\.0\.1:\d+\)/],
+    ["tcp-established", /fd \d is an established TCP connection \(127\.0\.0\.1:\d+ → 127\.0\.0\.1:\d+\); dump with --tcp-established to save it/],
     ["pending", /fd 3 is a listening unix socket with 1 connection\(s\) not yet accepted/],
     ["inflight", /file descriptors in flight \(SCM_RIGHTS\)/],
     // Refused, not peeked forever (an empty packet came back at the same offset without end).

@@ -15,6 +15,7 @@ import { decodeIov, decodeTarget, encodeIov, encodeTarget, PS, PSI_SIZE } from "
 import { runsFree } from "./helpers/images";
 import { dirtyTarget } from "./helpers/iterative-workloads";
 import { restoreTarget } from "./helpers/restore-workloads";
+import { tcpClient, tcpServer } from "./helpers/tcp-workloads";
 import { ckptOn, freshPort, spawnOn, startPageServer, twoHosts, type Running, type TwoHosts } from "./helpers/hosts";
 import { alive, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { memTarget, selfCheck } from "./helpers/workloads";
@@ -360,6 +361,106 @@ describe("lazy migration (post-copy)", () => {
     expect(await selfCheck(pid, out)).toBe("ok");
   });
 });
+
+/**
+ * A server with a connected client on the other host: the server is dumped
+ * and restored (on its own host: the connection's address is there) while
+ * the client keeps talking.
+ */
+describe("established TCP connections (--tcp-established)", () => {
+  const COUNT = 3000;
+
+  async function conversation(): Promise<{ server: number; serverOut: string; client: Running; port: number }> {
+    const port = freshPort();
+    const { target, out } = await onSource([tcpServer(), hosts.source.address, String(port)]);
+    const clientOut = join(tempDir("tcp-client"), "out");
+    const client = spawnRaw(hosts.dest.argv([tcpClient(), hosts.source.address, String(port), String(COUNT)]));
+    // A few hundred lines each way before the dump.
+    await waitFor("the conversation to start", () => /ok [1-9]/.test(checkServer(target.pid, out)), 10000);
+    void clientOut;
+    return { server: target.pid, serverOut: out, client, port };
+  }
+
+  /** Ask the server how far it got; its last answer. */
+  function checkServer(pid: number, out: string): string {
+    process.kill(pid, "SIGUSR1");
+    Bun.sleepSync(50);
+    return readFileSync(out, "utf8").trim().split("\n").filter((l) => /^(ok|bad)/.test(l)).at(-1) ?? "";
+  }
+
+  test("a server's connection comes back with it: no byte lost or repeated either way, and the client never notices", async () => {
+    const { server, serverOut, client } = await conversation();
+    const images = join(tempDir("tcp-img"), "img");
+    const d = ckptOn(hosts.source, ["dump", "-t", String(server), "-D", images, "--tcp-established"]);
+    expect(d.stderr).toBe("");
+    expect(d.code).toBe(0);
+    const streams = readdirSync(images).filter((n) => n.startsWith("tcp-stream-"));
+    expect(streams).toHaveLength(1);
+    await gone([server]);
+    // While the server is away the client keeps sending; nothing may reach a closed port (a reset) meanwhile.
+    await Bun.sleep(300);
+    const r = ckptOn(hosts.source, ["restore", "-D", images, "-d", "--tcp-established"]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    cleanup.push(killablePid(server));
+    const c = await client.done;
+    expect(c.stdout.trim().split("\n").at(-1)).toBe(`ok ${COUNT}`);
+    expect(c.code).toBe(0);
+    expect(checkServer(server, serverOut)).toBe(`ok ${COUNT}`);
+    // The lock is gone with its holder.
+    expect(lockHolders()).toEqual([]);
+  });
+
+  test("without --tcp-established the connection is refused by name, and the tree and its connection carry on", async () => {
+    const { server, serverOut, client } = await conversation();
+    const images = join(tempDir("tcp-refused"), "img");
+    const d = ckptOn(hosts.source, ["dump", "-t", String(server), "-D", images]);
+    expect(d.code).toBe(1);
+    expect(d.stderr).toContain("an established TCP connection");
+    expect(d.stderr).toContain("--tcp-established");
+    const c = await client.done;
+    expect(c.stdout.trim().split("\n").at(-1)).toBe(`ok ${COUNT}`);
+    expect(checkServer(server, serverOut)).toBe(`ok ${COUNT}`);
+  });
+
+  test("dump -R --tcp-established: the connection is saved and carries on in the running tree; the lock goes", async () => {
+    const { server, serverOut, client } = await conversation();
+    const images = join(tempDir("tcp-R"), "img");
+    const d = ckptOn(hosts.source, ["dump", "-R", "-t", String(server), "-D", images, "--tcp-established"]);
+    expect(d.stderr).toBe("");
+    expect(d.code).toBe(0);
+    expect(readdirSync(images).filter((n) => n.startsWith("tcp-stream-"))).toHaveLength(1);
+    expect(existsSync(join(images, "tcp-lock.json"))).toBe(false);
+    const c = await client.done;
+    expect(c.stdout.trim().split("\n").at(-1)).toBe(`ok ${COUNT}`);
+    expect(checkServer(server, serverOut)).toBe(`ok ${COUNT}`);
+    await waitFor("the lock's holder to end", () => lockHolders().length === 0, 5000);
+  });
+});
+
+/** Network-lock holders still running (a lock lives as long as its holder: its nftables table is an owner table). */
+function lockHolders(): string[] {
+  const out: string[] = [];
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (readFileSync(`/proc/${name}/comm`, "utf8").trim() === "ckpt-tcp-lock" && alive(Number(name))) out.push(name);
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+/** Start argv in the background (not through ckpt), to wait for. */
+function spawnRaw(argv: string[]): Running {
+  const child = Bun.spawn(argv, { stdout: "pipe", stderr: "pipe" });
+  const done = (async () => {
+    const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited.catch(() => -1)]);
+    return { code, stdout, stderr };
+  })();
+  return { pid: child.pid, done, kill: (signal = "SIGKILL") => child.kill(signal) };
+}
 
 describe.skipIf(!haveCriu)("page-server interop with CRIU 4.2", () => {
   function criuLogErrors(dir: string, log: string): string {

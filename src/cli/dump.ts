@@ -13,6 +13,7 @@ export const dumpCommand = defineCommand({
     "shell-job": { type: "boolean", alias: "j", description: "the tree is a job of your shell: dump the terminal it uses (restore gives it the restorer's terminal)", default: false },
     "file-locks": { type: "boolean", description: "save the file locks (POSIX, flock, OFD) the tree holds; without it a tree holding one is refused, as CRIU does", default: false },
     "file-validation": { type: "string", description: "what restore will check open and mapped files by: buildid (size and ELF build-id, the default, as CRIU) or filesize" },
+    "tcp-established": { type: "boolean", description: "save established TCP connections (repair mode, as CRIU); their packets are dropped (an nftables table) until the restore, so neither end resets them", default: false },
     "lazy-pages": { type: "boolean", description: "leave anonymous memory out of the images and serve it from the frozen tree on --address/--port to the destination's `ckpt lazy-pages`; the tree is killed once all of it has gone (or resumed, if the destination goes away first)", default: false },
     snapshot: {
       type: "boolean",
@@ -21,12 +22,12 @@ export const dumpCommand = defineCommand({
     },
   },
   async run({ args, rawArgs }) {
-    const shared = parseSharedDumpArgs(args, rawArgs, ["leave-running", "R", "shell-job", "j", "ghost-limit", "file-locks", "file-validation", "snapshot", "lazy-pages"], ["ghost-limit", "file-validation"]);
+    const shared = parseSharedDumpArgs(args, rawArgs, ["leave-running", "R", "shell-job", "j", "ghost-limit", "file-locks", "file-validation", "snapshot", "lazy-pages", "tcp-established"], ["ghost-limit", "file-validation"]);
     const fileValidation = parseFileValidation(args["file-validation"]);
     const lazyPages = parseLazyPages(args);
     if (lazyPages && args["leave-running"]) throw new UsageError("--lazy-pages cannot be used with -R: the tree stays frozen until its pages have gone, then it is killed");
     const ghostLimit = args["ghost-limit"] === undefined ? undefined : parseSize("--ghost-limit", String(args["ghost-limit"]));
-    const result = await dump({ ...shared, leaveRunning: Boolean(args["leave-running"]), snapshot: args.snapshot !== false, shellJob: Boolean(args["shell-job"]), fileLocks: Boolean(args["file-locks"]), ...(fileValidation ? { fileValidation } : {}), ...(ghostLimit !== undefined ? { ghostLimit } : {}),
+    const result = await dump({ ...shared, leaveRunning: Boolean(args["leave-running"]), snapshot: args.snapshot !== false, shellJob: Boolean(args["shell-job"]), tcpEstablished: Boolean(args["tcp-established"]), fileLocks: Boolean(args["file-locks"]), ...(fileValidation ? { fileValidation } : {}), ...(ghostLimit !== undefined ? { ghostLimit } : {}),
       ...(lazyPages ? { lazyPages, onImagesWritten: ({ lazyPagesAt }) => process.stderr.write(`ckpt: images complete in ${shared.dir}; the tree stays frozen, serving its lazy pages on ${lazyPagesAt}\n`) } : {}),
     });
     if (args.json) {

@@ -3,6 +3,7 @@
 import { defineCommand, runCommand, showUsage, type CommandDef } from "citty";
 import pkg from "../../package.json" with { type: "json" };
 import { runProbeModeIfAsked } from "../check/probe-target";
+import { runTcpLockHolderIfAsked } from "../transfer/tcp-lock";
 import { check } from "./check";
 import { dumpCommand } from "./dump";
 import { lazyPagesCommand } from "./lazy-pages";
@@ -23,6 +24,7 @@ function isCittyUsageError(e: unknown): boolean {
 
 async function run(argv: string[]): Promise<void> {
   if (await runProbeModeIfAsked(argv)) return;
+  if (await runTcpLockHolderIfAsked(argv)) return;
   if (argv.length === 0) {
     await showUsage(main);
     process.exitCode = EXIT_USAGE;

@@ -19,17 +19,18 @@ export const restoreCommand = defineCommand({
       description: "restore into a new pid namespace, under an init of ckpt's (pid 1 there), where every task has its dumped pid whatever holds those pids on this host; the pidfile and the output give host pids",
       default: false,
     },
+    "tcp-established": { type: "boolean", description: "make the established TCP connections of a --tcp-established dump again, their packets held back until the tree runs", default: false },
     "lazy-pages": { type: "boolean", description: "the images are a --lazy-pages dump's: restore at once and let `ckpt lazy-pages` (running for DIR) fill the memory on first touch", default: false },
     json: { type: "boolean", description: "print a JSON summary instead of one line", default: false },
   },
   async run({ args, rawArgs }) {
-    rejectUnknownArgs(rawArgs, ["images-dir", "D", "restore-detached", "d", "pidfile", "shell-job", "j", "file-locks", "file-validation", "skip-file-rwx-check", "restore-in-new-pidns", "lazy-pages", "json"], 0, ["images-dir", "D", "pidfile", "file-validation"]);
+    rejectUnknownArgs(rawArgs, ["images-dir", "D", "restore-detached", "d", "pidfile", "shell-job", "j", "file-locks", "file-validation", "skip-file-rwx-check", "restore-in-new-pidns", "lazy-pages", "tcp-established", "json"], 0, ["images-dir", "D", "pidfile", "file-validation"]);
     const fileValidation = parseFileValidation(args["file-validation"]);
     const dir = String(args["images-dir"]);
     if (dir === "") throw new UsageError("-D/--images-dir needs a directory");
     const detach = Boolean(args["restore-detached"]);
     const result = await restore({
-      dir, detach, shellJob: Boolean(args["shell-job"]), skipFileRwxCheck: Boolean(args["skip-file-rwx-check"]), newPidNs: Boolean(args["restore-in-new-pidns"]), lazyPages: Boolean(args["lazy-pages"]),
+      dir, detach, shellJob: Boolean(args["shell-job"]), skipFileRwxCheck: Boolean(args["skip-file-rwx-check"]), newPidNs: Boolean(args["restore-in-new-pidns"]), lazyPages: Boolean(args["lazy-pages"]), tcpEstablished: Boolean(args["tcp-established"]),
       ...(fileValidation ? { fileValidation } : {}),
       ...(args.pidfile !== undefined ? { pidfile: String(args.pidfile) } : {}),
     });

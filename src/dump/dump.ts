@@ -54,6 +54,7 @@ import { planProcessPages, saveProcessPages, type PageCopy, type PagePlan } from
 import type { PageStore } from "../image/page-store";
 import { openPageStore } from "../transfer/page-client";
 import { LazySource, type LazyServeResult } from "../transfer/lazy-source";
+import { TcpLock, TCP_LOCK_RECORD } from "../transfer/tcp-lock";
 import type { Endpoint } from "../transfer/connection";
 import { finishSnapshots, FROZEN_COPY_BYTES, newSnapshotCounters, type ProcessSnapshot, type SnapshotCounters } from "./memory/snapshot";
 import { Errno, SysError } from "../sys/errno";
@@ -102,6 +103,11 @@ export interface DumpOptions {
    * when the destination has them all.
    */
   lazyPages?: Endpoint;
+  /**
+   * Save established TCP connections (--tcp-established) under a network
+   * lock (transfer/tcp-lock.ts); without it they are refused.
+   */
+  tcpEstablished?: boolean;
   /** Called when the image set is complete (with --lazy-pages: before the pages are served). */
   onImagesWritten?: (info: { lazyPagesAt?: string }) => void;
 }
@@ -168,10 +174,22 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const table = new FileTable();
   if (opts.ghostLimit !== undefined) table.ghostLimit = opts.ghostLimit;
   if (opts.fileValidation) table.fileValidation = opts.fileValidation;
+  let tcpLock: TcpLock | null = null;
+  try {
+    if (opts.tcpEstablished) tcpLock = await TcpLock.start(proc);
+  } catch (e) {
+    store.close();
+    lazy?.close();
+    tcpLock?.close();
+    out.discard();
+    out.close();
+    proc.close();
+    throw e;
+  }
   const files: FilesDump = {
     ids: new FileIds(), kinds: new Map(), locks: new FileLocks(table, opts.fileLocks ?? false),
     ctx: {
-      proc, table, opts: { shellJob: opts.shellJob ?? false }, sockets: new SocketTable(), shared: new Map(),
+      proc, table, opts: { shellJob: opts.shellJob ?? false, ...(tcpLock ? { tcpLock } : {}) }, sockets: new SocketTable(), shared: new Map(),
       irmap: new Irmap({ scanPaths: opts.irmapScanPaths, cacheDirs: [opts.dir, `${opts.dir}/parent`], proc }),
     },
   };
@@ -238,6 +256,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       saveShmem(store, table);
       memwriteMs = performance.now() - t;
       writeImages(out, dumped, zombies, table, tree, clocks);
+      // Where the restore finds the lock's holder, to end it once the connections are back.
+      if (tcpLock && !opts.leaveRunning) out.write(TCP_LOCK_RECORD, new TextEncoder().encode(`${JSON.stringify(tcpLock.holder)}\n`));
       // The server has every page on disk before the inventory makes the set whole.
       store.finish();
     };
@@ -257,6 +277,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
 
     let figures: DumpFigures;
     if (opts.leaveRunning) {
+      // The connections carry on here: out of repair mode before the tree runs again, and unlocked.
+      tcpLock?.release();
       release(freezer, "resume");
       released = true;
       frozenMs = performance.now() - frozenAt;
@@ -276,6 +298,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       const beforeKill = performance.now();
       figures = { ...pageFigures(), frozenMs: beforeKill - frozenAt, memwriteMs, totalMs: beforeKill - started };
       commitRound(out, figures, inv, tracking);
+      // The lock outlives ckpt now, until the restore (or its timeout): the tree's sockets close silently in repair mode.
+      tcpLock?.commit();
       opts.onImagesWritten?.(lazy ? { lazyPagesAt: lazy.where } : {});
       if (lazy) {
         // The tree stays frozen while its pages are fetched; a destination that goes away first leaves it running here (the catch below).
@@ -305,6 +329,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     };
   } catch (e) {
     tracking?.abort();
+    // Before the tree runs again: its connections out of repair mode, unlocked.
+    tcpLock?.release();
     // Protection off before the tree runs: no thread should wait on a copy that will not come.
     for (const d of dumped) d.snapshot?.release();
     if (!released) release(freezer, "resume");
@@ -314,6 +340,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     guard.dispose();
     store.close();
     lazy?.close();
+    tcpLock?.close();
     for (const d of dumped) d.pages.dispose();
     for (const m of table.shmem) m.buffer.dispose();
     out.close();

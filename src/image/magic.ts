@@ -23,6 +23,7 @@ import { SkPacketEntrySchema } from "./gen/sk-packet_pb";
 import { StatsEntrySchema } from "./gen/stats_pb";
 import { TimensEntrySchema } from "./gen/timens_pb";
 import { TtyInfoEntrySchema } from "./gen/tty_pb";
+import { TcpStreamEntrySchema } from "./gen/tcp-stream_pb";
 
 /** Head magic of ordinary images. */
 export const MAGIC_COMMON = 0x54564319;
@@ -45,6 +46,8 @@ export interface ImageKind {
    * field (as protobuf-es names it) that says how many.
    */
   payloadSizeField?: string;
+  /** Where the byte count is not one field: the payload's size from the entry. */
+  payloadBytes?: (entry: Record<string, unknown>) => number;
   /**
    * For images whose first entry may be followed by the rest of the file as
    * raw bytes, with no further entries (a small ghost file's contents):
@@ -62,6 +65,7 @@ export type PayloadSize = number | "rest";
  */
 export function payloadSize(k: ImageKind, index: number, entry: Record<string, unknown>): PayloadSize | undefined {
   if (index === 0 && k.first) return k.restAfterFirst?.(entry) ? "rest" : undefined;
+  if (k.payloadBytes) return k.payloadBytes(entry);
   if (k.payloadSizeField === undefined) return undefined;
   return Number(entry[k.payloadSizeField]);
 }
@@ -82,6 +86,8 @@ const kinds: ImageKind[] = [
   { name: "FIFO_DATA", magic: 0x59333054, head: "common", entry: PipeDataEntrySchema, payloadSizeField: "bytes" },
   // Packets queued on sockets, each followed by its data.
   { name: "SK_QUEUES", magic: 0x56264026, head: "common", entry: SkPacketEntrySchema, payloadSizeField: "length" },
+  // An established TCP connection, then its receive and send queues' bytes.
+  { name: "TCP_STREAM", magic: 0x51465506, head: "common", entry: TcpStreamEntrySchema, payloadBytes: (e) => Number(e.inqLen) + Number(e.outqLen) },
   { name: "REMAP_FPATH", magic: 0x59133954, head: "common", entry: RemapFilePathEntrySchema },
   // A header, then the contents raw to the end of the file, or in chunks.
   {

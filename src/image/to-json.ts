@@ -147,7 +147,13 @@ export function messageToJson(schema: DescMessage, message: Message): { [key: st
 export function imageToJson(image: DecodedImage): { magic: string; entries: JsonValue[] } {
   const entries = image.entries.map((e, i) => {
     const obj = messageToJson(entrySchema(image.kind, i), e.message);
-    if (e.payload) obj.extra = base64Lines(e.payload);
+    if (e.payload) {
+      // crit splits a TCP stream's payload into its two queues.
+      if (image.kind.name === "TCP_STREAM") {
+        const inq = Number((e.message as unknown as { inqLen: number }).inqLen);
+        obj.extra = { inq: base64Lines(e.payload.subarray(0, inq)), outq: base64Lines(e.payload.subarray(inq)) };
+      } else obj.extra = base64Lines(e.payload);
+    }
     return obj;
   });
   return { magic: image.kind.name, entries };

@@ -32,6 +32,7 @@ import { FsEntrySchema, type FsEntry } from "../image/gen/fs_pb";
 import { MmEntrySchema, type MmEntry } from "../image/gen/mm_pb";
 import { PageChain } from "./page-chain";
 import { LazyHandoff, lazyAreas } from "./lazy";
+import { TcpRestoreSession } from "./files/tcp-stream";
 import { InventoryEntrySchema } from "../image/gen/inventory_pb";
 import { PstreeEntrySchema, type PstreeEntry } from "../image/gen/pstree_pb";
 import { CoreEntry_March, SeccompMode, TaskCoreEntrySchema, TaskKobjIdsEntrySchema, ThreadCoreEntrySchema, type TaskKobjIdsEntry } from "../image/gen/core_pb";
@@ -86,6 +87,8 @@ export interface RestoreOptions {
    * first touch by the `ckpt lazy-pages` daemon serving this directory.
    */
   lazyPages?: boolean;
+  /** Make established TCP connections again (CRIU's --tcp-established); without it they are refused. */
+  tcpEstablished?: boolean;
 }
 
 export interface RestoreFigures {
@@ -361,6 +364,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   syscall("prctl", SYS.prctl, [PR.SET_CHILD_SUBREAPER, 1], ["PR_SET_CHILD_SUBREAPER", "1"]);
   let root = pstree[0]?.pid ?? 0;
   let pidNsInit: number | undefined;
+  const tcp = opts.tcpEstablished ? new TcpRestoreSession(opts.dir, proc) : undefined;
   try {
     const seed = await startSeed(!opts.shellJob);
     seedPid = seed.pid;
@@ -390,7 +394,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // processes (zdtm child_opened_proc) opens only then. A file that changed
     // fails the restore here, and every task made is killed and reaped.
     const t = performance.now();
-    files = OpenedFiles.open(images, { shellJob: opts.shellJob ?? false, fileValidation: opts.fileValidation ?? "buildid", skipFileRwxCheck: opts.skipFileRwxCheck ?? false });
+    files = OpenedFiles.open(images, { shellJob: opts.shellJob ?? false, fileValidation: opts.fileValidation ?? "buildid", skipFileRwxCheck: opts.skipFileRwxCheck ?? false, ...(tcp ? { tcp } : {}) });
     files.applyOwners();
     figures.filesMs += performance.now() - t;
 
@@ -404,6 +408,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     }
     files.finish();
     files = undefined;
+    // The connections may flow again: the dump's lock (on this host) and ours go.
+    tcp?.finish();
     pagesRestored += shared.pages;
     shared.close();
     // The daemon holds every userfaultfd before any task runs.
@@ -436,6 +442,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     created.length = 0;
   } catch (e) {
     guard?.abandon();
+    tcp?.abort();
     files?.abort().forEach((m: string) => process.stderr.write(`ckpt: warning: while cleaning up files: ${m}\n`));
     killAll([...created, ...(seedPid ? [seedPid] : [])]);
     throw e;

@@ -135,67 +135,92 @@ function flowRule(f: Flow): Attr[] {
 
 // ------------------------------------------------------------ the lock
 
+const nft = (m: number): number => (NFNL_SUBSYS_NFTABLES << 8) | m;
+
 /**
- * Make table `name` dropping every packet of `flows` (each given as the
- * local end sees it: local → peer; the reverse direction is added), owned by
- * a new netlink socket, which is returned: closing it removes the table.
+ * Table `name` of the inet family dropping the packets of its flows, owned
+ * by a netlink socket of its own: closing `fd` (or the death of every
+ * process holding it) removes the table.
  */
-export function nftDropTable(name: string, flows: readonly Flow[]): number {
-  const fd = socket(AF.NETLINK, SOCK.RAW | SOCK.CLOEXEC, NETLINK_NETFILTER);
-  try {
+export class NftDropTable {
+  private seq = 1;
+
+  private constructor(readonly name: string, readonly fd: number) {}
+
+  /** The table with its input and output chains, no flow yet. */
+  static create(name: string): NftDropTable {
+    const fd = socket(AF.NETLINK, SOCK.RAW | SOCK.CLOEXEC, NETLINK_NETFILTER);
+    const t = new NftDropTable(name, fd);
+    try {
+      t.batch((add) => {
+        add(nft(MSG_NEWTABLE), NLM_F_CREATE | NLM_F_EXCL, payloadOf(NFPROTO_INET, [attr(1 /* NFTA_TABLE_NAME */, str(name)), attr(2 /* NFTA_TABLE_FLAGS */, be32(NFT_TABLE_F_OWNER))]));
+        for (const [chain, hook] of [["input", NF_INET_LOCAL_IN], ["output", NF_INET_LOCAL_OUT]] as const) {
+          add(nft(MSG_NEWCHAIN), NLM_F_CREATE, payloadOf(NFPROTO_INET, [
+            attr(1 /* NFTA_CHAIN_TABLE */, str(name)), attr(3 /* NFTA_CHAIN_NAME */, str(chain)),
+            nest(4 /* NFTA_CHAIN_HOOK */, attr(1 /* NFTA_HOOK_HOOKNUM */, be32(hook)), attr(2 /* NFTA_HOOK_PRIORITY */, be32(-150))),
+            attr(5 /* NFTA_CHAIN_POLICY */, be32(NF_ACCEPT)), attr(7 /* NFTA_CHAIN_TYPE */, str("filter")),
+          ]));
+        }
+      });
+    } catch (e) {
+      close(fd);
+      if (e instanceof SysError && (e.errno === Errno.EPROTONOSUPPORT || e.errno === Errno.ENOENT || e.errno === Errno.EOPNOTSUPP || e.errno === Errno.EINVAL)) {
+        throw new Error(`cannot lock the network with nftables here (${e.message}): the kernel has no nf_tables, or no owner tables (Linux 5.12+)`, { cause: e });
+      }
+      throw e;
+    }
+    return t;
+  }
+
+  /** Drop every packet of `flows` (each as its local end sees it, local → peer; the reverse direction too). */
+  add(flows: readonly Flow[]): void {
+    this.batch((add) => {
+      for (const f of flows) {
+        const reverse: Flow = { family: f.family, src: f.dst, sport: f.dport, dst: f.src, dport: f.sport };
+        for (const [chain, flow] of [["output", f], ["input", reverse]] as const) {
+          add(nft(MSG_NEWRULE), NLM_F_CREATE | NLM_F_APPEND, payloadOf(NFPROTO_INET, [
+            attr(1 /* NFTA_RULE_TABLE */, str(this.name)), attr(2 /* NFTA_RULE_CHAIN */, str(chain)),
+            nest(4 /* NFTA_RULE_EXPRESSIONS */, ...flowRule(flow)),
+          ]));
+        }
+      }
+    });
+  }
+
+  /** Remove the table (if no other process holds the socket). */
+  close(): void {
+    close(this.fd);
+  }
+
+  /** Send messages as one batch, every one acknowledged; the first error throws. */
+  private batch(fill: (add: (type: number, flags: number, body: Uint8Array) => void) => void): void {
     const msgs: Uint8Array[] = [];
-    let seq = 1;
-    const acked: number[] = [];
-    const add = (type: number, flags: number, body: Uint8Array, ack = true): void => {
-      const s = seq++;
-      if (ack) acked.push(s);
+    const waiting = new Set<number>();
+    const push = (type: number, flags: number, body: Uint8Array, ack: boolean): void => {
+      const s = this.seq++;
+      if (ack) waiting.add(s);
       msgs.push(encodeNlRequest(type, NLM_F.REQUEST | (ack ? NLM_F.ACK : 0) | flags, s, body));
     };
-    const nft = (m: number): number => (NFNL_SUBSYS_NFTABLES << 8) | m;
-    add(NFNL_MSG_BATCH_BEGIN, 0, nfgen(0, NFNL_SUBSYS_NFTABLES), false);
-    add(nft(MSG_NEWTABLE), NLM_F_CREATE | NLM_F_EXCL, payloadOf(NFPROTO_INET, [attr(1 /* NFTA_TABLE_NAME */, str(name)), attr(2 /* NFTA_TABLE_FLAGS */, be32(NFT_TABLE_F_OWNER))]));
-    for (const [chain, hook] of [["input", NF_INET_LOCAL_IN], ["output", NF_INET_LOCAL_OUT]] as const) {
-      add(nft(MSG_NEWCHAIN), NLM_F_CREATE, payloadOf(NFPROTO_INET, [
-        attr(1 /* NFTA_CHAIN_TABLE */, str(name)), attr(3 /* NFTA_CHAIN_NAME */, str(chain)),
-        nest(4 /* NFTA_CHAIN_HOOK */, attr(1 /* NFTA_HOOK_HOOKNUM */, be32(hook)), attr(2 /* NFTA_HOOK_PRIORITY */, be32(-150))),
-        attr(5 /* NFTA_CHAIN_POLICY */, be32(NF_ACCEPT)), attr(7 /* NFTA_CHAIN_TYPE */, str("filter")),
-      ]));
-    }
-    for (const f of flows) {
-      const reverse: Flow = { family: f.family, src: f.dst, sport: f.dport, dst: f.src, dport: f.sport };
-      for (const [chain, flow] of [["output", f], ["input", reverse]] as const) {
-        add(nft(MSG_NEWRULE), NLM_F_CREATE | NLM_F_APPEND, payloadOf(NFPROTO_INET, [
-          attr(1 /* NFTA_RULE_TABLE */, str(name)), attr(2 /* NFTA_RULE_CHAIN */, str(chain)),
-          nest(4 /* NFTA_RULE_EXPRESSIONS */, ...flowRule(flow)),
-        ]));
-      }
-    }
-    add(NFNL_MSG_BATCH_END, 0, nfgen(0, NFNL_SUBSYS_NFTABLES), false);
-    const batch = new Uint8Array(msgs.reduce((s, m) => s + m.length, 0));
+    push(NFNL_MSG_BATCH_BEGIN, 0, nfgen(0, NFNL_SUBSYS_NFTABLES), false);
+    fill((type, flags, body) => push(type, flags, body, true));
+    push(NFNL_MSG_BATCH_END, 0, nfgen(0, NFNL_SUBSYS_NFTABLES), false);
+    const batch = new Uint8Array(msgs.reduce((n, m) => n + m.length, 0));
     let off = 0;
     for (const m of msgs) {
       batch.set(m, off);
       off += m.length;
     }
-    sendto(fd, batch, 0, sockaddrNl(0));
+    sendto(this.fd, batch, 0, sockaddrNl(0));
     const buf = new Uint8Array(16384);
-    const waiting = new Set(acked);
     while (waiting.size > 0) {
-      const r = recvmsg(fd, buf, 0);
+      const r = recvmsg(this.fd, buf, 0);
       if (r.flags & MSG.TRUNC) throw new Error("nftables: a netlink reply was truncated");
       forEachNlMessage(buf, r.bytes, (m) => {
         if (m.type !== NLMSG.ERROR) return;
         const code = new DataView(m.payload.buffer, m.payload.byteOffset, 4).getInt32(0, true);
-        if (code < 0) throw new SysError("nftables", [`table inet ${name}`, `message ${m.seq}`], -code);
+        if (code < 0) throw new SysError("nftables", [`table inet ${this.name}`, `message ${m.seq}`], -code);
         waiting.delete(m.seq);
       });
     }
-    return fd;
-  } catch (e) {
-    close(fd);
-    if (e instanceof SysError && (e.errno === Errno.EPROTONOSUPPORT || e.errno === Errno.ENOENT || e.errno === Errno.EOPNOTSUPP)) {
-      throw new Error(`cannot lock the network with nftables here (${e.message}): the kernel has no nf_tables, or lacks owner tables (Linux 5.12+)`, { cause: e });
-    }
-    throw e;
   }
 }

@@ -89,7 +89,13 @@ export function filledMessage<D extends DescMessage>(schema: D): Message {
  * to `n`: a filled message would otherwise ask for gigabytes.
  */
 export function setPayloadSize(k: ImageKind, m: Message, n: number): void {
-  if (k.payloadSizeField === undefined) return;
   const fields = m as unknown as Record<string, unknown>;
+  // A TCP stream's payload is its two queues: all of it in the receive queue.
+  if (k.name === "TCP_STREAM") {
+    fields.inqLen = n;
+    fields.outqLen = 0;
+    return;
+  }
+  if (k.payloadSizeField === undefined) return;
   fields[k.payloadSizeField] = typeof fields[k.payloadSizeField] === "bigint" ? BigInt(n) : n;
 }

@@ -4,8 +4,10 @@
  *   - TCP that is neither listening nor connected (a new socket, perhaps
  *     bound: sock_diag does not list those, getsockname tells the port);
  *   - UDP, bound or not, connected or not (bind and connect again).
- * Connected TCP needs the kernel's repair mode and is refused by name, as is
- * any other inet socket (raw, ICMP, UDP-Lite). As in CRIU, a UDP socket's
+ * Established TCP is saved with the kernel's repair mode under
+ * --tcp-established (tcp-stream.ts) and refused by name without it; TCP in
+ * any other connected state is refused, as is any other inet socket (raw,
+ * ICMP, UDP-Lite). As in CRIU, a UDP socket's
  * queued datagrams are not saved (a restore looks like a loss on the
  * network), and one with a corked datagram waiting to go out is refused.
  */
@@ -21,6 +23,7 @@ import { UnsupportedFileError } from "./file-table";
 import type { FdKind } from "./kind";
 import { readSkOpts, shutdownField } from "./sk-opts";
 import { socketInode } from "./unix-socket";
+import { dumpTcpStream, endBytes, tcpStreamImageName } from "./tcp-stream";
 
 const STATE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(TCP_STATE).map(([k, v]) => [v, k]));
 
@@ -96,8 +99,13 @@ export const inetSocketKind: FdKind = {
       // Not listed: never listened nor connected (sock_diag walks only those tables).
       state = d?.state ?? TCP_STATE.CLOSE;
       if (!d && peer) throw new UnsupportedFileError(f.pid, f.fd, `a connected TCP socket sock_diag does not list (${f.link}; another network namespace?)`);
-      if (state !== TCP_STATE.LISTEN && state !== TCP_STATE.CLOSE) {
-        throw new UnsupportedFileError(f.pid, f.fd, `a TCP socket in state ${STATE_NAMES[state] ?? state} (${d?.src}:${d?.srcPort} → ${d?.dst}:${d?.dstPort}); only listening and unconnected TCP sockets can be dumped`);
+      const where = `(${d?.src}:${d?.srcPort} → ${d?.dst}:${d?.dstPort})`;
+      if (state === TCP_STATE.ESTABLISHED && peer) {
+        const lock = ctx.opts.tcpLock;
+        if (!lock) throw new UnsupportedFileError(f.pid, f.fd, `an established TCP connection ${where}; dump with --tcp-established to save it (and restore with --tcp-established)`);
+        ctx.table.images.set(tcpStreamImageName(ino), dumpTcpStream(local, family, { addr: endBytes(family, src.words), port: src.port }, { addr: endBytes(family, peer.words), port: peer.port }, lock));
+      } else if (state !== TCP_STATE.LISTEN && state !== TCP_STATE.CLOSE) {
+        throw new UnsupportedFileError(f.pid, f.fd, `a TCP socket in state ${STATE_NAMES[state] ?? state} ${where}; only listening, unconnected and (with --tcp-established) established TCP sockets can be dumped`);
       }
       if (state === TCP_STATE.LISTEN) backlog = d!.wqueue;
     } else {

@@ -9,10 +9,16 @@ import type { SocketTable } from "../../proc/sock-diag";
 import type { Irmap } from "./irmap";
 import type { FdAccess, OpenFd } from "./fd-access";
 import type { FileTable } from "./file-table";
+import type { TcpLock } from "../../transfer/tcp-lock";
 
 export interface FileDumpOptions {
   /** Dump a terminal the tree uses (CRIU's --shell-job); without it a tty is refused. */
   shellJob: boolean;
+  /**
+   * Save established TCP connections (CRIU's --tcp-established) under this
+   * network lock; without one they are refused.
+   */
+  tcpLock?: TcpLock;
 }
 
 /** What a kind's dump step may use. */

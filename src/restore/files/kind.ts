@@ -11,6 +11,7 @@ import type { FownEntry } from "../../image/gen/fown_pb";
 import type { FileValidation } from "../../image/file-validation";
 import { FdTypes, type FileEntry } from "../../image/gen/fdinfo_pb";
 import type { ImageSet } from "../../image/image-set";
+import type { TcpRestoreSession } from "./tcp-stream";
 
 export interface FileRestoreOptions {
   /** The dump was a shell job (--shell-job): its terminal becomes the one ckpt's stdin refers to. */
@@ -19,6 +20,8 @@ export interface FileRestoreOptions {
   fileValidation: FileValidation;
   /** Ignore changes of a file's rwx permission bits (the rest of its mode must match). */
   skipFileRwxCheck: boolean;
+  /** --tcp-established: established connections are made again under this session's lock; without it they are refused. */
+  tcp?: TcpRestoreSession;
 }
 
 /** One watch of an eventpoll file, for the engine to add inside the restored process. */
