@@ -8,7 +8,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { PagemapEntrySchema, PagemapHeadSchema, type PagemapEntry } from "../src/image/gen/pagemap_pb";
+import type { PagemapEntry } from "../src/image/gen/pagemap_pb";
 import { StatsEntrySchema } from "../src/image/gen/stats_pb";
 import { readImageFile } from "../src/image/image-file";
 import { ImageDirWriter } from "../src/image/image-dir";
@@ -16,7 +16,7 @@ import { ParentImages } from "../src/dump/memory/parent";
 import { ProcFs } from "../src/proc/procfs";
 import { readStat } from "../src/proc/stat";
 import { runCkpt } from "./helpers/cli";
-import { critFailures, entries } from "./helpers/images";
+import { critFailures, entries, entryPages, pagemapOf } from "./helpers/images";
 import { dirtyTarget, respawnTarget, watchTarget } from "./helpers/iterative-workloads";
 import { FdTypes, FileEntrySchema } from "../src/image/gen/fdinfo_pb";
 import { alive, startReady, tempDir, waitFor, type Target } from "./helpers/target";
@@ -46,14 +46,7 @@ async function dirtyRound(pid: number, out: string, round: number): Promise<void
   await waitFor(`dirty round ${round}`, () => readFileSync(out, "utf8").includes(`round ${round}\n`), 10000);
 }
 
-function pagemap(dir: string, pid: number): { pagesId: number; entries: PagemapEntry[] } {
-  const img = readImageFile(join(dir, `pagemap-${pid}.img`));
-  const head = img.entries[0]?.message;
-  if (head?.$typeName !== PagemapHeadSchema.typeName) throw new Error("no pagemap head");
-  return { pagesId: (head as unknown as { pagesId: number }).pagesId, entries: img.entries.slice(1).map((e) => e.message as PagemapEntry) };
-}
-
-const count = (e: PagemapEntry): number => Number(e.nrPages ?? 0n) || e.compatNrPages;
+const count = entryPages;
 
 /** Page numbers of `region` (from `addr`, `pages` long) that entries with `flag` cover. */
 function pagesWith(entries: readonly PagemapEntry[], flag: number, addr: bigint, pages: number): Set<number> {
@@ -132,7 +125,7 @@ describe("iterative dumps", () => {
 
     // Round 2 rewrote the pages p with p % STRIDE == 1, round 3 (the dump) those with p % STRIDE == 2 (round 1 wrote p % STRIDE == 0).
     for (const [dir, written] of [["2", 0], ["3", 1]] as const) {
-      const pm = pagemap(join(base, dir), pid);
+      const pm = pagemapOf(join(base, dir), pid);
       const present = pagesWith(pm.entries, PE_PRESENT, addr, pages);
       const inParent = pagesWith(pm.entries, PE_PARENT, addr, pages);
       const expected = new Set(Array.from({ length: pages / STRIDE }, (_, i) => i * STRIDE + written));
@@ -228,7 +221,7 @@ describe("iterative dumps", () => {
     expect(d.tracking.inherited).toBe(true);
     const addr = BigInt(`0x${words[0]}`);
     const pages = Number(words[1]) / 4096;
-    const present = pagesWith(pagemap(join(base, "2"), pid).entries, PE_PRESENT, addr, pages);
+    const present = pagesWith(pagemapOf(join(base, "2"), pid).entries, PE_PRESENT, addr, pages);
     expect([...present].sort((a, b) => a - b)).toEqual(Array.from({ length: pages / STRIDE }, (_, i) => i * STRIDE));
     await waitFor("the dumped process to be gone", () => !existsSync(`/proc/${pid}`), 10000);
     rmSync(join(base, "1"), { recursive: true });
@@ -265,8 +258,8 @@ describe("iterative dumps across a reused pid", () => {
     expect(d.tracking.inherited).toBe(true);
     expect(d.tracking.wholeProcesses).toEqual([{ pid: child, reason: "it started after the parent round: the pid was reused" }]);
     // The root's pages are mostly in the parent; none of the new child's are.
-    expect(pagemap(join(base, "2"), root).entries.some((e) => ((e.flags ?? 0) & PE_PARENT) !== 0)).toBe(true);
-    expect(pagemap(join(base, "2"), child).entries.every((e) => ((e.flags ?? 0) & PE_PARENT) === 0)).toBe(true);
+    expect(pagemapOf(join(base, "2"), root).entries.some((e) => ((e.flags ?? 0) & PE_PARENT) !== 0)).toBe(true);
+    expect(pagemapOf(join(base, "2"), child).entries.every((e) => ((e.flags ?? 0) & PE_PARENT) === 0)).toBe(true);
 
     await waitFor("the dumped tree to be gone", () => !existsSync(`/proc/${root}`) && !existsSync(`/proc/${child}`), 10000);
     const r = runCkpt(["restore", "-D", join(base, "2"), "-d"]);
@@ -331,7 +324,7 @@ describe("a new chain of pre-dumps", () => {
     expect(d.tracking.inherited).toBe(true);
     const addr = BigInt(`0x${words[0]}`);
     const pages = Number(words[1]) / 4096;
-    expect(pagesWith(pagemap(join(base, "2"), pid).entries, PE_PARENT, addr, pages).size).toBe(pages - pages / STRIDE);
+    expect(pagesWith(pagemapOf(join(base, "2"), pid).entries, PE_PARENT, addr, pages).size).toBe(pages - pages / STRIDE);
     await waitFor("the dumped process to be gone", () => !existsSync(`/proc/${pid}`), 10000);
     expect(runCkpt(["restore", "-D", join(base, "2"), "-d"]).stderr).toBe("");
     expect(await selfCheck(pid, out)).toBe("ok round 1");

@@ -9,10 +9,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
-import { PagemapHeadSchema, type PagemapEntry } from "../src/image/gen/pagemap_pb";
-import { readImageFile } from "../src/image/image-file";
+import type { PagemapEntry } from "../src/image/gen/pagemap_pb";
 import { decodeIov, decodeTarget, encodeIov, encodeTarget, PS, PSI_SIZE } from "../src/transfer/protocol";
-import { runsFree } from "./helpers/images";
+import { entryPages, pagemapOf, runsFree } from "./helpers/images";
 import { dirtyTarget } from "./helpers/iterative-workloads";
 import { restoreTarget } from "./helpers/restore-workloads";
 import { tcpClient, tcpServer } from "./helpers/tcp-workloads";
@@ -44,15 +43,19 @@ function copyImages(from: string, to: string): void {
   }
 }
 
-function pagemapOf(dir: string, pid: number): { pagesId: number; entries: PagemapEntry[] } {
-  const img = readImageFile(join(dir, `pagemap-${pid}.img`));
-  const head = img.entries[0]?.message;
-  if (head?.$typeName !== PagemapHeadSchema.typeName) throw new Error("no pagemap head");
-  return { pagesId: (head as unknown as { pagesId: number }).pagesId, entries: img.entries.slice(1).map((e) => e.message as PagemapEntry) };
-}
-
-const count = (e: PagemapEntry): number => Number(e.nrPages ?? 0n) || e.compatNrPages;
+const count = entryPages;
 const pagesFlagged = (entries: readonly PagemapEntry[], flag: number): number => entries.filter((e) => (e.flags & flag) !== 0).reduce((s, e) => s + count(e), 0);
+
+/** Once the source's tree is gone: its images copied over, restored by ckpt at the destination, verified by itself. */
+async function restoreAtDestination(src: string, dst: string, pid: number, out: string): Promise<void> {
+  await gone([pid]);
+  copyImages(src, dst);
+  const r = ckptOn(hosts.dest, ["restore", "-D", dst, "-d"]);
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+  cleanup.push(killablePid(pid));
+  expect(await selfCheck(pid, out)).toBe("ok");
+}
 
 async function gone(pids: readonly number[]): Promise<void> {
   await waitFor("the migrated tree to be gone from the source", () => pids.every((p) => !existsSync(`/proc/${p}`)), 10000);
@@ -110,13 +113,7 @@ describe("migration through ckpt page-server", () => {
     expect(statSync(join(dst, "pages-65537.img")).size).toBe(pagesFlagged(pm.entries, PE_PRESENT) * 4096);
     expect(statSync(dst).mode & 0o777).toBe(0o700);
 
-    await gone([pid]);
-    copyImages(src, dst);
-    const r = ckptOn(hosts.dest, ["restore", "-D", dst, "-d"]);
-    expect(r.stderr).toBe("");
-    expect(r.code).toBe(0);
-    cleanup.push(killablePid(pid));
-    expect(await selfCheck(pid, out)).toBe("ok");
+    await restoreAtDestination(src, dst, pid, out);
     if (hosts.separate) expect(readFileSync(`/proc/${pid}/net/dev`, "utf8")).toContain("ckd");
   });
 
@@ -498,12 +495,6 @@ describe.skipIf(!haveCriu)("page-server interop with CRIU 4.2", () => {
     const served = await server.done;
     expect(served.stderr.split("\n").filter((l) => l && !l.includes("listening on"))).toEqual([]);
     expect(served.code).toBe(0);
-    await gone([pid]);
-    copyImages(src, dst);
-    const r = ckptOn(hosts.dest, ["restore", "-D", dst, "-d"]);
-    expect(r.stderr).toBe("");
-    expect(r.code).toBe(0);
-    cleanup.push(killablePid(pid));
-    expect(await selfCheck(pid, out)).toBe("ok");
+    await restoreAtDestination(src, dst, pid, out);
   });
 });

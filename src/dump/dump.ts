@@ -257,7 +257,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       memwriteMs = performance.now() - t;
       writeImages(out, dumped, zombies, table, tree, clocks);
       // Where the restore finds the lock's holder, to end it once the connections are back.
-      if (tcpLock && !opts.leaveRunning) out.write(TCP_LOCK_RECORD, new TextEncoder().encode(`${JSON.stringify(tcpLock.holder)}\n`));
+      if (tcpLock?.active && !opts.leaveRunning) out.write(TCP_LOCK_RECORD, new TextEncoder().encode(`${JSON.stringify(tcpLock.holder)}\n`));
       // The server has every page on disk before the inventory makes the set whole.
       store.finish();
     };
@@ -299,7 +299,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       figures = { ...pageFigures(), frozenMs: beforeKill - frozenAt, memwriteMs, totalMs: beforeKill - started };
       commitRound(out, figures, inv, tracking);
       // The lock outlives ckpt now, until the restore (or its timeout): the tree's sockets close silently in repair mode.
-      tcpLock?.commit();
+      if (tcpLock?.active) tcpLock.commit();
+      else tcpLock?.release();
       opts.onImagesWritten?.(lazy ? { lazyPagesAt: lazy.where } : {});
       if (lazy) {
         // The tree stays frozen while its pages are fetched; a destination that goes away first leaves it running here (the catch below).

@@ -31,6 +31,7 @@ import { accept4, AF, bind, cmsgFds, decodeCmsgs, listen, recvmsg, sendto, SOCK,
 import { encodeUffdioCopy, encodeUffdioZeropage, uffdioDone, UFFDIO_COPY_SIZE, UFFDIO_ZEROPAGE_SIZE } from "../sys/structs";
 import { Connection, ConnectionLost, type Endpoint } from "./connection";
 import { decodeIov, encodeIov, PS, PSI_SIZE } from "./protocol";
+import { PageRuns } from "./page-runs";
 
 const LAZY_SOCKET = "lazy-pages.socket";
 /** Pages fetched for one fault: the faulting page and the next ones of its run. */
@@ -59,94 +60,14 @@ export interface LazyPagesResult {
   ms: number;
 }
 
-/** One mm's lazy pages: page states of each run (0: still at the source). */
-class Progress {
-  constructor(
-    readonly starts: bigint[],
-    readonly ends: bigint[],
-    readonly todo: Uint8Array[],
-    public left: number,
-    /** Run and page the background fetch looks at next. */
-    public cursor = { run: 0, page: 0 },
-  ) {}
-
-  static of(runs: { start: bigint; end: bigint }[]): Progress {
-    const sorted = [...runs].sort((a, b) => (a.start < b.start ? -1 : 1));
-    const todo = sorted.map((r) => new Uint8Array(Number((r.end - r.start) / BigInt(PAGE_SIZE))).fill(1));
-    return new Progress(sorted.map((r) => r.start), sorted.map((r) => r.end), todo, todo.reduce((s, t) => s + t.length, 0));
-  }
-
-  clone(): Progress {
-    return new Progress([...this.starts], [...this.ends], this.todo.map((t) => t.slice()), this.left, { ...this.cursor });
-  }
-
-  find(addr: bigint): number {
-    let lo = 0;
-    let hi = this.starts.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (this.ends[mid]! <= addr) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo < this.starts.length && this.starts[lo]! <= addr ? lo : -1;
-  }
-
-  /** Whether the page at original address `addr` is still to fetch. */
-  pending(addr: bigint): boolean {
-    const run = this.find(addr);
-    return run >= 0 && this.todo[run]![Number((addr - this.starts[run]!) / BigInt(PAGE_SIZE))] === 1;
-  }
-
-  /** Pages still to fetch from `addr` on, in its run, up to `max`. */
-  span(addr: bigint, max: number): number {
-    const run = this.find(addr);
-    if (run < 0) return 0;
-    const t = this.todo[run]!;
-    let i = Number((addr - this.starts[run]!) / BigInt(PAGE_SIZE));
-    let n = 0;
-    while (i < t.length && t[i] === 1 && n < max) {
-      i++;
-      n++;
-    }
-    return n;
-  }
-
-  /** Mark [addr, addr + pages) as no longer at the source (fetched, dropped or unmapped). */
-  settle(addr: bigint, pages: number): void {
-    const end = addr + BigInt(pages * PAGE_SIZE);
-    for (let run = Math.max(0, this.find(addr)); run < this.starts.length && this.starts[run]! < end; run++) {
-      const t = this.todo[run]!;
-      const from = addr > this.starts[run]! ? Number((addr - this.starts[run]!) / BigInt(PAGE_SIZE)) : 0;
-      const to = Math.min(t.length, Number((end - this.starts[run]!) / BigInt(PAGE_SIZE)));
-      for (let i = from; i < to; i++) {
-        if (t[i] === 1) {
-          t[i] = 0;
-          this.left--;
-        }
-      }
-    }
-  }
-
-  /** The next page still at the source, from the cursor on; null when none. */
-  next(): bigint | null {
-    while (this.cursor.run < this.starts.length) {
-      const t = this.todo[this.cursor.run]!;
-      while (this.cursor.page < t.length) {
-        if (t[this.cursor.page] === 1) return this.starts[this.cursor.run]! + BigInt(this.cursor.page * PAGE_SIZE);
-        this.cursor.page++;
-      }
-      this.cursor.run++;
-      this.cursor.page = 0;
-    }
-    return null;
-  }
-}
-
 /** A restored mm: its userfaultfd, whose pages it gets (the image pid), and where moved memory went. */
 interface LazyMm {
   uffd: number;
   pid: number;
-  progress: Progress;
+  /** Its lazy pages, marked 1 while still at the source. */
+  progress: PageRuns;
+  /** Where the background fetch looks next. */
+  cursor: { run: number; page: number };
   /** mremap'd ranges: [start, end) now holds what was at `from` in the image. */
   moved: { start: bigint; end: bigint; from: bigint }[];
 }
@@ -263,15 +184,15 @@ export class LazyPagesDaemon {
     }
     if (fds.length !== 1) throw new HandoffFailed(`the restore sent ${fds.length} fds for process ${pid}`);
     fcntl(fds[0]!, F.SETFL, O.NONBLOCK);
-    const progress = Progress.of(lazyRunsOf(this.dir, pid));
-    this.pagesLazy += progress.left;
-    this.mms.push({ uffd: fds[0]!, pid, progress, moved: [] });
+    const progress = PageRuns.of(lazyRunsOf(this.dir, pid), 1);
+    this.pagesLazy += progress.marked;
+    this.mms.push({ uffd: fds[0]!, pid, progress, cursor: { run: 0, page: 0 }, moved: [] });
     this.hostPids.push(hostPid);
     return true;
   }
 
   private left(): number {
-    return this.mms.reduce((s, m) => s + m.progress.left, 0);
+    return this.mms.reduce((s, m) => s + m.progress.marked, 0);
   }
 
   /** The event loop: the restore's handoff, faults first, the background fetch when none waits. */
@@ -300,10 +221,10 @@ export class LazyPagesDaemon {
         }
         if (handled || handoff >= 0) continue;
         // Nothing waits: one background request, round-robin over the mms.
-        const live = this.mms.filter((m) => m.progress.left > 0);
+        const live = this.mms.filter((m) => m.progress.marked > 0);
         if (live.length === 0) break;
         const m = live[turn++ % live.length]!;
-        const at = m.progress.next();
+        const at = m.progress.nextMarked(m.cursor);
         if (at !== null) this.fetch(m, at, at, BACKGROUND_PAGES, false);
       }
     } finally {
@@ -349,14 +270,14 @@ export class LazyPagesDaemon {
         this.counters.faults++;
         const here = page(arg(1));
         const from = original(m, here);
-        if (m.progress.pending(from)) this.fetch(m, here, from, FAULT_PAGES, true);
+        if (m.progress.markAt(from) === 1) this.fetch(m, here, from, FAULT_PAGES, true);
         else this.zero(m, here);
         return;
       }
       case UFFD_EVENT.FORK: {
         const child = v.getUint32(8, true);
         fcntl(child, F.SETFL, O.NONBLOCK);
-        this.mms.push({ uffd: child, pid: m.pid, progress: m.progress.clone(), moved: m.moved.map((x) => ({ ...x })) });
+        this.mms.push({ uffd: child, pid: m.pid, progress: m.progress.clone(), cursor: { ...m.cursor }, moved: m.moved.map((x) => ({ ...x })) });
         return;
       }
       case UFFD_EVENT.REMAP: {
@@ -368,7 +289,7 @@ export class LazyPagesDaemon {
       case UFFD_EVENT.UNMAP: {
         // Dropped or gone: what the source holds for it is no longer wanted (a later touch reads zeros).
         const [start, end] = [arg(0), arg(1)];
-        m.progress.settle(original(m, start), Number((end - start) / BigInt(PAGE_SIZE)));
+        m.progress.mark(original(m, start), Number((end - start) / BigInt(PAGE_SIZE)), 0);
         return;
       }
       default:
@@ -378,7 +299,7 @@ export class LazyPagesDaemon {
 
   /** Fetch up to `max` pages from image address `from` and place them at `here`. */
   private fetch(m: LazyMm, here: bigint, from: bigint, max: number, onFault: boolean): void {
-    const want = m.progress.span(from, max);
+    const want = m.progress.span(from, max, 1);
     if (want === 0) return;
     this.source.sendAll(encodeIov({ cmd: PS.GET, nrPages: BigInt(want), vaddr: from, dstId: BigInt(m.pid) }, this.header));
     this.source.recvExact(this.header);
@@ -389,7 +310,7 @@ export class LazyPagesDaemon {
     const pages = Number(answer.nrPages);
     this.source.recvExact(this.buffer, pages * PAGE_SIZE);
     this.place(m, here, pages);
-    m.progress.settle(from, pages);
+    m.progress.mark(from, pages, 0);
     if (onFault) this.counters.pagesOnFault += pages;
     else this.counters.pagesInBackground += pages;
   }

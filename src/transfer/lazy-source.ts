@@ -17,6 +17,7 @@ import { PAGE_SIZE, POLL } from "../sys/nr";
 import { Connection, ConnectionLost, Listener, type Endpoint } from "./connection";
 import { decodeIov, encodeIov, isClose, PS, PSI_SIZE } from "./protocol";
 import { PE_PRESENT } from "../image/pagemap";
+import { PageRuns } from "./page-runs";
 
 /** The most one answer carries: a request for more gets this much, and asks again. */
 const MAX_ANSWER = 4 << 20;
@@ -44,46 +45,6 @@ export interface LazyServeResult {
   ms: number;
 }
 
-/** What the tree's lazy runs are, with the pages already served. */
-class LazyRuns {
-  readonly starts: bigint[];
-  readonly ends: bigint[];
-  private readonly served: Uint8Array[];
-  pagesServed = 0;
-  readonly pages: number;
-
-  constructor(runs: readonly LazyRun[]) {
-    const sorted = [...runs].sort((a, b) => (a.vaddr < b.vaddr ? -1 : 1));
-    this.starts = sorted.map((r) => r.vaddr);
-    this.ends = sorted.map((r) => r.vaddr + BigInt(r.nrPages * PAGE_SIZE));
-    this.served = sorted.map((r) => new Uint8Array(r.nrPages));
-    this.pages = sorted.reduce((s, r) => s + r.nrPages, 0);
-  }
-
-  /** The run holding `addr`, or -1. */
-  find(addr: bigint): number {
-    let lo = 0;
-    let hi = this.starts.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (this.ends[mid]! <= addr) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo < this.starts.length && this.starts[lo]! <= addr ? lo : -1;
-  }
-
-  markServed(run: number, from: bigint, pages: number): void {
-    const bits = this.served[run]!;
-    const first = Number((from - this.starts[run]!) / BigInt(PAGE_SIZE));
-    for (let i = first; i < first + pages; i++) {
-      if (bits[i] === 0) {
-        bits[i] = 1;
-        this.pagesServed++;
-      }
-    }
-  }
-}
-
 export class LazySource {
   private readonly header = new Uint8Array(PSI_SIZE);
   private readonly buffer = new Uint8Array(MAX_ANSWER);
@@ -106,7 +67,8 @@ export class LazySource {
    * waits (a SIGINT/SIGTERM guard) and throws to abandon the serving.
    */
   async serve(processes: readonly LazyProcess[], interrupted: () => Promise<void>): Promise<LazyServeResult> {
-    const byPid = new Map(processes.map((p) => [p.pid, new LazyRuns(p.runs)]));
+    // Marks: 1 once a page was served.
+    const byPid = new Map(processes.map((p) => [p.pid, PageRuns.of(p.runs.map((r) => ({ start: r.vaddr, end: r.vaddr + BigInt(r.nrPages * PAGE_SIZE) })), 0)]));
     const pagesLazy = [...byPid.values()].reduce((s, r) => s + r.pages, 0);
     while ((poll([{ fd: this.listener.fd, events: POLL.IN }], POLL_MS)[0]! & POLL.IN) === 0) await interrupted();
     const conn = this.listener.accept();
@@ -127,14 +89,14 @@ export class LazySource {
         requests++;
         this.answer(conn, byPid, iov.dstId, iov.vaddr, iov.nrPages);
       }
-      const served = [...byPid.values()].reduce((s, r) => s + r.pagesServed, 0);
+      const served = [...byPid.values()].reduce((s, r) => s + r.marked, 0);
       return { peer: conn.peer, pagesLazy, pagesServed: served, requests, bytesSent: conn.sent, ms: performance.now() - started };
     } finally {
       conn.close();
     }
   }
 
-  private answer(conn: Connection, byPid: Map<number, LazyRuns>, dstId: bigint, vaddr: bigint, nrPages: bigint): void {
+  private answer(conn: Connection, byPid: Map<number, PageRuns>, dstId: bigint, vaddr: bigint, nrPages: bigint): void {
     const pid = Number(dstId);
     const runs = byPid.get(pid);
     const what = `a request for ${nrPages} page(s) of process ${pid} at 0x${vaddr.toString(16)}`;
@@ -147,7 +109,7 @@ export class LazySource {
     this.readPages(pid, vaddr, bytes);
     conn.sendAll(encodeIov({ cmd: PS.ADD_F, flags: PE_PRESENT, nrPages: BigInt(pages), vaddr, dstId }, this.header));
     conn.sendAll(bytes === this.buffer.length ? this.buffer : this.buffer.subarray(0, bytes));
-    runs.markServed(run, vaddr, pages);
+    runs.mark(vaddr, pages, 1);
   }
 
   /** Read `bytes` at `vaddr` of the frozen process `pid` into the buffer. */

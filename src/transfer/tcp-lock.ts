@@ -25,11 +25,12 @@ import { pidfdGetfd, pidfdOpen, pipe2 } from "../sys/calls";
 import { Errno, SysError } from "../sys/errno";
 import { readWholeFile } from "../sys/file";
 import { addressOf, close, readInto, syscall, writeAll } from "../sys/libc";
-import { O, SIG, SYS } from "../sys/nr";
+import { O, SYS } from "../sys/nr";
 import { IPPROTO, setsockoptInt, TCP_OPT } from "../sys/socket";
 import { NftDropTable, type Flow } from "../sys/nftables";
 import { readStat } from "../proc/stat";
 import type { ProcFs } from "../proc/procfs";
+import { LiveHelper, type HelperId } from "../proc/helper-process";
 
 export const TCP_LOCK_COMM = "ckpt-tcp-lock";
 /** argv[0] of the hidden mode: the holder. */
@@ -40,11 +41,8 @@ export const TCP_LOCK_RECORD = "tcp-lock.json";
 export const TCP_LOCK_TIMEOUT_SECONDS = 600;
 const PR_SET_NAME = 15;
 
-export interface TcpLockRecord {
-  pid: number;
-  /** /proc/PID/stat start time in clock ticks (a reused pid is someone else). */
-  startTime: string;
-}
+/** The holder, as the image set records it (a reused pid is someone else: another start time). */
+export type TcpLockRecord = HelperId;
 
 /** The command that runs this same ckpt, compiled or from source. */
 function selfCommand(): string[] {
@@ -125,6 +123,11 @@ export class TcpLock {
     this.table.add(flows);
   }
 
+  /** Whether any connection is locked (else there is nothing to hold past the dump). */
+  get active(): boolean {
+    return this.table !== null;
+  }
+
   /** A socket about to enter repair mode: the holder turns it off again if the dump does not complete. */
   hold(fd: number): void {
     this.handOver("socket", fd);
@@ -169,28 +172,11 @@ export class TcpLock {
   }
 }
 
-/** End the holder `r` if it still runs (a restore on the dump's host): the dump's lock goes. */
+/** End the holder `r` if it still runs (a restore on the dump's host): the dump's lock goes with it. */
 export function endTcpLockHolder(proc: ProcFs, r: TcpLockRecord): boolean {
-  let pidfd: number;
-  try {
-    pidfd = pidfdOpen(r.pid);
-  } catch (e) {
-    if (e instanceof SysError && e.errno === Errno.ESRCH) return false;
-    throw e;
-  }
-  try {
-    const st = readStat(proc, r.pid);
-    if (st.startTime.toString() !== r.startTime || st.comm !== TCP_LOCK_COMM) return false;
-    syscall("pidfd_send_signal", SYS.pidfd_send_signal, [pidfd, SIG.KILL, 0, 0], [String(pidfd), "SIGKILL", "NULL", "0"]);
-    // Wait until it has exited, i.e. its table is gone (a pidfd is readable then).
-    const pollfd = new Int32Array([pidfd, 1]);
-    syscall("poll", SYS.poll, [addressOf(pollfd), 1, 5000], [`{${pidfd}, POLLIN}`, "1", "5000"]);
-    return true;
-  } catch {
-    return false;
-  } finally {
-    close(pidfd);
-  }
+  const live = LiveHelper.find(proc, r, TCP_LOCK_COMM);
+  live?.end();
+  return live !== null;
 }
 
 /** The holder record an image set carries; null without one. */

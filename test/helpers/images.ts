@@ -5,6 +5,8 @@ import { join } from "node:path";
 import { readImageFile, writeImageFile } from "../../src/image/image-file";
 import { InventoryEntrySchema, type InventoryEntry } from "../../src/image/gen/inventory_pb";
 import { kind } from "../../src/image/magic";
+import type { PagemapEntry } from "../../src/image/gen/pagemap_pb";
+import { splitPagemap } from "../../src/image/pagemap";
 import { close, openat, preadInto } from "../../src/sys/libc";
 import { AT, O } from "../../src/sys/nr";
 
@@ -116,6 +118,15 @@ export function isGone(pid: number): boolean {
   const s = ptraceState(pid);
   return s === undefined || s.state === "Z" || s.state === "X";
 }
+
+/** A process's pagemap: the pages file it names and its entries. */
+export function pagemapOf(dir: string, pid: number): { pagesId: number; entries: PagemapEntry[] } {
+  const { head, entries } = splitPagemap(readImageFile(join(dir, `pagemap-${pid}.img`)).entries, `pagemap-${pid}.img`);
+  return { pagesId: head.pagesId, entries };
+}
+
+/** Pages of one pagemap entry. */
+export const entryPages = (e: PagemapEntry): number => Number(e.nrPages ?? 0n) || e.compatNrPages;
 
 /** The page data of one process: pagemap runs and their bytes from pages-N.img. */
 export function savedPages(dir: string, pid: number): { vaddr: bigint; nrPages: number; bytes: Uint8Array }[] {

@@ -29,13 +29,14 @@
  */
 import { Errno, SysError } from "../../sys/errno";
 import { pidfdGetfd, pidfdOpen } from "../../sys/calls";
-import { addressOf, close, syscall } from "../../sys/libc";
-import { SIG, SYS } from "../../sys/nr";
+import { close } from "../../sys/libc";
+import { SYS } from "../../sys/nr";
 import { asm, exitZero, forkThenChild, launchTinyElf, ownSessionNamed, reportPid, tinyElf } from "../../sys/tiny-elf";
 import type { ProcFs } from "../../proc/procfs";
 import { CommitPipe } from "../../sys/commit-pipe";
 import { readStat } from "../../proc/stat";
 import { listDirectory } from "../../sys/file";
+import { LiveHelper, type HelperId } from "../../proc/helper-process";
 
 export const TRACKER_COMM = "ckpt-tracker";
 /** fd of the root's pidfd in the tracker; userfaultfds follow it. */
@@ -44,11 +45,7 @@ const FIRST_HELD_FD = 4;
 const POLLIN = 1;
 
 /** Who the tracker is, as an image set records it: a pid and its start time tell a reused pid apart. */
-export interface TrackerId {
-  pid: number;
-  /** /proc/PID/stat start time, clock ticks after boot. */
-  startTime: string;
-}
+export type TrackerId = HelperId;
 
 function trackerCode(timeoutSeconds: number, heldCount: number): number[] {
   const exit = exitZero();
@@ -143,31 +140,12 @@ export function trackersOf(proc: ProcFs, rootPid: number, except: readonly Track
   return out;
 }
 
-/**
- * A tracker found alive and verified (same pid, same start time, our name),
- * pinned by a pidfd so that its pid cannot be reused while we use it.
- */
-export class LiveTracker {
-  /** The pidfd keeps the process (not its pid number) ours to signal: once it exits, signals fail instead of reaching a newcomer. */
-  private constructor(readonly id: TrackerId, private pidfd: number) {}
-
+/** A tracker found alive and verified (proc/helper-process.ts), whose held fds ckpt can take. */
+export class LiveTracker extends LiveHelper {
   /** The tracker `id` if it still runs; null when it is gone (ended, timed out, or its pid reused). */
-  static find(proc: ProcFs, id: TrackerId): LiveTracker | null {
-    let pidfd: number;
-    try {
-      pidfd = pidfdOpen(id.pid);
-    } catch (e) {
-      if (e instanceof SysError && e.errno === Errno.ESRCH) return null;
-      throw e;
-    }
-    try {
-      const st = readStat(proc, id.pid);
-      if (st.startTime.toString() === id.startTime && st.comm === TRACKER_COMM && st.state !== "Z") return new LiveTracker(id, pidfd);
-    } catch {
-      // Exited between the two reads: gone.
-    }
-    close(pidfd);
-    return null;
+  static override find(proc: ProcFs, id: TrackerId): LiveTracker | null {
+    const pidfd = LiveHelper.pin(proc, id, TRACKER_COMM);
+    return pidfd < 0 ? null : new LiveTracker(id, TRACKER_COMM, pidfd);
   }
 
   /** A copy, in ckpt, of the `i`th fd the tracker holds; null when the tracker has exited meanwhile. */
@@ -178,28 +156,5 @@ export class LiveTracker {
       if (e instanceof SysError && (e.errno === Errno.ESRCH || e.errno === Errno.EBADF)) return null;
       throw e;
     }
-  }
-
-  /** SIGKILL the tracker and wait (up to 5 s) until it has exited, i.e. until its fds are closed. */
-  end(): void {
-    if (this.pidfd < 0) return;
-    try {
-      syscall("pidfd_send_signal", SYS.pidfd_send_signal, [this.pidfd, SIG.KILL, 0, 0], [String(this.pidfd), "SIGKILL", "NULL", "0"]);
-    } catch (e) {
-      if (!(e instanceof SysError && e.errno === Errno.ESRCH)) throw e;
-    }
-    // A pidfd turns readable when its process has exited (its files closed).
-    const pollfd = new Int32Array([this.pidfd, POLLIN]);
-    try {
-      const ready = syscall("poll", SYS.poll, [addressOf(pollfd), 1, 5000], [`{${this.pidfd}, POLLIN}`, "1", "5000"]);
-      if (ready === 0n) throw new Error(`tracker ${this.id.pid} did not exit within 5 s of SIGKILL`);
-    } finally {
-      this.close();
-    }
-  }
-
-  close(): void {
-    if (this.pidfd >= 0) close(this.pidfd);
-    this.pidfd = -1;
   }
 }
