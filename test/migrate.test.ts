@@ -433,6 +433,46 @@ describe("established TCP connections (--tcp-established)", () => {
     expect(checkServer(server, serverOut)).toBe(`ok ${COUNT}`);
     await waitFor("the lock's holder to end", () => lockHolders().length === 0, 5000);
   });
+
+  // The lock is committed with the images, but the tree is killed only once
+  // its lazy pages have gone: a ckpt killed in between leaves the tree running
+  // (the kernel lets it go), so its sockets must leave repair mode and the
+  // lock must end, as if the dump had failed.
+  test("a lazy dump killed after its images are complete: the tree runs on, its connection carries on, the lock goes", async () => {
+    const { server, serverOut, client } = await conversation();
+    const images = join(tempDir("tcp-lazy-killed"), "img");
+    const port = freshPort();
+    const dump = spawnOn(hosts.source, ["dump", "-t", String(server), "-D", images, "--tcp-established", "--lazy-pages", "--address", hosts.source.address, "--port", String(port)]);
+    await waitFor("the lazy dump's images", () => existsSync(join(images, "inventory.img")), 30000);
+    expect(existsSync(join(images, "tcp-lock.json"))).toBe(true);
+    dump.kill("SIGKILL");
+    await dump.done;
+    await waitFor("the server to run free", () => runsFree(server), 10000);
+    await waitFor("the lock's holder to end", () => lockHolders().length === 0, 10000);
+    const c = await client.done;
+    expect(c.stdout.trim().split("\n").at(-1)).toBe(`ok ${COUNT}`);
+    expect(checkServer(server, serverOut)).toBe(`ok ${COUNT}`);
+  });
+
+  test("a lazy dump whose destination goes away: the tree runs on at once, its connection too, and the lock goes with the dump", async () => {
+    const { server, serverOut, client } = await conversation();
+    const images = join(tempDir("tcp-lazy-gone"), "img");
+    const port = freshPort();
+    const dump = spawnOn(hosts.source, ["dump", "-t", String(server), "-D", images, "--tcp-established", "--lazy-pages", "--address", hosts.source.address, "--port", String(port)]);
+    await waitFor("the lazy dump's images", () => existsSync(join(images, "inventory.img")), 30000);
+    const dst = tempDir("tcp-lazy-gone-dst");
+    copyImages(images, dst);
+    const daemon = spawnOn(hosts.dest, ["lazy-pages", "-D", dst, "--page-server", "--address", hosts.source.address, "--port", String(port)]);
+    await waitFor("the lazy-pages socket", () => existsSync(join(dst, "lazy-pages.socket")), 20000);
+    daemon.kill("SIGKILL");
+    const r = await dump.done;
+    expect(r.code).toBe(1);
+    expect(lockHolders()).toEqual([]);
+    await waitFor("the server to run free", () => runsFree(server), 10000);
+    const c = await client.done;
+    expect(c.stdout.trim().split("\n").at(-1)).toBe(`ok ${COUNT}`);
+    expect(checkServer(server, serverOut)).toBe(`ok ${COUNT}`);
+  });
 });
 
 /** Network-lock holders still running (a lock lives as long as its holder: its nftables table is an owner table). */

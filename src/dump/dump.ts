@@ -298,8 +298,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       const beforeKill = performance.now();
       figures = { ...pageFigures(), frozenMs: beforeKill - frozenAt, memwriteMs, totalMs: beforeKill - started };
       commitRound(out, figures, inv, tracking);
-      // The lock outlives ckpt now, until the restore (or its timeout): the tree's sockets close silently in repair mode.
-      if (tcpLock?.active) tcpLock.commit();
+      // The lock outlives ckpt from the kill on, until the restore (or its timeout): the tree's sockets close silently in repair mode.
+      if (tcpLock?.active) tcpLock.commit(tree.map((p) => p.pid));
       else tcpLock?.release();
       opts.onImagesWritten?.(lazy ? { lazyPagesAt: lazy.where } : {});
       if (lazy) {
@@ -308,6 +308,9 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       }
       release(freezer, "kill");
       released = true;
+      // The holder closes the dumped sockets once the tree is gone, and keeps the lock.
+      const handOffProblem = tcpLock?.handOff();
+      if (handOffProblem) process.stderr.write(`ckpt: warning: ${handOffProblem}\n`);
       frozenMs = performance.now() - frozenAt;
       figures.frozenMs = frozenMs;
     }

@@ -58,6 +58,9 @@ export const TCP_OPT = {
   NOTSENT_LOWAT: 25, REPAIR_WINDOW: 29,
 } as const;
 
+/** TCP_REPAIR values: OFF sends a window probe to wake the peer, OFF_NO_WP does not. */
+export const TCP_REPAIR_MODE = { ON: 1, OFF: 0, OFF_NO_WP: -1 } as const;
+
 /** IPPROTO_IP options (linux/in.h). */
 export const IP_OPT = { TOS: 1, TTL: 2, HDRINCL: 3, OPTIONS: 4, RECVERR: 11, FREEBIND: 15, TRANSPARENT: 19 } as const;
 

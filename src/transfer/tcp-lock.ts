@@ -12,21 +12,31 @@
  * a small process of its own, the holder (ckpt re-executed in a hidden mode,
  * comm "ckpt-tcp-lock"), started before the tree is frozen. ckpt hands it,
  * by number, the table's socket and each socket it puts in repair mode; the
- * holder takes them with pidfd_getfd and acknowledges. Then:
- *  - the dump completes and the tree is killed: ckpt says "commit"; the
- *    holder keeps the lock until the restore ends it (SIGKILL, found through
- *    tcp-lock.json in the image set) or its timeout passes;
- *  - the dump fails, is interrupted, or ckpt is killed: the holder reads the
- *    end of its pipe, turns repair mode off on every socket it holds, so the
- *    connections carry on in the tree that runs again, and exits — which
- *    removes the table.
+ * holder takes them with pidfd_getfd and acknowledges. The tree runs with
+ * its sockets out of repair mode at every moment it can run (dump/files/
+ * tcp-stream.ts turns it on only for the read). Then:
+ *  - the images are whole: ckpt says "commit" with the tree's pids, kills the
+ *    tree (at once, or once a lazy dump's pages have gone) and says "killed".
+ *    The holder waits until every process of the tree has exited, turns
+ *    repair mode on and closes its sockets (silently: no FIN, no reset; the
+ *    last reference, since the tree's are gone), answers "closed", and keeps
+ *    the lock until the restore ends it (SIGKILL, found through tcp-lock.json
+ *    in the image set) or its timeout passes. A ckpt killed after the commit
+ *    ends the pipe instead: the holder does the same if the tree exits within
+ *    a grace time (ckpt had killed it), and else gives everything back as
+ *    below (the kernel let the tree go on);
+ *  - the dump fails, is interrupted, or ckpt is killed before the commit: ckpt
+ *    says "release", or the holder reads the end of its pipe; it turns repair
+ *    mode off on every socket it holds (it is off already unless ckpt died in
+ *    the middle of a read), so the connections carry on in the tree that runs
+ *    again, and exits — which removes the table.
  */
-import { pidfdGetfd, pidfdOpen, pipe2 } from "../sys/calls";
+import { pidfdGetfd, pidfdOpen, pipe2, poll } from "../sys/calls";
 import { Errno, SysError } from "../sys/errno";
 import { readWholeFile } from "../sys/file";
 import { addressOf, close, readInto, syscall, writeAll } from "../sys/libc";
 import { O, SYS } from "../sys/nr";
-import { IPPROTO, setsockoptInt, TCP_OPT } from "../sys/socket";
+import { IPPROTO, setsockoptInt, TCP_OPT, TCP_REPAIR_MODE } from "../sys/socket";
 import { NftDropTable, type Flow } from "../sys/nftables";
 import { readStat } from "../proc/stat";
 import type { ProcFs } from "../proc/procfs";
@@ -40,6 +50,9 @@ export const TCP_LOCK_RECORD = "tcp-lock.json";
 /** How long a committed lock waits for its restore by default. */
 export const TCP_LOCK_TIMEOUT_SECONDS = 600;
 const PR_SET_NAME = 15;
+/** How long a holder whose ckpt ended after the commit waits for the tree to exit before deciding it was let go instead. */
+const TREE_EXIT_GRACE_MS = 5000;
+const POLLIN = 1;
 
 /** The holder, as the image set records it (a reused pid is someone else: another start time). */
 export type TcpLockRecord = HelperId;
@@ -53,7 +66,7 @@ function selfCommand(): string[] {
 /** Turn repair mode off (the connection carries on as before); false if the socket refused. */
 export function repairOff(fd: number): boolean {
   try {
-    setsockoptInt(fd, IPPROTO.TCP, TCP_OPT.REPAIR, 0);
+    setsockoptInt(fd, IPPROTO.TCP, TCP_OPT.REPAIR, TCP_REPAIR_MODE.OFF);
     return true;
   } catch {
     return false;
@@ -134,19 +147,47 @@ export class TcpLock {
     this.sockets.push(fd);
   }
 
-  /** The images are whole and the tree goes: the holder keeps the lock until the restore (or its timeout). */
-  commit(): void {
-    this.send("commit");
+  /**
+   * The images are whole and the tree `pids` is about to be killed: from
+   * then on, a ckpt that ends without saying "release" leaves the lock held
+   * if the tree is gone (see handOff).
+   */
+  commit(pids: readonly number[]): void {
+    this.send(`commit ${pids.join(" ")}`);
     this.await("committed");
-    this.closePipes();
   }
 
   /**
-   * The connections go on here (dump -R, or a failed dump): repair mode off
-   * on every socket, and the holder ends, which removes the table.
+   * The tree was killed: the holder closes the dumped sockets once it has
+   * exited, and the lock is its alone. Returns a problem to report, or null
+   * (the images are whole whatever happens here).
+   */
+  handOff(): string | null {
+    try {
+      this.send("killed");
+      this.await("closed");
+      return null;
+    } catch (e) {
+      return `the network lock's holder did not close the dumped connections: ${e instanceof Error ? e.message : String(e)}`;
+    } finally {
+      this.closePipes();
+    }
+  }
+
+  /**
+   * The connections go on here (dump -R, or a failed dump, also after the
+   * commit): repair mode off on every socket, and the holder ends, which
+   * removes the table.
    */
   release(): void {
     for (const fd of this.sockets) repairOff(fd);
+    if (this.cmd >= 0) {
+      try {
+        this.send("release");
+      } catch {
+        // The holder is gone already, or reads the end of its pipe below: the same outcome.
+      }
+    }
     this.abandon();
   }
 
@@ -164,8 +205,9 @@ export class TcpLock {
     this.ack = -1;
   }
 
-  /** After commit: ckpt's own copies go (the holder has its own). */
+  /** At the end of the dump: ckpt's own copies go (the holder has its own). */
   close(): void {
+    this.closePipes();
     this.table?.close();
     this.table = null;
     for (const fd of this.sockets.splice(0)) close(fd);
@@ -211,38 +253,96 @@ export async function runTcpLockHolderIfAsked(argv: readonly string[]): Promise<
   reply("ready");
   const buf = new Uint8Array(256);
   let pending = "";
-  for (;;) {
+  let tree: number[] | null = null;
+  let handedOver = false;
+  const giveBack = (): never => {
+    // The connections go on in the tree: out of repair mode; the table goes with this process.
+    for (const fd of sockets) repairOff(fd);
+    process.exit(0);
+  };
+  reading: for (;;) {
     let n: number;
     try {
       n = readInto(cmd, buf);
     } catch {
       n = 0;
     }
-    if (n <= 0) {
-      // ckpt ended without a commit: the connections go on in the tree.
-      for (const fd of sockets) repairOff(fd);
-      process.exit(0);
-    }
+    if (n <= 0) break;
     pending += new TextDecoder().decode(buf.subarray(0, n));
     let nl: number;
     while ((nl = pending.indexOf("\n")) >= 0) {
-      const [verb, arg] = pending.slice(0, nl).split(" ");
+      const [verb = "", ...args] = pending.slice(0, nl).split(" ");
       pending = pending.slice(nl + 1);
+      if (verb === "release") giveBack();
       if (verb === "commit") {
-        // The dumped sockets must go with the tree (closed in repair mode: silently), so
-        // that the restore can make the same connection: only the table stays held.
-        for (const fd of sockets) close(fd);
+        tree = args.map((p) => openTreePidfd(Number(p)));
         reply("committed");
-        close(cmd);
-        close(ack);
-        close(pidfd);
-        // The lock is what this process holds; it goes with it.
-        await Bun.sleep(timeoutSeconds * 1000);
-        process.exit(0);
+        continue;
       }
-      const fd = pidfdGetfd(pidfd, Number(arg));
+      if (verb === "killed") {
+        if (tree === null || !treeExits(tree, TREE_EXIT_GRACE_MS)) {
+          reply("the tree still runs");
+          giveBack();
+        }
+        closeSilently(sockets);
+        reply("closed");
+        handedOver = true;
+        break reading;
+      }
+      const fd = pidfdGetfd(pidfd, Number(args[0]));
       (verb === "socket" ? sockets : held).push(fd);
-      reply(`took ${arg}`);
+      reply(`took ${args[0]}`);
     }
   }
+  // ckpt has handed over, or ended. Without a commit the dump did not
+  // complete; after one, it did only if the tree is gone (killed by ckpt, not
+  // let go by its death).
+  if (!handedOver) {
+    if (tree === null || !treeExits(tree, TREE_EXIT_GRACE_MS)) giveBack();
+    closeSilently(sockets);
+  }
+  close(cmd);
+  close(ack);
+  close(pidfd);
+  // The lock is what this process holds; it goes with it.
+  await Bun.sleep(timeoutSeconds * 1000);
+  process.exit(0);
+}
+
+/**
+ * Close the dumped sockets of a tree that is gone, in repair mode: no FIN
+ * or reset goes out, and the restore can make the same connection.
+ */
+function closeSilently(sockets: number[]): void {
+  for (const fd of sockets.splice(0)) {
+    try {
+      setsockoptInt(fd, IPPROTO.TCP, TCP_OPT.REPAIR, TCP_REPAIR_MODE.ON);
+    } catch {
+      // Not a socket in a state repair mode takes: it closes as it would have with the tree.
+    }
+    close(fd);
+  }
+}
+
+/** A pidfd of a dumped process; -1 if it has gone already (it counts as exited). */
+function openTreePidfd(pid: number): number {
+  try {
+    return pidfdOpen(pid);
+  } catch (e) {
+    if (e instanceof SysError && e.errno === Errno.ESRCH) return -1;
+    throw e;
+  }
+}
+
+/** Whether every process behind `pidfds` exits within `ms` (a pidfd reads ready once its process has). */
+function treeExits(pidfds: readonly number[], ms: number): boolean {
+  const until = performance.now() + ms;
+  let running = pidfds.filter((fd) => fd >= 0);
+  while (running.length > 0) {
+    const left = Math.ceil(until - performance.now());
+    if (left <= 0) return false;
+    const ready = poll(running.map((fd) => ({ fd, events: POLLIN })), left);
+    running = running.filter((_, k) => ready[k] === 0);
+  }
+  return true;
 }

@@ -6,10 +6,12 @@
  * then the receive queue's bytes, then the send queue's.
  *
  * The connection is locked first (transfer/tcp-lock.ts: no packet of it
- * passes), and the socket handed to the lock's holder before repair mode is
- * turned on, so that a dump that fails or is killed turns it off again. A
- * completed dump leaves the socket in repair mode: when the tree is killed it
- * closes without a FIN or a reset, and the peer knows nothing.
+ * passes), and the socket handed to the lock's holder. Repair mode is on only
+ * for the read, a few syscalls while the tree is frozen: a tree that runs on
+ * with a socket in repair mode gets EPERM from its reads, so a ckpt that dies
+ * later (during a lazy dump's serve, say) must not leave it so. Once the tree
+ * has been killed the holder turns repair mode on again and closes the
+ * socket, silently: no FIN or reset, the peer knows nothing.
  */
 import { create } from "@bufbuild/protobuf";
 import { TcpStreamEntrySchema, type TcpStreamEntry } from "../../image/gen/tcp-stream_pb";
@@ -18,7 +20,7 @@ import { kind } from "../../image/magic";
 import { fcntl } from "../../sys/calls";
 import { ioctl } from "../../sys/libc";
 import { F } from "../../sys/nr";
-import { AF, getsockoptBytes, getsockoptInt, IPPROTO, MSG, recvfrom, setsockoptInt, TCP_OPT, TCP_STATE, type InetFamily } from "../../sys/socket";
+import { AF, getsockoptBytes, getsockoptInt, IPPROTO, MSG, recvfrom, setsockoptInt, TCP_OPT, TCP_REPAIR_MODE, TCP_STATE, type InetFamily } from "../../sys/socket";
 import type { TcpLock } from "../../transfer/tcp-lock";
 
 /** ioctls that measure the queues (linux/sockios.h, asm-generic/ioctls.h). */
@@ -62,9 +64,19 @@ function readQueue(fd: number, queue: number, len: number): { seq: number; bytes
  */
 export function dumpTcpStream(local: number, family: InetFamily, self: TcpEnd, peer: TcpEnd, lock: TcpLock): ImageEncoder {
   lock.lock([{ family, src: self.addr, sport: self.port, dst: peer.addr, dport: peer.port }]);
-  // The holder's own copy, before repair mode: it turns repair off again if this dump does not complete.
+  // The holder's own copy: it closes the socket silently once the tree is gone.
   lock.hold(fcntl(local, F.DUPFD_CLOEXEC, 0));
-  setsockoptInt(local, IPPROTO.TCP, TCP_OPT.REPAIR, 1);
+  setsockoptInt(local, IPPROTO.TCP, TCP_OPT.REPAIR, TCP_REPAIR_MODE.ON);
+  try {
+    return readRepaired(local);
+  } finally {
+    // No window probe: the lock would drop it, and the tree is still frozen.
+    setsockoptInt(local, IPPROTO.TCP, TCP_OPT.REPAIR, TCP_REPAIR_MODE.OFF_NO_WP);
+  }
+}
+
+/** The image of a socket in repair mode. */
+function readRepaired(local: number): ImageEncoder {
   const info = getsockoptBytes(local, IPPROTO.TCP, TCP_OPT.INFO, 8);
   if (info[0] !== TCP_STATE.ESTABLISHED) throw new Error(`the connection left ESTABLISHED (state ${info[0]}) while being saved`);
   const options = info[5]!;
