@@ -212,8 +212,8 @@ function criuFrozenMs(pid: number): number | null {
 
 /** Snapshot against --no-snapshot (and CRIU) on one workload; `idle`: wait for it to block before each dump. */
 async function benchSnapshot(label: string, pid: number, reps: number, idle: boolean): Promise<void> {
-  const head = ["mode", "rep", "wall ms", "frozen", "copy after", "pages", "on fault", "frozen pg"];
-  const widths = [12, 4, 9, 8, 11, 9, 9, 10];
+  const head = ["mode", "rep", "wall ms", "frozen", "copy after", "pages", "on fault", "frozen pg", "  frozen: tasks / areas / injected / scan / pages"];
+  const widths = [12, 4, 9, 8, 11, 9, 9, 10, 0];
   const line = (c: string[]): string => c.map((x, i) => (i < 2 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join(" ");
   console.log(`
 == snapshot: ${label} (pid ${pid})`);
@@ -226,12 +226,14 @@ async function benchSnapshot(label: string, pid: number, reps: number, idle: boo
       const sn = run.r.snapshot;
       const mode = snapshot ? "snapshot" : "no-snapshot";
       frozen[mode]!.push(f.frozenMs);
-      console.log(line([mode, String(rep), f1(run.wallMs), f1(f.frozenMs), sn.used ? f1(sn.copyMs) : "-", String(f.pagesWritten), sn.used ? String(sn.pagesOnFault) : "-", sn.used ? String(sn.pagesFrozen) : "-"]));
+      const ph = f.frozenPhases;
+      const phases = ph ? `  ${[ph.tasks, ph.areas, ph.injected, ph.pageScan, ph.pages].map(f1).join(" / ")}` : "";
+      console.log(line([mode, String(rep), f1(run.wallMs), f1(f.frozenMs), sn.used ? f1(sn.copyMs) : "-", String(f.pagesWritten), sn.used ? String(sn.pagesOnFault) : "-", sn.used ? String(sn.pagesFrozen) : "-", phases]));
     }
     const criu = criuFrozenMs(pid);
     if (criu !== null && !Number.isNaN(criu)) {
       frozen["criu 4.2"]!.push(criu);
-      console.log(line(["criu 4.2", String(rep), "", f1(criu), "", "", "", ""]));
+      console.log(line(["criu 4.2", String(rep), "", f1(criu), "", "", "", "", ""]));
     }
   }
   console.log(`median frozen ms: ${Object.entries(frozen).filter(([, v]) => v.length > 0).map(([k, v]) => `${k} ${f1(median(v))}`).join(", ")}${process.env.CRIU_BIN ? "" : " (CRIU_BIN not set: no CRIU column)"}`);

@@ -38,7 +38,7 @@ async function start(argv: string[]): Promise<{ pid: number; words: string[]; ou
 interface DumpSummary {
   processes: number;
   threads: number;
-  figures: { pagesWritten: number; pagesScanned: number; frozenMs: number };
+  figures: { pagesWritten: number; pagesScanned: number; frozenMs: number; frozenPhases: Record<string, number> };
   syscalls: Record<string, number>;
   pages: { pagemapScanIoctls: number; pagemapPreads: number };
   mapFiles: { fileAreas: number; distinctFiles: number };
@@ -63,6 +63,15 @@ describe("dump -R of a process with a memory pattern and threads", async () => {
     expect(summary.threads).toBe(4);
     expect(summary.pages.pagemapScanIoctls).toBe(1);
     expect(summary.figures.pagesWritten).toBeGreaterThanOrEqual(regionBytes / 4096);
+  });
+
+  test("the frozen time is split by phase, each part of it", () => {
+    const phases = summary.figures.frozenPhases;
+    expect(Object.keys(phases).sort()).toEqual(["areas", "injected", "pageScan", "pages", "tasks"]);
+    // Four threads were visited by injected calls: that takes time.
+    expect(phases.injected).toBeGreaterThan(0);
+    for (const ms of Object.values(phases)) expect(ms).toBeGreaterThanOrEqual(0);
+    expect(Object.values(phases).reduce((a, b) => a + b, 0)).toBeLessThanOrEqual(summary.figures.frozenMs);
   });
 
   test("crit decodes every image", () => {

@@ -41,6 +41,7 @@ import { FileLocks } from "./files/file-locks";
 import { dumpLinkedFile } from "./files/regular";
 import { SocketTable } from "../proc/sock-diag";
 import { Freezer, type FrozenProcess } from "./task/freeze";
+import { learnBorrowedCode } from "./task/inject";
 import { KobjIds } from "./ids";
 import { unrestorableSharing } from "../image/shared-kobjs";
 import { ImageDirWriter } from "../image/image-dir";
@@ -61,7 +62,7 @@ import { Errno, SysError } from "../sys/errno";
 import { newPageCounters, PE_PRESENT, type PageCounters } from "./memory/pages";
 import { pstreeEntries } from "./pstree";
 import { commitRound } from "./commit";
-import type { DumpFigures, RoundResult } from "./stats";
+import { newFrozenPhases, timePhase, type DumpFigures, type FrozenPhases, type RoundResult } from "./stats";
 import { ParentImages } from "./memory/parent";
 import { RoundTracking } from "./tracking/round";
 import { schedGetscheduler } from "../sys/calls";
@@ -208,6 +209,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   let tracking: RoundTracking | null = null;
   let lazyResult: LazyServeResult | null = null;
   const snapCounters = newSnapshotCounters();
+  const frozenPhases = newFrozenPhases();
   const snapshot: SnapshotChoice = { use: opts.leaveRunning && opts.snapshot !== false, counters: snapCounters };
   if (!opts.leaveRunning) snapshot.why = "the tree is killed after the dump: nothing runs to copy from";
   else if (opts.snapshot === false) snapshot.why = "--no-snapshot";
@@ -215,6 +217,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     const parent = opts.prevImagesDir === undefined ? null : ParentImages.open(out, opts.prevImagesDir, opts.pageServer !== undefined);
     // Read the irmap cache (through the parent link just made) before the freeze.
     files.ctx.irmap.load();
+    learnBorrowedCode(proc, opts.pid);
     const tree = freezer.freeze(opts.pid);
     frozenAt = performance.now();
     const frozenUptime = uptimeMicros(proc);
@@ -238,7 +241,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
         continue;
       }
       try {
-        dumped.push(dumpProcess(proc, p, files, treeIds.get(p.pid)!, fdTables, mapFiles, objects, pageCounters, opts, tracking, snapshot));
+        dumped.push(dumpProcess(proc, p, files, treeIds.get(p.pid)!, fdTables, mapFiles, objects, pageCounters, opts, tracking, snapshot, frozenPhases));
       } catch (e) {
         throw explainProcessError(p.pid, e);
       }
@@ -271,6 +274,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       shpagesScanned: shared.counters.pagesScanned,
       shpagesWritten: shared.counters.pagesWritten,
       irmapMs: files.ctx.irmap.ms,
+      frozenPhases,
     });
     const inv = inventoryEntry(crypto.randomUUID(), frozenUptime);
     inv.rootIds = create(TaskKobjIdsEntrySchema, kobj.dumper);
@@ -408,8 +412,11 @@ function processPages(pid: number, plan: PagePlan, snapshot: SnapshotChoice): { 
 
 function dumpProcess(
   proc: ProcFs, p: FrozenProcess, files: FilesDump, ids: TaskKobjIdsEntry, fdTables: Map<number, FdinfoEntry[]>, mapFiles: MapFilesCounters,
-  objects: SharedAnonMemory, pageCounters: PageCounters, opts: DumpOptions, tracking: RoundTracking, snapshot: SnapshotChoice,
+  objects: SharedAnonMemory, pageCounters: PageCounters, opts: DumpOptions, tracking: RoundTracking, snapshot: SnapshotChoice, phases: FrozenPhases,
 ): DumpedProcess {
+  const started = performance.now();
+  const measured = (): number => phases.areas + phases.injected + phases.pageScan;
+  const measuredBefore = measured();
   const { pid } = p;
   const stat = readStat(proc, pid);
   const status = readStatus(proc, pid);
@@ -429,18 +436,20 @@ function dumpProcess(
   const rootId = dumpLinkedFile(proc, pid, "root", table);
   const fdinfo = dumpFds(files, pid);
   fdTables.set(ids.filesId, fdinfo);
-  const areas = readSmaps(proc, pid, false);
-  const vmas = dumpVmas(proc, pid, areas, table, mapFiles, objects);
+  const vmas = timePhase(phases, "areas", () => dumpVmas(proc, pid, readSmaps(proc, pid, false), table, mapFiles, objects));
   const auxv = parseAuxv(proc.readBytes(pid, "auxv"));
 
-  // Registers before any injection touches them.
-  const regs = new Map(p.threads.map((tid) => [tid, readThreadRegs(tid)]));
-  const sigmasks = new Map(p.threads.map((tid) => [tid, ptrace.getSigmask(tid)]));
-  // Signal actions to read from the task: the caught and ignored ones, and SIGCHLD (see readSigactions).
-  const task: ProcessTaskState = readTaskState(proc, p.threads, status.sigCgt | status.sigIgn | (1n << BigInt(SIG.CHLD - 1)));
+  const { regs, sigmasks, task } = timePhase(phases, "injected", () => ({
+    // Registers before any injection touches them.
+    regs: new Map(p.threads.map((tid) => [tid, readThreadRegs(tid)])),
+    sigmasks: new Map(p.threads.map((tid) => [tid, ptrace.getSigmask(tid)])),
+    // Signal actions to read from the task: the caught and ignored ones, and SIGCHLD (see readSigactions).
+    task: readTaskState(proc, p.threads, status.sigCgt | status.sigIgn | (1n << BigInt(SIG.CHLD - 1))) as ProcessTaskState,
+  }));
 
   const saved = vmas.filter((v) => v.savePages).map((v) => v.area);
-  const plan = planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved), opts.lazyPages ? saved.filter(isLazyArea) : []);
+  const plan = timePhase(phases, "pageScan", () =>
+    planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved), opts.lazyPages ? saved.filter(isLazyArea) : []));
 
   const cores = new Map<number, CoreEntry>();
   for (const tid of p.threads) {
@@ -490,8 +499,9 @@ function dumpProcess(
     cores.set(tid, core);
   }
   const mm = mmEntry(stat, auxv, exeId, vmas, task.mm);
+  phases.tasks += performance.now() - started - (measured() - measuredBefore);
   // Last, so that nothing can fail between protecting the memory and handing the snapshot to the dump.
-  const { pages, snapshot: snap } = processPages(pid, plan, snapshot);
+  const { pages, snapshot: snap } = timePhase(phases, "pages", () => processPages(pid, plan, snapshot));
   return { tree: p, ids, cores, mm, fdinfo, cwdId, rootId, umask: status.umask ?? 0o022, pages, ...(snap ? { snapshot: snap } : {}) };
 }
 

@@ -29,6 +29,7 @@ import { readStat } from "../proc/stat";
 import { callCountsSince, snapshotCallCounts } from "../sys/libc";
 import { explainProcessError, release } from "./dump";
 import { Freezer, type FrozenProcess } from "./task/freeze";
+import { learnBorrowedCode } from "./task/inject";
 import { ImageDirWriter } from "../image/image-dir";
 import { InterruptGuard } from "./interrupt";
 import { inventoryEntry, uptimeMicros } from "./inventory";
@@ -103,6 +104,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
   let released = false;
   try {
     const parent = opts.prevImagesDir === undefined ? null : ParentImages.open(out, opts.prevImagesDir, opts.pageServer !== undefined);
+    learnBorrowedCode(proc, opts.pid);
     const tree = freezer.freeze(opts.pid);
     const frozenAt = performance.now();
     const frozenUptime = uptimeMicros(proc);

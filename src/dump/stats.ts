@@ -36,6 +36,42 @@ export interface DumpFigures {
   irmapMs?: number;
   /** A snapshot dump (dump -R): how its memory was copied (snapshot.ts). */
   snapshot?: SnapshotCounters;
+  /** Where the frozen time went, summed over the tree's processes (FrozenPhases). */
+  frozenPhases?: FrozenPhases;
+}
+
+/**
+ * The frozen window split by what the tree waits on, in ms: which part of a
+ * slow freeze to look at. What is not listed (freezing the tree is not in
+ * the window; the inventory, ids, shared memory and writing) is `frozenMs`
+ * less their sum.
+ */
+export interface FrozenPhases {
+  /** What each task is read for besides the rest below: /proc (stat, status, timers), its files (exe, cwd, root, every fd), the thread cores. */
+  tasks: number;
+  /** smaps (the kernel walks every page table to count it) and the areas made of it. */
+  areas: number;
+  /** Registers, and every injected system call (signal actions, itimers, alternate stacks ...). */
+  injected: number;
+  /** Finding the pages to save (pagemap or PAGEMAP_SCAN). */
+  pageScan: number;
+  /** The pages themselves: copied while frozen, or write-protected for a snapshot. */
+  pages: number;
+}
+
+/** A FrozenPhases of zeros, to add to. */
+export function newFrozenPhases(): FrozenPhases {
+  return { tasks: 0, areas: 0, injected: 0, pageScan: 0, pages: 0 };
+}
+
+/** Run `fn`, adding the time it takes to `phases[phase]`. */
+export function timePhase<T>(phases: FrozenPhases, phase: keyof FrozenPhases, fn: () => T): T {
+  const t = performance.now();
+  try {
+    return fn();
+  } finally {
+    phases[phase] += performance.now() - t;
+  }
 }
 
 /** What `dump` and `pre-dump` both report (their JSON summaries). */

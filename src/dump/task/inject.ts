@@ -69,6 +69,7 @@ import * as ptrace from "../../sys/ptrace";
 import { encodeSigframe, placeSigframe, RT_SIGFRAME_SIZE, sigframeXstate, type SigframePlacement } from "../../sys/sigframe";
 import { decodeUserRegs, encodeUserRegs, setIovec, USER_REGS_SIZE, type UserRegs } from "../../sys/structs";
 import { readMaps, type MapArea } from "../../proc/maps";
+import { readAllChildren } from "../../proc/task";
 import { ProcFs } from "../../proc/procfs";
 import { listDirectory } from "../../sys/file";
 import { MAX_ERRNO, RED_ZONE, SCRATCH_MAP_FLAGS, SCRATCH_PROT, USER_CS_64, signalName } from "../../sys/inject-consts";
@@ -290,6 +291,25 @@ export function findBorrowedCode(tid: number, tgid: number, areas: readonly MapA
   const found = { trampoline, syscallRet };
   codeCache.set(tgid, found);
   return found;
+}
+
+/**
+ * Look for the borrowed code of the processes of the tree under `root` while
+ * they still run: code does not change under a running process (the cache is
+ * re-checked at use), and the search reads a megabyte or more of libc that
+ * the frozen window need not wait for. Processes that come or go meanwhile
+ * are searched at their first injection, as without this.
+ */
+export function learnBorrowedCode(proc: ProcFs, root: number): void {
+  const queue = [root];
+  for (let pid = queue.shift(); pid !== undefined; pid = queue.shift()) {
+    try {
+      findBorrowedCode(pid, pid, readMaps(proc, pid));
+      queue.push(...readAllChildren(proc, pid));
+    } catch {
+      // Gone, or nothing to borrow: the injection itself says so, frozen.
+    }
+  }
 }
 
 /** The lowest fd number free in a thread's fd table: where the next new fd of the (frozen) process lands. */
