@@ -408,6 +408,18 @@ describe("established TCP connections (--tcp-established)", () => {
     expect(lockHolders()).toEqual([]);
   });
 
+  test("dump --tcp-established of a server with no connection yet: a plain dump, quiet, no lock left", async () => {
+    const port = freshPort();
+    const { target } = await onSource([tcpServer(), hosts.source.address, String(port)]);
+    const images = join(tempDir("tcp-none"), "img");
+    const d = ckptOn(hosts.source, ["dump", "-t", String(target.pid), "-D", images, "--tcp-established"]);
+    expect(d.stderr).toBe("");
+    expect(d.code).toBe(0);
+    expect(readdirSync(images).filter((n) => n.startsWith("tcp-stream-") || n === "tcp-lock.json")).toEqual([]);
+    await gone([target.pid]);
+    expect(lockHolders()).toEqual([]);
+  });
+
   test("without --tcp-established the connection is refused by name, and the tree and its connection carry on", async () => {
     const { server, serverOut, client } = await conversation();
     const images = join(tempDir("tcp-refused"), "img");

@@ -76,6 +76,7 @@ export function repairOff(fd: number): boolean {
 /** ckpt's side of a lock held by a holder process. */
 export class TcpLock {
   private table: NftDropTable | null = null;
+  private committed = false;
   private readonly sockets: number[] = [];
   private readonly line = new Uint8Array(64);
 
@@ -155,14 +156,17 @@ export class TcpLock {
   commit(pids: readonly number[]): void {
     this.send(`commit ${pids.join(" ")}`);
     this.await("committed");
+    this.committed = true;
   }
 
   /**
    * The tree was killed: the holder closes the dumped sockets once it has
    * exited, and the lock is its alone. Returns a problem to report, or null
-   * (the images are whole whatever happens here).
+   * (the images are whole whatever happens here). Nothing to do without a
+   * commit (no connection was locked: the holder is gone already).
    */
   handOff(): string | null {
+    if (!this.committed) return null;
     try {
       this.send("killed");
       this.await("closed");
