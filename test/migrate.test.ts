@@ -385,6 +385,23 @@ describe("established TCP connections (--tcp-established)", () => {
     return readFileSync(out, "utf8").trim().split("\n").filter((l) => /^(ok|bad)/.test(l)).at(-1) ?? "";
   }
 
+  /** The client ended its conversation, and the server saw all of it. */
+  async function bothEndsWhole(client: Running, server: number, serverOut: string): Promise<void> {
+    const c = await client.done;
+    expect(c.stdout.trim().split("\n").at(-1)).toBe(`ok ${COUNT}`);
+    expect(c.code).toBe(0);
+    expect(checkServer(server, serverOut)).toBe(`ok ${COUNT}`);
+  }
+
+  /** A lazy dump of the server with --tcp-established, once its images are complete. */
+  async function lazyTcpDump(server: number, tag: string): Promise<{ images: string; port: number; dump: ReturnType<typeof spawnOn> }> {
+    const images = join(tempDir(tag), "img");
+    const port = freshPort();
+    const dump = spawnOn(hosts.source, ["dump", "-t", String(server), "-D", images, "--tcp-established", "--lazy-pages", "--address", hosts.source.address, "--port", String(port)]);
+    await waitFor("the lazy dump's images", () => existsSync(join(images, "inventory.img")), 30000);
+    return { images, port, dump };
+  }
+
   test("a server's connection comes back with it: no byte lost or repeated either way, and the client never notices", async () => {
     const { server, serverOut, client } = await conversation();
     const images = join(tempDir("tcp-img"), "img");
@@ -400,10 +417,7 @@ describe("established TCP connections (--tcp-established)", () => {
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     cleanup.push(killablePid(server));
-    const c = await client.done;
-    expect(c.stdout.trim().split("\n").at(-1)).toBe(`ok ${COUNT}`);
-    expect(c.code).toBe(0);
-    expect(checkServer(server, serverOut)).toBe(`ok ${COUNT}`);
+    await bothEndsWhole(client, server, serverOut);
     // The lock is gone with its holder.
     expect(lockHolders()).toEqual([]);
   });
@@ -427,9 +441,7 @@ describe("established TCP connections (--tcp-established)", () => {
     expect(d.code).toBe(1);
     expect(d.stderr).toContain("an established TCP connection");
     expect(d.stderr).toContain("--tcp-established");
-    const c = await client.done;
-    expect(c.stdout.trim().split("\n").at(-1)).toBe(`ok ${COUNT}`);
-    expect(checkServer(server, serverOut)).toBe(`ok ${COUNT}`);
+    await bothEndsWhole(client, server, serverOut);
   });
 
   test("dump -R --tcp-established: the connection is saved and carries on in the running tree; the lock goes", async () => {
@@ -440,9 +452,7 @@ describe("established TCP connections (--tcp-established)", () => {
     expect(d.code).toBe(0);
     expect(readdirSync(images).filter((n) => n.startsWith("tcp-stream-"))).toHaveLength(1);
     expect(existsSync(join(images, "tcp-lock.json"))).toBe(false);
-    const c = await client.done;
-    expect(c.stdout.trim().split("\n").at(-1)).toBe(`ok ${COUNT}`);
-    expect(checkServer(server, serverOut)).toBe(`ok ${COUNT}`);
+    await bothEndsWhole(client, server, serverOut);
     await waitFor("the lock's holder to end", () => lockHolders().length === 0, 5000);
   });
 
@@ -452,26 +462,18 @@ describe("established TCP connections (--tcp-established)", () => {
   // lock must end, as if the dump had failed.
   test("a lazy dump killed after its images are complete: the tree runs on, its connection carries on, the lock goes", async () => {
     const { server, serverOut, client } = await conversation();
-    const images = join(tempDir("tcp-lazy-killed"), "img");
-    const port = freshPort();
-    const dump = spawnOn(hosts.source, ["dump", "-t", String(server), "-D", images, "--tcp-established", "--lazy-pages", "--address", hosts.source.address, "--port", String(port)]);
-    await waitFor("the lazy dump's images", () => existsSync(join(images, "inventory.img")), 30000);
+    const { images, dump } = await lazyTcpDump(server, "tcp-lazy-killed");
     expect(existsSync(join(images, "tcp-lock.json"))).toBe(true);
     dump.kill("SIGKILL");
     await dump.done;
     await waitFor("the server to run free", () => runsFree(server), 10000);
     await waitFor("the lock's holder to end", () => lockHolders().length === 0, 10000);
-    const c = await client.done;
-    expect(c.stdout.trim().split("\n").at(-1)).toBe(`ok ${COUNT}`);
-    expect(checkServer(server, serverOut)).toBe(`ok ${COUNT}`);
+    await bothEndsWhole(client, server, serverOut);
   });
 
   test("a lazy dump whose destination goes away: the tree runs on at once, its connection too, and the lock goes with the dump", async () => {
     const { server, serverOut, client } = await conversation();
-    const images = join(tempDir("tcp-lazy-gone"), "img");
-    const port = freshPort();
-    const dump = spawnOn(hosts.source, ["dump", "-t", String(server), "-D", images, "--tcp-established", "--lazy-pages", "--address", hosts.source.address, "--port", String(port)]);
-    await waitFor("the lazy dump's images", () => existsSync(join(images, "inventory.img")), 30000);
+    const { images, port, dump } = await lazyTcpDump(server, "tcp-lazy-gone");
     const dst = tempDir("tcp-lazy-gone-dst");
     copyImages(images, dst);
     const daemon = spawnOn(hosts.dest, ["lazy-pages", "-D", dst, "--page-server", "--address", hosts.source.address, "--port", String(port)]);
@@ -481,9 +483,7 @@ describe("established TCP connections (--tcp-established)", () => {
     expect(r.code).toBe(1);
     expect(lockHolders()).toEqual([]);
     await waitFor("the server to run free", () => runsFree(server), 10000);
-    const c = await client.done;
-    expect(c.stdout.trim().split("\n").at(-1)).toBe(`ok ${COUNT}`);
-    expect(checkServer(server, serverOut)).toBe(`ok ${COUNT}`);
+    await bothEndsWhole(client, server, serverOut);
   });
 });
 
