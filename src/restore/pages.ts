@@ -68,6 +68,7 @@ class PagesWindow {
         if (have < this.round.bytes) throw new Error(`${this.round.pagesPath} holds ${have} bytes, its pagemap needs ${this.round.bytes}`);
       }
       const want = Math.min(this.buffer.length, this.round.bytes - offset);
+      if (want < length) throw new Error(`${this.round.pagesPath}: ${length} bytes at ${offset} lie past the ${this.round.bytes} its pagemap gives`);
       const got = preadFull(this.fd, this.buffer.subarray(0, want), BigInt(offset));
       if (got !== want) throw new Error(`${this.round.pagesPath} ended at ${offset + got} bytes while its pagemap needs ${this.round.bytes}`);
       this.start = offset;
