@@ -50,7 +50,7 @@ import { Irmap, type IrmapCounters } from "./files/irmap";
 import { inventoryEntry, uptimeMicros } from "./inventory";
 import { dumpVmas, mmEntry, parseAuxv, type MapFilesCounters } from "./memory/mm";
 import { SharedAnonMemory } from "./memory/shmem";
-import { readTaskState, type ProcessTaskState } from "./task/remote-state";
+import { readTaskState } from "./task/remote-state";
 import { planProcessPages, saveProcessPages, type PageCopy, type PagePlan } from "./memory/page-dump";
 import type { PageStore } from "../image/page-store";
 import { openPageStore } from "../transfer/page-client";
@@ -444,7 +444,7 @@ function dumpProcess(
     regs: new Map(p.threads.map((tid) => [tid, readThreadRegs(tid)])),
     sigmasks: new Map(p.threads.map((tid) => [tid, ptrace.getSigmask(tid)])),
     // Signal actions to read from the task: the caught and ignored ones, and SIGCHLD (see readSigactions).
-    task: readTaskState(proc, p.threads, status.sigCgt | status.sigIgn | (1n << BigInt(SIG.CHLD - 1))) as ProcessTaskState,
+    task: readTaskState(proc, p.threads, status.sigCgt | status.sigIgn | (1n << BigInt(SIG.CHLD - 1))),
   }));
 
   const saved = vmas.filter((v) => v.savePages).map((v) => v.area);
