@@ -103,7 +103,7 @@ export class TcpLock {
       lock.holder = { pid, startTime: readStat(proc, pid).startTime.toString() };
       return lock;
     } catch (e) {
-      lock.abandon();
+      lock.close();
       throw e;
     }
   }
@@ -192,14 +192,7 @@ export class TcpLock {
         // The holder is gone already, or reads the end of its pipe below: the same outcome.
       }
     }
-    this.abandon();
-  }
-
-  private abandon(): void {
-    this.closePipes();
-    this.table?.close();
-    this.table = null;
-    for (const fd of this.sockets.splice(0)) close(fd);
+    this.close();
   }
 
   private closePipes(): void {
@@ -209,7 +202,7 @@ export class TcpLock {
     this.ack = -1;
   }
 
-  /** At the end of the dump: ckpt's own copies go (the holder has its own). */
+  /** ckpt's own copies go (the holder has its own): at the end of the dump, and after a release or a failed start. */
   close(): void {
     this.closePipes();
     this.table?.close();
