@@ -157,7 +157,10 @@ describe("a target that dies during the dump", () => {
     const { pid, words } = await start([treeTarget(), "256"], (w) => w.map(Number));
     const [root, child, grandchild] = words.map(Number) as [number, number, number];
     const dir = join(tempDir("fail"), "images");
-    const ckpt = Bun.spawn([process.execPath, MAIN, "dump", "-t", String(pid), "-D", dir, "-R"], { stdout: "pipe", stderr: "pipe" });
+    // --no-snapshot: the root's and child's 256 MiB are copied while frozen,
+    // which keeps the window open; a snapshot dump can be through the whole
+    // frozen part before the kill below lands.
+    const ckpt = Bun.spawn([process.execPath, MAIN, "dump", "-t", String(pid), "-D", dir, "-R", "--no-snapshot"], { stdout: "pipe", stderr: "pipe" });
     // Once the grandchild is frozen, kill it: the root and child are dumped
     // first (256 MiB each), so its turn has not come yet.
     await waitFor("the grandchild to be frozen", () => ptraceState(grandchild)?.tracer === ckpt.pid, 20000);
