@@ -14,7 +14,7 @@
  * workload in the same run: the idle 256 MiB and 2 GiB processes, and one
  * rewriting its memory at 16 MiB/s: frozen time, copy time after the freeze,
  * pages copied before a write (by the fault handler).
- * Run: bun bench/dump.ts    (REPS=3 REPS_BIG=2 SKIP_BIG=1 to adjust)
+ * Run: bun bench/dump.ts    (REPS=3 REPS_BIG=2 SKIP_BIG=1 to adjust; SNAPSHOT_ONLY=1 for the snapshot table alone)
  */
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import type { StatsEntry } from "../src/image/gen/stats_pb";
@@ -32,6 +32,7 @@ import { memTarget, vmaTarget } from "../test/helpers/workloads";
 const REPS = Number(process.env.REPS ?? 3);
 const REPS_BIG = Number(process.env.REPS_BIG ?? 2);
 const SKIP_BIG = process.env.SKIP_BIG === "1";
+const SNAPSHOT_ONLY = process.env.SNAPSHOT_ONLY === "1";
 const PAGE = 4096;
 const MIB = 1024 * 1024;
 const IDEAL_GBPS = 5;
@@ -261,10 +262,12 @@ try {
   // One untimed dump first: the first one pays for memory this process never had before.
   await oneDump(small.pid, "ioctl");
 
-  await benchWorkload("(a) 256 MiB written anonymous memory, 1 thread", small, REPS);
-  if (big) await benchWorkload("(b) 2 GiB written anonymous memory, 1 thread", big, REPS_BIG);
-  else console.log(`\n== (b) 2 GiB: skipped (${SKIP_BIG ? "SKIP_BIG=1" : `only ${(free / 1024 / MIB).toFixed(1)} GiB free in ${tmp}, need 5`})`);
-  await benchWorkload("(c) 4096 one-page areas", areas, REPS);
+  if (!SNAPSHOT_ONLY) {
+    await benchWorkload("(a) 256 MiB written anonymous memory, 1 thread", small, REPS);
+    if (big) await benchWorkload("(b) 2 GiB written anonymous memory, 1 thread", big, REPS_BIG);
+    else console.log(`\n== (b) 2 GiB: skipped (${SKIP_BIG ? "SKIP_BIG=1" : `only ${(free / 1024 / MIB).toFixed(1)} GiB free in ${tmp}, need 5`})`);
+    await benchWorkload("(c) 4096 one-page areas", areas, REPS);
+  }
 
   await benchSnapshot("(a) idle 256 MiB", small.pid, REPS, true);
   if (big) await benchSnapshot("(b) idle 2 GiB", big.pid, REPS_BIG, true);
