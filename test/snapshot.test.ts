@@ -6,14 +6,14 @@
  * a restored copy made from pages of different moments fails at once.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, statSync, truncateSync } from "node:fs";
+import { existsSync, readFileSync, statSync, truncateSync } from "node:fs";
 import { join } from "node:path";
 import { isFieldSet } from "@bufbuild/protobuf";
 import { DumpStatsEntrySchema, StatsEntrySchema } from "../src/image/gen/stats_pb";
 import { runCkpt } from "./helpers/cli";
 import { entries, ptraceState, runsFree } from "./helpers/images";
 import { rewriteTarget } from "./helpers/restore-workloads";
-import { killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
+import { buildC, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { selfCheck } from "./helpers/workloads";
 
 const cleanup: Target[] = [];
@@ -29,6 +29,8 @@ interface SnapshotJson {
   pagesOnFault: number;
   faults: number;
   copyMs: number;
+  pagesReprotected: number;
+  ahead: { processes: number; pagesProtected: number; faults: number; why?: string };
 }
 
 /** The rewriting workload (MIB MiB, 2 writer threads), killed after the file's tests. */
@@ -67,6 +69,11 @@ describe("snapshot dumps", () => {
     const images = join(tempDir("snap-img"), "img");
     const { snapshot, outSize } = dumpJson(pid, images, out);
     expect(snapshot.used).toBe(true);
+    // Protected before the freeze while the writers ran: what they wrote until
+    // the freeze was found unprotected by the scan and protected again.
+    expect(snapshot.ahead).toMatchObject({ processes: 1, pagesProtected: 64 * 256 });
+    expect(snapshot.ahead.faults).toBeGreaterThan(0);
+    expect(snapshot.pagesReprotected).toBeGreaterThan(0);
     // The writers hit pages not yet copied: the fault handler copied them first.
     expect(snapshot.pagesOnFault).toBeGreaterThan(0);
     expect(snapshot.pagesRunning).toBeGreaterThanOrEqual((64 * 256) - 64);
@@ -103,5 +110,57 @@ describe("snapshot dumps", () => {
     expect(runsFree(pid)).toBe(true);
     // Every writer goes on (none is left waiting on a fault ckpt will never answer), and no page went back in time.
     expect(await selfCheck(pid, out)).toMatch(/^ok /);
+  });
+
+  test("threads writing protected memory from the kernel (read() into it) at the freeze: the dump completes, no call fails", async () => {
+    // Every read() below makes the kernel write into memory ckpt protects
+    // ahead of the freeze: such a write waits for ckpt's answer and, in a
+    // system call, is retried rather than broken off by the freeze's
+    // interrupt. Unanswered, the dump would hang; answered wrongly, read()
+    // would fail (EFAULT), which the workload reports by exiting.
+    const exe = buildC("kernelwriter", `
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#define MIB (1024 * 1024)
+static char *buf;
+static void *reader(void *arg) {
+  int fd = open("/dev/zero", O_RDONLY);
+  size_t half = (size_t)(long)arg * 16 * MIB;
+  for (unsigned long n = 0;; n++) {
+    size_t off = half + (n % 64) * 256 * 1024;
+    /* A stop (the freeze's interrupt) may cut a read short: read the rest. */
+    for (size_t done = 0; done < 256 * 1024;) {
+      ssize_t got = read(fd, buf + off + done, 256 * 1024 - done);
+      if (got <= 0) { printf("read %zd at %zu: %m\\n", got, off + done); fflush(stdout); exit(1); }
+      done += got;
+    }
+  }
+  return NULL;
+}
+int main(void) {
+  buf = malloc(32 * MIB);
+  memset(buf, 1, 32 * MIB);
+  pthread_t t[2];
+  for (long i = 0; i < 2; i++) pthread_create(&t[i], NULL, reader, (void *)i);
+  printf("ready %d\\n", getpid());
+  fflush(stdout);
+  for (;;) pause();
+}
+`);
+    const { words, out } = await startReady([exe]);
+    const pid = Number(words[0]);
+    cleanup.push(killablePid(pid));
+    for (let i = 0; i < 3; i++) {
+      const { snapshot } = dumpJson(pid, join(tempDir("snap-kernel"), "img"), out);
+      expect(snapshot.ahead.processes).toBe(1);
+      expect(snapshot.ahead.faults).toBeGreaterThan(0);
+    }
+    await Bun.sleep(300);
+    expect(runsFree(pid)).toBe(true);
+    expect(readFileSync(out, "utf8")).not.toContain("read ");
   });
 });

@@ -41,7 +41,7 @@ import { FileLocks } from "./files/file-locks";
 import { dumpLinkedFile } from "./files/regular";
 import { SocketTable } from "../proc/sock-diag";
 import { Freezer, type FrozenProcess } from "./task/freeze";
-import { learnBorrowedCode } from "./task/inject";
+import { learnBorrowedCode, onProtectedMemory } from "./task/inject";
 import { KobjIds } from "./ids";
 import { unrestorableSharing } from "../image/shared-kobjs";
 import { ImageDirWriter } from "../image/image-dir";
@@ -57,7 +57,8 @@ import { openPageStore } from "../transfer/page-client";
 import { LazySource, type LazyServeResult } from "../transfer/lazy-source";
 import { TcpLock, TCP_LOCK_RECORD } from "../transfer/tcp-lock";
 import type { Endpoint } from "../transfer/connection";
-import { finishSnapshots, FROZEN_COPY_BYTES, newSnapshotCounters, type ProcessSnapshot, type SnapshotCounters } from "./memory/snapshot";
+import { newAheadCounters, ProtectAhead, type AheadCounters, type ProtectedAhead } from "./memory/protect-ahead";
+import { finishSnapshots, FROZEN_COPY_BYTES, settleAfterSnapshot, newSnapshotCounters, type ProcessSnapshot, type SnapshotCounters } from "./memory/snapshot";
 import { Errno, SysError } from "../sys/errno";
 import { newPageCounters, PE_PRESENT, type PageCounters } from "./memory/pages";
 import { pstreeEntries } from "./pstree";
@@ -121,7 +122,7 @@ export interface DumpResult extends RoundResult {
   /** Paths of watched inodes: how each was found, and the time it took. */
   irmap: IrmapCounters & { ms: number };
   /** How memory was copied: as a snapshot after the freeze (dump -R), or while frozen, and why. */
-  snapshot: SnapshotCounters & { used: boolean; why?: string };
+  snapshot: SnapshotCounters & { used: boolean; why?: string; ahead: AheadCounters };
   /** --lazy-pages: what the destination fetched. */
   lazy?: LazyServeResult;
 }
@@ -209,6 +210,9 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   let tracking: RoundTracking | null = null;
   let lazyResult: LazyServeResult | null = null;
   const snapCounters = newSnapshotCounters();
+  const aheadCounters = newAheadCounters();
+  let ahead: ProtectAhead | null = null;
+  let restoreStackHook: (() => void) | null = null;
   const frozenPhases = newFrozenPhases();
   const snapshot: SnapshotChoice = { use: opts.leaveRunning && opts.snapshot !== false, counters: snapCounters };
   if (!opts.leaveRunning) snapshot.why = "the tree is killed after the dump: nothing runs to copy from";
@@ -218,8 +222,25 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     // Read the irmap cache (through the parent link just made) before the freeze.
     files.ctx.irmap.load();
     learnBorrowedCode(proc, opts.pid);
+    // A dump that follows a pre-dump chain finds its areas held by the
+    // tracker's userfaultfd: nothing to protect ahead there.
+    if (snapshot.use && parent === null) {
+      const prepared = (ahead = new ProtectAhead(aheadCounters));
+      restoreStackHook = onProtectedMemory({
+        beforeStackWrite: (tgid, low, high) => prepared.unprotectStack(tgid, low, high),
+        whileWaiting: () => prepared.answer(),
+      });
+      prepared.arm(proc, opts.pid);
+      freezer.whileWaiting = () => prepared.answer();
+      await guard.checkpoint();
+    }
     const tree = freezer.freeze(opts.pid);
     frozenAt = performance.now();
+    freezer.whileWaiting = null;
+    // What was read and not yet answered before the last thread stopped;
+    // processes that left the tree meanwhile run on unprotected.
+    ahead?.answer();
+    ahead?.keepOnly(tree.filter((p) => !p.zombie).map((p) => p.pid));
     const frozenUptime = uptimeMicros(proc);
     tracking = RoundTracking.begin(proc, "dump", parent, opts.pid);
     // The clocks a restore in a new time namespace continues from.
@@ -241,7 +262,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
         continue;
       }
       try {
-        dumped.push(dumpProcess(proc, p, files, treeIds.get(p.pid)!, fdTables, mapFiles, objects, pageCounters, opts, tracking, snapshot, frozenPhases));
+        dumped.push(dumpProcess(proc, p, files, treeIds.get(p.pid)!, fdTables, mapFiles, objects, pageCounters, opts, tracking, snapshot, frozenPhases, ahead));
       } catch (e) {
         throw explainProcessError(p.pid, e);
       }
@@ -287,7 +308,9 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       released = true;
       frozenMs = performance.now() - frozenAt;
       // The memory of the freeze, copied while the tree runs (copy-before-write).
-      finishSnapshots(dumped.flatMap((d) => (d.snapshot ? [d.snapshot] : [])), snapCounters);
+      const snaps = dumped.flatMap((d) => (d.snapshot ? [d.snapshot] : []));
+      finishSnapshots(snaps, snapCounters);
+      settleAfterSnapshot(proc, snaps, snapCounters);
       writeAll();
       figures = { ...pageFigures(), frozenMs, memwriteMs, totalMs: performance.now() - started, snapshot: snapCounters };
       // The dump is complete: tracking is over (the tracker ends, the tree is unregistered).
@@ -331,7 +354,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       tracking: tracking.summary,
       irmap: { ...files.ctx.irmap.counters, ms: files.ctx.irmap.ms },
       snapshot: {
-        ...snapCounters, used: snapCounters.processes > 0,
+        ...snapCounters, used: snapCounters.processes > 0, ahead: aheadCounters,
         ...(snapshot.why ? { why: snapshot.why } : snapCounters.processes === 0 ? { why: `nothing worth protecting (processes with at most ${FROZEN_COPY_BYTES >> 20} MiB to save, areas with under 256 KiB): all copied while frozen` } : {}),
       },
     };
@@ -341,10 +364,13 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     tcpLock?.release();
     // Protection off before the tree runs: no thread should wait on a copy that will not come.
     for (const d of dumped) d.snapshot?.release();
+    ahead?.close();
     if (!released) release(freezer, "resume");
     out.discard();
     throw e;
   } finally {
+    restoreStackHook?.();
+    ahead?.close();
     guard.dispose();
     store.close();
     lazy?.close();
@@ -397,22 +423,24 @@ interface SnapshotChoice {
  * without synchronous write-protection (userfaultfd refused) turns the
  * snapshot off for the rest of the dump, saying why.
  */
-function processPages(pid: number, plan: PagePlan, snapshot: SnapshotChoice): { pages: PageCopy; snapshot?: ProcessSnapshot } {
+function processPages(pid: number, plan: PagePlan, snapshot: SnapshotChoice, ahead: ProtectedAhead | null): { pages: PageCopy; snapshot?: ProcessSnapshot } {
   if (snapshot.use) {
     try {
-      return plan.beginSnapshot(snapshot.counters);
+      return plan.beginSnapshot(snapshot.counters, ahead);
     } catch (e) {
       if (!(e instanceof SysError && ([Errno.ENOSYS, Errno.EPERM, Errno.EINVAL, Errno.EOPNOTSUPP] as number[]).includes(e.errno))) throw e;
       snapshot.use = false;
       snapshot.why = `no synchronous userfaultfd write-protection here (${e.message}); memory copied while frozen`;
     }
   }
+  ahead?.wp.close();
   return { pages: plan.copy(false) };
 }
 
 function dumpProcess(
   proc: ProcFs, p: FrozenProcess, files: FilesDump, ids: TaskKobjIdsEntry, fdTables: Map<number, FdinfoEntry[]>, mapFiles: MapFilesCounters,
   objects: SharedAnonMemory, pageCounters: PageCounters, opts: DumpOptions, tracking: RoundTracking, snapshot: SnapshotChoice, phases: FrozenPhases,
+  ahead: ProtectAhead | null,
 ): DumpedProcess {
   const started = performance.now();
   const measured = (): number => phases.areas + phases.injected + phases.pageScan;
@@ -448,8 +476,9 @@ function dumpProcess(
   }));
 
   const saved = vmas.filter((v) => v.savePages).map((v) => v.area);
+  const prepared = ahead?.take(pid) ?? null;
   const plan = timePhase(phases, "pageScan", () =>
-    planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved), opts.lazyPages ? saved.filter(isLazyArea) : []));
+    planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved), opts.lazyPages ? saved.filter(isLazyArea) : [], prepared !== null));
 
   const cores = new Map<number, CoreEntry>();
   for (const tid of p.threads) {
@@ -501,7 +530,7 @@ function dumpProcess(
   const mm = mmEntry(stat, auxv, exeId, vmas, task.mm);
   phases.tasks += performance.now() - started - (measured() - measuredBefore);
   // Last, so that nothing can fail between protecting the memory and handing the snapshot to the dump.
-  const { pages, snapshot: snap } = timePhase(phases, "pages", () => processPages(pid, plan, snapshot));
+  const { pages, snapshot: snap } = timePhase(phases, "pages", () => processPages(pid, plan, snapshot, prepared));
   return { tree: p, ids, cores, mm, fdinfo, cwdId, rootId, umask: status.umask ?? 0o022, pages, ...(snap ? { snapshot: snap } : {}) };
 }
 

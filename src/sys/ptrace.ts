@@ -152,3 +152,9 @@ export function isInterruptStop(status: number): boolean {
 export function waitTracee(pid: number): number {
   return waitpid(pid, W.ALL).status;
 }
+
+/** A state change of one tracee if there is one now, else null (WNOHANG). */
+export function pollTracee(pid: number): number | null {
+  const r = waitpid(pid, W.ALL | W.NOHANG);
+  return r.pid === 0 ? null : r.status;
+}

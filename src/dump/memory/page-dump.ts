@@ -20,6 +20,7 @@ import type { ProcFs } from "../../proc/procfs";
 import { PAGE_SIZE } from "../../sys/nr";
 import type { ImageSink } from "../../image/image-dir";
 import type { PageCoverage } from "../../image/pagemap";
+import type { ProtectedAhead } from "./protect-ahead";
 import { ProcessSnapshot, type SnapshotCounters } from "./snapshot";
 import { copyPages, pagemapEntries, scanPages, writePages, type DirtyScan, type PageCounters, type PageRun, type PageVma, type ScanMethod } from "./pages";
 
@@ -62,7 +63,7 @@ export interface PagePlan {
    * While frozen: start a snapshot copy of the runs to write (snapshot.ts).
    * The PageCopy's contents are whole once finishSnapshots has run.
    */
-  beginSnapshot(counters: SnapshotCounters): { snapshot: ProcessSnapshot; pages: PageCopy };
+  beginSnapshot(counters: SnapshotCounters, ahead?: ProtectedAhead | null): { snapshot: ProcessSnapshot; pages: PageCopy };
 }
 
 function methodOf(choice: PageScanChoice): "auto" | ScanMethod {
@@ -154,7 +155,16 @@ function markLazy(runs: readonly PageRun[], lazyAreas: readonly MapArea[]): Page
  * Find the pages to save (the tree is frozen). `lazyAreas`: a lazy dump's
  * areas whose pages are left for the source to serve (PE_LAZY).
  */
-export function planProcessPages(pid: number, areas: readonly MapArea[], choice: PageScanChoice, proc: ProcFs, counters: PageCounters, tracking: ProcessTracking | null, lazyAreas: readonly MapArea[] = []): PagePlan {
+/**
+ * Find the pages of a frozen process to save. `findWritten` (memory
+ * protected ahead of the freeze, no dirty tracking): the scan also tells
+ * which saved pages have no write-protection, for the snapshot to protect
+ * again (protect-ahead.ts).
+ */
+export function planProcessPages(
+  pid: number, areas: readonly MapArea[], choice: PageScanChoice, proc: ProcFs, counters: PageCounters, tracking: ProcessTracking | null,
+  lazyAreas: readonly MapArea[] = [], findWritten = false,
+): PagePlan {
   const t = performance.now();
   const method = methodOf(choice);
   const allVmas = areas.map(toVma);
@@ -164,9 +174,15 @@ export function planProcessPages(pid: number, areas: readonly MapArea[], choice:
   }));
   let runs: PageRun[];
   let pagesScanned: number;
+  let written: PageRun[] = [];
   if (!tracking) {
-    const scan = scanPages(pid, vmas, { method, proc, counters });
+    const scan = scanPages(pid, vmas, { method, proc, counters, ...(findWritten ? { dirty: { category: "written", protect: false } } : {}) });
     runs = scan.runs;
+    if (findWritten) {
+      // "Written" here only steers the protection: every run is saved.
+      written = runs.filter((r) => r.dirty);
+      runs = runs.map(({ dirty: _, ...r }) => r);
+    }
     pagesScanned = scan.pagesScanned;
   } else {
     const tracked = vmas.filter((v) => tracking.tracked.has(v.start));
@@ -194,9 +210,10 @@ export function planProcessPages(pid: number, areas: readonly MapArea[], choice:
   const scanMs = performance.now() - t;
   return {
     lazy, pagesScanned, pagesToWrite, pagesInParent, scanMs,
-    beginSnapshot(snapCounters) {
+    beginSnapshot(snapCounters, ahead = null) {
       const c = performance.now();
-      const snapshot = ProcessSnapshot.begin(proc, pid, allVmas, toWrite, snapCounters);
+      ahead?.noteWritten(written);
+      const snapshot = ProcessSnapshot.begin(proc, pid, allVmas, toWrite, snapCounters, ahead);
       return {
         snapshot,
         pages: {

@@ -24,11 +24,11 @@
  * goes through — the tree runs on with its memory writable.
  */
 import type { ProcFs } from "../../proc/procfs";
-import { Errno, SysError } from "../../sys/errno";
-import { close, ioctl, readInto } from "../../sys/libc";
-import { PAGE_SIZE, UFFD_EVENT, UFFD_FEATURE, UFFD_MSG_SIZE, UFFDIO_WRITEPROTECT, UFFDIO_WRITEPROTECT_MODE_WP } from "../../sys/nr";
-import { makeUffd, registerWp } from "../tracking/uffd";
+import { PAGE_SIZE } from "../../sys/nr";
+import { Freezer } from "../task/freeze";
 import { PieceCopy, type PageData, type PageRun, type PageVma, type Piece } from "./pages";
+import type { ProtectedAhead } from "./protect-ahead";
+import { WpUffd, type WpMessage } from "./wp-uffd";
 
 /** Bytes copied between two looks at the faults: a writer waits at most about this long (~0.7 ms at 3 GB/s). */
 const SLICE_BYTES = 2 * 1024 * 1024;
@@ -39,16 +39,7 @@ const SLICE_BYTES = 2 * 1024 * 1024;
  */
 export const FROZEN_COPY_BYTES = 8 * 1024 * 1024;
 /** An area with less than this to save is copied while frozen rather than protected. */
-const PROTECT_MIN_BYTES = 256 * 1024;
-
-const SYNC_WP = {
-  // Events that take memory away: its freeze-time contents would go with it.
-  features: UFFD_FEATURE.PAGEFAULT_FLAG_WP | UFFD_FEATURE.EVENT_REMOVE | UFFD_FEATURE.EVENT_UNMAP | UFFD_FEATURE.EVENT_REMAP,
-  what: "PAGEFAULT_FLAG_WP|EVENT_REMOVE|EVENT_UNMAP|EVENT_REMAP",
-  // Faults from the kernel (a read() into a protected buffer) must reach us
-  // too: with UFFD_USER_MODE_ONLY they would fail the system call instead.
-  userModeOnly: false,
-};
+export const PROTECT_MIN_BYTES = 256 * 1024;
 
 /** What a snapshot dump did, for --json and stats-dump. */
 export interface SnapshotCounters {
@@ -66,20 +57,14 @@ export interface SnapshotCounters {
   areasNotCovered: number;
   /** Time spent copying after the tree was let go, ms. */
   copyMs: number;
+  /** Pages written between their protection ahead of the freeze and the freeze, protected again while frozen. */
+  pagesReprotected: number;
+  /** Time spent taking the protected processes through one stop once their protection was gone (settleAfterSnapshot), ms. */
+  settleMs: number;
 }
 
 export function newSnapshotCounters(): SnapshotCounters {
-  return { processes: 0, pagesFrozen: 0, pagesRunning: 0, pagesOnFault: 0, faults: 0, areasNotCovered: 0, copyMs: 0 };
-}
-
-const wpArg = new BigUint64Array(3);
-const wpBytes = new Uint8Array(wpArg.buffer);
-
-function writeProtect(uffd: number, start: number, length: number, protect: boolean): void {
-  wpArg[0] = BigInt(start);
-  wpArg[1] = BigInt(length);
-  wpArg[2] = protect ? BigInt(UFFDIO_WRITEPROTECT_MODE_WP) : 0n;
-  ioctl(uffd, UFFDIO_WRITEPROTECT, wpBytes, `UFFDIO_WRITEPROTECT(0x${start.toString(16)}+0x${length.toString(16)}, ${protect ? "WP" : "0"})`);
+  return { processes: 0, pagesFrozen: 0, pagesRunning: 0, pagesOnFault: 0, faults: 0, areasNotCovered: 0, copyMs: 0, pagesReprotected: 0, settleMs: 0 };
 }
 
 /**
@@ -116,35 +101,42 @@ export class ProcessSnapshot {
   /** Pieces still to copy, in order, and where the copy is in the current one. */
   private next = 0;
   private readonly queue: Piece[];
-  private readonly msg = new Uint8Array(UFFD_MSG_SIZE * 64);
-  private readonly msgView = new DataView(this.msg.buffer);
-  private uffd: number;
+  private wp: WpUffd | null;
+  /** Some of its memory was write-protected (see settleAfterSnapshot). */
+  readonly protectedMemory: boolean;
 
   private constructor(
     readonly pid: number,
     private readonly copy: PieceCopy,
-    uffd: number,
+    wp: WpUffd | null,
     queue: Piece[],
     private readonly counters: SnapshotCounters,
   ) {
-    this.uffd = uffd;
+    this.wp = wp;
+    this.protectedMemory = wp !== null;
     this.queue = queue;
     this.copied = new Uint8Array(copy.data.byteLength / PAGE_SIZE);
+    if (wp) wp.handler = (m) => this.handle(m);
   }
 
   /**
    * While frozen: protect what can be protected, copy the rest now. `vmas`
    * are the areas the runs lie in, `runs` the pages to save (address order).
+   * `ahead`: the process's memory was protected before the freeze; its
+   * userfaultfd is taken over, and in the areas it covered only the pages
+   * written since (`ahead.written`) need protecting again.
    */
-  static begin(proc: ProcFs, pid: number, vmas: readonly PageVma[], runs: readonly PageRun[], counters: SnapshotCounters): ProcessSnapshot {
+  static begin(proc: ProcFs, pid: number, vmas: readonly PageVma[], runs: readonly PageRun[], counters: SnapshotCounters, ahead: ProtectedAhead | null = null): ProcessSnapshot {
     // Strict: a range that cannot be read is an error, never zeros (pre-dump's
     // "unmapped since the scan"): its freeze-time contents would be lost.
     const copy = new PieceCopy(pid, vmas, runs, proc, { running: false, boundToMm: true });
-    let uffd = -1;
+    let wp: WpUffd | null = ahead?.wp ?? null;
     try {
       if (copy.data.byteLength <= FROZEN_COPY_BYTES) {
-        const snap = new ProcessSnapshot(pid, copy, -1, [], counters);
+        // Protection made ahead is not needed after all: dropped now, while frozen.
+        const snap = new ProcessSnapshot(pid, copy, null, [], counters);
         snap.copyNow(copy.pieces, "frozen");
+        wp?.close();
         return snap;
       }
       // Areas with little to save are copied now: two ioctls to protect an
@@ -159,24 +151,40 @@ export class ProcessSnapshot {
         else candidates.push({ v, mine });
       }
       const later: Piece[] = [];
-      if (candidates.length > 0) uffd = makeUffd(proc, pid, SYNC_WP);
+      if (ahead && candidates.length > 0 && !ahead.wp.sameMemory(candidates[0]!.v.start, candidates[0]!.v.end)) {
+        // It ran another program (or exited and its pid was taken) since: that protection is of memory gone.
+        ahead.wp.close();
+        ahead = null;
+        wp = null;
+      }
+      if (candidates.length > 0 && !wp) wp = WpUffd.make(proc, pid, () => {});
       for (const { v, mine } of candidates) {
-        if (registerWp(uffd, v.start, v.end)) {
-          // The whole area in one call: a page not saved that is written
-          // later costs one answered fault, far fewer calls than a piece each.
-          writeProtect(uffd, Number(v.start), Number(v.end - v.start), true);
+        // Registering an area already registered ahead is a no-op; one the
+        // process registered itself meanwhile is refused (EBUSY).
+        if (wp!.register(v.start, v.end)) {
+          if (ahead?.covers(Number(v.start), Number(v.end))) {
+            // Every page not written since keeps its protection.
+            for (const r of ahead.writtenWithin(Number(v.start), Number(v.end))) {
+              wp!.protect(r.start, r.length);
+              counters.pagesReprotected += r.length / PAGE_SIZE;
+            }
+          } else {
+            // The whole area in one call: a page not saved that is written
+            // later costs one answered fault, far fewer calls than a piece each.
+            wp!.protect(Number(v.start), Number(v.end - v.start));
+          }
           later.push(...mine);
         } else {
           counters.areasNotCovered++;
           frozen.push(...mine);
         }
       }
-      const snap = new ProcessSnapshot(pid, copy, uffd, later.sort((a, b) => a.remote - b.remote), counters);
+      const snap = new ProcessSnapshot(pid, copy, wp, later.sort((a, b) => a.remote - b.remote), counters);
       if (frozen.length > 0) snap.copyNow(frozen, "frozen");
-      if (uffd >= 0) counters.processes++;
+      if (wp) counters.processes++;
       return snap;
     } catch (e) {
-      if (uffd >= 0) close(uffd);
+      wp?.close();
       copy.close();
       copy.data.dispose();
       throw e;
@@ -240,53 +248,27 @@ export class ProcessSnapshot {
       }
     }
     this.copyNow(slice, "running");
-    for (const p of slice) this.unprotect(p.remote, p.length);
-  }
-
-  /** Lift the protection of a copied range; a process that has exited since needs none (ESRCH: its memory is gone). */
-  private unprotect(start: number, length: number): void {
-    try {
-      writeProtect(this.uffd, start, length, false);
-    } catch (e) {
-      if (!(e instanceof SysError && e.errno === Errno.ESRCH)) throw e;
-    }
+    for (const p of slice) this.wp?.unprotect(p.remote, p.length);
   }
 
   /** Answer every fault and event waiting on the userfaultfd. */
   answer(): void {
-    if (this.uffd < 0) return;
-    for (;;) {
-      let n: number;
-      try {
-        n = readInto(this.uffd, this.msg);
-      } catch (e) {
-        if (e instanceof SysError && e.errno === Errno.EAGAIN) return;
-        throw e;
-      }
-      if (n <= 0) return;
-      for (let at = 0; at + UFFD_MSG_SIZE <= n; at += UFFD_MSG_SIZE) this.handle(at);
-    }
+    this.wp?.answer();
   }
 
-  private handle(at: number): void {
-    const event = this.msg[at]!;
-    const arg = (i: number): number => Number(this.msgView.getBigUint64(at + 8 + 8 * i, true));
-    if (event === UFFD_EVENT.PAGEFAULT) {
-      const page = Math.floor(arg(1) / PAGE_SIZE) * PAGE_SIZE;
+  private handle(m: WpMessage): void {
+    if (m.kind === "fault") {
       this.counters.faults++;
-      const saved = within(this.copy.pieces, page, page + PAGE_SIZE);
+      const saved = within(this.copy.pieces, m.page, m.page + PAGE_SIZE);
       if (saved.length > 0) this.copyNow(saved, "fault");
-      this.unprotect(page, PAGE_SIZE);
+      this.wp?.unprotect(m.page, PAGE_SIZE);
       return;
     }
-    // Memory taken away (UNMAP, REMOVE: [start, end); REMAP: from, to, len) before ckpt copied it.
-    const [start, end] = event === UFFD_EVENT.REMAP ? [arg(0), arg(0) + arg(2)] : [arg(0), arg(1)];
-    const what = event === UFFD_EVENT.REMAP ? "moved (mremap)" : event === UFFD_EVENT.UNMAP ? "unmapped" : event === UFFD_EVENT.REMOVE ? "dropped (MADV_DONTNEED or MADV_REMOVE)" : `changed (userfaultfd event 0x${event.toString(16)})`;
-    for (const p of within(this.copy.pieces, start, end)) {
+    for (const p of within(this.copy.pieces, m.start, m.end)) {
       for (let off = 0; off < p.length; off += PAGE_SIZE) {
         if (!this.copied[(p.offset + off) / PAGE_SIZE]) {
           throw new Error(
-            `process ${this.pid} ${what} memory at 0x${start.toString(16)}-0x${end.toString(16)} before the snapshot copied it: ` +
+            `process ${this.pid} ${m.what} memory at 0x${m.start.toString(16)}-0x${m.end.toString(16)} before the snapshot copied it: ` +
               "its contents at the freeze are gone; dump again, or with --no-snapshot to copy everything while the tree is frozen",
           );
         }
@@ -296,8 +278,8 @@ export class ProcessSnapshot {
 
   /** Stop protecting (closing the userfaultfd drops every registration and wakes any waiter). */
   release(): void {
-    if (this.uffd >= 0) close(this.uffd);
-    this.uffd = -1;
+    this.wp?.close();
+    this.wp = null;
     this.copy.close();
   }
 
@@ -331,5 +313,34 @@ export function finishSnapshots(snaps: readonly ProcessSnapshot[], counters: Sna
   } finally {
     for (const s of snaps) s.release();
     counters.copyMs += performance.now() - t;
+  }
+}
+
+/**
+ * Lifting write-protection costs a process later, not when it happens: on
+ * this kind of machine (a guest whose page tables the hypervisor shadows)
+ * the first return to user mode after many page-table entries became
+ * writable again is slow — a getpid() injected into an idle 2 GiB process
+ * right after its protection was lifted took 118 ms, the next one 0.2 ms;
+ * with one ptrace stop and release in between, the first took 1.4 ms.
+ * (Protecting has no such cost.) An idle process would pay at its next
+ * wake-up: in the latency of its next request, or inside the next dump's
+ * freeze, where it stalls the whole tree. So each process whose memory was
+ * protected is taken through one stop as soon as its userfaultfd is closed:
+ * its way back to the code it was in (a sleep restarts as if nothing had
+ * happened, as after the freeze) passes through user mode, and it pays
+ * there, on its own, while nothing waits for it. Never fails the dump: a
+ * process that has gone or cannot be stopped is left as it is.
+ */
+export function settleAfterSnapshot(proc: ProcFs, snaps: readonly ProcessSnapshot[], counters: SnapshotCounters): void {
+  const t = performance.now();
+  const freezer = new Freezer(proc);
+  try {
+    for (const s of snaps) if (s.protectedMemory) freezer.stopThread(s.pid, s.pid);
+  } catch {
+    // An unexpected ptrace error: the threads stopped so far are let go below.
+  } finally {
+    freezer.release("resume");
+    counters.settleMs += performance.now() - t;
   }
 }

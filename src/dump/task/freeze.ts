@@ -57,6 +57,15 @@ export class Freezer {
   /** Milliseconds from the first seize to the whole tree stopped. */
   freezingMs = 0;
 
+  /**
+   * When set, runs again and again while a thread is on its way to its stop:
+   * a thread whose write waits on a userfaultfd of ours (memory protected
+   * ahead of the freeze) may need ckpt's answer before it can stop at all —
+   * in a system call, the kernel retries the fault rather than break off
+   * for the interrupt.
+   */
+  whileWaiting: (() => void) | null = null;
+
   constructor(private readonly proc: ProcFs) {}
 
   /** Threads that are seized now. */
@@ -152,6 +161,21 @@ export class Freezer {
     }
   }
 
+  /**
+   * Stop one thread of a process that is not being frozen, to let it go
+   * again with release(): its way back from the stop passes through user
+   * mode once. False when the thread is gone or may not be traced.
+   */
+  stopThread(pid: number, tid: number): boolean {
+    try {
+      this.seizeThread(pid, tid);
+    } catch (e) {
+      if (e instanceof FreezeError) return false;
+      throw e;
+    }
+    return this.seized.has(tid);
+  }
+
   /** Seize and stop one thread; a thread that is gone already is noted, not an error. */
   private seizeThread(pid: number, tid: number): void {
     try {
@@ -189,7 +213,7 @@ export class Freezer {
    */
   private waitStopped(tid: number): void {
     for (;;) {
-      const status = ptrace.waitTracee(tid);
+      const status = this.nextStatus(tid);
       if (ptrace.isExited(status) || ptrace.isSignaled(status)) {
         this.seized.delete(tid);
         this.exited.add(tid);
@@ -203,6 +227,18 @@ export class Freezer {
         return;
       }
       ptrace.cont(tid, sig);
+    }
+  }
+
+  private nextStatus(tid: number): number {
+    if (!this.whileWaiting) return ptrace.waitTracee(tid);
+    const start = performance.now();
+    for (;;) {
+      const status = ptrace.pollTracee(tid);
+      if (status !== null) return status;
+      this.whileWaiting();
+      // Most threads stop within microseconds: spin briefly, then sleep.
+      if (performance.now() - start > 2) Bun.sleepSync(1);
     }
   }
 

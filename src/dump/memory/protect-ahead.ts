@@ -1,0 +1,292 @@
+/**
+ * Write-protection made before the freeze, for snapshot dumps.
+ *
+ * Protecting a process's memory rewrites every page-table entry of it: about
+ * 30 ms for 2 GiB here, which a snapshot would otherwise spend with the whole
+ * tree frozen. So, before the freeze, each process with enough memory to be
+ * worth it gets its synchronous userfaultfd (made inside it during a stop of
+ * one of its threads, ~1 ms, the rest of the tree running), and its areas are
+ * registered and protected while it runs, a few MiB at a time. Until the
+ * freeze a write to a protected page is answered by lifting that page's
+ * protection, nothing more: what counts is the memory at the freeze. At the
+ * freeze the page scan asks which saved pages have no protection (the
+ * PAGEMAP_SCAN "written" category: written since, or new) and only those are
+ * protected again; the snapshot (snapshot.ts) takes the userfaultfd over.
+ *
+ * Two things wait on our answers from the moment the first area is
+ * protected, so they are answered until the tree is frozen: writes (a thread
+ * in a system call that writes to a protected buffer keeps retrying its
+ * fault until answered, even when the freeze interrupts it, so the freezer
+ * answers while it waits: Freezer.whileWaiting) and address-space changes
+ * (an unmap waits until its event is read). While frozen, ckpt itself writes
+ * to a thread's stack to drive injected calls; those pages are unprotected
+ * first (unprotectStack), else the write would wait for ckpt.
+ *
+ * Never a reason for a dump to fail: a process that cannot be prepared (it
+ * exits, execs, shares its memory with another, the kernel refuses) is left
+ * to the snapshot's own protection while frozen, and the first reason is
+ * kept for --json. A ckpt that dies meanwhile takes the userfaultfds along:
+ * the kernel drops their protection.
+ */
+import type { ProcFs } from "../../proc/procfs";
+import { readSmaps } from "../../proc/maps";
+import { readAllChildren } from "../../proc/task";
+import { kcmp, poll } from "../../sys/calls";
+import { Errno, SysError } from "../../sys/errno";
+import { KCMP, PAGE_SIZE, SYS } from "../../sys/nr";
+import { Freezer } from "../task/freeze";
+import { RemoteSyscalls } from "../task/inject";
+import type { PageRun } from "./pages";
+import { FROZEN_COPY_BYTES, PROTECT_MIN_BYTES } from "./snapshot";
+import { WpUffd, type WpMessage } from "./wp-uffd";
+
+/** Protected per call while the tree runs; a writer waits at most about this long (~0.5 ms). */
+const CHUNK_BYTES = 32 * 1024 * 1024;
+const POLLIN = 1;
+
+/** What protecting ahead of the freeze did, for --json. */
+export interface AheadCounters {
+  /** Processes whose memory was protected before the freeze. */
+  processes: number;
+  /** Pages of theirs protected then. */
+  pagesProtected: number;
+  /** Writes answered before the freeze. */
+  faults: number;
+  /** Time from the first stop to the last area protected, ms (the tree running). */
+  ms: number;
+  /** The longest stop of one thread to make a userfaultfd, ms. */
+  longestStopMs: number;
+  /** Why some process was left to the protection while frozen. */
+  why?: string;
+}
+
+export function newAheadCounters(): AheadCounters {
+  return { processes: 0, pagesProtected: 0, faults: 0, ms: 0, longestStopMs: 0 };
+}
+
+/** One process's protection made ahead, until the snapshot takes its userfaultfd over. */
+export class ProtectedAhead {
+  /** Areas protected whole before the freeze, [start, end), in address order. */
+  private readonly ranges: [number, number][] = [];
+  /** Saved pages without protection at the freeze, [start, start + length). */
+  private written: { start: number; length: number }[] = [];
+
+  constructor(readonly wp: WpUffd) {}
+
+  addRange(start: number, end: number): void {
+    this.ranges.push([start, end]);
+  }
+
+  /** Whether [start, end) lies in one area protected ahead. */
+  covers(start: number, end: number): boolean {
+    return this.ranges.some(([s, e]) => s <= start && end <= e);
+  }
+
+  /** The page scan's runs of saved pages not protected at the freeze. */
+  noteWritten(runs: readonly PageRun[]): void {
+    this.written = runs.map((r) => ({ start: Number(r.vaddr), length: r.nrPages * PAGE_SIZE }));
+  }
+
+  /** The written runs within [start, end), cut to it. */
+  writtenWithin(start: number, end: number): { start: number; length: number }[] {
+    const out: { start: number; length: number }[] = [];
+    for (const w of this.written) {
+      const from = Math.max(w.start, start);
+      const to = Math.min(w.start + w.length, end);
+      if (from < to) out.push({ start: from, length: to - from });
+    }
+    return out;
+  }
+}
+
+function isErrnoIn(e: unknown, errnos: readonly number[]): boolean {
+  return e instanceof SysError && errnos.includes(e.errno);
+}
+
+/** The processes under `root` as they are now (the tree runs: ones that go meanwhile are skipped). */
+function currentTree(proc: ProcFs, root: number): number[] {
+  const out: number[] = [];
+  const queue = [root];
+  for (let pid = queue.shift(); pid !== undefined; pid = queue.shift()) {
+    out.push(pid);
+    try {
+      queue.push(...readAllChildren(proc, pid));
+    } catch (e) {
+      if (!isErrnoIn(e, [Errno.ENOENT, Errno.ESRCH])) throw e;
+    }
+  }
+  return out;
+}
+
+export class ProtectAhead {
+  private readonly byPid = new Map<number, ProtectedAhead>();
+  /** Handed over to their snapshots: answered by them from then on. */
+  private readonly taken = new Set<ProtectedAhead>();
+
+  constructor(private readonly counters: AheadCounters) {}
+
+  /**
+   * Protect the memory of the tree under `root`, which runs. The caller has
+   * routed the injector's stack writes to unprotectStack first: the stop
+   * that settles a process (below) drives an injected call.
+   */
+  arm(proc: ProcFs, root: number): void {
+    const t = performance.now();
+    try {
+      for (const pid of currentTree(proc, root)) {
+        try {
+          this.armProcess(proc, pid);
+        } catch (e) {
+          this.counters.why ??= `process ${pid}: ${e instanceof Error ? e.message : String(e)}`;
+          this.byPid.get(pid)?.wp.close();
+          this.byPid.delete(pid);
+        }
+      }
+    } catch (e) {
+      this.close();
+      throw e;
+    }
+    this.counters.processes = this.byPid.size;
+    this.counters.ms = performance.now() - t;
+  }
+
+  /**
+   * Stop one thread of `pid` (the rest of the tree runs) and let it go
+   * again; `during` runs while it is stopped.
+   */
+  private withStoppedThread<T>(proc: ProcFs, pid: number, during: () => T): T | null {
+    const stopper = new Freezer(proc);
+    // The thread may be in a write that waits on a userfaultfd made already.
+    stopper.whileWaiting = () => this.answer();
+    const stopped = performance.now();
+    try {
+      return stopper.stopThread(pid, pid) ? during() : null;
+    } finally {
+      stopper.release("resume");
+      this.counters.longestStopMs = Math.max(this.counters.longestStopMs, performance.now() - stopped);
+    }
+  }
+
+  private armProcess(proc: ProcFs, pid: number): void {
+    let areas;
+    try {
+      areas = readSmaps(proc, pid);
+    } catch (e) {
+      if (isErrnoIn(e, [Errno.ENOENT, Errno.ESRCH])) return;
+      throw e;
+    }
+    const anon = (a: (typeof areas)[number]): number => (a.kb?.Anonymous ?? 0) * 1024;
+    // The snapshot's own choice at the freeze (snapshot.ts): small processes
+    // are copied while frozen, areas with little to save too.
+    if (areas.reduce((s, a) => s + anon(a), 0) <= FROZEN_COPY_BYTES) return;
+    const chosen = areas.filter((a) => !a.shared && anon(a) >= PROTECT_MIN_BYTES && a.path !== "[vsyscall]");
+    if (chosen.length === 0) return;
+    // One userfaultfd per address space: a process sharing its memory with
+    // one already prepared is refused by the dump anyway, and its stack may
+    // be protected by the other's (an injected call would wait on us).
+    for (const other of this.byPid.keys()) if (kcmp(pid, other, KCMP.VM) === "equal") return;
+
+    const wp = this.withStoppedThread(proc, pid, () => WpUffd.make(proc, pid, () => {}));
+    if (!wp) return;
+    const p = new ProtectedAhead(wp);
+    wp.handler = (m) => this.beforeFreeze(p, m);
+    this.byPid.set(pid, p);
+    for (const a of chosen) {
+      if (!wp.register(a.start, a.end)) continue;
+      const start = Number(a.start);
+      const end = Number(a.end);
+      let whole = true;
+      for (let at = start; at < end; at += CHUNK_BYTES) {
+        try {
+          wp.protect(at, Math.min(CHUNK_BYTES, end - at));
+        } catch (e) {
+          // ENOENT: the area changed since smaps was read; the freeze protects it.
+          if (!isErrnoIn(e, [Errno.ENOENT])) throw e;
+          whole = false;
+          break;
+        }
+        this.answer();
+      }
+      if (whole) {
+        p.addRange(start, end);
+        this.counters.pagesProtected += (end - start) / PAGE_SIZE;
+      }
+    }
+    // Rewriting page-table entries costs the process at its next return to
+    // user mode (see settleAfterSnapshot): ~20 ms for 2 GiB here, which an
+    // idle process would pay at the first call injected during the freeze.
+    // One call injected now makes it pay here, alone, and waits until it has.
+    this.withStoppedThread(proc, pid, () => {
+      const remote = RemoteSyscalls.open(pid, { proc });
+      try {
+        remote.syscall(SYS.getpid);
+      } finally {
+        remote.close();
+      }
+    });
+  }
+
+  /** Before the freeze a write only needs its page unprotected; an event needs only to have been read. */
+  private beforeFreeze(p: ProtectedAhead, m: WpMessage): void {
+    if (m.kind !== "fault") return;
+    this.counters.faults++;
+    try {
+      p.wp.unprotect(m.page, PAGE_SIZE);
+    } catch (e) {
+      // The area went away meanwhile: nothing to lift.
+      if (!isErrnoIn(e, [Errno.ENOENT])) throw e;
+    }
+  }
+
+  /** Answer whatever waits on any of the userfaultfds not yet taken over. */
+  answer(): void {
+    const open = [...this.byPid.values()].filter((p) => p.wp.open && !this.taken.has(p));
+    if (open.length === 0) return;
+    const revents = poll(open.map((p) => ({ fd: p.wp.pollFd, events: POLLIN })), 0);
+    open.forEach((p, i) => {
+      if (revents[i]) p.wp.answer();
+    });
+  }
+
+  /** The protection of `pid`, for its snapshot to take over (null: none made). */
+  take(pid: number): ProtectedAhead | null {
+    const p = this.byPid.get(pid);
+    if (!p || !p.wp.open) return null;
+    this.taken.add(p);
+    return p;
+  }
+
+  /**
+   * Before ckpt writes [low, high) of a thread's stack in process `tgid`
+   * (frozen): lift the protection there, or the write would wait on our own
+   * answer. The page scan that follows finds those pages unprotected and the
+   * snapshot protects them again.
+   */
+  unprotectStack(tgid: number, low: bigint, high: bigint): void {
+    const p = this.byPid.get(tgid);
+    if (!p?.wp.open || this.taken.has(p)) return;
+    const start = Math.floor(Number(low) / PAGE_SIZE) * PAGE_SIZE;
+    const end = Math.ceil(Number(high) / PAGE_SIZE) * PAGE_SIZE;
+    try {
+      p.wp.unprotect(start, end - start);
+    } catch (e) {
+      // ENOENT: the stack is not an area of ours.
+      if (!isErrnoIn(e, [Errno.ENOENT])) throw e;
+    }
+  }
+
+  /** Drop the protection of processes other than `pids` (not in the frozen tree). */
+  keepOnly(pids: readonly number[]): void {
+    const keep = new Set(pids);
+    for (const [pid, p] of this.byPid) if (!keep.has(pid)) p.wp.close();
+  }
+
+  /**
+   * Drop every protection made ahead, taken over or not: at the end of the
+   * dump the snapshots have closed theirs already, and on a failure none may
+   * outlive it (a thread would wait for an answer that never comes).
+   */
+  close(): void {
+    for (const p of this.byPid.values()) p.wp.close();
+  }
+}
