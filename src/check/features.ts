@@ -5,7 +5,7 @@
  */
 import { ProcFs } from "../proc/procfs";
 import { readStatus } from "../proc/status";
-import { kcmp, nameToHandleAt, openByHandleAt, pidfdGetfd, pidfdOpen, userfaultfd } from "../sys/calls";
+import { kcmp, nameToHandleAt, openByHandleAt, pidfdGetfd, pidfdOpen, poll, userfaultfd } from "../sys/calls";
 import { addressOf, close, getpid, ioctl, kill, memoryView, mmap, munmap, openat, preadInto, processVmReadv, writeAll } from "../sys/libc";
 import {
   AT, KCMP, MAP, O, PAGE_IS, PAGE_SIZE, PAGEMAP_SCAN, PROT, SIG, UFFD_API, UFFD_FEATURE,
@@ -41,6 +41,25 @@ function quietly(step: () => void): void {
   }
 }
 
+/**
+ * SIGKILL the probe process and wait (up to a second) until it has exited:
+ * `ckpt check` must not end while its probe still lives. It is not our
+ * child, so a pidfd says when it is gone.
+ */
+function endProbe(pid: number): void {
+  let pidfd = -1;
+  try {
+    pidfd = pidfdOpen(pid);
+  } catch {
+    // Gone already.
+  }
+  quietly(() => kill(pid, SIG.KILL));
+  if (pidfd >= 0) {
+    quietly(() => poll([{ fd: pidfd, events: 1 /* POLLIN: exited */ }], 1000));
+    close(pidfd);
+  }
+}
+
 async function probePtraceSeize(): Promise<string> {
   const pid = await startProbeTarget();
   try {
@@ -59,8 +78,7 @@ async function probePtraceSeize(): Promise<string> {
     }
     return "PTRACE_SEIZE, PTRACE_INTERRUPT and PTRACE_DETACH work";
   } finally {
-    // The probe may have ended on its own already.
-    quietly(() => kill(pid, SIG.KILL));
+    endProbe(pid);
   }
 }
 
