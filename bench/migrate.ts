@@ -17,7 +17,7 @@
  * no run waits for the source's pids to be reaped. Bytes are what crossed
  * the network (page server or lazy-pages stream).
  *
- * Run: npm run bench:migrate   (MIB=2048 RATE=16 RUNS=1; CKPT=path to use another binary)
+ * Run: npm run bench:migrate   (MIB=2048 RATE=16 RUNS=1; CASES=bc for some cases only; CKPT=path to use another binary)
  */
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -31,6 +31,8 @@ const RATE = Number(process.env.RATE ?? 16);
 const RUNS = Number(process.env.RUNS ?? 1);
 const CKPT = process.env.CKPT ?? join(import.meta.dir, "../dist/ckpt");
 const CRIU = process.env.CRIU_BIN ?? "";
+/** Letters of the cases to run (a, b, c; "criu" for CRIU's), all by default. */
+const CASES = process.env.CASES ?? "abccriu";
 const left = new BenchCleanup("bench/migrate");
 
 if (!existsSync(CKPT)) {
@@ -92,10 +94,16 @@ interface Outcome {
   rounds: string;
 }
 
+/** The restore's own account of its time (--json), to set against the time its command took. */
+let lastRestore = "";
+
 function restoreAt(dir: string, extra: string[] = []): number {
   const pidfile = join(dir, "..", "restored.pid");
-  run(hosts.dest, [CKPT, "restore", "-D", dir, "-d", "--restore-in-new-pidns", "--pidfile", pidfile, ...extra]);
+  const started = Date.now();
+  const r = run(hosts.dest, [CKPT, "restore", "-D", dir, "-d", "--restore-in-new-pidns", "--pidfile", pidfile, "--json", ...extra]);
   const end = Date.now();
+  const f = (JSON.parse(r.stdout) as { figures: Record<string, number> }).figures;
+  lastRestore = `restore command ${end - started} ms, of it inside: ${Object.entries(f).map(([k, v]) => `${k.replace(/Ms$/, "")} ${v.toFixed(0)}`).join(", ")}`;
   const pid = Number(readFileSync(pidfile, "utf8").trim());
   left.targets.push({ pid, kill: () => { try { process.kill(pid, "SIGKILL"); } catch { /* gone */ } } });
   return end;
@@ -128,7 +136,7 @@ async function viaPageServer(preRounds: number): Promise<Outcome> {
   const end = restoreAt(join(dst, last));
   return {
     downtimeMs: end - frozenSince, bytes: sent.reduce((a, b) => a + b, 0),
-    rounds: `${sent.map((b) => `${(b / 2 ** 20).toFixed(1)}`).join(" + ")}; freeze→dump exit ${dumped - frozenSince} ms, copy ${copied - dumped} ms, restore ${end - copied} ms`,
+    rounds: `${sent.map((b) => `${(b / 2 ** 20).toFixed(1)}`).join(" + ")}; freeze→dump exit ${dumped - frozenSince} ms, copy ${copied - dumped} ms, restore ${end - copied} ms (${lastRestore})`,
   };
 }
 
@@ -153,7 +161,7 @@ async function lazy(): Promise<Outcome> {
   const f = dj.figures.frozenSinceEpochMs;
   return {
     downtimeMs: end - f, bytes: dj.lazy.bytesSent,
-    rounds: `freeze→images ${(seen - f).toFixed(0)} ms, copy ${copied - seen} ms, restore ${end - copied} ms; lazy: ${lj.pagesOnFault} pages on fault, ${lj.pagesInBackground} in the background, all in ${lj.ms.toFixed(0)} ms`,
+    rounds: `freeze→images ${(seen - f).toFixed(0)} ms, copy ${copied - seen} ms, restore ${end - copied} ms (${lastRestore}); lazy: ${lj.pagesOnFault} pages on fault, ${lj.pagesInBackground} in the background, all in ${lj.ms.toFixed(0)} ms`,
   };
 }
 
@@ -179,12 +187,13 @@ async function criuViaPageServer(): Promise<Outcome> {
   return { downtimeMs: dumpMs + copyMs + restoreMs, bytes, rounds: "(downtime: dump launch to exit + copy + restore, not the wait for its pids)" };
 }
 
-const cases: [string, () => Promise<Outcome>][] = [
-  ["(a) dump + page server + restore", () => viaPageServer(0)],
-  ["(b) 2 pre-dumps + dump via page servers", () => viaPageServer(2)],
-  ["(c) dump --lazy-pages + lazy restore", lazy],
-];
-if (CRIU && existsSync(CRIU)) cases.push(["CRIU 4.2 (a) dump + page server + restore", criuViaPageServer]);
+const cases: [string, () => Promise<Outcome>][] = [];
+if (CASES.includes("a")) cases.push(["(a) dump + page server + restore", () => viaPageServer(0)]);
+if (CASES.includes("b")) cases.push(["(b) 2 pre-dumps + dump via page servers", () => viaPageServer(2)]);
+if (CASES.includes("c")) cases.push(["(c) dump --lazy-pages + lazy restore", lazy]);
+if (!CASES.includes("criu")) {
+  // Not asked for.
+} else if (CRIU && existsSync(CRIU)) cases.push(["CRIU 4.2 (a) dump + page server + restore", criuViaPageServer]);
 else process.stderr.write("bench/migrate: CRIU_BIN not set: no CRIU figures\n");
 
 process.stdout.write(`migration of a ${MIB} MiB process rewriting ${RATE} MiB/s across ${hosts.separate ? "a veth pair" : "loopback"}, ${RUNS} run(s) each\n`);
