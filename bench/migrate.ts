@@ -156,12 +156,13 @@ async function lazy(): Promise<Outcome> {
   const end = restoreAt(dst, ["--lazy-pages"]);
   const [d, l] = await Promise.all([dump.done, daemon.done]);
   if (d.code !== 0 || l.code !== 0) throw new Error(`lazy: dump ${d.code} ${d.stderr} / lazy-pages ${l.code} ${l.stderr}`);
-  const dj = JSON.parse(d.stdout) as { figures: { frozenSinceEpochMs: number }; lazy: { bytesSent: number } };
+  const dj = JSON.parse(d.stdout) as { figures: { frozenSinceEpochMs: number; frozenPhases: Record<string, number> }; lazy: { bytesSent: number } };
+  const phases = Object.entries(dj.figures.frozenPhases).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ");
   const lj = JSON.parse(l.stdout) as { pagesOnFault: number; pagesInBackground: number; ms: number };
   const f = dj.figures.frozenSinceEpochMs;
   return {
     downtimeMs: end - f, bytes: dj.lazy.bytesSent,
-    rounds: `freeze→images ${(seen - f).toFixed(0)} ms, copy ${copied - seen} ms, restore ${end - copied} ms (${lastRestore}); lazy: ${lj.pagesOnFault} pages on fault, ${lj.pagesInBackground} in the background, all in ${lj.ms.toFixed(0)} ms`,
+    rounds: `freeze→images ${(seen - f).toFixed(0)} ms (frozen phases: ${phases}), copy ${copied - seen} ms, restore ${end - copied} ms (${lastRestore}); lazy: ${lj.pagesOnFault} pages on fault, ${lj.pagesInBackground} in the background, all in ${lj.ms.toFixed(0)} ms`,
   };
 }
 

@@ -16,10 +16,15 @@ import { AT, O } from "../sys/nr";
 
 const BLOCK = 1 << 20;
 
-/** The digest of one file as it is written, piece by piece. */
+/**
+ * The digest of one file as it is written, piece by piece. Its buffer for a
+ * block in progress grows as needed: most image files are a few hundred
+ * bytes, and a fresh 1 MiB per file is first-touched page by page (slow on
+ * this kind of VM; a dump writes its images while the tree is frozen).
+ */
 export class FileDigest {
   private hash = 0n;
-  private readonly pending = new Uint8Array(BLOCK);
+  private pending = new Uint8Array(0);
   private filled = 0;
   size = 0;
 
@@ -32,6 +37,7 @@ export class FileDigest {
     }
     while (at < bytes.length) {
       const n = Math.min(BLOCK - this.filled, bytes.length - at);
+      this.reserve(this.filled + n);
       this.pending.set(bytes.subarray(at, at + n), this.filled);
       this.filled += n;
       at += n;
@@ -42,24 +48,40 @@ export class FileDigest {
     }
   }
 
+  private reserve(bytes: number): void {
+    if (bytes <= this.pending.length) return;
+    let size = Math.max(4096, this.pending.length);
+    while (size < bytes) size *= 2;
+    const grown = new Uint8Array(Math.min(size, BLOCK));
+    grown.set(this.pending.subarray(0, this.filled));
+    this.pending = grown;
+  }
+
   /** The digest of everything given so far. */
   value(): bigint {
     return this.filled > 0 ? BigInt(Bun.hash.xxHash64(this.pending.subarray(0, this.filled), this.hash)) : this.hash;
   }
 }
 
-/** Size and digest of the file at `path`, read back block by block. */
+/** One read buffer for every file checked (see FileDigest on fresh buffers). */
+let readBuffer: Uint8Array | null = null;
+
+/** Size and digest of the file at `path`, read back block by block (the same value FileDigest gives). */
 export function digestOfFile(path: string): { size: number; digest: bigint } {
   const fd = openat(AT.FDCWD, path, O.RDONLY | O.CLOEXEC);
   try {
-    const d = new FileDigest();
-    const buf = new Uint8Array(BLOCK);
+    const buf = (readBuffer ??= new Uint8Array(BLOCK));
+    let hash = 0n;
+    let size = 0;
     for (let offset = 0; ; offset += BLOCK) {
       const n = preadFull(fd, buf, BigInt(offset));
-      if (n > 0) d.update(buf.subarray(0, n));
+      if (n > 0) {
+        hash = BigInt(Bun.hash.xxHash64(buf.subarray(0, n), hash));
+        size += n;
+      }
       if (n < BLOCK) break;
     }
-    return { size: d.size, digest: d.value() };
+    return { size, digest: hash };
   } finally {
     close(fd);
   }

@@ -92,8 +92,12 @@ export interface RestoreOptions {
 }
 
 export interface RestoreFigures {
-  /** Creating the seed and cloning the tree. */
+  /** From the start to the tree cloned: reading and checking the images, the seed, the clones. */
   forkMs: number;
+  /** Of forkMs: opening the image set, checking its digests and planning the tree. */
+  imagesMs: number;
+  /** Of forkMs: starting the seed and taking hold of it. */
+  seedMs: number;
   /** Address spaces, with the page copy. */
   mmMs: number;
   pagesMs: number;
@@ -330,6 +334,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   // Every byte as the dump wrote it (the parents' are checked as the page chains reach them).
   images.verifyDigests();
   const { pstree, processes: plan, zombies, locks } = loadPlan(images);
+  const imagesMs = performance.now() - started;
   const lazyPids = plan.filter((p) => p.pages.lazy.length > 0);
   if (lazyPids.length > 0 && !opts.lazyPages) {
     const p = lazyPids[0]!;
@@ -354,7 +359,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let seedPid = 0;
   let files: OpenedFiles | undefined;
   let guard: RestoreGuard | undefined;
-  const figures: RestoreFigures = { forkMs: 0, mmMs: 0, pagesMs: 0, filesMs: 0, totalMs: 0 };
+  const figures: RestoreFigures = { forkMs: 0, imagesMs, seedMs: 0, mmMs: 0, pagesMs: 0, filesMs: 0, totalMs: 0 };
   let pagesRestored = 0;
   // ckpt is a subreaper, so the seed and the root (cloned with CLONE_PARENT)
   // are its children: without -d it waits for the root; and a failed restore
@@ -366,11 +371,13 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let pidNsInit: number | undefined;
   const tcp = opts.tcpEstablished ? new TcpRestoreSession(opts.dir, proc) : undefined;
   try {
+    const seedStarted = performance.now();
     const seed = await startSeed(!opts.shellJob);
     seedPid = seed.pid;
     ptrace.seize(seed.pid, RESTORE_PTRACE_OPTIONS);
     ptrace.interrupt(seed.pid);
     waitStop(seed.pid, "(the seed) before restore took hold of it");
+    figures.seedMs = performance.now() - seedStarted;
     ptrace.setSigmask(seed.pid, ALL_SIGNALS);
     const seedTask = new Puppet(seed.pid, seed.syscallAddress);
 
