@@ -6,7 +6,7 @@ import { parseMaps, readMaps, readSmaps } from "../src/proc/maps";
 import { ProcFs } from "../src/proc/procfs";
 import { parseStat, readStat } from "../src/proc/stat";
 import { readStatus } from "../src/proc/status";
-import { readAllChildren, readThreads } from "../src/proc/task";
+import { describeTask, readAllChildren, readThreads } from "../src/proc/task";
 import { addressOf, close, openat, statx, syscall, writeAll } from "../src/sys/libc";
 import { encodeKernelDev } from "../src/sys/structs";
 import { AT, O } from "../src/sys/nr";
@@ -289,5 +289,28 @@ describe("proc readers", () => {
     expect(info.fields.get("eventfd-count")).toBe("5");
     expect(info.flags).toBe(2);
     expect(info.ino).toBe(99n);
+  });
+});
+
+describe("describeTask", () => {
+  test("a zombie is named as one, with the parent that has not reaped it", async () => {
+    // The shell starts a short sleep, then becomes a long one that never waits for it.
+    const parent = Bun.spawn(["sh", "-c", "sleep 0.05 & echo $!; exec sleep 10"], { stdout: "pipe" });
+    try {
+      const reader = parent.stdout.getReader();
+      const child = Number(new TextDecoder().decode((await reader.read()).value).trim());
+      reader.releaseLock();
+      const proc = new ProcFs();
+      try {
+        for (let i = 0; i < 200 && !/^State:\s*Z/m.test(readFileSync(`/proc/${child}/status`, "utf8")); i++) await Bun.sleep(10);
+        expect(describeTask(proc, child)).toBe(`process ${child} ([sleep]), which has exited and waits for its parent (pid ${parent.pid}) to reap it (a zombie: the pid is free once it does)`);
+        expect(describeTask(proc, parent.pid)).toBe(`process ${parent.pid} (sleep 10)`);
+      } finally {
+        proc.close();
+      }
+    } finally {
+      parent.kill();
+      await parent.exited;
+    }
   });
 });

@@ -36,6 +36,11 @@ export function describeTask(proc: ProcFs, tid: number): string | undefined {
     const name = /^Name:\s*(.*)$/m.exec(status)?.[1] ?? "?";
     const cmdline = proc.readText(tgid, "cmdline").split("\0").filter(Boolean).join(" ");
     const command = cmdline === "" ? `[${name}]` : cmdline.length > 80 ? `${cmdline.slice(0, 77)}...` : cmdline;
+    if (/^State:\s*Z/m.test(status)) {
+      // Dumped and killed, but not yet reaped: the pid frees itself once its parent waits for it.
+      const ppid = /^PPid:\s*(\d+)/m.exec(status)?.[1] ?? "?";
+      return `process ${tid} (${command}), which has exited and waits for its parent (pid ${ppid}) to reap it (a zombie: the pid is free once it does)`;
+    }
     return tgid === tid ? `process ${tid} (${command})` : `thread ${tid} of process ${tgid} (${command})`;
   } catch {
     return undefined;
