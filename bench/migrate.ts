@@ -5,7 +5,9 @@
  *   (a) final dump through `ckpt page-server`, images copied, restore;
  *   (b) the same after two pre-dump rounds through page servers;
  *   (c) dump --lazy-pages, images copied, restore --lazy-pages (memory
- *       arrives after the restore, through `ckpt lazy-pages`);
+ *       arrives after the restore, through `ckpt lazy-pages`); and (c) with
+ *       the destination's daemon and restore started before the dump,
+ *       waiting for it (--wait-source, --wait-images);
  * and (a) with CRIU 4.2 when CRIU_BIN is set (CRIU cannot pre-dump here: no
  * soft-dirty).
  *
@@ -77,9 +79,11 @@ async function pageServer(argv: string[], port: number): Promise<{ done: Promise
   return s;
 }
 
+/** Copy a set as a careful script would: inventory.img, which makes it complete, last. */
 function copyImages(from: string, to: string): void {
   mkdirSync(to, { recursive: true });
-  for (const name of readdirSync(from)) if (name !== "parent") copyFileSync(join(from, name), join(to, name));
+  const names = readdirSync(from).filter((n) => n !== "parent" && n !== "inventory.img");
+  for (const name of [...names, "inventory.img"]) if (existsSync(join(from, name))) copyFileSync(join(from, name), join(to, name));
 }
 
 async function workload(): Promise<number> {
@@ -140,21 +144,47 @@ async function viaPageServer(preRounds: number): Promise<Outcome> {
   };
 }
 
-async function lazy(): Promise<Outcome> {
+/**
+ * `ahead`: the destination's lazy-pages daemon and restore are started
+ * before the dump and wait for it (--wait-source, --wait-images), so their
+ * own start-up is not downtime.
+ */
+async function lazy(ahead: boolean): Promise<Outcome> {
   const pid = await workload();
   const [src, dst] = [join(tempDir("bench-lazy-src"), "img"), join(tempDir("bench-lazy-dst"), "img")];
   left.dirs.push(src, dst);
   mkdirSync(dst);
   const port = freshPort();
+  const daemonArgv = [CKPT, "lazy-pages", "-D", dst, "--page-server", "--address", hosts.source.address, "--port", String(port), "--json"];
+  const pidfile = join(dst, "..", "restored.pid");
+  let waiting: { done: Promise<Ran> } | null = null;
+  let daemon: { done: Promise<Ran> };
+  if (ahead) {
+    daemon = spawn(hosts.dest, [...daemonArgv, "--wait-source", "60"]);
+    waiting = spawn(hosts.dest, [CKPT, "restore", "-D", dst, "-d", "--restore-in-new-pidns", "--pidfile", pidfile, "--json", "--lazy-pages", "--wait-images", "60"]);
+    // Both started and waiting before the source freezes anything.
+    await Bun.sleep(1000);
+  }
   const dump = spawn(hosts.source, [CKPT, "dump", "-t", String(pid), "-D", src, "--lazy-pages", "--address", hosts.source.address, "--port", String(port), "--json"]);
-  await Bun.sleep(50);
-  const daemon = spawn(hosts.dest, [CKPT, "lazy-pages", "-D", dst, "--page-server", "--address", hosts.source.address, "--port", String(port), "--json"]);
+  if (!ahead) {
+    await Bun.sleep(50);
+    daemon = spawn(hosts.dest, daemonArgv);
+  }
   await waitFor("the lazy dump's images", () => existsSync(join(src, "inventory.img")), 60000);
   const seen = Date.now();
   copyImages(src, dst);
   const copied = Date.now();
-  const end = restoreAt(dst, ["--lazy-pages"]);
-  const [d, l] = await Promise.all([dump.done, daemon.done]);
+  let end: number;
+  if (waiting) {
+    const r = await waiting.done;
+    end = Date.now();
+    if (r.code !== 0) throw new Error(`restore --wait-images exited ${r.code}: ${r.stderr.trim()}`);
+    const f = (JSON.parse(r.stdout) as { figures: Record<string, number> }).figures;
+    const rootPid = Number(readFileSync(pidfile, "utf8").trim());
+    left.targets.push({ pid: rootPid, kill: () => { try { process.kill(rootPid, "SIGKILL"); } catch { /* gone */ } } });
+    lastRestore = `started ahead, inside after the set arrived: ${Object.entries(f).filter(([k]) => k !== "waitedMs").map(([k, v]) => `${k.replace(/Ms$/, "")} ${v.toFixed(0)}`).join(", ")}`;
+  } else end = restoreAt(dst, ["--lazy-pages"]);
+  const [d, l] = await Promise.all([dump.done, daemon!.done]);
   if (d.code !== 0 || l.code !== 0) throw new Error(`lazy: dump ${d.code} ${d.stderr} / lazy-pages ${l.code} ${l.stderr}`);
   const dj = JSON.parse(d.stdout) as { figures: { frozenSinceEpochMs: number; frozenPhases: Record<string, number> }; lazy: { bytesSent: number } };
   const phases = Object.entries(dj.figures.frozenPhases).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ");
@@ -191,7 +221,10 @@ async function criuViaPageServer(): Promise<Outcome> {
 const cases: [string, () => Promise<Outcome>][] = [];
 if (CASES.includes("a")) cases.push(["(a) dump + page server + restore", () => viaPageServer(0)]);
 if (CASES.includes("b")) cases.push(["(b) 2 pre-dumps + dump via page servers", () => viaPageServer(2)]);
-if (CASES.includes("c")) cases.push(["(c) dump --lazy-pages + lazy restore", lazy]);
+if (CASES.includes("c")) {
+  cases.push(["(c) dump --lazy-pages + lazy restore", () => lazy(false)]);
+  cases.push(["(c) same, destination started ahead", () => lazy(true)]);
+}
 if (!CASES.includes("criu")) {
   // Not asked for.
 } else if (CRIU && existsSync(CRIU)) cases.push(["CRIU 4.2 (a) dump + page server + restore", criuViaPageServer]);

@@ -315,6 +315,41 @@ describe("lazy migration (post-copy)", () => {
     expect(readFileSync(`/proc/${root}/status`, "utf8")).toContain(`NSpid:\t${root}\t${pid}`);
   });
 
+  test("the destination started ahead of the dump (lazy-pages --wait-source, restore --wait-images): the tree verifies itself there", async () => {
+    const { target, out } = await onSource([memTarget(), "64", "2"]);
+    const pid = target.pid;
+    const [src, dst] = [join(tempDir("ahead-src"), "img"), join(tempDir("ahead-dst"), "img")];
+    mkdirSync(dst);
+    const port = freshPort();
+    // Both wait: the daemon for the source to listen, the restore for a complete set in dst.
+    const daemon = spawnOn(hosts.dest, ["lazy-pages", "-D", dst, "--page-server", "--address", hosts.source.address, "--port", String(port), "--wait-source", "30", "--json"]);
+    const pidfile = join(tempDir("ahead-pidfile"), "pid");
+    const restore = spawnOn(hosts.dest, ["restore", "-D", dst, "-d", "--lazy-pages", "--restore-in-new-pidns", "--pidfile", pidfile, "--wait-images", "30", "--json"]);
+    await Bun.sleep(300);
+    const dump = await lazyDump(pid, src, port);
+    // Copied with inventory.img first: the restore must wait for every file, not for the inventory alone.
+    const names = readdirSync(src).sort((a, b) => Number(b === "inventory.img") - Number(a === "inventory.img"));
+    for (const name of names) copyFileSync(join(src, name), join(dst, name));
+    const restored = await restore.done;
+    expect(restored.stderr).toBe("");
+    expect(restored.code).toBe(0);
+    const figures = (JSON.parse(restored.stdout) as { figures: { waitedMs: number; totalMs: number } }).figures;
+    expect(figures.waitedMs).toBeGreaterThan(200);
+    const root = Number(readFileSync(pidfile, "utf8").trim());
+    cleanup.push(killablePid(root));
+    expect((await daemon.done).code).toBe(0);
+    expect((await dump.done).code).toBe(0);
+    await gone([pid]);
+    expect(await selfCheck(root, out)).toBe("ok");
+  });
+
+  test("restore --wait-images gives up after its time with one line naming what was missing", () => {
+    const dir = tempDir("wait-empty");
+    const r = ckptOn(hosts.dest, ["restore", "-D", dir, "-d", "--wait-images", "0.3"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`ckpt: no complete image set appeared in ${dir} within 0.3 s (last: ${dir} holds no inventory.img yet)\n`);
+  });
+
   test("a lazy restore whose source dies mid-copy: the restored tree is killed, the source's tree runs on", async () => {
     const { target, out } = await onSource([memTarget(), "256", "2"]);
     const pid = target.pid;

@@ -78,6 +78,13 @@ function parsePageServer(args: Record<string, unknown>): Endpoint | undefined {
   return { address: String(args.address), port: parsePort(args.port) };
 }
 
+/** A wait in seconds (restore --wait-images, lazy-pages --wait-source): a positive number, fractions allowed. */
+export function parseSeconds(flag: string, text: string): number {
+  const seconds = /^\d{1,7}(\.\d{1,3})?$/.test(text) ? Number(text) : NaN;
+  if (!(seconds > 0)) throw new UsageError(`${flag} needs a number of seconds above 0, got ${JSON.stringify(text)}`);
+  return seconds;
+}
+
 const SIZE_UNITS: Record<string, bigint> = { "": 1n, K: 1n << 10n, M: 1n << 20n, G: 1n << 30n };
 
 /** A byte count as CRIU's options take it: digits with an optional K, M or G (powers of 1024). */

@@ -1,7 +1,7 @@
 /** `ckpt lazy-pages`: fill a lazily restored tree's memory from the source (`dump --lazy-pages`). */
 import { defineCommand } from "citty";
 import { LazyPagesDaemon } from "../transfer/lazy-pages";
-import { parsePort } from "./dump-args";
+import { parsePort, parseSeconds } from "./dump-args";
 import { rejectUnknownArgs, UsageError } from "./exit";
 
 export const lazyPagesCommand = defineCommand({
@@ -11,10 +11,11 @@ export const lazyPagesCommand = defineCommand({
     "page-server": { type: "boolean", description: "fetch the pages from the source's dump --lazy-pages at --address/--port (as CRIU's option; required)", default: false },
     address: { type: "string", description: "the source's IPv4 or IPv6 address" },
     port: { type: "string", description: "the source's TCP port" },
+    "wait-source": { type: "string", description: "keep trying for up to SECONDS while nothing listens at --address/--port yet: start the destination ahead of the dump" },
     json: { type: "boolean", description: "print a JSON summary instead of one line", default: false },
   },
   run({ args, rawArgs }) {
-    rejectUnknownArgs(rawArgs, ["images-dir", "D", "page-server", "address", "port", "json"], 0, ["images-dir", "D", "address", "port"]);
+    rejectUnknownArgs(rawArgs, ["images-dir", "D", "page-server", "address", "port", "wait-source", "json"], 0, ["images-dir", "D", "address", "port", "wait-source"]);
     const dir = String(args["images-dir"]);
     if (dir === "") throw new UsageError("-D/--images-dir needs a directory");
     if (!args["page-server"] || args.address === undefined || args.port === undefined) {
@@ -24,6 +25,7 @@ export const lazyPagesCommand = defineCommand({
       dir,
       source: { address: String(args.address), port: parsePort(args.port) },
       onReady: (path) => process.stderr.write(`ckpt: lazy-pages ready for the restore at ${path}\n`),
+      ...(args["wait-source"] !== undefined ? { waitSourceMs: parseSeconds("--wait-source", String(args["wait-source"])) * 1000 } : {}),
     });
     if (args.json) {
       process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);

@@ -1,7 +1,7 @@
 /** `ckpt restore`: bring a dumped process tree back from an image directory. */
 import { defineCommand } from "citty";
 import { restore, waitForRoot } from "../restore/restore";
-import { parseFileValidation } from "./dump-args";
+import { parseFileValidation, parseSeconds } from "./dump-args";
 import { rejectUnknownArgs, UsageError } from "./exit";
 
 export const restoreCommand = defineCommand({
@@ -21,17 +21,20 @@ export const restoreCommand = defineCommand({
     },
     "tcp-established": { type: "boolean", description: "make the established TCP connections of a --tcp-established dump again, their packets held back until the tree runs", default: false },
     "lazy-pages": { type: "boolean", description: "the images are a --lazy-pages dump's: restore at once and let `ckpt lazy-pages` (running for DIR) fill the memory on first touch", default: false },
+    "wait-images": { type: "string", description: "wait up to SECONDS for DIR to hold a complete image set (every file matching the inventory's digests) before restoring: start the restore ahead of the dump, and its start-up is not downtime" },
     json: { type: "boolean", description: "print a JSON summary instead of one line", default: false },
   },
   async run({ args, rawArgs }) {
-    rejectUnknownArgs(rawArgs, ["images-dir", "D", "restore-detached", "d", "pidfile", "shell-job", "j", "file-locks", "file-validation", "skip-file-rwx-check", "restore-in-new-pidns", "lazy-pages", "tcp-established", "json"], 0, ["images-dir", "D", "pidfile", "file-validation"]);
+    rejectUnknownArgs(rawArgs, ["images-dir", "D", "restore-detached", "d", "pidfile", "shell-job", "j", "file-locks", "file-validation", "skip-file-rwx-check", "restore-in-new-pidns", "lazy-pages", "tcp-established", "wait-images", "json"], 0, ["images-dir", "D", "pidfile", "file-validation", "wait-images"]);
     const fileValidation = parseFileValidation(args["file-validation"]);
     const dir = String(args["images-dir"]);
     if (dir === "") throw new UsageError("-D/--images-dir needs a directory");
     const detach = Boolean(args["restore-detached"]);
+    const waitImagesMs = args["wait-images"] === undefined ? undefined : parseSeconds("--wait-images", String(args["wait-images"])) * 1000;
     const result = await restore({
       dir, detach, shellJob: Boolean(args["shell-job"]), skipFileRwxCheck: Boolean(args["skip-file-rwx-check"]), newPidNs: Boolean(args["restore-in-new-pidns"]), lazyPages: Boolean(args["lazy-pages"]), tcpEstablished: Boolean(args["tcp-established"]),
       ...(fileValidation ? { fileValidation } : {}),
+      ...(waitImagesMs !== undefined ? { waitImagesMs } : {}),
       ...(args.pidfile !== undefined ? { pidfile: String(args.pidfile) } : {}),
     });
     if (args.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);

@@ -34,6 +34,34 @@ export class ImageSet {
   }
 
   /**
+   * Wait up to `ms` for `dir` to hold a complete image set whose files all
+   * match the inventory's digests — a set still being copied in, say, with
+   * inventory.img not last — and open it. Until then the directory may be
+   * missing, partial or mid-write; at the deadline the error names the last
+   * thing that was wrong. Checked every 2 ms: the restore that waits has
+   * nothing else to do, and the moment the set is whole is downtime.
+   */
+  static async whenComplete(dir: string, ms: number): Promise<ImageSet> {
+    const deadline = performance.now() + ms;
+    let problem = `${dir} holds no inventory.img yet`;
+    for (;;) {
+      if (statOrNull(`${dir}/inventory.img`)) {
+        try {
+          const set = ImageSet.open(dir);
+          set.verifyDigests();
+          return set;
+        } catch (e) {
+          problem = e instanceof Error ? e.message : String(e);
+        }
+      }
+      if (performance.now() > deadline) {
+        throw new ImageSetError(`no complete image set appeared in ${dir} within ${(ms / 1000).toFixed(ms % 1000 ? 1 : 0)} s (last: ${problem})`);
+      }
+      await Bun.sleep(2);
+    }
+  }
+
+  /**
    * Open a directory for the pages of an earlier round only: a page server's
    * directory holds pagemaps and pages and no inventory (CRIU's restore
    * reads parents the same way). Its files appear only once its stream ended

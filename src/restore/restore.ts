@@ -89,9 +89,17 @@ export interface RestoreOptions {
   lazyPages?: boolean;
   /** Make established TCP connections again (CRIU's --tcp-established); without it they are refused. */
   tcpEstablished?: boolean;
+  /**
+   * Wait up to this long for DIR to hold a complete image set before
+   * starting (ImageSet.whenComplete): a restore started ahead of the dump,
+   * whose own start-up is then not part of the downtime.
+   */
+  waitImagesMs?: number;
 }
 
 export interface RestoreFigures {
+  /** --wait-images: how long the restore waited for a complete image set (not in the other figures). */
+  waitedMs: number;
   /** From the start to the tree cloned: reading and checking the images, the seed, the clones. */
   forkMs: number;
   /** Of forkMs: opening the image set, checking its digests and planning the tree. */
@@ -324,10 +332,13 @@ function blockedMask(core: CoreEntry): bigint {
 }
 
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
-  const started = performance.now();
+  let started = performance.now();
   const calls0 = snapshotCallCounts();
   const counters0 = { ...puppetCounters };
-  const images = ImageSet.open(opts.dir);
+  const images = opts.waitImagesMs !== undefined ? await ImageSet.whenComplete(opts.dir, opts.waitImagesMs) : ImageSet.open(opts.dir);
+  // The figures count from the set's arrival, not from the start of a restore that waited for it.
+  const waitedMs = opts.waitImagesMs !== undefined ? performance.now() - started : 0;
+  if (opts.waitImagesMs !== undefined) started = performance.now();
   if (images.one("inventory.img", InventoryEntrySchema).preDumpMode) {
     throw new Error(`${opts.dir} is a pre-dump (memory only, the tree ran on); restore the final dump, made with --prev-images-dir`);
   }
@@ -359,7 +370,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let seedPid = 0;
   let files: OpenedFiles | undefined;
   let guard: RestoreGuard | undefined;
-  const figures: RestoreFigures = { forkMs: 0, imagesMs, seedMs: 0, mmMs: 0, pagesMs: 0, filesMs: 0, totalMs: 0 };
+  const figures: RestoreFigures = { waitedMs, forkMs: 0, imagesMs, seedMs: 0, mmMs: 0, pagesMs: 0, filesMs: 0, totalMs: 0 };
   let pagesRestored = 0;
   // ckpt is a subreaper, so the seed and the root (cloned with CLONE_PARENT)
   // are its children: without -d it waits for the root; and a failed restore

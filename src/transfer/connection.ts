@@ -95,16 +95,28 @@ export class Connection {
 
   constructor(readonly fd: number, readonly peer: string) {}
 
-  static connect(e: Endpoint): Connection {
+  /**
+   * Connect to `e`. `retryMs`: for that long, a peer that refuses (nothing
+   * listens there yet: a destination started ahead of its source) is tried
+   * again every 5 ms.
+   */
+  static connect(e: Endpoint, retryMs = 0): Connection {
     const addr = endpointSockaddr(e);
-    const fd = socket(familyOf(addr), SOCK.STREAM | SOCK.CLOEXEC, IPPROTO.TCP);
-    try {
-      connect(fd, addr);
-    } catch (err) {
-      close(fd);
-      throw new Error(`cannot reach the page server at ${describe(addr)}: ${(err as Error).message}`, { cause: err });
+    const deadline = performance.now() + retryMs;
+    for (;;) {
+      const fd = socket(familyOf(addr), SOCK.STREAM | SOCK.CLOEXEC, IPPROTO.TCP);
+      try {
+        connect(fd, addr);
+        return new Connection(fd, describe(addr));
+      } catch (err) {
+        close(fd);
+        if (err instanceof SysError && err.errno === Errno.ECONNREFUSED && performance.now() < deadline) {
+          Bun.sleepSync(5);
+          continue;
+        }
+        throw new Error(`cannot reach the page server at ${describe(addr)}${retryMs > 0 ? ` (tried for ${(retryMs / 1000).toFixed(1)} s)` : ""}: ${(err as Error).message}`, { cause: err });
+      }
     }
-    return new Connection(fd, describe(addr));
   }
 
   /** TCP_NODELAY: small answers (has_parent, status) go out at once. */

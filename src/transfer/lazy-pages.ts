@@ -45,6 +45,8 @@ export interface LazyPagesOptions {
   source: Endpoint;
   /** Called once the socket for the restore is listening. */
   onReady?: (socketPath: string) => void;
+  /** For this long, a source that is not listening yet is tried again (started ahead of the dump). */
+  waitSourceMs?: number;
 }
 
 export interface LazyPagesResult {
@@ -114,7 +116,7 @@ export class LazyPagesDaemon {
 
   /** Connect to the source, take the restore's userfaultfds, and fill every lazy page. */
   static run(opts: LazyPagesOptions): LazyPagesResult {
-    const source = Connection.connect(opts.source);
+    const source = Connection.connect(opts.source, opts.waitSourceMs ?? 0);
     const daemon = new LazyPagesDaemon(source, opts.dir);
     try {
       source.noDelay(true);
