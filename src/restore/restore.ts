@@ -110,6 +110,10 @@ export interface RestoreFigures {
   mmMs: number;
   pagesMs: number;
   filesMs: number;
+  /** Handing the lazy areas' userfaultfds to `ckpt lazy-pages`. */
+  handoffMs: number;
+  /** The end: registers, the guard that kills a half-made tree if ckpt dies, letting every task go. */
+  letGoMs: number;
   totalMs: number;
 }
 
@@ -370,7 +374,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let seedPid = 0;
   let files: OpenedFiles | undefined;
   let guard: RestoreGuard | undefined;
-  const figures: RestoreFigures = { waitedMs, forkMs: 0, imagesMs, seedMs: 0, mmMs: 0, pagesMs: 0, filesMs: 0, totalMs: 0 };
+  const figures: RestoreFigures = { waitedMs, forkMs: 0, imagesMs, seedMs: 0, mmMs: 0, pagesMs: 0, filesMs: 0, handoffMs: 0, letGoMs: 0, totalMs: 0 };
   let pagesRestored = 0;
   // ckpt is a subreaper, so the seed and the root (cloned with CLONE_PARENT)
   // are its children: without -d it waits for the root; and a failed restore
@@ -431,7 +435,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     pagesRestored += shared.pages;
     shared.close();
     // The daemon holds every userfaultfd before any task runs.
+    const handoff = performance.now();
     lazy?.finish();
+    const letGo = performance.now();
+    figures.handoffMs = letGo - handoff;
 
     // Last: the syscall page goes, and every thread gets its registers in a signal stop.
     for (const p of plan) {
@@ -458,6 +465,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if (tree.init) ptrace.detach(tree.init.tid);
     guard.release();
     created.length = 0;
+    figures.letGoMs = performance.now() - letGo;
   } catch (e) {
     guard?.abandon();
     tcp?.abort();
