@@ -15,6 +15,9 @@ import { entries, ptraceState, runsFree } from "./helpers/images";
 import { rewriteTarget } from "./helpers/restore-workloads";
 import { buildC, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { selfCheck } from "./helpers/workloads";
+import { ProcFs } from "../src/proc/procfs";
+import { Freezer } from "../src/dump/task/freeze";
+import { WpUffd } from "../src/dump/memory/wp-uffd";
 
 const cleanup: Target[] = [];
 afterAll(() => {
@@ -162,5 +165,82 @@ int main(void) {
     await Bun.sleep(300);
     expect(runsFree(pid)).toBe(true);
     expect(readFileSync(out, "utf8")).not.toContain("read ");
+  });
+
+  test("a private mapping of a memfd is saved as the pages written, with or without the snapshot", async () => {
+    // Protecting such a mapping marks its empty entries; protected ahead of
+    // the freeze, the scan would take the marks for pages to save.
+    const exe = buildC("memfdprivate", `
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+int main(void) {
+  size_t len = 32 << 20;
+  int fd = memfd_create("snap", 0);
+  ftruncate(fd, len);
+  char *p = mmap(0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  for (int i = 0; i < 256; i++) p[i * 4096 * 8] = 1; /* 1 MiB of private copies, spread out */
+  char *anon = mmap(0, 16 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  memset(anon, 2, 16 << 20);
+  printf("ready %d\\n", getpid());
+  fflush(stdout);
+  for (;;) pause();
+}
+`);
+    const { words, out } = await startReady([exe]);
+    const pid = Number(words[0]);
+    cleanup.push(killablePid(pid));
+    const written = (extra: string[]): number => {
+      const r = runCkpt(["dump", "-t", String(pid), "-D", join(tempDir("snap-memfd"), "img"), "-R", "--json", ...extra]);
+      expect(r.stderr).toBe("");
+      return (JSON.parse(r.stdout) as { figures: { pagesWritten: number } }).figures.pagesWritten;
+    };
+    const plain = written(["--no-snapshot"]);
+    expect(plain).toBeLessThan(16 * 256 + 256 + 200);
+    expect(written([])).toBe(plain);
+    expect(readFileSync(out, "utf8")).toBe(`ready ${pid}\n`);
+  });
+
+  test("protection made ahead for a process that then runs another program is known as gone (sameMemory), not an error", async () => {
+    const exe = buildC("execlater", `
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+static void later(int sig) { (void)sig; execl("/bin/sleep", "sleep", "30", (char *)0); }
+int main(void) {
+  signal(SIGUSR1, later);
+  char *anon = mmap(0, 16 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  memset(anon, 2, 16 << 20);
+  printf("ready %d %p\\n", getpid(), (void *)anon);
+  fflush(stdout);
+  for (;;) pause();
+}
+`);
+    const { words } = await startReady([exe]);
+    const pid = Number(words[0]);
+    cleanup.push(killablePid(pid));
+    const start = BigInt(words[1]!);
+    const proc = new ProcFs();
+    const stopper = new Freezer(proc);
+    let wp: WpUffd;
+    try {
+      expect(stopper.stopProcess(pid)).toBe(true);
+      wp = WpUffd.make(proc, pid, () => {});
+    } finally {
+      stopper.release("resume");
+      proc.close();
+    }
+    try {
+      expect(wp.sameMemory(start, start + (16n << 20n))).toBe(true);
+      process.kill(pid, "SIGUSR1");
+      await waitFor("the exec", () => readFileSync(`/proc/${pid}/comm`, "utf8").trim() === "sleep", 5000);
+      expect(wp.sameMemory(start, start + (16n << 20n))).toBe(false);
+    } finally {
+      wp.close();
+    }
   });
 });

@@ -310,11 +310,12 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       // The memory of the freeze, copied while the tree runs (copy-before-write).
       const snaps = dumped.flatMap((d) => (d.snapshot ? [d.snapshot] : []));
       finishSnapshots(snaps, snapCounters);
-      settleAfterSnapshot(proc, snaps, snapCounters);
       writeAll();
       figures = { ...pageFigures(), frozenMs, memwriteMs, totalMs: performance.now() - started, snapshot: snapCounters };
       // The dump is complete: tracking is over (the tracker ends, the tree is unregistered).
       commitRound(out, figures, inv, tracking);
+      // After the commit: nothing the tree does can hold up a complete set.
+      settleAfterSnapshot(proc, snaps, snapCounters);
     } else {
       writeAll();
       await guard.checkpoint();

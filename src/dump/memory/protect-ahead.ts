@@ -99,6 +99,11 @@ export class ProtectedAhead {
   }
 }
 
+/** Anonymous memory by its maps name: none, the heap, the stack, or one named with PR_SET_VMA_ANON_NAME. */
+function isAnonymousPath(path: string): boolean {
+  return path === "" || path === "[heap]" || path === "[stack]" || path.startsWith("[anon:");
+}
+
 function isErrnoIn(e: unknown, errnos: readonly number[]): boolean {
   return e instanceof SysError && errnos.includes(e.errno);
 }
@@ -151,16 +156,24 @@ export class ProtectAhead {
   }
 
   /**
-   * Stop one thread of `pid` (the rest of the tree runs) and let it go
-   * again; `during` runs while it is stopped.
+   * Stop one thread of `pid`, or all of them (the rest of the tree runs),
+   * and let them go again; `during` runs while they are stopped.
    */
   private withStoppedThread<T>(proc: ProcFs, pid: number, during: () => T): T | null {
+    return this.whileStopped(proc, pid, false, during);
+  }
+
+  private withStoppedProcess<T>(proc: ProcFs, pid: number, during: () => T): T | null {
+    return this.whileStopped(proc, pid, true, during);
+  }
+
+  private whileStopped<T>(proc: ProcFs, pid: number, allThreads: boolean, during: () => T): T | null {
     const stopper = new Freezer(proc);
-    // The thread may be in a write that waits on a userfaultfd made already.
+    // A thread may be in a write that waits on a userfaultfd made already.
     stopper.whileWaiting = () => this.answer();
     const stopped = performance.now();
     try {
-      return stopper.stopThread(pid, pid) ? during() : null;
+      return (allThreads ? stopper.stopProcess(pid) : stopper.stopThread(pid, pid)) ? during() : null;
     } finally {
       stopper.release("resume");
       this.counters.longestStopMs = Math.max(this.counters.longestStopMs, performance.now() - stopped);
@@ -179,14 +192,27 @@ export class ProtectAhead {
     // The snapshot's own choice at the freeze (snapshot.ts): small processes
     // are copied while frozen, areas with little to save too.
     if (areas.reduce((s, a) => s + anon(a), 0) <= FROZEN_COPY_BYTES) return;
-    const chosen = areas.filter((a) => !a.shared && anon(a) >= PROTECT_MIN_BYTES && a.path !== "[vsyscall]");
+    // Anonymous memory only: protecting a private mapping of a file (a
+    // memfd's, tmpfs) marks its empty entries too, and the scan at the
+    // freeze would take the marks for pages to save. Such areas are
+    // protected at the freeze, after the scan, as before.
+    const chosen = areas.filter((a) => !a.shared && a.inode === 0n && isAnonymousPath(a.path) && anon(a) >= PROTECT_MIN_BYTES);
     if (chosen.length === 0) return;
     // One userfaultfd per address space: a process sharing its memory with
     // one already prepared is refused by the dump anyway, and its stack may
     // be protected by the other's (an injected call would wait on us).
-    for (const other of this.byPid.keys()) if (kcmp(pid, other, KCMP.VM) === "equal") return;
+    for (const other of this.byPid.keys()) {
+      try {
+        if (kcmp(pid, other, KCMP.VM) === "equal") return;
+      } catch (e) {
+        if (!isErrnoIn(e, [Errno.ESRCH])) throw e;
+      }
+    }
 
-    const wp = this.withStoppedThread(proc, pid, () => WpUffd.make(proc, pid, () => {}));
+    // Every thread stopped while the userfaultfd is an fd of the process: a
+    // thread that forked meanwhile would hand it to a child, which would
+    // keep the protection alive after ckpt has closed its copy.
+    const wp = this.withStoppedProcess(proc, pid, () => WpUffd.make(proc, pid, () => {}));
     if (!wp) return;
     const p = new ProtectedAhead(wp);
     wp.handler = (m) => this.beforeFreeze(p, m);
@@ -238,13 +264,24 @@ export class ProtectAhead {
     }
   }
 
-  /** Answer whatever waits on any of the userfaultfds not yet taken over. */
+  /**
+   * Answer whatever waits on any of the userfaultfds not yet taken over,
+   * including messages a retried protect read and queued. A process whose
+   * answering fails has its protection dropped (its writers go on) rather
+   * than fail the freeze or an injected call waiting here.
+   */
   answer(): void {
-    const open = [...this.byPid.values()].filter((p) => p.wp.open && !this.taken.has(p));
+    const open = [...this.byPid.entries()].filter(([, p]) => p.wp.open && !this.taken.has(p));
     if (open.length === 0) return;
-    const revents = poll(open.map((p) => ({ fd: p.wp.pollFd, events: POLLIN })), 0);
-    open.forEach((p, i) => {
-      if (revents[i]) p.wp.answer();
+    const revents = poll(open.map(([, p]) => ({ fd: p.wp.pollFd, events: POLLIN })), 0);
+    open.forEach(([pid, p], i) => {
+      if (!revents[i] && !p.wp.hasQueued) return;
+      try {
+        p.wp.answer();
+      } catch (e) {
+        this.counters.why ??= `process ${pid}: ${e instanceof Error ? e.message : String(e)}`;
+        p.wp.close();
+      }
     });
   }
 
@@ -252,6 +289,9 @@ export class ProtectAhead {
   take(pid: number): ProtectedAhead | null {
     const p = this.byPid.get(pid);
     if (!p || !p.wp.open) return null;
+    // What was read before the freeze is answered as before it (an unmap
+    // then is no loss), before the scan that follows sees the pages.
+    p.wp.answer();
     this.taken.add(p);
     return p;
   }

@@ -25,6 +25,7 @@
  */
 import type { ProcFs } from "../../proc/procfs";
 import { PAGE_SIZE } from "../../sys/nr";
+import { readStat } from "../../proc/stat";
 import { Freezer } from "../task/freeze";
 import { PieceCopy, type PageData, type PageRun, type PageVma, type Piece } from "./pages";
 import type { ProtectedAhead } from "./protect-ahead";
@@ -336,7 +337,19 @@ export function settleAfterSnapshot(proc: ProcFs, snaps: readonly ProcessSnapsho
   const t = performance.now();
   const freezer = new Freezer(proc);
   try {
-    for (const s of snaps) if (s.protectedMemory) freezer.stopThread(s.pid, s.pid);
+    for (const s of snaps) {
+      if (!s.protectedMemory) continue;
+      // A thread in an uninterruptible wait (a vfork, the disk) would keep
+      // ckpt waiting for its stop: it pays on its own when it runs.
+      let state: string;
+      try {
+        state = readStat(proc, s.pid).state;
+      } catch {
+        continue;
+      }
+      if (state === "D") continue;
+      freezer.stopThread(s.pid, s.pid);
+    }
   } catch {
     // An unexpected ptrace error: the threads stopped so far are let go below.
   } finally {

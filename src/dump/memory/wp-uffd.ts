@@ -65,16 +65,16 @@ export class WpUffd {
 
   /**
    * False when the address space this userfaultfd was made in is gone (its
-   * process exited or ran another program): the kernel then refuses every
-   * call with ESRCH. Registering [start, end) answers that; it is a no-op
-   * for an area registered already.
+   * process exited or ran another program): the kernel then refuses to
+   * register with ENOMEM (and to protect with ESRCH). Registering
+   * [start, end) answers that; it is a no-op for an area registered already.
    */
   sameMemory(start: bigint, end: bigint): boolean {
     try {
       this.register(start, end);
       return true;
     } catch (e) {
-      if (e instanceof SysError && e.errno === Errno.ESRCH) return false;
+      if (e instanceof SysError && (e.errno === Errno.ENOMEM || e.errno === Errno.ESRCH)) return false;
       throw e;
     }
   }
@@ -112,6 +112,11 @@ export class WpUffd {
       wpArg[1] = BigInt(length);
       wpArg[2] = protect ? BigInt(UFFDIO_WRITEPROTECT_MODE_WP) : 0n;
     }
+  }
+
+  /** Messages read (during a retried protect) and not yet handed to the handler. */
+  get hasQueued(): boolean {
+    return this.queue.length > 0;
   }
 
   /** Read everything waiting and hand it to the handler, in order. */

@@ -176,6 +176,27 @@ export class Freezer {
     return this.seized.has(tid);
   }
 
+  /**
+   * Stop every thread of process `pid` (not its children), reading its
+   * thread list again until no new thread appears. False when it is gone
+   * or may not be traced.
+   */
+  stopProcess(pid: number): boolean {
+    try {
+      for (let pass = 0; ; pass++) {
+        const threads = readThreads(this.proc, pid);
+        const fresh = threads.filter((t) => !this.seized.has(t) && !this.exited.has(t));
+        if (fresh.length === 0) break;
+        if (pass > 1000) throw new FreezeError(`process ${pid} kept making threads while being stopped`, pid);
+        for (const tid of fresh) this.seizeThread(pid, tid);
+      }
+    } catch (e) {
+      if (e instanceof FreezeError || isErrno(e, Errno.ENOENT) || isErrno(e, Errno.ESRCH)) return false;
+      throw e;
+    }
+    return this.seized.size > 0;
+  }
+
   /** Seize and stop one thread; a thread that is gone already is noted, not an error. */
   private seizeThread(pid: number, tid: number): void {
     try {
