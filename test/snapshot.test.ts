@@ -44,6 +44,21 @@ async function startRewriter(mib: number): Promise<{ pid: number; out: string }>
   return { pid, out };
 }
 
+/** The end of this file's C workloads' main(): say "ready PID EXTRA" and wait for ever. */
+const READY_THEN_WAIT = `
+  printf("ready %d %s\\n", getpid(), extra);
+  fflush(stdout);
+  for (;;) pause();
+}`;
+
+/** Build and start a C workload (its main ends with READY_THEN_WAIT), killed after the file's tests. */
+async function startC(name: string, source: string): Promise<{ pid: number; words: string[]; out: string }> {
+  const { words, out } = await startReady([buildC(name, source)]);
+  const pid = Number(words[0]);
+  cleanup.push(killablePid(pid));
+  return { pid, words, out };
+}
+
 const tracerOf = (pid: number): number => ptraceState(pid)?.tracer ?? 0;
 
 /** Dump -R with --json; the restore later needs the workload's output file as it was at the dump. */
@@ -121,7 +136,7 @@ describe("snapshot dumps", () => {
     // system call, is retried rather than broken off by the freeze's
     // interrupt. Unanswered, the dump would hang; answered wrongly, read()
     // would fail (EFAULT), which the workload reports by exiting.
-    const exe = buildC("kernelwriter", `
+    const { pid, out } = await startC("kernelwriter", `
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -149,14 +164,8 @@ int main(void) {
   memset(buf, 1, 32 * MIB);
   pthread_t t[2];
   for (long i = 0; i < 2; i++) pthread_create(&t[i], NULL, reader, (void *)i);
-  printf("ready %d\\n", getpid());
-  fflush(stdout);
-  for (;;) pause();
-}
+  const char *extra = "";${READY_THEN_WAIT}
 `);
-    const { words, out } = await startReady([exe]);
-    const pid = Number(words[0]);
-    cleanup.push(killablePid(pid));
     for (let i = 0; i < 3; i++) {
       const { snapshot } = dumpJson(pid, join(tempDir("snap-kernel"), "img"), out);
       expect(snapshot.ahead.processes).toBe(1);
@@ -170,7 +179,7 @@ int main(void) {
   test("a private mapping of a memfd is saved as the pages written, with or without the snapshot", async () => {
     // Protecting such a mapping marks its empty entries; protected ahead of
     // the freeze, the scan would take the marks for pages to save.
-    const exe = buildC("memfdprivate", `
+    const { pid, out } = await startC("memfdprivate", `
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <string.h>
@@ -184,14 +193,8 @@ int main(void) {
   for (int i = 0; i < 256; i++) p[i * 4096 * 8] = 1; /* 1 MiB of private copies, spread out */
   char *anon = mmap(0, 16 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   memset(anon, 2, 16 << 20);
-  printf("ready %d\\n", getpid());
-  fflush(stdout);
-  for (;;) pause();
-}
+  const char *extra = "";${READY_THEN_WAIT}
 `);
-    const { words, out } = await startReady([exe]);
-    const pid = Number(words[0]);
-    cleanup.push(killablePid(pid));
     const written = (extra: string[]): number => {
       const r = runCkpt(["dump", "-t", String(pid), "-D", join(tempDir("snap-memfd"), "img"), "-R", "--json", ...extra]);
       expect(r.stderr).toBe("");
@@ -200,11 +203,11 @@ int main(void) {
     const plain = written(["--no-snapshot"]);
     expect(plain).toBeLessThan(16 * 256 + 256 + 200);
     expect(written([])).toBe(plain);
-    expect(readFileSync(out, "utf8")).toBe(`ready ${pid}\n`);
+    expect(readFileSync(out, "utf8")).toBe(`ready ${pid} \n`);
   });
 
   test("protection made ahead for a process that then runs another program is known as gone (sameMemory), not an error", async () => {
-    const exe = buildC("execlater", `
+    const { pid, words } = await startC("execlater", `
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -215,14 +218,9 @@ int main(void) {
   signal(SIGUSR1, later);
   char *anon = mmap(0, 16 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   memset(anon, 2, 16 << 20);
-  printf("ready %d %p\\n", getpid(), (void *)anon);
-  fflush(stdout);
-  for (;;) pause();
-}
+  char extra[32];
+  snprintf(extra, sizeof extra, "%p", (void *)anon);${READY_THEN_WAIT}
 `);
-    const { words } = await startReady([exe]);
-    const pid = Number(words[0]);
-    cleanup.push(killablePid(pid));
     const start = BigInt(words[1]!);
     const proc = new ProcFs();
     const stopper = new Freezer(proc);
