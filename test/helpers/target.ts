@@ -105,7 +105,8 @@ export async function startReady(argv: string[]): Promise<{ target: Target; word
   const out = join(tempDir("out"), "out");
   writeFileSync(out, "");
   const target = await startDetached(argv, out);
-  const readyLine = (): string | undefined => readFileSync(out, "utf8").split("\n").find((l) => l.startsWith("ready"));
+  // Whole lines only: a line still being written could lack its last words.
+  const readyLine = (): string | undefined => readFileSync(out, "utf8").split("\n").slice(0, -1).find((l) => l.startsWith("ready"));
   // Generous: a workload filling hundreds of MiB first-touches every page,
   // which takes seconds on this kind of VM when the other core is busy.
   try {
