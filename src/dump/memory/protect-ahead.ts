@@ -4,23 +4,27 @@
  * Protecting a process's memory rewrites every page-table entry of it: about
  * 30 ms for 2 GiB here, which a snapshot would otherwise spend with the whole
  * tree frozen. So, before the freeze, each process with enough memory to be
- * worth it gets its synchronous userfaultfd (made inside it during a stop of
- * one of its threads, ~1 ms, the rest of the tree running), and its areas are
- * registered and protected while it runs, a few MiB at a time. Until the
- * freeze a write to a protected page is answered by lifting that page's
- * protection, nothing more: what counts is the memory at the freeze. At the
- * freeze the page scan asks which saved pages have no protection (the
- * PAGEMAP_SCAN "written" category: written since, or new) and only those are
- * protected again; the snapshot (snapshot.ts) takes the userfaultfd over.
+ * worth it gets its synchronous userfaultfd (made inside it while its
+ * threads are stopped, ~1 ms, the rest of the tree running), and its
+ * anonymous areas are registered and protected while it runs, 32 MiB at a
+ * time; then one injected call settles the page-table rewrite (see
+ * settleAfterSnapshot). Until the freeze a write to a protected page is
+ * answered by lifting that page's protection, nothing more: what counts is
+ * the memory at the freeze. At the freeze the page scan asks which saved
+ * pages have no protection (the PAGEMAP_SCAN "written" category: written
+ * since, or new) and only those are protected again; the snapshot
+ * (snapshot.ts) takes the userfaultfd over.
  *
  * Two things wait on our answers from the moment the first area is
- * protected, so they are answered until the tree is frozen: writes (a thread
- * in a system call that writes to a protected buffer keeps retrying its
- * fault until answered, even when the freeze interrupts it, so the freezer
- * answers while it waits: Freezer.whileWaiting) and address-space changes
- * (an unmap waits until its event is read). While frozen, ckpt itself writes
- * to a thread's stack to drive injected calls; those pages are unprotected
- * first (unprotectStack), else the write would wait for ckpt.
+ * protected, so they are answered until the tree is frozen and its
+ * injected calls are done: writes (a thread in a system call that writes to
+ * a protected buffer, or the kernel updating its rseq area on the way back
+ * to user mode, keeps retrying its fault until answered, even when
+ * interrupted, so the freezer and the injector answer while they wait) and
+ * address-space changes (an unmap waits until its event is read). While
+ * frozen, ckpt itself writes to a thread's stack to drive injected calls;
+ * those pages are unprotected first (unprotectStack), else the write would
+ * wait for ckpt.
  *
  * Never a reason for a dump to fail: a process that cannot be prepared (it
  * exits, execs, shares its memory with another, the kernel refuses) is left
