@@ -58,7 +58,7 @@ export interface AheadCounters {
   faults: number;
   /** Time from the first stop to the last area protected, ms (the tree running). */
   ms: number;
-  /** The longest stop of one thread to make a userfaultfd, ms. */
+  /** The longest stop of a process (to make its userfaultfd, or to settle it), ms. */
   longestStopMs: number;
   /** Why some process was left to the protection while frozen. */
   why?: string;

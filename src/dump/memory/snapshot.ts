@@ -3,13 +3,15 @@
  * private memory is copied while it runs again, and still comes out exactly
  * as it was at the freeze.
  *
- * While frozen, each process gets a userfaultfd (made inside it, as the
- * pre-dump tracker's are, but synchronous: a write to a protected page stops
- * the writing thread until ckpt answers) with every area holding pages to
- * save registered for write-protection, and those areas write-protected.
- * Areas the kernel will not protect this way (file-backed private mappings,
- * the vDSO, areas the process registered itself, MAP_DROPPABLE) are copied
- * then, as a plain dump does. Then the tree runs, and ckpt copies the rest a
+ * Each process has a userfaultfd (made inside it, as the pre-dump tracker's
+ * are, but synchronous: a write to a protected page stops the writing thread
+ * until ckpt answers) with every area holding pages to save registered for
+ * write-protection, and those areas write-protected — mostly before the
+ * freeze already (protect-ahead.ts: only the pages written since are
+ * protected while frozen), else all while frozen. Areas the kernel will not
+ * protect this way (file-backed private mappings, the vDSO, areas the
+ * process registered itself, MAP_DROPPABLE) are copied while frozen, as a
+ * plain dump does. Then the tree runs, and ckpt copies the rest a
  * slice at a time; between slices it answers the faults: a page not yet
  * copied is copied first (copy-before-write), then its protection is lifted,
  * which lets the write through. Each copied slice is unprotected as a whole.
