@@ -3,7 +3,8 @@
  * across a veth pair between two network namespaces (test/helpers/hosts.ts),
  * with the compiled ckpt (dist/ckpt):
  *   (a) final dump through `ckpt page-server`, images copied, restore;
- *   (b) the same after two pre-dump rounds through page servers;
+ *   (b) the same after two pre-dump rounds through page servers, and with
+ *       the restore started before the final dump (--wait-images);
  *   (c) dump --lazy-pages, images copied, restore --lazy-pages (memory
  *       arrives after the restore, through `ckpt lazy-pages`); and (c) with
  *       the destination's daemon and restore started before the dump,
@@ -113,31 +114,62 @@ function restoreAt(dir: string, extra: string[] = []): number {
   return end;
 }
 
-/** Pre-dump rounds (`preRounds` of them) and a final dump, each through a page server of its own; then restore. */
-async function viaPageServer(preRounds: number): Promise<Outcome> {
+/**
+ * A restore started ahead on the destination, waiting (--wait-images) for a
+ * complete set in `dir`; `finish` resolves with the moment it exited.
+ */
+function restoreAhead(dir: string, extra: string[] = []): { finish: () => Promise<number> } {
+  const pidfile = join(dir, "..", "restored.pid");
+  const waiting = spawn(hosts.dest, [CKPT, "restore", "-D", dir, "-d", "--restore-in-new-pidns", "--pidfile", pidfile, "--json", "--wait-images", "120", ...extra]);
+  return {
+    finish: async () => {
+      const r = await waiting.done;
+      const end = Date.now();
+      if (r.code !== 0) throw new Error(`restore --wait-images exited ${r.code}: ${r.stderr.trim()}`);
+      const f = (JSON.parse(r.stdout) as { figures: Record<string, number> }).figures;
+      const rootPid = Number(readFileSync(pidfile, "utf8").trim());
+      left.targets.push({ pid: rootPid, kill: () => { try { process.kill(rootPid, "SIGKILL"); } catch { /* gone */ } } });
+      lastRestore = `started ahead, inside after the set arrived: ${Object.entries(f).filter(([k]) => k !== "waitedMs").map(([k, v]) => `${k.replace(/Ms$/, "")} ${v.toFixed(0)}`).join(", ")}`;
+      return end;
+    },
+  };
+}
+
+/**
+ * Pre-dump rounds (`preRounds` of them) and a final dump, each through a
+ * page server of its own; then restore (`ahead`: started before the final
+ * dump, waiting for its set).
+ */
+async function viaPageServer(preRounds: number, ahead = false): Promise<Outcome> {
   const pid = await workload();
   const [src, dst] = [tempDir("bench-mig-src"), tempDir("bench-mig-dst")];
   left.dirs.push(src, dst);
   const sent: number[] = [];
   let frozenSince = 0;
+  let waiting: { finish: () => Promise<number> } | null = null;
   for (let round = 1; round <= preRounds + 1; round++) {
     const prev = round === 1 ? [] : ["--prev-images-dir", `../${round - 1}`];
     const port = freshPort();
     const server = await pageServer([CKPT, "page-server", "-D", join(dst, String(round)), "--address", hosts.dest.address, "--port", String(port), ...prev], port);
     const verb = round === preRounds + 1 ? "dump" : "pre-dump";
+
     const r = run(hosts.source, [CKPT, verb, "-t", String(pid), "-D", join(src, String(round)), ...prev, "--page-server", "--address", hosts.dest.address, "--port", String(port), "--json"]);
     const j = JSON.parse(r.stdout) as { figures: { frozenSinceEpochMs?: number }; pageServer: { bytesSent: number } };
     sent.push(j.pageServer.bytesSent);
     frozenSince = j.figures.frozenSinceEpochMs ?? 0;
     const s = await server.done;
     if (s.code !== 0) throw new Error(`page server: ${s.stderr}`);
-    if (round <= preRounds) await Bun.sleep(1000);
+    if (round <= preRounds) {
+      // Started in the pause before the final dump (the same pause as without it): waiting before the source freezes.
+      if (ahead && round === preRounds) waiting = restoreAhead(join(dst, String(round + 1)));
+      await Bun.sleep(1000);
+    }
   }
   const last = String(preRounds + 1);
   const dumped = Date.now();
   copyImages(join(src, last), join(dst, last));
   const copied = Date.now();
-  const end = restoreAt(join(dst, last));
+  const end = waiting ? await waiting.finish() : restoreAt(join(dst, last));
   return {
     downtimeMs: end - frozenSince, bytes: sent.reduce((a, b) => a + b, 0),
     rounds: `${sent.map((b) => `${(b / 2 ** 20).toFixed(1)}`).join(" + ")}; freeze→dump exit ${dumped - frozenSince} ms, copy ${copied - dumped} ms, restore ${end - copied} ms (${lastRestore})`,
@@ -156,12 +188,11 @@ async function lazy(ahead: boolean): Promise<Outcome> {
   mkdirSync(dst);
   const port = freshPort();
   const daemonArgv = [CKPT, "lazy-pages", "-D", dst, "--page-server", "--address", hosts.source.address, "--port", String(port), "--json"];
-  const pidfile = join(dst, "..", "restored.pid");
-  let waiting: { done: Promise<Ran> } | null = null;
+  let waiting: { finish: () => Promise<number> } | null = null;
   let daemon: { done: Promise<Ran> };
   if (ahead) {
     daemon = spawn(hosts.dest, [...daemonArgv, "--wait-source", "60"]);
-    waiting = spawn(hosts.dest, [CKPT, "restore", "-D", dst, "-d", "--restore-in-new-pidns", "--pidfile", pidfile, "--json", "--lazy-pages", "--wait-images", "60"]);
+    waiting = restoreAhead(dst, ["--lazy-pages"]);
     // Both started and waiting before the source freezes anything.
     await Bun.sleep(1000);
   }
@@ -174,16 +205,7 @@ async function lazy(ahead: boolean): Promise<Outcome> {
   const seen = Date.now();
   copyImages(src, dst);
   const copied = Date.now();
-  let end: number;
-  if (waiting) {
-    const r = await waiting.done;
-    end = Date.now();
-    if (r.code !== 0) throw new Error(`restore --wait-images exited ${r.code}: ${r.stderr.trim()}`);
-    const f = (JSON.parse(r.stdout) as { figures: Record<string, number> }).figures;
-    const rootPid = Number(readFileSync(pidfile, "utf8").trim());
-    left.targets.push({ pid: rootPid, kill: () => { try { process.kill(rootPid, "SIGKILL"); } catch { /* gone */ } } });
-    lastRestore = `started ahead, inside after the set arrived: ${Object.entries(f).filter(([k]) => k !== "waitedMs").map(([k, v]) => `${k.replace(/Ms$/, "")} ${v.toFixed(0)}`).join(", ")}`;
-  } else end = restoreAt(dst, ["--lazy-pages"]);
+  const end = waiting ? await waiting.finish() : restoreAt(dst, ["--lazy-pages"]);
   const [d, l] = await Promise.all([dump.done, daemon!.done]);
   if (d.code !== 0 || l.code !== 0) throw new Error(`lazy: dump ${d.code} ${d.stderr} / lazy-pages ${l.code} ${l.stderr}`);
   const dj = JSON.parse(d.stdout) as { figures: { frozenSinceEpochMs: number; frozenPhases: Record<string, number> }; lazy: { bytesSent: number } };
@@ -220,7 +242,10 @@ async function criuViaPageServer(): Promise<Outcome> {
 
 const cases: [string, () => Promise<Outcome>][] = [];
 if (CASES.includes("a")) cases.push(["(a) dump + page server + restore", () => viaPageServer(0)]);
-if (CASES.includes("b")) cases.push(["(b) 2 pre-dumps + dump via page servers", () => viaPageServer(2)]);
+if (CASES.includes("b")) {
+  cases.push(["(b) 2 pre-dumps + dump via page servers", () => viaPageServer(2)]);
+  cases.push(["(b) same, restore started ahead", () => viaPageServer(2, true)]);
+}
 if (CASES.includes("c")) {
   cases.push(["(c) dump --lazy-pages + lazy restore", () => lazy(false)]);
   cases.push(["(c) same, destination started ahead", () => lazy(true)]);
