@@ -154,15 +154,16 @@ int main(void) {
 
 describe("a target that dies during the dump", () => {
   test("fails the dump; the rest of the tree runs on", async () => {
-    const { pid, words } = await start([treeTarget(), "256"], (w) => w.map(Number));
+    const { pid, words } = await start([treeTarget(), "512"], (w) => w.map(Number));
     const [root, child, grandchild] = words.map(Number) as [number, number, number];
     const dir = join(tempDir("fail"), "images");
-    // --no-snapshot: the root's and child's 256 MiB are copied while frozen,
-    // which keeps the window open; a snapshot dump can be through the whole
-    // frozen part before the kill below lands.
+    // --no-snapshot: the root's and child's 512 MiB are copied while frozen,
+    // which keeps the window open (~0.3 s; with 256 MiB a loaded machine once
+    // let the whole frozen part pass before the kill below landed); a
+    // snapshot dump can be through it at once.
     const ckpt = Bun.spawn([process.execPath, MAIN, "dump", "-t", String(pid), "-D", dir, "-R", "--no-snapshot"], { stdout: "pipe", stderr: "pipe" });
     // Once the grandchild is frozen, kill it: the root and child are dumped
-    // first (256 MiB each), so its turn has not come yet.
+    // first (512 MiB each), so its turn has not come yet.
     await waitFor("the grandchild to be frozen", () => ptraceState(grandchild)?.tracer === ckpt.pid, 20000);
     process.kill(grandchild, "SIGKILL");
     const code = await ckpt.exited;
