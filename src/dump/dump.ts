@@ -41,7 +41,8 @@ import { FileLocks } from "./files/file-locks";
 import { dumpLinkedFile } from "./files/regular";
 import { SocketTable } from "../proc/sock-diag";
 import { Freezer, type FrozenProcess } from "./task/freeze";
-import { learnBorrowedCode, onProtectedMemory } from "./task/inject";
+import { learnBorrowedCode } from "./task/inject";
+import { onProtectedMemory } from "./task/protected-memory";
 import { KobjIds } from "./ids";
 import { unrestorableSharing } from "../image/shared-kobjs";
 import { ImageDirWriter } from "../image/image-dir";
@@ -212,7 +213,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const snapCounters = newSnapshotCounters();
   const aheadCounters = newAheadCounters();
   let ahead: ProtectAhead | null = null;
-  let restoreStackHook: (() => void) | null = null;
+  let restoreHooks: (() => void) | null = null;
   const frozenPhases = newFrozenPhases();
   const snapshot: SnapshotChoice = { use: opts.leaveRunning && opts.snapshot !== false, counters: snapCounters };
   if (!opts.leaveRunning) snapshot.why = "the tree is killed after the dump: nothing runs to copy from";
@@ -226,17 +227,15 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     // tracker's userfaultfd: nothing to protect ahead there.
     if (snapshot.use && parent === null) {
       const prepared = (ahead = new ProtectAhead(aheadCounters));
-      restoreStackHook = onProtectedMemory({
+      restoreHooks = onProtectedMemory({
         beforeStackWrite: (tgid, low, high) => prepared.unprotectStack(tgid, low, high),
         whileWaiting: () => prepared.answer(),
       });
       prepared.arm(proc, opts.pid);
-      freezer.whileWaiting = () => prepared.answer();
       await guard.checkpoint();
     }
     const tree = freezer.freeze(opts.pid);
     frozenAt = performance.now();
-    freezer.whileWaiting = null;
     // What was read and not yet answered before the last thread stopped;
     // processes that left the tree meanwhile run on unprotected.
     ahead?.answer();
@@ -370,7 +369,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     out.discard();
     throw e;
   } finally {
-    restoreStackHook?.();
+    restoreHooks?.();
     ahead?.close();
     guard.dispose();
     store.close();

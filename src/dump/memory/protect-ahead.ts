@@ -136,8 +136,9 @@ export class ProtectAhead {
 
   /**
    * Protect the memory of the tree under `root`, which runs. The caller has
-   * routed the injector's stack writes to unprotectStack first: the stop
-   * that settles a process (below) drives an injected call.
+   * set the protected-memory hooks to unprotectStack and answer first: the
+   * stops below wait on threads that may write to memory protected already,
+   * and the one that settles a process drives an injected call.
    */
   arm(proc: ProcFs, root: number): void {
     const t = performance.now();
@@ -172,9 +173,9 @@ export class ProtectAhead {
   }
 
   private whileStopped<T>(proc: ProcFs, pid: number, allThreads: boolean, during: () => T): T | null {
+    // A thread may be in a write that waits on a userfaultfd made already:
+    // the stopper answers while it waits (protected-memory.ts).
     const stopper = new Freezer(proc);
-    // A thread may be in a write that waits on a userfaultfd made already.
-    stopper.whileWaiting = () => this.answer();
     const stopped = performance.now();
     try {
       return (allThreads ? stopper.stopProcess(pid) : stopper.stopThread(pid, pid)) ? during() : null;

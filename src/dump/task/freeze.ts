@@ -18,6 +18,7 @@ import type { ProcFs } from "../../proc/procfs";
 import { readStat } from "../../proc/stat";
 import { readAllChildren, readThreads } from "../../proc/task";
 import type { TreeTask } from "../pstree";
+import { answerWaitingWrites, answeringWrites } from "./protected-memory";
 
 /** Signals whose group-stop a seized task reports as a PTRACE_EVENT_STOP. */
 const STOP_SIGNALS = new Set([SIG.STOP, 20 /* SIGTSTP */, 21 /* SIGTTIN */, 22 /* SIGTTOU */]);
@@ -56,15 +57,6 @@ export class Freezer {
   private readonly exited = new Set<number>();
   /** Milliseconds from the first seize to the whole tree stopped. */
   freezingMs = 0;
-
-  /**
-   * When set, runs again and again while a thread is on its way to its stop:
-   * a thread whose write waits on a userfaultfd of ours (memory protected
-   * ahead of the freeze) may need ckpt's answer before it can stop at all —
-   * in a system call, the kernel retries the fault rather than break off
-   * for the interrupt.
-   */
-  whileWaiting: (() => void) | null = null;
 
   constructor(private readonly proc: ProcFs) {}
 
@@ -251,13 +243,20 @@ export class Freezer {
     }
   }
 
+  /**
+   * The thread's next wait status. With memory protected ahead of the
+   * freeze (protected-memory.ts), a thread whose write waits on ckpt's
+   * userfaultfd may need an answer before it can stop at all — in a system
+   * call the kernel retries the fault rather than break off for the
+   * interrupt — so the wait polls and answers meanwhile.
+   */
   private nextStatus(tid: number): number {
-    if (!this.whileWaiting) return ptrace.waitTracee(tid);
+    if (!answeringWrites()) return ptrace.waitTracee(tid);
     const start = performance.now();
     for (;;) {
       const status = ptrace.pollTracee(tid);
       if (status !== null) return status;
-      this.whileWaiting();
+      answerWaitingWrites();
       // Most threads stop within microseconds: spin briefly, then sleep.
       if (performance.now() - start > 2) Bun.sleepSync(1);
     }

@@ -72,6 +72,7 @@ import { readMaps, type MapArea } from "../../proc/maps";
 import { readAllChildren } from "../../proc/task";
 import { ProcFs } from "../../proc/procfs";
 import { listDirectory } from "../../sys/file";
+import { answerWaitingWrites, beforeStackWrite } from "./protected-memory";
 import { MAX_ERRNO, RED_ZONE, SCRATCH_MAP_FLAGS, SCRATCH_PROT, USER_CS_64, signalName } from "../../sys/inject-consts";
 
 const PAGE = 4096n;
@@ -326,32 +327,6 @@ function lowestFreeFd(tid: number): number | null {
 
 // ------------------------------------------------------------ the stack plan
 
-/**
- * For a dump that write-protected memory with a userfaultfd of its own
- * (ahead of the freeze): a write to a protected page waits for an answer
- * that only ckpt can give, and ckpt's own injected calls make such writes —
- * ckpt's, of the frames and scratch memory on the stack, and the kernel's,
- * of the calls' results there and of the thread's rseq area on every return
- * to user mode. One dump at a time sets these.
- */
-export interface ProtectedMemoryHooks {
-  /** Before the injector writes [low, high) of a stack of process `tgid`: lift the protection there. */
-  beforeStackWrite(tgid: number, low: bigint, high: bigint): void;
-  /** Again and again while an injected call is under way: answer the writes that wait. */
-  whileWaiting(): void;
-}
-
-let protectedMemory: ProtectedMemoryHooks | null = null;
-
-/** Set the hooks; returns what puts the previous ones back. */
-export function onProtectedMemory(hooks: ProtectedMemoryHooks): () => void {
-  const previous = protectedMemory;
-  protectedMemory = hooks;
-  return () => {
-    protectedMemory = previous;
-  };
-}
-
 /** Where the frames and (on the stack) the scratch memory go. */
 interface StackPlan {
   frame: SigframePlacement;
@@ -488,7 +463,7 @@ export class RemoteSyscalls implements Disposable {
 
     const remote = new RemoteSyscalls(tid, regsRaw, mask, code, plan, options.timeoutMs ?? 10_000);
     try {
-      protectedMemory?.beforeStackWrite(tgid, plan.low, plan.top);
+      beforeStackWrite(tgid, plan.low, plan.top);
       remote.installWayHome(xstate);
       if (!remote.scratchArea) remote.mapScratch(options.scratchSize ?? 4096);
       return remote;
@@ -734,7 +709,7 @@ export class RemoteSyscalls implements Disposable {
         if (ptrace.isStopped(status)) return status;
         continue;
       }
-      protectedMemory?.whileWaiting();
+      answerWaitingWrites();
       const elapsed = performance.now() - start;
       if (!this.callTimedOut && elapsed > this.timeoutMs) {
         ptrace.interrupt(this.tid);
