@@ -161,24 +161,17 @@ export class ProtectAhead {
   }
 
   /**
-   * Stop one thread of `pid`, or all of them (the rest of the tree runs),
-   * and let them go again; `during` runs while they are stopped.
+   * Stop the leader thread of `pid`, or all its threads (the rest of the
+   * tree runs), and let them go again; `during` runs while they are
+   * stopped. Null when the process could not be stopped.
    */
-  private withStoppedThread<T>(proc: ProcFs, pid: number, during: () => T): T | null {
-    return this.whileStopped(proc, pid, false, during);
-  }
-
-  private withStoppedProcess<T>(proc: ProcFs, pid: number, during: () => T): T | null {
-    return this.whileStopped(proc, pid, true, during);
-  }
-
-  private whileStopped<T>(proc: ProcFs, pid: number, allThreads: boolean, during: () => T): T | null {
+  private whileStopped<T>(proc: ProcFs, pid: number, which: "leader" | "all threads", during: () => T): T | null {
     // A thread may be in a write that waits on a userfaultfd made already:
     // the stopper answers while it waits (protected-memory.ts).
     const stopper = new Freezer(proc);
     const stopped = performance.now();
     try {
-      return (allThreads ? stopper.stopProcess(pid) : stopper.stopThread(pid, pid)) ? during() : null;
+      return (which === "all threads" ? stopper.stopProcess(pid) : stopper.stopThread(pid, pid)) ? during() : null;
     } finally {
       stopper.release("resume");
       this.counters.longestStopMs = Math.max(this.counters.longestStopMs, performance.now() - stopped);
@@ -217,7 +210,7 @@ export class ProtectAhead {
     // Every thread stopped while the userfaultfd is an fd of the process: a
     // thread that forked meanwhile would hand it to a child, which would
     // keep the protection alive after ckpt has closed its copy.
-    const wp = this.withStoppedProcess(proc, pid, () => WpUffd.make(proc, pid, () => {}));
+    const wp = this.whileStopped(proc, pid, "all threads", () => WpUffd.make(proc, pid, () => {}));
     if (!wp) return;
     const p = new ProtectedAhead(wp);
     wp.handler = (m) => this.beforeFreeze(p, m);
@@ -247,7 +240,7 @@ export class ProtectAhead {
     // user mode (see settleAfterSnapshot): ~20 ms for 2 GiB here, which an
     // idle process would pay at the first call injected during the freeze.
     // One call injected now makes it pay here, alone, and waits until it has.
-    this.withStoppedThread(proc, pid, () => {
+    this.whileStopped(proc, pid, "leader", () => {
       const remote = RemoteSyscalls.open(pid, { proc });
       try {
         remote.syscall(SYS.getpid);

@@ -93,11 +93,11 @@ export class WpUffd {
   }
 
   private writeProtect(start: number, length: number, protect: boolean): void {
-    wpArg[0] = BigInt(start);
-    wpArg[1] = BigInt(length);
-    wpArg[2] = protect ? BigInt(UFFDIO_WRITEPROTECT_MODE_WP) : 0n;
     const what = `UFFDIO_WRITEPROTECT(0x${start.toString(16)}+0x${length.toString(16)}, ${protect ? "WP" : "0"})`;
     for (let tries = 0; ; tries++) {
+      wpArg[0] = BigInt(start);
+      wpArg[1] = BigInt(length);
+      wpArg[2] = protect ? BigInt(UFFDIO_WRITEPROTECT_MODE_WP) : 0n;
       try {
         ioctl(this.fd, UFFDIO_WRITEPROTECT, wpBytes, what);
         return;
@@ -108,9 +108,6 @@ export class WpUffd {
       // on and lifts the kernel's hold a moment later), and try again.
       this.readPending();
       if (tries > 100) Bun.sleepSync(0.1);
-      wpArg[0] = BigInt(start);
-      wpArg[1] = BigInt(length);
-      wpArg[2] = protect ? BigInt(UFFDIO_WRITEPROTECT_MODE_WP) : 0n;
     }
   }
 
