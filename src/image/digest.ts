@@ -66,7 +66,13 @@ export class FileDigest {
 /** One read buffer for every file checked (see FileDigest on fresh buffers). */
 let readBuffer: Uint8Array | null = null;
 
-/** Size and digest of the file at `path`, read back block by block (the same value FileDigest gives). */
+/**
+ * Size and digest of the file at `path`, read back block by block: the value
+ * FileDigest gives (test/restore-validate.test.ts holds them together), but
+ * hashed straight from the one read buffer. Going through FileDigest copies
+ * each file's last block into a buffer of its own, which measured ~4 ms more
+ * for a 13-file set: a restore's downtime.
+ */
 export function digestOfFile(path: string): { size: number; digest: bigint } {
   const fd = openat(AT.FDCWD, path, O.RDONLY | O.CLOEXEC);
   try {
