@@ -91,10 +91,23 @@ export class ProtectedAhead {
     this.written = runs.map((r) => ({ start: Number(r.vaddr), length: r.nrPages * PAGE_SIZE }));
   }
 
-  /** The written runs within [start, end), cut to it. */
+  /**
+   * The written runs within [start, end), cut to it. The runs are in
+   * address order (the scan's): a binary search finds the first, as this
+   * runs per area while the tree is frozen.
+   */
   writtenWithin(start: number, end: number): { start: number; length: number }[] {
+    let lo = 0;
+    let hi = this.written.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      const w = this.written[mid]!;
+      if (w.start + w.length <= start) lo = mid + 1;
+      else hi = mid;
+    }
     const out: { start: number; length: number }[] = [];
-    for (const w of this.written) {
+    for (let i = lo; i < this.written.length && this.written[i]!.start < end; i++) {
+      const w = this.written[i]!;
       const from = Math.max(w.start, start);
       const to = Math.min(w.start + w.length, end);
       if (from < to) out.push({ start: from, length: to - from });
