@@ -102,15 +102,20 @@ interface Outcome {
 /** The restore's own account of its time (--json), to set against the time its command took. */
 let lastRestore = "";
 
+/** A restore that exited 0: its root goes on the kill list, its own figures (--json, less the wait) into lastRestore after `how`. */
+function restoredBy(stdout: string, pidfile: string, how: string): void {
+  const f = (JSON.parse(stdout) as { figures: Record<string, number> }).figures;
+  lastRestore = `${how}: ${Object.entries(f).filter(([k]) => k !== "waitedMs").map(([k, v]) => `${k.replace(/Ms$/, "")} ${v.toFixed(0)}`).join(", ")}`;
+  const pid = Number(readFileSync(pidfile, "utf8").trim());
+  left.targets.push({ pid, kill: () => { try { process.kill(pid, "SIGKILL"); } catch { /* gone */ } } });
+}
+
 function restoreAt(dir: string, extra: string[] = []): number {
   const pidfile = join(dir, "..", "restored.pid");
   const started = Date.now();
   const r = run(hosts.dest, [CKPT, "restore", "-D", dir, "-d", "--restore-in-new-pidns", "--pidfile", pidfile, "--json", ...extra]);
   const end = Date.now();
-  const f = (JSON.parse(r.stdout) as { figures: Record<string, number> }).figures;
-  lastRestore = `restore command ${end - started} ms, of it inside: ${Object.entries(f).map(([k, v]) => `${k.replace(/Ms$/, "")} ${v.toFixed(0)}`).join(", ")}`;
-  const pid = Number(readFileSync(pidfile, "utf8").trim());
-  left.targets.push({ pid, kill: () => { try { process.kill(pid, "SIGKILL"); } catch { /* gone */ } } });
+  restoredBy(r.stdout, pidfile, `restore command ${end - started} ms, of it inside`);
   return end;
 }
 
@@ -126,10 +131,7 @@ function restoreAhead(dir: string, extra: string[] = []): { finish: () => Promis
       const r = await waiting.done;
       const end = Date.now();
       if (r.code !== 0) throw new Error(`restore --wait-images exited ${r.code}: ${r.stderr.trim()}`);
-      const f = (JSON.parse(r.stdout) as { figures: Record<string, number> }).figures;
-      const rootPid = Number(readFileSync(pidfile, "utf8").trim());
-      left.targets.push({ pid: rootPid, kill: () => { try { process.kill(rootPid, "SIGKILL"); } catch { /* gone */ } } });
-      lastRestore = `started ahead, inside after the set arrived: ${Object.entries(f).filter(([k]) => k !== "waitedMs").map(([k, v]) => `${k.replace(/Ms$/, "")} ${v.toFixed(0)}`).join(", ")}`;
+      restoredBy(r.stdout, pidfile, "started ahead, inside after the set arrived");
       return end;
     },
   };
