@@ -339,10 +339,15 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let started = performance.now();
   const calls0 = snapshotCallCounts();
   const counters0 = { ...puppetCounters };
-  const images = opts.waitImagesMs !== undefined ? await ImageSet.whenComplete(opts.dir, opts.waitImagesMs) : ImageSet.open(opts.dir);
-  // The figures count from the set's arrival, not from the start of a restore that waited for it.
-  const waitedMs = opts.waitImagesMs !== undefined ? performance.now() - started : 0;
-  if (opts.waitImagesMs !== undefined) started = performance.now();
+  let images: ImageSet;
+  let waitedMs = 0;
+  if (opts.waitImagesMs === undefined) images = ImageSet.open(opts.dir);
+  else {
+    images = await ImageSet.whenComplete(opts.dir, opts.waitImagesMs);
+    // The figures count from the set's arrival, not from the start of a restore that waited for it.
+    waitedMs = performance.now() - started;
+    started = performance.now();
+  }
   if (images.one("inventory.img", InventoryEntrySchema).preDumpMode) {
     throw new Error(`${opts.dir} is a pre-dump (memory only, the tree ran on); restore the final dump, made with --prev-images-dir`);
   }
