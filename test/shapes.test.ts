@@ -122,6 +122,8 @@ describe("process shapes of real programs", () => {
     const [root, exited, signaled, daemon, job] = words.map(Number) as [number, number, number, number, number];
     cleanup.push(...[root, daemon, job].map(killablePid));
     await waitFor("both children to be zombies", () => statOf(exited).state === "Z" && statOf(signaled).state === "Z");
+    // The daemon and the job make their session and group themselves, after the ready line may be out.
+    await waitFor("the daemon's session and the job's group", () => statOf(daemon).sid === daemon && statOf(job).pgid === job);
     const shape = [root, exited, signaled, daemon, job].map((p) => {
       const { ppid, pgid, sid } = statOf(p);
       return { ppid, pgid, sid };
