@@ -9,11 +9,12 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
+import { MmEntrySchema } from "../src/image/gen/mm_pb";
 import type { PagemapEntry } from "../src/image/gen/pagemap_pb";
 import { decodeIov, decodeTarget, encodeIov, encodeTarget, PS, PSI_SIZE } from "../src/transfer/protocol";
-import { entryPages, pagemapOf, runsFree } from "./helpers/images";
+import { entries, entryPages, pagemapOf, runsFree } from "./helpers/images";
 import { dirtyTarget } from "./helpers/iterative-workloads";
-import { restoreTarget } from "./helpers/restore-workloads";
+import { kernelStateTarget, restoreTarget } from "./helpers/restore-workloads";
 import { tcpClient, tcpServer } from "./helpers/tcp-workloads";
 import { ckptOn, freshPort, spawnOn, startPageServer, twoHosts, type Running, type TwoHosts } from "./helpers/hosts";
 import { alive, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
@@ -313,6 +314,41 @@ describe("lazy migration (post-copy)", () => {
     await gone([pid]);
     expect(await selfCheck(root, out)).toBe("ok");
     expect(readFileSync(`/proc/${root}/status`, "utf8")).toContain(`NSpid:\t${root}\t${pid}`);
+  });
+
+  test("a locked area is never lazy and a droppable one never saved, though maps cannot tell them apart: the tree verifies itself at the destination", async () => {
+    const { target, out } = await onSource([kernelStateTarget()]);
+    const pid = target.pid;
+    const [src, dst] = [join(tempDir("lazy-flags-src"), "img"), join(tempDir("lazy-flags-dst"), "img")];
+    const port = freshPort();
+    const dump = await lazyDump(pid, src, port);
+    const vmas = entries(src, `mm-${pid}.img`, MmEntrySchema)[0]?.vmas ?? [];
+    const MAP_LOCKED = 0x2000;
+    const MAP_TYPE = 0x0f;
+    const MAP_DROPPABLE = 0x08;
+    const locked = vmas.filter((v) => (v.flags & MAP_LOCKED) !== 0);
+    const droppable = vmas.filter((v) => (v.flags & MAP_TYPE) === MAP_DROPPABLE);
+    expect(locked.length).toBeGreaterThan(0);
+    expect(droppable).toHaveLength(1);
+    const pm = pagemapOf(src, pid);
+    const within = (v: { start: bigint; end: bigint }): PagemapEntry[] => pm.entries.filter((e) => e.vaddr < v.end && e.vaddr + BigInt(count(e) * 4096) > v.start);
+    for (const v of locked) {
+      const inside = within(v);
+      expect(inside.length).toBeGreaterThan(0);
+      for (const e of inside) expect(e.flags & (PE_LAZY | PE_PRESENT)).toBe(PE_PRESENT);
+    }
+    expect(within(droppable[0]!)).toEqual([]);
+    // Other anonymous memory is still lazy.
+    expect(pagesFlagged(pm.entries, PE_LAZY)).toBeGreaterThan(0);
+
+    mkdirSync(dst);
+    copyImages(src, dst);
+    const daemon = await lazyDaemon(dst, port);
+    const root = lazyRestore(dst);
+    expect((await daemon.done).code).toBe(0);
+    expect((await dump.done).code).toBe(0);
+    await gone([pid]);
+    expect(await selfCheck(root, out)).toBe("ok");
   });
 
   test("the destination started ahead of the dump (lazy-pages --wait-source, restore --wait-images): the tree verifies itself there", async () => {

@@ -91,3 +91,13 @@ export function readMaps(proc: ProcFs, target: ProcTarget): MapArea[] {
 export function readSmaps(proc: ProcFs, target: ProcTarget, withKb = true): MapArea[] {
   return parseMaps(proc.readText(target, "smaps"), withKb);
 }
+
+/**
+ * readSmaps with the reading on another core (ProcFs.readTextInBackground):
+ * start it, do other work, await the areas. Marked handled, as the text is.
+ */
+export function readSmapsInBackground(proc: ProcFs, target: ProcTarget, withKb = true): Promise<MapArea[]> {
+  const areas = proc.readTextInBackground(target, "smaps").then((text) => parseMaps(text, withKb));
+  areas.catch(() => {});
+  return areas;
+}

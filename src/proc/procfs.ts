@@ -115,6 +115,29 @@ export class ProcFs {
   }
 
   /**
+   * Whole contents of a proc file as text, read on Bun's thread pool: the
+   * file is opened here (through the cached dirfd, so it is this task's), and
+   * the reading, with whatever the kernel does to produce the text (smaps
+   * walks every page table), runs on another core while the caller goes on.
+   * The returned promise is marked handled, so a caller that fails before
+   * awaiting it leaves no unhandled rejection; the fd is closed either way.
+   * Counted as one read: the read() calls themselves are the pool's.
+   */
+  readTextInBackground(target: ProcTarget, name: string): Promise<string> {
+    const fd = this.open(target, name);
+    this.counters.reads++;
+    let text: Promise<string>;
+    try {
+      text = Bun.file(fd).bytes().then((bytes) => this.dec.decode(bytes)).finally(() => close(fd));
+    } catch (e) {
+      close(fd);
+      throw e;
+    }
+    text.catch(() => {});
+    return text;
+  }
+
+  /**
    * Read `fd` to EOF into the shared buffer, growing it when the file does not
    * fit, then close `fd`. Proc files hand out short reads (often one page or
    * one record at a time), so one read is never assumed to be all. The result
