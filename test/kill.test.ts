@@ -111,7 +111,7 @@ describe("ckpt killed at any moment", () => {
 
     // Told: the guard exits, the processes run on.
     let ts = await sleepers();
-    const told = await RestoreGuard.start(ts.map((t) => t.pid));
+    const told = RestoreGuard.launch(ts.map((t) => t.pid));
     // It reports its pid first and names itself right after.
     await waitFor("the guard to name itself", () => isGuard(told.pid));
     told.release();
@@ -122,7 +122,7 @@ describe("ckpt killed at any moment", () => {
 
     // Abandoned: both are killed.
     ts = await sleepers();
-    const abandoned = await RestoreGuard.start(ts.map((t) => t.pid));
+    const abandoned = RestoreGuard.launch(ts.map((t) => t.pid));
     await waitFor("the guard to name itself", () => isGuard(abandoned.pid));
     abandoned.abandon();
     await waitFor("the guarded processes to be killed", () => ts.every((t) => gone(t.pid)));

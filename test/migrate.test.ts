@@ -6,7 +6,7 @@
  * migration script does.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { MmEntrySchema } from "../src/image/gen/mm_pb";
@@ -379,11 +379,21 @@ describe("lazy migration (post-copy)", () => {
     expect(await selfCheck(root, out)).toBe("ok");
   });
 
-  test("restore --wait-images gives up after its time with one line naming what was missing", () => {
+  test("restore --wait-images gives up after its time with one line naming what was missing, and leaves no seed behind", () => {
+    /** Restore seeds alive now (started while the images were awaited, they must go with the restore). */
+    const seeds = (): number[] => readdirSync("/proc").filter((n) => /^\d+$/.test(n)).filter((n) => {
+      try {
+        return readlinkSync(`/proc/${n}/exe`).includes("memfd:ckpt-seed");
+      } catch {
+        return false;
+      }
+    }).map(Number);
+    const before = seeds();
     const dir = tempDir("wait-empty");
     const r = ckptOn(hosts.dest, ["restore", "-D", dir, "-d", "--wait-images", "0.3"]);
     expect(r.code).toBe(1);
     expect(r.stderr).toBe(`ckpt: no complete image set appeared in ${dir} within 0.3 s (last: ${dir} holds no inventory.img yet)\n`);
+    expect(seeds().filter((p) => !before.includes(p))).toEqual([]);
   });
 
   test("a lazy restore whose source dies mid-copy: the restored tree is killed, the source's tree runs on", async () => {

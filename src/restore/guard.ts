@@ -22,7 +22,7 @@ import { pidfdOpen } from "../sys/calls";
 import { CommitPipe } from "../sys/commit-pipe";
 import { close } from "../sys/libc";
 import { SIG, SYS } from "../sys/nr";
-import { asm, exitZero, forkThenChild, launchTinyElf, ownSessionNamed, reportPid, tinyElf } from "../sys/tiny-elf";
+import { asm, exitZero, forkThenChild, ownSessionNamed, reportPid, startTinyElf, tinyElf, type TinyLaunch } from "../sys/tiny-elf";
 
 export const GUARD_COMM = "ckpt-guard";
 /** The guard's end of the pipe; the pidfds follow it. */
@@ -52,19 +52,21 @@ function guardCode(processes: number): number[] {
 
 export class RestoreGuard {
   private constructor(
-    /** The guard's pid. */
-    readonly pid: number,
+    private readonly launched: TinyLaunch,
     private readonly pipe: CommitPipe,
   ) {}
 
-  /** Start a guard over `pids` (every process of the restored tree, all still traced by ckpt). */
-  static async start(pids: readonly number[]): Promise<RestoreGuard> {
+  /**
+   * Launch a guard over `pids` (every process of the restored tree, all
+   * still traced by ckpt). It starts on its own meanwhile; `pid` waits for
+   * it to run, which a restore does before its first detach.
+   */
+  static launch(pids: readonly number[]): RestoreGuard {
     const pipe = CommitPipe.create();
     const pidfds: number[] = [];
     try {
       for (const pid of pids) pidfds.push(pidfdOpen(pid));
-      const pid = await launchTinyElf(GUARD_COMM, tinyElf(guardCode(pids.length)), { ownSession: true, fds: [pipe.readEnd, ...pidfds] });
-      return new RestoreGuard(pid, pipe);
+      return new RestoreGuard(startTinyElf(GUARD_COMM, tinyElf(guardCode(pids.length)), { ownSession: true, fds: [pipe.readEnd, ...pidfds] }), pipe);
     } catch (e) {
       pipe.abandon();
       throw e;
@@ -72,6 +74,16 @@ export class RestoreGuard {
       pipe.closeReadEnd();
       for (const fd of pidfds) close(fd);
     }
+  }
+
+  /** The guard's pid, once it runs. */
+  get pid(): number {
+    return this.launched.pid();
+  }
+
+  /** Wait until the guard runs (it reported its pid); from then on a ckpt that dies takes the tree along. */
+  waitUntilRunning(): void {
+    this.launched.pid();
   }
 
   /** The tree is whole and running: the guard ends and leaves it be. */

@@ -104,7 +104,7 @@ export interface RestoreFigures {
   forkMs: number;
   /** Of forkMs: opening the image set, checking its digests and planning the tree. */
   imagesMs: number;
-  /** Of forkMs: starting the seed and taking hold of it. */
+  /** Of forkMs: starting the seed and taking hold of it (0 when that was done while waiting for the images). */
   seedMs: number;
   /** Address spaces, with the page copy. */
   mmMs: number;
@@ -335,19 +335,71 @@ function blockedMask(core: CoreEntry): bigint {
   return tc && isFieldSet(tc, ThreadCoreEntrySchema.field.blkSigset) ? tc.blkSigset : 0n;
 }
 
+/** The seed, taken hold of: stopped, traced with EXITKILL, every signal blocked. */
+interface HeldSeed {
+  pid: number;
+  task: Puppet;
+}
+
+async function holdSeed(ownSession: boolean): Promise<HeldSeed> {
+  const seed = await startSeed(ownSession);
+  try {
+    ptrace.seize(seed.pid, RESTORE_PTRACE_OPTIONS);
+    ptrace.interrupt(seed.pid);
+    waitStop(seed.pid, "(the seed) before restore took hold of it");
+    // Its alarm(30), for a ckpt that died before this point, stays pending
+    // from here: blocked, and not passed on to the tasks cloned from it.
+    ptrace.setSigmask(seed.pid, ALL_SIGNALS);
+  } catch (e) {
+    killAll([seed.pid]);
+    throw e;
+  }
+  return { pid: seed.pid, task: new Puppet(seed.pid, seed.syscallAddress) };
+}
+
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let started = performance.now();
   const calls0 = snapshotCallCounts();
   const counters0 = { ...puppetCounters };
+  // ckpt is a subreaper, so the seed and the root (cloned with CLONE_PARENT)
+  // are its children: without -d it waits for the root; and a failed restore
+  // reaps what it killed itself, leaving no zombie to hold a pid until init
+  // (which may be slow to reap) gets to it. With -d the root goes on to
+  // init, or to ckpt's nearest subreaper ancestor, when ckpt exits.
+  syscall("prctl", SYS.prctl, [PR.SET_CHILD_SUBREAPER, 1], ["PR_SET_CHILD_SUBREAPER", "1"]);
   let images: ImageSet;
   let waitedMs = 0;
-  if (opts.waitImagesMs === undefined) images = ImageSet.open(opts.dir);
-  else {
-    images = await ImageSet.whenComplete(opts.dir, opts.waitImagesMs);
-    // The figures count from the set's arrival, not from the start of a restore that waited for it.
-    waitedMs = performance.now() - started;
-    started = performance.now();
+  /**
+   * With --wait-images, the seed is started while the images are awaited:
+   * its ~5 ms are then no downtime. Whoever holds it here kills it on a
+   * failure; restoreFrom takes it out when it makes it its own.
+   */
+  const early: { seed: HeldSeed | null } = { seed: null };
+  try {
+    if (opts.waitImagesMs === undefined) images = ImageSet.open(opts.dir);
+    else {
+      early.seed = await holdSeed(!opts.shellJob);
+      images = await ImageSet.whenComplete(opts.dir, opts.waitImagesMs);
+      // The figures count from the set's arrival, not from the start of a restore that waited for it.
+      waitedMs = performance.now() - started;
+      started = performance.now();
+    }
+  } catch (e) {
+    if (early.seed) killAll([early.seed.pid]);
+    throw e;
   }
+  try {
+    return await restoreFrom(images, opts, early, { started, waitedMs, calls0, counters0 });
+  } catch (e) {
+    if (early.seed) killAll([early.seed.pid]);
+    throw e;
+  }
+}
+
+async function restoreFrom(
+  images: ImageSet, opts: RestoreOptions, early: { seed: HeldSeed | null },
+  { started, waitedMs, calls0, counters0 }: { started: number; waitedMs: number; calls0: ReturnType<typeof snapshotCallCounts>; counters0: typeof puppetCounters },
+): Promise<RestoreResult> {
   if (images.one("inventory.img", InventoryEntrySchema).preDumpMode) {
     throw new Error(`${opts.dir} is a pre-dump (memory only, the tree ran on); restore the final dump, made with --prev-images-dir`);
   }
@@ -369,7 +421,15 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if (opts.newPidNs) {
       const one = pstree.find((e) => e.threads.includes(1) || e.pid === 1);
       if (one) throw new Error(`pstree.img: process ${one.pid} has pid or tid 1, which the new pid namespace's init takes (--restore-in-new-pidns restores trees whose pids are all above 1)`);
-    } else checkPidsFree(proc, pstree);
+    } else {
+      // A seed started ahead that took one of the tree's pids makes way for one started now.
+      const taken = early.seed?.pid;
+      if (taken !== undefined && pstree.some((e) => e.threads.includes(taken))) {
+        killAll([taken]);
+        early.seed = null;
+      }
+      checkPidsFree(proc, pstree);
+    }
   } catch (e) {
     proc.close();
     lazy?.close();
@@ -381,25 +441,17 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let guard: RestoreGuard | undefined;
   const figures: RestoreFigures = { waitedMs, forkMs: 0, imagesMs, seedMs: 0, mmMs: 0, pagesMs: 0, filesMs: 0, handoffMs: 0, letGoMs: 0, totalMs: 0 };
   let pagesRestored = 0;
-  // ckpt is a subreaper, so the seed and the root (cloned with CLONE_PARENT)
-  // are its children: without -d it waits for the root; and a failed restore
-  // reaps what it killed itself, leaving no zombie to hold a pid until init
-  // (which may be slow to reap) gets to it. With -d the root goes on to
-  // init, or to ckpt's nearest subreaper ancestor, when ckpt exits.
-  syscall("prctl", SYS.prctl, [PR.SET_CHILD_SUBREAPER, 1], ["PR_SET_CHILD_SUBREAPER", "1"]);
   let root = pstree[0]?.pid ?? 0;
   let pidNsInit: number | undefined;
   const tcp = opts.tcpEstablished ? new TcpRestoreSession(opts.dir, proc) : undefined;
   try {
     const seedStarted = performance.now();
-    const seed = await startSeed(!opts.shellJob);
+    const seed = early.seed ?? (await holdSeed(!opts.shellJob));
+    // From here its kill is this function's.
+    early.seed = null;
     seedPid = seed.pid;
-    ptrace.seize(seed.pid, RESTORE_PTRACE_OPTIONS);
-    ptrace.interrupt(seed.pid);
-    waitStop(seed.pid, "(the seed) before restore took hold of it");
     figures.seedMs = performance.now() - seedStarted;
-    ptrace.setSigmask(seed.pid, ALL_SIGNALS);
-    const seedTask = new Puppet(seed.pid, seed.syscallAddress);
+    const seedTask = seed.task;
 
     const taken: Range[] = [...plan.flatMap((p) => p.mm.vmas), ...readMaps(proc, seed.pid)];
     const pageAt = findFree(taken, SYSCALL_PAGE_SIZE);
@@ -415,6 +467,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     pidNsInit = tree.init?.tid;
     seedTask.callNoReturn(SYS.exit_group, [0]);
     seedPid = 0;
+    // The guard (needed from the first detach on) is launched now, and its
+    // program starts on another core while the tasks are filled in.
+    const hostPids = plan.map((p) => hostPid(tree, p.entry.pid));
+    guard = RestoreGuard.launch(tree.init ? [tree.init.tid, ...hostPids] : hostPids);
     figures.forkMs = performance.now() - started;
 
     // Files once the tasks exist: a /proc/PID file of the tree's own
@@ -462,8 +518,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // Before the tree runs, so that a bad path fails the restore and not after it.
     if (opts.pidfile) writeWholeFile(opts.pidfile, new TextEncoder().encode(`${root}\n`), 0o644);
     // From here a kill of ckpt must not leave part of the tree running (guard.ts).
-    const hostPids = plan.map((p) => hostPid(tree, p.entry.pid));
-    guard = await RestoreGuard.start(tree.init ? [tree.init.tid, ...hostPids] : hostPids);
+    guard.waitUntilRunning();
     // Pending when the tasks are let go, so they stop before running a single instruction.
     for (const [pid, sig] of stopped) kill(pid, sig);
     for (const p of plan) for (const tid of p.entry.threads) ptrace.detach(hostPid(tree, tid));
@@ -472,6 +527,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     created.length = 0;
     figures.letGoMs = performance.now() - letGo;
   } catch (e) {
+    // Abandoned, the guard kills the tree (once it runs), as killAll below does.
     guard?.abandon();
     tcp?.abort();
     files?.abort().forEach((m: string) => process.stderr.write(`ckpt: warning: while cleaning up files: ${m}\n`));

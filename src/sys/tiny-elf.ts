@@ -10,8 +10,9 @@
  * pid to stdout as 4 raw bytes and closes stdout.
  */
 import { Errno, SysError } from "./errno";
-import { addressOf, close, cstr, syscall, writeAll } from "./libc";
-import { SYS } from "./nr";
+import { pipe2 } from "./calls";
+import { addressOf, close, cstr, readInto, syscall, writeAll } from "./libc";
+import { O, SYS } from "./nr";
 
 /** Where a tiny program's one segment is loaded (a fixed ET_EXEC address). */
 export const TINY_ELF_BASE = 0x400000n;
@@ -158,21 +159,69 @@ export interface LaunchOptions {
   fds?: readonly number[];
 }
 
+/** A tiny program launched, whose child's pid is read when first asked for. */
+export interface TinyLaunch {
+  /** The pid its child reported; blocks until it has (a millisecond or two after the launch). */
+  pid(): number;
+}
+
 /**
- * Run a tiny program that starts with forkThenChild(reportPid() ...) and
- * return the pid its child reported, once the launching parent has exited.
+ * Launch a tiny program that starts with forkThenChild(reportPid() ...).
+ * Its output goes to a pipe of ckpt's own, read with a plain read(2) when
+ * the pid is wanted: no turn of the event loop is needed, so a caller can
+ * launch, go on with its work while the program starts on another core, and
+ * take the pid later. (Bun reaps the launching parent on its own.)
  */
-export async function launchTinyElf(name: string, bytes: Uint8Array, opts: LaunchOptions): Promise<number> {
+export function startTinyElf(name: string, bytes: Uint8Array, opts: LaunchOptions): TinyLaunch {
   const fd = programMemfd(name, bytes);
+  let readEnd = -1;
   try {
-    const launcher = Bun.spawn([`/proc/${process.pid}/fd/${fd}`], {
-      stdio: ["ignore", "pipe", "ignore", ...(opts.fds ?? [])],
-      detached: opts.ownSession,
-    });
-    const [out, code] = await Promise.all([new Response(launcher.stdout).arrayBuffer(), launcher.exited]);
-    if (out.byteLength !== 4) throw new Error(`${name} did not start (launcher exit ${code}, ${out.byteLength} bytes of output)`);
-    return new DataView(out).getInt32(0, true);
+    const [r, w] = pipe2(O.CLOEXEC);
+    readEnd = r;
+    try {
+      Bun.spawn([`/proc/${process.pid}/fd/${fd}`], {
+        stdio: ["ignore", w, "ignore", ...(opts.fds ?? [])],
+        detached: opts.ownSession,
+      });
+    } finally {
+      // The program's copies are the only write ends left: EOF if it dies before reporting.
+      close(w);
+    }
+  } catch (e) {
+    if (readEnd >= 0) close(readEnd);
+    throw e;
   } finally {
     close(fd);
   }
+  let pid: number | null = null;
+  return {
+    pid(): number {
+      if (pid !== null) return pid;
+      const out = new Uint8Array(4);
+      let got = 0;
+      try {
+        while (got < 4) {
+          let n: number;
+          try {
+            n = readInto(readEnd, out.subarray(got));
+          } catch (e) {
+            if (e instanceof SysError && e.errno === Errno.EINTR) continue;
+            throw e;
+          }
+          if (n === 0) break;
+          got += n;
+        }
+      } finally {
+        close(readEnd);
+      }
+      if (got !== 4) throw new Error(`${name} did not start (${got} bytes of output)`);
+      pid = new DataView(out.buffer).getInt32(0, true);
+      return pid;
+    },
+  };
+}
+
+/** startTinyElf, then its pid. */
+export async function launchTinyElf(name: string, bytes: Uint8Array, opts: LaunchOptions): Promise<number> {
+  return startTinyElf(name, bytes, opts).pid();
 }
