@@ -29,7 +29,7 @@ import { MAP, O, PROT, SYS } from "../sys/nr";
 import { findFree, type Range } from "./layout";
 import type { PageChain } from "./page-chain";
 import { fillPages, type PageFill } from "./pages";
-import type { Puppet } from "./puppet";
+import type { BatchedCall, Puppet } from "./puppet";
 import type { TargetFds } from "./target-fds";
 import { proxyPatches, vdsoFunctions } from "./vdso";
 
@@ -199,6 +199,7 @@ function mapAreas(r: MmRebuild): Map<string, number> {
     }
     return fd;
   };
+  const maps: { v: VmaEntry; call: BatchedCall }[] = [];
   for (const v of r.mm.vmas) {
     if ((v.status & (SPECIAL | VMA.AREA_VSYSCALL)) !== 0) continue;
     const len = v.end - v.start;
@@ -215,21 +216,32 @@ function mapAreas(r: MmRebuild): Map<string, number> {
     // With an fd the area maps it: MAP_ANONYMOUS (which the image keeps
     // for shared anonymous memory) would make the kernel ignore the fd.
     const flags = (fd >= 0 ? v.flags & ~MAP.ANONYMOUS : v.flags) | MAP.FIXED;
-    const got = r.puppet.call(SYS.mmap, [v.start, len, initialProt(v), flags, fd, fd >= 0 ? v.pgoff : 0n],
-      [hex(v.start), hex(len), `prot 0x${initialProt(v).toString(16)}`, `flags 0x${flags.toString(16)}`, String(fd), hex(v.pgoff)]);
-    if (got !== v.start) throw new Error(`process ${r.pid}: mmap of ${range} landed at ${hex(got)}`);
+    maps.push({
+      v,
+      call: {
+        nr: SYS.mmap, args: [v.start, len, initialProt(v), flags, fd, fd >= 0 ? v.pgoff : 0n],
+        shown: [hex(v.start), hex(len), `prot 0x${initialProt(v).toString(16)}`, `flags 0x${flags.toString(16)}`, String(fd), hex(v.pgoff)],
+      },
+    });
   }
+  // The fds first (each pull's number is the lowest free one, known only once made), then every mmap in one batch.
+  const got = r.puppet.callBatch(maps.map((m) => m.call));
+  maps.forEach(({ v }, i) => {
+    if (got[i] !== v.start) throw new Error(`process ${r.pid}: mmap of ${hex(v.start)}-${hex(v.end)} landed at ${hex(got[i] ?? 0n)}`);
+  });
   return targetFds;
 }
 
 function finishAreas(r: MmRebuild): void {
+  const calls: BatchedCall[] = [];
   for (const v of r.mm.vmas) {
     if ((v.status & (SPECIAL | VMA.AREA_VSYSCALL)) !== 0) continue;
     const len = v.end - v.start;
-    if (initialProt(v) !== v.prot) r.puppet.call(SYS.mprotect, [v.start, len, v.prot]);
+    if (initialProt(v) !== v.prot) calls.push({ nr: SYS.mprotect, args: [v.start, len, v.prot] });
     const madv = v.madv ?? 0n;
-    for (const bit of MADV_BITS) if ((madv & (1n << BigInt(bit))) !== 0n) r.puppet.call(SYS.madvise, [v.start, len, bit]);
+    for (const bit of MADV_BITS) if ((madv & (1n << BigInt(bit))) !== 0n) calls.push({ nr: SYS.madvise, args: [v.start, len, bit] });
   }
+  r.puppet.callBatch(calls);
 }
 
 /** PR_SET_MM_MAP with every bound, the auxv and the exe file. */
@@ -252,11 +264,9 @@ function setMmMap(r: MmRebuild): void {
 
 export function rebuildMm(r: MmRebuild): PageFill {
   const seedAreas = readMaps(r.proc, r.puppet.tid);
-  for (const a of seedAreas) {
-    if (isSpecialSeedArea(a) || a.path === "[vsyscall]") continue;
-    if (a.start >= r.syscallPage.start && a.end <= r.syscallPage.end) continue;
-    r.puppet.call(SYS.munmap, [a.start, a.end - a.start]);
-  }
+  r.puppet.callBatch(seedAreas
+    .filter((a) => !isSpecialSeedArea(a) && a.path !== "[vsyscall]" && !(a.start >= r.syscallPage.start && a.end <= r.syscallPage.end))
+    .map((a) => ({ nr: SYS.munmap, args: [a.start, a.end - a.start] })));
   const specials = imageSpecialSpans(r.mm.vmas);
   const placement = placeSpecials(r, seedAreas, specials);
   if (placement.proxy) mapOldSpecials(r);
@@ -267,7 +277,7 @@ export function rebuildMm(r: MmRebuild): PageFill {
   const fill = fillPages(r.puppet.tid, r.pages, placement.proxy ? [] : specials);
   if (placement.proxy) proxyOldVdso(r, placement.vdso);
   finishAreas(r);
-  for (const fd of fileFds.values()) r.fds.close(fd);
+  r.fds.closeAll(fileFds.values());
   setMmMap(r);
   return fill;
 }

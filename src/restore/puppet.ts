@@ -80,9 +80,90 @@ export function waitStop(tid: number, what: string): number {
 /** Counters for the stats: injected calls and ptrace stops. */
 export const puppetCounters = { calls: 0, stops: 0 };
 
+/** One call of a batch (Puppet.callBatch), with its arguments as an error shows them. */
+export interface BatchedCall {
+  nr: number;
+  args: readonly Arg[];
+  shown?: readonly string[];
+}
+
+/** A batch record: the call number and six arguments, 8 bytes each. */
+const RECORD_BYTES = 56;
+/** Calls per batch; a longer list runs as several. */
+const BATCH_MAX = 256;
+/** Where the records start in the batch area, after the runner's code. */
+const RECORDS_OFFSET = 0x100;
+/** Bytes the batch area takes: code, records, one result per record. */
+export const BATCH_AREA_SIZE = RECORDS_OFFSET + BATCH_MAX * (RECORD_BYTES + 8);
+
+/**
+ * The batch runner: machine code that makes the calls of a table one after
+ * the other and then stops the task for ckpt, so that N calls cost one
+ * resume and one stop instead of N of each (~0.2 ms apiece here). Entered
+ * with r12 = the records, r13 = their count, r14 = where the results go,
+ * rbx = the task's own tid. It stops at the first call that fails (a result
+ * from -4095 to -1), and in any case ends in tkill(rbx, SIGSTOP): a
+ * signal-delivery stop ckpt takes, at a known address, then suppresses.
+ * SIGSTOP and not int3: the kernel forces an int3's SIGTRAP through a
+ * blocked mask by resetting the task's SIGTRAP action, which would undo a
+ * restored handler. r12 (the record reached) and r15 (the last result)
+ * tell ckpt how far it went.
+ */
+function batchRunnerCode(): { code: number[]; stopAt: number } {
+  const body = [
+    0x49, 0x8b, 0x04, 0x24, // mov rax, [r12]
+    0x49, 0x8b, 0x7c, 0x24, 0x08, // mov rdi, [r12+8]
+    0x49, 0x8b, 0x74, 0x24, 0x10, // mov rsi, [r12+16]
+    0x49, 0x8b, 0x54, 0x24, 0x18, // mov rdx, [r12+24]
+    0x4d, 0x8b, 0x54, 0x24, 0x20, // mov r10, [r12+32]
+    0x4d, 0x8b, 0x44, 0x24, 0x28, // mov r8, [r12+40]
+    0x4d, 0x8b, 0x4c, 0x24, 0x30, // mov r9, [r12+48]
+    0x0f, 0x05, // syscall
+    0x49, 0x89, 0x06, // mov [r14], rax
+    0x49, 0x89, 0xc7, // mov r15, rax
+    0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, // cmp rax, -4095
+  ];
+  const advance = [
+    0x49, 0x83, 0xc4, RECORD_BYTES, // add r12, 56
+    0x49, 0x83, 0xc6, 0x08, // add r14, 8
+    0x49, 0xff, 0xcd, // dec r13
+  ];
+  const stop = [
+    0x48, 0x89, 0xdf, // mov rdi, rbx
+    0xbe, SIG.STOP, 0, 0, 0, // mov esi, SIGSTOP
+    0xb8, SYS.tkill & 0xff, SYS.tkill >> 8, 0, 0, // mov eax, tkill
+    0x0f, 0x05, // syscall
+  ];
+  // loop: test r13, r13; jz done; body; jae done; advance; jmp loop; done: stop; jmp done
+  const toDoneFromJz = body.length + 2 + advance.length + 2;
+  const code = [
+    0x4d, 0x85, 0xed, // test r13, r13
+    0x74, toDoneFromJz, // jz done
+    ...body,
+    0x73, advance.length + 2, // jae done
+    ...advance,
+  ];
+  code.push(0xeb, (256 - (code.length + 2)) & 0xff); // jmp loop
+  const done = code.length;
+  code.push(...stop);
+  const stopAt = code.length;
+  code.push(0xeb, (256 - (code.length + 2 - done)) & 0xff); // jmp done: a resume without new registers stops again
+  return { code, stopAt };
+}
+
+const RUNNER = batchRunnerCode();
+
+/** The runner's bytes, for restore to put into each task's syscall page (all clones then have it). */
+export function batchRunner(): Uint8Array {
+  return Uint8Array.from(RUNNER.code);
+}
+
 export class Puppet {
   /** Registers the calls start from (segment selectors, flags, fs_base of the task as it is). */
   private readonly base: UserRegs;
+
+  /** Where the batch runner and its records are in the task (batchRunner()), 0 while there is none. */
+  batchAt = 0n;
 
   /**
    * The task's pid in ckpt's namespace of the last task its calls cloned
@@ -124,6 +205,54 @@ export class Puppet {
     const r = this.raw(nr, args);
     if (r < 0n && r >= -MAX_ERRNO) throw new PuppetCallError(this.tid, SYSCALL_NAMES.get(nr) ?? `syscall ${nr}`, shown, Number(-r));
     return r;
+  }
+
+  /**
+   * Run calls that must all succeed, in order, with one resume per up to
+   * BATCH_MAX of them (see batchRunnerCode); returns their results. The
+   * first that fails throws as call() would, the ones after it not made.
+   * Without a batch area, one by one.
+   */
+  callBatch(calls: readonly BatchedCall[]): bigint[] {
+    if (this.batchAt === 0n || calls.length < 2) return calls.map((c) => this.call(c.nr, c.args, c.shown));
+    const out: bigint[] = [];
+    for (let i = 0; i < calls.length; i += BATCH_MAX) out.push(...this.runBatch(calls.slice(i, i + BATCH_MAX)));
+    return out;
+  }
+
+  private runBatch(calls: readonly BatchedCall[]): bigint[] {
+    const records = new BigUint64Array(calls.length * 7);
+    calls.forEach((c, i) => {
+      records[i * 7] = BigInt(c.nr);
+      c.args.forEach((a, j) => {
+        records[i * 7 + 1 + j] = BigInt.asUintN(64, BigInt(a));
+      });
+    });
+    const recordsAt = this.batchAt + BigInt(RECORDS_OFFSET);
+    const resultsAt = recordsAt + BigInt(BATCH_MAX * RECORD_BYTES);
+    this.write(recordsAt, new Uint8Array(records.buffer));
+    setRegs(this.tid, { ...this.base, ip: this.batchAt, orig_ax: U64_MASK, r12: recordsAt, r13: BigInt(calls.length), r14: resultsAt, bx: BigInt(this.ownTid) });
+    puppetCounters.calls += calls.length;
+    const stopAt = this.batchAt + BigInt(RUNNER.stopAt);
+    ptrace.cont(this.tid);
+    let regs: UserRegs;
+    for (;;) {
+      const status = waitStop(this.tid, "in a batch of calls");
+      if (ptrace.ptraceEvent(status) === 0 && ptrace.stopSig(status) === SIG.STOP) {
+        regs = getRegs(this.tid);
+        if (regs.ip === stopAt) break;
+      }
+      // A SIGSTOP from outside, or the group stop it led to: passed over, as resumeUntilSyscallStop does.
+      ptrace.cont(this.tid);
+    }
+    const made = Number((regs.r12 - recordsAt) / BigInt(RECORD_BYTES));
+    if (made < calls.length) {
+      const c = calls[made]!;
+      const shown = c.shown ?? c.args.map((x) => (typeof x === "bigint" ? `0x${x.toString(16)}` : String(x)));
+      throw new PuppetCallError(this.tid, SYSCALL_NAMES.get(c.nr) ?? `syscall ${c.nr}`, shown, Number(-BigInt.asIntN(64, regs.r15)));
+    }
+    const results = new BigUint64Array(this.read(resultsAt, calls.length * 8).buffer);
+    return [...results].map((r) => BigInt.asIntN(64, r));
   }
 
   /** Copy bytes into the task's memory (it must be writable there). */

@@ -54,7 +54,7 @@ import { fileIds, validateProcess, validateTree } from "./validate";
 import { findFree, type Range } from "./layout";
 import { rebuildMm } from "./mm";
 import { SharedAnonObjects } from "./shmem";
-import { ALL_SIGNALS, Puppet, puppetCounters, RESTORE_PTRACE_OPTIONS, waitStop } from "./puppet";
+import { ALL_SIGNALS, BATCH_AREA_SIZE, batchRunner, Puppet, puppetCounters, RESTORE_PTRACE_OPTIONS, waitStop } from "./puppet";
 import { restoreRegisters } from "./regs";
 import { startSeed } from "./seed";
 import { startInit } from "./pidns-init";
@@ -139,6 +139,9 @@ const TASK_STOPPED = 3;
 /** Where in the syscall page a new pid namespace's init gets its loop, and its wait status word. */
 const INIT_CODE_OFFSET = 0x8000n;
 const INIT_STATUS_OFFSET = 0x9000n;
+/** Where in the syscall page the batch runner and its records go (puppet.ts, BATCH_AREA_SIZE bytes). */
+const BATCH_OFFSET = 0xa000n;
+if (BATCH_OFFSET + BigInt(BATCH_AREA_SIZE) > SYSCALL_PAGE_SIZE) throw new Error("restore: the batch area does not fit in the syscall page");
 const TASK_DEAD = 2;
 
 /** Everything the images say about one process. */
@@ -460,6 +463,8 @@ async function restoreFrom(
     seedTask.call(SYS.mmap, [pageAt, SYSCALL_PAGE_SIZE, rwx, MAP.PRIVATE | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE, -1, 0]);
     seedTask.write(pageAt, new Uint8Array([0x0f, 0x05]));
     seedTask.syscallAt = pageAt;
+    seedTask.write(pageAt + BATCH_OFFSET, batchRunner());
+    seedTask.batchAt = pageAt + BATCH_OFFSET;
     const scratch = pageAt + SCRATCH_OFFSET;
 
     const tree = createProcesses(seedTask, scratch, pstree, created, zombies, opts.newPidNs ?? false);

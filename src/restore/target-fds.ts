@@ -49,6 +49,11 @@ export class TargetFds {
     this.puppet.call(SYS.close, [fd]);
   }
 
+  /** Close several fds of the task, in one batch of calls. */
+  closeAll(fds: Iterable<number>): void {
+    this.puppet.callBatch([...fds].map((fd) => ({ nr: SYS.close, args: [fd] })));
+  }
+
   /** Close the pidfd; the task keeps only the fds it was given. */
   done(): void {
     if (this.pidfd >= 0) this.puppet.call(SYS.close, [this.pidfd]);

@@ -13,7 +13,7 @@ import { AT, O, SIG, SYS } from "../sys/nr";
 import { SIGINFO_SIZE } from "../sys/structs";
 import type { MmEntry } from "../image/gen/mm_pb";
 import type { ProcFs } from "../proc/procfs";
-import type { Puppet } from "./puppet";
+import type { BatchedCall, Puppet } from "./puppet";
 
 const hex = (v: bigint | number): string => `0x${v.toString(16)}`;
 
@@ -23,6 +23,8 @@ export const PR = {
 } as const;
 const PR_CAP_AMBIENT_RAISE = 2;
 const SS_DISABLE = 2;
+/** sizeof(stack_t): ss_sp, ss_flags (padded), ss_size. */
+const STACK_T_SIZE = 24;
 const SECBIT_NO_SETUID_FIXUP = 1 << 2;
 const LINUX_CAPABILITY_VERSION_3 = 0x20080522;
 
@@ -94,27 +96,28 @@ export function requeueSignals(p: Puppet, scratch: bigint, tgid: number, queue: 
 
 /** Per-thread kernel state a thread sets on itself. */
 export function restoreThreadState(p: Puppet, scratch: bigint, core: CoreEntry, tc: ThreadCoreEntry): void {
+  // One batch of calls; the structs they read lie side by side in scratch: the stack_t, then the name.
+  const calls: BatchedCall[] = [];
   const info = core.threadInfo;
-  if (info) p.call(SYS.set_tid_address, [info.clearTidAddr]);
-  if (tc.futexRla !== 0n) p.call(SYS.set_robust_list, [tc.futexRla, tc.futexRlaLen]);
+  if (info) calls.push({ nr: SYS.set_tid_address, args: [info.clearTidAddr] });
+  if (tc.futexRla !== 0n) calls.push({ nr: SYS.set_robust_list, args: [tc.futexRla, tc.futexRlaLen] });
   const sas = tc.sas;
+  const arg = new Uint8Array(STACK_T_SIZE + 16);
+  const v = new DataView(arg.buffer);
   if (sas && (sas.ssFlags & SS_DISABLE) === 0) {
-    const b = new Uint8Array(24);
-    const v = new DataView(b.buffer);
     v.setBigUint64(0, sas.ssSp, true);
     v.setUint32(8, sas.ssFlags, true);
     v.setBigUint64(16, sas.ssSize, true);
-    p.write(scratch, b);
-    p.call(SYS.sigaltstack, [scratch, 0], [`{sp ${hex(sas.ssSp)}, size ${sas.ssSize}}`, "NULL"]);
+    calls.push({ nr: SYS.sigaltstack, args: [scratch, 0], shown: [`{sp ${hex(sas.ssSp)}, size ${sas.ssSize}}`, "NULL"] });
   }
   const rseq = tc.rseqEntry;
-  if (rseq && rseq.rseqAbiPointer !== 0n) p.call(SYS.rseq, [rseq.rseqAbiPointer, rseq.rseqAbiSize, 0, rseq.signature]);
+  if (rseq && rseq.rseqAbiPointer !== 0n) calls.push({ nr: SYS.rseq, args: [rseq.rseqAbiPointer, rseq.rseqAbiSize, 0, rseq.signature] });
   if (tc.comm) {
-    const name = new Uint8Array(16);
-    name.set(new TextEncoder().encode(tc.comm).subarray(0, 15));
-    p.write(scratch, name);
-    p.call(SYS.prctl, [PR.SET_NAME, scratch], ["PR_SET_NAME", JSON.stringify(tc.comm)]);
+    arg.set(new TextEncoder().encode(tc.comm).subarray(0, 15), STACK_T_SIZE);
+    calls.push({ nr: SYS.prctl, args: [PR.SET_NAME, scratch + BigInt(STACK_T_SIZE)], shown: ["PR_SET_NAME", JSON.stringify(tc.comm)] });
   }
+  p.write(scratch, arg);
+  p.callBatch(calls);
 }
 
 /** The parent-death signal; after the credentials, whose change clears it. */
@@ -164,34 +167,41 @@ function lastCap(): number {
  * securebits, then the capability sets, then raise ambient ones.
  */
 export function restoreCreds(p: Puppet, scratch: bigint, c: CredsEntry): void {
-  p.call(SYS.prctl, [PR.SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP], ["PR_SET_SECUREBITS", "NO_SETUID_FIXUP"]);
-  const groups = new Uint32Array(c.groups);
-  if (groups.length) p.write(scratch, new Uint8Array(groups.buffer));
-  p.call(SYS.setgroups, [groups.length, groups.length ? scratch : 0], [String(groups.length), `[${c.groups.join(",")}]`]);
-  p.call(SYS.setresgid, [c.gid, c.egid, c.sgid]);
-  p.call(SYS.setfsgid, [c.fsgid]);
-  p.call(SYS.setresuid, [c.uid, c.euid, c.suid]);
-  p.call(SYS.setfsuid, [c.fsuid]);
-  const bnd = word64(c.capBnd);
-  const last = lastCap();
-  for (let cap = 0; cap <= last; cap++) {
-    if ((bnd & (1n << BigInt(cap))) === 0n) p.call(SYS.prctl, [PR.CAPBSET_DROP, cap], ["PR_CAPBSET_DROP", String(cap)]);
-  }
-  p.call(SYS.prctl, [PR.SET_SECUREBITS, c.secbits], ["PR_SET_SECUREBITS", hex(c.secbits)]);
+  // One batch of calls, in this order; what capset and setgroups read lies in
+  // scratch: the capability header and data first, the groups after them.
   const eff = word64(c.capEff);
   const prm = word64(c.capPrm);
   const inh = word64(c.capInh);
-  const b = new Uint32Array([
+  const caps = new Uint32Array([
     LINUX_CAPABILITY_VERSION_3, 0,
     Number(eff & 0xffffffffn), Number(prm & 0xffffffffn), Number(inh & 0xffffffffn),
     Number(eff >> 32n), Number(prm >> 32n), Number(inh >> 32n),
   ]);
-  p.write(scratch, new Uint8Array(b.buffer));
-  p.call(SYS.capset, [scratch, scratch + 8n], ["v3", `eff ${hex(eff)} prm ${hex(prm)} inh ${hex(inh)}`]);
+  const groupsAt = scratch + BigInt(caps.byteLength);
+  const arg = new Uint8Array(caps.byteLength + c.groups.length * 4);
+  arg.set(new Uint8Array(caps.buffer));
+  arg.set(new Uint8Array(new Uint32Array(c.groups).buffer), caps.byteLength);
+  p.write(scratch, arg);
+  const calls: BatchedCall[] = [
+    { nr: SYS.prctl, args: [PR.SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP], shown: ["PR_SET_SECUREBITS", "NO_SETUID_FIXUP"] },
+    { nr: SYS.setgroups, args: [c.groups.length, c.groups.length ? groupsAt : 0], shown: [String(c.groups.length), `[${c.groups.join(",")}]`] },
+    { nr: SYS.setresgid, args: [c.gid, c.egid, c.sgid] },
+    { nr: SYS.setfsgid, args: [c.fsgid] },
+    { nr: SYS.setresuid, args: [c.uid, c.euid, c.suid] },
+    { nr: SYS.setfsuid, args: [c.fsuid] },
+  ];
+  const bnd = word64(c.capBnd);
+  const last = lastCap();
+  for (let cap = 0; cap <= last; cap++) {
+    if ((bnd & (1n << BigInt(cap))) === 0n) calls.push({ nr: SYS.prctl, args: [PR.CAPBSET_DROP, cap], shown: ["PR_CAPBSET_DROP", String(cap)] });
+  }
+  calls.push({ nr: SYS.prctl, args: [PR.SET_SECUREBITS, c.secbits], shown: ["PR_SET_SECUREBITS", hex(c.secbits)] });
+  calls.push({ nr: SYS.capset, args: [scratch, scratch + 8n], shown: ["v3", `eff ${hex(eff)} prm ${hex(prm)} inh ${hex(inh)}`] });
   const amb = word64(c.capAmb);
   for (let cap = 0; cap <= last; cap++) {
-    if ((amb & (1n << BigInt(cap))) !== 0n) p.call(SYS.prctl, [PR.CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0], ["PR_CAP_AMBIENT_RAISE", String(cap)]);
+    if ((amb & (1n << BigInt(cap))) !== 0n) calls.push({ nr: SYS.prctl, args: [PR.CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0], shown: ["PR_CAP_AMBIENT_RAISE", String(cap)] });
   }
+  p.callBatch(calls);
 }
 
 /**

@@ -72,7 +72,10 @@ function cloneWithTid(parent: Puppet, scratch: bigint, tid: number, flags: numbe
   if (host <= 0) throw new Error(`clone3 for ${what} gave pid ${got}, but no clone event named it`);
   // Its first stop: the auto-attach stop of a clone event.
   waitStop(host, "before its first stop");
-  return new Puppet(host, parent.syscallAt, tid || (flags & CLONE.NEWPID ? 1 : host));
+  const child = new Puppet(host, parent.syscallAt, tid || (flags & CLONE.NEWPID ? 1 : host));
+  // The syscall page, runner and all, came along with the rest of the memory (or is shared, for a thread).
+  child.batchAt = parent.batchAt;
+  return child;
 }
 
 export interface RestoredTree {

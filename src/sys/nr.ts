@@ -22,7 +22,7 @@ export const SYS = {
   lseek: 8, ftruncate: 77, fchmod: 91, fchown: 93, getresuid: 118, fchownat: 260, mknodat: 259, fchmodat: 268,
   utimensat: 280, timerfd_create: 283, timerfd_settime: 286, timerfd_gettime: 287, signalfd4: 289,
   eventfd2: 290, epoll_create1: 291, inotify_add_watch: 254, inotify_rm_watch: 255, inotify_init1: 294,
-  fanotify_init: 300, fanotify_mark: 301,
+  fanotify_init: 300, fanotify_mark: 301, tkill: 200,
 } as const;
 
 /** fcntl(2) commands. F_GETOWNER_UIDS exists for checkpoint/restore (CONFIG_CHECKPOINT_RESTORE). */
