@@ -420,6 +420,21 @@ describe("lazy migration (post-copy)", () => {
     expect(await selfCheck(pid, out)).toBe("ok");
   });
 
+  test("a tree killed while its lazy pages wait for the destination: the dump ends with one line naming it and removes its images", async () => {
+    const { target } = await onSource([memTarget(), "32", "1"]);
+    const pid = target.pid;
+    const src = join(tempDir("lazy-killed-src"), "img");
+    const dump = await lazyDump(pid, src, freshPort());
+    process.kill(pid, "SIGKILL");
+    const r = await dump.done;
+    expect(r.code).toBe(1);
+    const lines = r.stderr.trim().split("\n").filter((l) => !l.includes("images complete"));
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain(`process ${pid} of the tree died`);
+    expect(existsSync(join(src, "inventory.img"))).toBe(false);
+    await waitFor("the killed tree to be reaped", () => !existsSync(`/proc/${pid}`), 10000);
+  });
+
   test("a destination that goes away before it has every page: the source lets its tree run on and removes its images", async () => {
     const { target, out } = await onSource([memTarget(), "32", "1"]);
     const pid = target.pid;

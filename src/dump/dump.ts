@@ -331,7 +331,12 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       opts.onImagesWritten?.(lazy ? { lazyPagesAt: lazy.where } : {});
       if (lazy) {
         // The tree stays frozen while its pages are fetched; a destination that goes away first leaves it running here (the catch below).
-        lazyResult = await lazy.serve(dumped.map((d) => ({ pid: d.tree.pid, runs: d.pages.lazy })), () => guard.checkpoint());
+        lazyResult = await lazy.serve(dumped.map((d) => ({ pid: d.tree.pid, runs: d.pages.lazy })), async () => {
+          await guard.checkpoint();
+          // Killed from outside while its pages wait: nothing is left to serve, and the set would restore a tree that no longer has them.
+          const dead = dumped.find((d) => processDied(proc, d.tree.pid));
+          if (dead) throw new Error(`process ${dead.tree.pid} of the tree died while its lazy pages waited to be fetched: the images are removed`);
+        });
       }
       release(freezer, "kill");
       released = true;
@@ -549,6 +554,17 @@ async function dumpProcess(
   // Last, so that nothing can fail between protecting the memory and handing the snapshot to the dump.
   const { pages, snapshot: snap } = timePhase(phases, "pages", () => processPages(pid, plan, snapshot, prepared));
   return { tree: p, ids, cores, mm, fdinfo, cwdId, rootId, umask: status.umask ?? 0o022, pages, ...(snap ? { snapshot: snap } : {}) };
+}
+
+/** Whether a process of the frozen tree has died (a zombie now, or reaped). */
+function processDied(proc: ProcFs, pid: number): boolean {
+  try {
+    const state = readStat(proc, pid).state;
+    return state === "Z" || state === "X";
+  } catch (e) {
+    if (e instanceof SysError && (e.errno === Errno.ENOENT || e.errno === Errno.ESRCH)) return true;
+    throw e;
+  }
 }
 
 /** Whether two lists of areas name the same ranges, in the same order. */
