@@ -193,30 +193,40 @@ export function startTinyElf(name: string, bytes: Uint8Array, opts: LaunchOption
   } finally {
     close(fd);
   }
-  let pid: number | null = null;
+  /** The pid once read, or why there is none (the pipe is closed either way). */
+  let outcome: number | Error | null = null;
+  const readPid = (): number => {
+    const out = new Uint8Array(4);
+    let got = 0;
+    try {
+      while (got < 4) {
+        let n: number;
+        try {
+          n = readInto(readEnd, out.subarray(got));
+        } catch (e) {
+          if (e instanceof SysError && e.errno === Errno.EINTR) continue;
+          throw e;
+        }
+        if (n === 0) break;
+        got += n;
+      }
+    } finally {
+      close(readEnd);
+    }
+    if (got !== 4) throw new Error(`${name} did not start (${got} bytes of output)`);
+    return new DataView(out.buffer).getInt32(0, true);
+  };
   return {
     pid(): number {
-      if (pid !== null) return pid;
-      const out = new Uint8Array(4);
-      let got = 0;
-      try {
-        while (got < 4) {
-          let n: number;
-          try {
-            n = readInto(readEnd, out.subarray(got));
-          } catch (e) {
-            if (e instanceof SysError && e.errno === Errno.EINTR) continue;
-            throw e;
-          }
-          if (n === 0) break;
-          got += n;
+      if (outcome === null) {
+        try {
+          outcome = readPid();
+        } catch (e) {
+          outcome = e instanceof Error ? e : new Error(String(e));
         }
-      } finally {
-        close(readEnd);
       }
-      if (got !== 4) throw new Error(`${name} did not start (${got} bytes of output)`);
-      pid = new DataView(out.buffer).getInt32(0, true);
-      return pid;
+      if (outcome instanceof Error) throw outcome;
+      return outcome;
     },
   };
 }
