@@ -542,12 +542,59 @@ export class RemoteSyscalls implements Disposable {
    * as a signed value (-errno on failure, as the kernel returns it).
    */
   syscall(nr: number, args: readonly SyscallArg[] = []): bigint {
-    this.ensureOpen(syscallName(nr));
-    if (args.length > 6) throw new RangeError(`${syscallName(nr)}: ${args.length} arguments, a system call takes at most 6`);
-    const what = `injected ${syscallName(nr)}(${args.map(String).join(", ")})`;
+    const what = this.describeCall(nr, args);
     this.enterTrampoline(what);
     this.load(nr, args);
     return this.finishCall(what);
+  }
+
+  /**
+   * One call in each of several threads (each its own injector), made side
+   * by side: every thread is resumed before any is waited for, so that
+   * their stops overlap instead of adding up (two per call, each a wake-up
+   * of another thread). Every thread goes through exactly the states
+   * syscall() takes it through, so a ckpt that dies meanwhile leaves each of
+   * them on its way home. Returns the results in order.
+   */
+  static syscallEach(calls: readonly { remote: RemoteSyscalls; nr: number; args?: readonly SyscallArg[] }[]): bigint[] {
+    const whats = calls.map((c) => c.remote.describeCall(c.nr, c.args ?? []));
+    // Threads resumed and not yet seen stopped: waited for before an error leaves here.
+    const running = new Set<RemoteSyscalls>();
+    const resume = (r: RemoteSyscalls): void => {
+      r.resumeForStop(0);
+      running.add(r);
+    };
+    const awaitStop = (r: RemoteSyscalls, what: string): ptrace.SyscallStopInfo => {
+      running.delete(r);
+      return r.awaitSyscallStop(what);
+    };
+    try {
+      for (const c of calls) {
+        c.remote.callTimedOut = false;
+        resume(c.remote);
+      }
+      calls.forEach((c, i) => c.remote.checkTrampolineEntry(awaitStop(c.remote, whats[i]!), whats[i]!));
+      for (const c of calls) {
+        c.remote.load(c.nr, c.args ?? []);
+        resume(c.remote);
+      }
+      return calls.map((c, i) => c.remote.callResult(awaitStop(c.remote, whats[i]!), whats[i]!));
+    } finally {
+      for (const r of running) {
+        try {
+          r.awaitSyscallStop("the stop of a call made beside one that failed");
+        } catch {
+          // close() copes with a thread in any state; the first error says more.
+        }
+      }
+    }
+  }
+
+  /** The call as errors name it, after checking the injector is open and the arguments fit. */
+  private describeCall(nr: number, args: readonly SyscallArg[]): string {
+    this.ensureOpen(syscallName(nr));
+    if (args.length > 6) throw new RangeError(`${syscallName(nr)}: ${args.length} arguments, a system call takes at most 6`);
+    return `injected ${syscallName(nr)}(${args.map(String).join(", ")})`;
   }
 
   /**
@@ -555,10 +602,11 @@ export class RemoteSyscalls implements Disposable {
    * arguments (`shown`, or the raw values) and the errno when the call fails.
    */
   check(name: string, nr: number, args: readonly SyscallArg[] = [], shown?: readonly string[]): bigint {
-    return this.checked(name, this.syscall(nr, args), args, shown);
+    return this.checkResult(name, this.syscall(nr, args), args, shown);
   }
 
-  private checked(name: string, result: bigint, args: readonly SyscallArg[], shown?: readonly string[]): bigint {
+  /** A call's result, or the RemoteSyscallError naming it when it failed (see check()). */
+  checkResult(name: string, result: bigint, args: readonly SyscallArg[], shown?: readonly string[]): bigint {
     if (isErrorResult(result)) {
       throw new RemoteSyscallError(this.tid, name, shown ?? args.map((v) => (typeof v === "bigint" ? hex(v) : String(v))), Number(-result));
     }
@@ -600,7 +648,7 @@ export class RemoteSyscalls implements Disposable {
       // Not the fd the chain closes (or no fd at all): back to the plain way home at once.
       ptrace.setRegset(this.tid, NT.PRSTATUS, encodeUserRegs(this.resting));
     }
-    const fd = Number(this.checked(name, created, args, shown));
+    const fd = Number(this.checkResult(name, created, args, shown));
     const closing = `injected close(${fd}) of the ${name} fd`;
     this.enterTrampoline(closing);
     this.load(SYS.close, [fd]);
@@ -613,14 +661,18 @@ export class RemoteSyscalls implements Disposable {
     }
     const closed = this.finishCall(closing);
     if (failure !== undefined) throw failure;
-    this.checked("close", closed, [fd]);
+    this.checkResult("close", closed, [fd]);
     return result as T;
   }
 
   /** Resume the thread into the trampoline's rt_sigreturn and stop at its entry. */
   private enterTrampoline(what: string): void {
     this.callTimedOut = false;
-    const stop = this.resumeToSyscallStop(what);
+    this.checkTrampolineEntry(this.resumeToSyscallStop(what), what);
+  }
+
+  /** That `stop` is the entry of the trampoline's rt_sigreturn, where a call can be loaded. */
+  private checkTrampolineEntry(stop: ptrace.SyscallStopInfo, what: string): void {
     const expectedIp = this.trampoline.address + BigInt(this.trampoline.length);
     if (stop.op !== ptrace.SYSCALL_INFO_OP.ENTRY || stop.nr !== BigInt(SYS.rt_sigreturn) || stop.ip !== expectedIp) {
       const seen = stop.op === ptrace.SYSCALL_INFO_OP.ENTRY ? `the entry of ${syscallName(Number(stop.nr))}` : stop.op === ptrace.SYSCALL_INFO_OP.EXIT ? "a syscall exit" : "a stop that is no syscall stop";
@@ -643,7 +695,11 @@ export class RemoteSyscalls implements Disposable {
 
   /** Run the loaded call to its syscall-exit stop; returns its signed result. */
   private finishCall(what: string): bigint {
-    const stop = this.resumeToSyscallStop(what);
+    return this.callResult(this.resumeToSyscallStop(what), what);
+  }
+
+  /** The signed result of the loaded call, from the stop it ran to. */
+  private callResult(stop: ptrace.SyscallStopInfo, what: string): bigint {
     if (stop.op !== ptrace.SYSCALL_INFO_OP.EXIT) throw new InjectionError(`thread ${this.tid}: ${what} did not come back to a syscall-exit stop (rip ${hex(stop.ip)})`, this.tid);
     const result = stop.rval;
     const r = BigInt.asIntN(64, result);
@@ -663,15 +719,26 @@ export class RemoteSyscalls implements Disposable {
    * timeout interrupt are resumed through; a SIGSTOP is passed on.
    */
   private resumeToSyscallStop(what: string): ptrace.SyscallStopInfo {
-    let resumeSignal = 0;
+    this.resumeForStop(0);
+    return this.awaitSyscallStop(what);
+  }
+
+  /** PTRACE_SYSCALL, with `sig` to deliver (0: none). */
+  private resumeForStop(sig: number): void {
+    ptrace.resumeToSyscall(this.tid, sig);
+    this.leftStop = true;
+  }
+
+  /** The resumed thread's next syscall stop, resuming it through the stops on the way. */
+  private awaitSyscallStop(what: string): ptrace.SyscallStopInfo {
     for (let stops = 0; stops < 100; stops++) {
-      ptrace.resumeToSyscall(this.tid, resumeSignal);
-      this.leftStop = true;
-      resumeSignal = 0;
       const status = this.waitStop(what);
       const event = ptrace.ptraceEvent(status);
       const sig = ptrace.stopSig(status);
-      if (event === PTRACE_EVENT_STOP) continue;
+      if (event === PTRACE_EVENT_STOP) {
+        this.resumeForStop(0);
+        continue;
+      }
       if (event !== 0) throw new InjectionError(`thread ${this.tid}: unexpected ptrace event ${event} (stop signal ${signalName(sig)}) during ${what}`, this.tid);
       if ((sig & 0x7f) === SIG.TRAP) {
         const info = ptrace.syscallInfo(this.tid);
@@ -680,7 +747,7 @@ export class RemoteSyscalls implements Disposable {
       if (sig === SIG.STOP) {
         // Unblockable; resuming with it starts the group stop as the kernel would have.
         this.intercepted.push({ signo: sig, code: 0, handling: "passed" });
-        resumeSignal = sig;
+        this.resumeForStop(sig);
         continue;
       }
       // Every other signal is blocked, so this is one the kernel forced (a

@@ -109,7 +109,12 @@ export function readItimers(remote: RemoteSyscalls): Itimers {
 export function readSigaltstack(remote: RemoteSyscalls): ThreadSasEntry {
   const at = remote.scratchAt(0, STACK_T_SIZE);
   remote.check("sigaltstack", SYS.sigaltstack, [0, at], ["NULL", hex(at)]);
-  const v = view(remote.readScratch(0, STACK_T_SIZE));
+  return decodeSigaltstack(remote.readScratch(0, STACK_T_SIZE));
+}
+
+/** A stack_t as sigaltstack() writes it. */
+export function decodeSigaltstack(bytes: Uint8Array): ThreadSasEntry {
+  const v = view(bytes);
   return create(ThreadSasEntrySchema, {
     ssSp: v.getBigUint64(STACK_T_OFF.sp, true),
     ssSize: v.getBigUint64(STACK_T_OFF.size, true),
@@ -123,16 +128,6 @@ export function readClearTidAddress(remote: RemoteSyscalls): bigint {
   const at = remote.scratchAt(0, 8);
   remote.check("prctl", SYS.prctl, [PR_GET_TID_ADDRESS, at], ["PR_GET_TID_ADDRESS", hex(at)]);
   return view(remote.readScratch(0, 8)).getBigUint64(0, true);
-}
-
-/** The per-thread values of a thread's core image that need the thread's own calls. */
-export interface ThreadInjectedState {
-  sas: ThreadSasEntry;
-  clearTidAddr: bigint;
-}
-
-export function readThreadState(remote: RemoteSyscalls): ThreadInjectedState {
-  return { sas: readSigaltstack(remote), clearTidAddr: readClearTidAddress(remote) };
 }
 
 /** A thread's rseq registration, as PTRACE_GET_RSEQ_CONFIGURATION reports it. */
