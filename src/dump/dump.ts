@@ -40,7 +40,7 @@ import { dumpFds, finishFds, type FilesDump } from "./files/fds";
 import { FileLocks } from "./files/file-locks";
 import { dumpLinkedFile } from "./files/regular";
 import { SocketTable } from "../proc/sock-diag";
-import { Freezer, type FrozenProcess } from "./task/freeze";
+import { collectBeforeFreeze, Freezer, type FrozenProcess } from "./task/freeze";
 import { learnBorrowedCode } from "./task/inject";
 import { onProtectedMemory } from "./task/protected-memory";
 import { KobjIds } from "./ids";
@@ -205,6 +205,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const zombies: { pid: number; core: CoreEntry }[] = [];
   let released = false;
   let frozenAt = 0;
+  let gcMs = 0;
   let frozenMs = 0;
   let memdumpMs = 0;
   let memwriteMs = 0;
@@ -234,6 +235,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       prepared.arm(proc, opts.pid);
       await guard.checkpoint();
     }
+    gcMs = collectBeforeFreeze();
     const tree = freezer.freeze(opts.pid);
     frozenAt = performance.now();
     // What was read and not yet answered before the last thread stopped;
@@ -294,6 +296,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       shpagesScanned: shared.counters.pagesScanned,
       shpagesWritten: shared.counters.pagesWritten,
       irmapMs: files.ctx.irmap.ms,
+      gcMs,
       frozenPhases,
     });
     const inv = inventoryEntry(crypto.randomUUID(), frozenUptime);

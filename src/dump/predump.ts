@@ -28,7 +28,7 @@ import { ProcFs } from "../proc/procfs";
 import { readStat } from "../proc/stat";
 import { callCountsSince, snapshotCallCounts } from "../sys/libc";
 import { explainProcessError, release } from "./dump";
-import { Freezer, type FrozenProcess } from "./task/freeze";
+import { collectBeforeFreeze, Freezer, type FrozenProcess } from "./task/freeze";
 import { learnBorrowedCode } from "./task/inject";
 import { ImageDirWriter } from "../image/image-dir";
 import { InterruptGuard } from "./interrupt";
@@ -105,6 +105,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
   try {
     const parent = opts.prevImagesDir === undefined ? null : ParentImages.open(out, opts.prevImagesDir, opts.pageServer !== undefined);
     learnBorrowedCode(proc, opts.pid);
+    const gcMs = collectBeforeFreeze();
     const tree = freezer.freeze(opts.pid);
     const frozenAt = performance.now();
     const frozenUptime = uptimeMicros(proc);
@@ -163,6 +164,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
       pagesWritten: planned.reduce((s, x) => s + x.plan.pagesToWrite, 0),
       pagesInParent: planned.reduce((s, x) => s + x.plan.pagesInParent, 0),
       irmapMs: irmap.ms,
+      gcMs,
     };
     const inv = inventoryEntry(crypto.randomUUID(), frozenUptime);
     inv.preDumpMode = PRE_DUMP_MODE_READ;

@@ -34,6 +34,8 @@ export interface DumpFigures {
   shpagesWritten?: number;
   /** Finding paths for watched inodes (the irmap), when the dump had any. */
   irmapMs?: number;
+  /** ckpt's own garbage collected just before the freeze (collectBeforeFreeze), ms; the tree still runs then. */
+  gcMs?: number;
   /** A snapshot dump (dump -R): how its memory was copied (snapshot.ts). */
   snapshot?: SnapshotCounters;
   /** Where the frozen time went, summed over the tree's processes (FrozenPhases). */

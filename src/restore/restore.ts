@@ -382,6 +382,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if (opts.waitImagesMs === undefined) images = ImageSet.open(opts.dir);
     else {
       early.seed = await holdSeed(!opts.shellJob);
+      // ckpt's own garbage collected now, so that no collection falls in the
+      // restore once the images are here (see collectBeforeFreeze).
+      Bun.gc(true);
       images = await ImageSet.whenComplete(opts.dir, opts.waitImagesMs);
       // The figures count from the set's arrival, not from the start of a restore that waited for it.
       waitedMs = performance.now() - started;

@@ -49,6 +49,21 @@ function isErrno(e: unknown, errno: number): boolean {
   return e instanceof SysError && e.errno === errno;
 }
 
+/**
+ * Collect ckpt's own garbage now, just before a freeze: a collection that
+ * falls inside the frozen window stops ckpt, and so the tree, for 1-10 ms,
+ * and the window allocates enough (protobuf messages, buffers, BigInts) to
+ * set one off. Made while the tree still runs, the heap then small, it
+ * leaves the window free of them: a 4-thread 256 MiB process measured
+ * 20-32 ms frozen (median 21.9) with it, 27-38 (31.5) without. Returns
+ * its time, ms.
+ */
+export function collectBeforeFreeze(): number {
+  const t = performance.now();
+  Bun.gc(true);
+  return performance.now() - t;
+}
+
 export class Freezer {
   /** Seized threads, by tid, with the pid of their process. */
   private readonly seized = new Map<number, number>();
