@@ -317,7 +317,8 @@ describe("lazy migration (post-copy)", () => {
   });
 
   test("a locked area is never lazy and a droppable one never saved, though maps cannot tell them apart: the tree verifies itself at the destination", async () => {
-    const { target, out } = await onSource([kernelStateTarget()]);
+    // 96 MiB besides: big enough that its pages are scanned while smaps is read (dump.ts), on the areas maps names.
+    const { target, out } = await onSource([kernelStateTarget(), "96"]);
     const pid = target.pid;
     const [src, dst] = [join(tempDir("lazy-flags-src"), "img"), join(tempDir("lazy-flags-dst"), "img")];
     const port = freshPort();

@@ -25,7 +25,7 @@ import { SeccompEntrySchema } from "../image/gen/seccomp_pb";
 import { TaskKobjIdsEntrySchema } from "../image/gen/core_pb";
 import { TimensEntrySchema, TimespecSchema } from "../image/gen/timens_pb";
 import { kind } from "../image/magic";
-import { readMaps, readSmapsInBackground, type MapArea } from "../proc/maps";
+import { readMaps, readSmaps, readSmapsInBackground, type MapArea } from "../proc/maps";
 import { ProcFs } from "../proc/procfs";
 import { readStat } from "../proc/stat";
 import { readStatus } from "../proc/status";
@@ -487,19 +487,22 @@ async function dumpProcess(
   // 2 GiB. Both start after the injected calls, whose scratch mapping (when
   // the stack has no room) and brk(0) (which takes the address space's write
   // lock, and would wait for the whole smaps walk) change or block them.
-  const smaps = readSmapsInBackground(proc, pid, false);
+  // A small process's smaps is read after the scan, on this thread: a read
+  // on the pool costs a thread's wake-up and a turn of the event loop
+  // (~3 ms), more than the walk.
+  const smaps = stat.rssPages * PAGE_SIZE >= SMAPS_IN_BACKGROUND_BYTES ? readSmapsInBackground(proc, pid, false) : null;
   const prepared = ahead?.take(pid) ?? null;
   const scan = (saved: readonly MapArea[]): PagePlan => timePhase(phases, "pageScan", () =>
     planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved), opts.lazyPages ? saved.filter(isLazyArea) : [], prepared !== null));
-  // Only a scan without tracking can run ahead: it has no side effect, so one
+  // Only a scan without tracking runs ahead of smaps: it has no side effect, so one
   // made on the wrong areas is simply made again. A tracked scan registers
   // and protects the areas it is given.
-  const early = tracking.method === null ? (() => {
+  const early = smaps && tracking.method === null ? (() => {
     const saved = timePhase(phases, "areas", () => readMaps(proc, pid).filter(savesPages));
     return { saved, plan: scan(saved) };
   })() : null;
   const areasStarted = performance.now();
-  const vmas = dumpVmas(proc, pid, await smaps, table, mapFiles, objects);
+  const vmas = dumpVmas(proc, pid, smaps ? await smaps : readSmaps(proc, pid, false), table, mapFiles, objects);
   phases.areas += performance.now() - areasStarted;
   const saved = vmas.filter((v) => v.savePages).map((v) => v.area);
   // maps lacks the VmFlags: a droppable area is not saved, a locked one not lazy.
@@ -558,6 +561,9 @@ async function dumpProcess(
   const { pages, snapshot: snap } = timePhase(phases, "pages", () => processPages(pid, plan, snapshot, prepared));
   return { tree: p, ids, cores, mm, fdinfo, cwdId, rootId, umask: status.umask ?? 0o022, pages, ...(snap ? { snapshot: snap } : {}) };
 }
+
+/** Resident memory from which smaps is read on another core while the pages are scanned (its walk then costs more than the hand-over). */
+const SMAPS_IN_BACKGROUND_BYTES = 64 * 1024 * 1024;
 
 /** Whether a process of the frozen tree has died (a zombie now, or reaped). */
 function processDied(proc: ProcFs, pid: number): boolean {

@@ -17,6 +17,8 @@ export interface ProcStat {
   numThreads: number;
   /** Start time after boot, in clock ticks. */
   startTime: bigint;
+  /** Resident pages (proc(5) field 24). */
+  rssPages: number;
   rtPriority: number;
   policy: number;
   startCode: bigint;
@@ -62,6 +64,7 @@ export function parseStat(text: string): ProcStat {
     nice: num(19),
     numThreads: num(20),
     startTime: big(22),
+    rssPages: num(24),
     rtPriority: num(40),
     policy: num(41),
     startCode: big(26),

@@ -190,6 +190,7 @@ export function sharedTreeTarget(): string {
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 static volatile sig_atomic_t check_requested;
@@ -321,6 +322,7 @@ int main(void) {
  * registered), the audit login uid (set to 4321 where the kernel allows) and
  * a bounding set without CAP_MKNOD.
  * Prints "ready PID LOGINUID"; its self-check answers "ok" or "bad ...".
+ * An optional argument: MiB of ordinary memory to hold besides (written).
  */
 export function kernelStateTarget(): string {
   return buildC("kernelstatetarget", `
@@ -355,8 +357,15 @@ static int vmflags(char *addr, char *out) {
   fclose(f);
   return -1;
 }
-int main(void) {
+int main(int argc, char **argv) {
   long pg = sysconf(_SC_PAGESIZE);
+  /* Optional ballast: MiB of ordinary memory, written, to make the process big. */
+  size_t ballast = argc > 1 ? (size_t)atol(argv[1]) << 20 : 0;
+  if (ballast) {
+    char *b = mmap(0, ballast, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b == MAP_FAILED) return 8;
+    memset(b, 7, ballast);
+  }
   /* Separated by a gap each so that the kernel cannot merge them. */
   char *base = mmap(0, 16 * pg, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   int advice[NAREAS] = { -1, MADV_SEQUENTIAL, MADV_RANDOM, -1 };
