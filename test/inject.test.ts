@@ -528,6 +528,58 @@ describe("remote system calls", () => {
     }
   });
 
+  test("calls side by side in two threads (syscallEach): each gets its own result, a failure is its own, both come back exactly", async () => {
+    const dir = tempDir("inject-each-fifo");
+    const fifo = join(dir, "fifo");
+    expect(Bun.spawnSync(["mkfifo", fifo]).exitCode).toBe(0);
+    const { target, out, words } = await start("inject-state", STATE_C, [fifo]);
+    const pid = Number(words[0]);
+    const thr = Number(words[1]);
+    const altMain = BigInt(`0x${words[6]}`);
+    const altThr = BigInt(`0x${words[7]}`);
+    let seized: number[] = [];
+    try {
+      await waitInSyscall(pid, pid, SYS.read);
+      await waitInSyscall(pid, thr, SYS.read);
+      seized = freeze([pid, thr]);
+      const before = [snapshot(pid), snapshot(thr)];
+      const remotes = [RemoteSyscalls.open(pid, { proc }), RemoteSyscalls.open(thr, { proc })];
+      try {
+        expect(RemoteSyscalls.syscallEach(remotes.map((remote) => ({ remote, nr: SYS.gettid })))).toEqual([BigInt(pid), BigInt(thr)]);
+        // Each thread's own alternate stack, into its own scratch.
+        const at = remotes.map((r) => r.scratchAt(0, 24));
+        expect(RemoteSyscalls.syscallEach(remotes.map((remote, i) => ({ remote, nr: SYS.sigaltstack, args: [0, at[i]!] })))).toEqual([0n, 0n]);
+        const sp = remotes.map((r) => new DataView(r.readScratch(0, 8).buffer).getBigUint64(0, true));
+        expect(sp).toEqual([altMain, altThr]);
+        // A bad sigsetsize in the second thread only: its -EINVAL, the first's success.
+        const old = remotes.map((r) => r.scratchAt(0, 32));
+        expect(RemoteSyscalls.syscallEach([
+          { remote: remotes[0]!, nr: SYS.rt_sigaction, args: [1, 0, old[0]!, 8] },
+          { remote: remotes[1]!, nr: SYS.rt_sigaction, args: [1, 0, old[1]!, 7] },
+        ])).toEqual([0n, -22n]);
+        // And one call each after it, as before.
+        expect(remotes.map((r) => r.syscall(SYS.gettid))).toEqual([BigInt(pid), BigInt(thr)]);
+      } finally {
+        for (const r of remotes) r.close();
+      }
+      expectUnchanged(pid, before[0]!);
+      expectUnchanged(thr, before[1]!);
+    } finally {
+      release(seized);
+    }
+    try {
+      const fd = openat(AT.FDCWD, fifo, O.WRONLY | O.NONBLOCK);
+      try {
+        writeAll(fd, new TextEncoder().encode("x"));
+      } finally {
+        close(fd);
+      }
+      expect(await outputLine(out, (l) => l === "OK" || l.startsWith("FAIL"), "the target's verdict")).toBe("OK");
+    } finally {
+      target.kill();
+    }
+  });
+
   test("a thread stopped in nanosleep sleeps its full time after injection (ERESTART_RESTARTBLOCK survives)", async () => {
     for (const options of [{}, { scratch: "mmap" }] as const) {
       const { target, out } = await start("inject-sleep", SLEEP_C, ["1500"]);
