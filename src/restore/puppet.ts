@@ -211,10 +211,11 @@ export class Puppet {
    * Run calls that must all succeed, in order, with one resume per up to
    * BATCH_MAX of them (see batchRunnerCode); returns their results. The
    * first that fails throws as call() would, the ones after it not made.
-   * Without a batch area, one by one.
+   * Without a batch area, and in a pid namespace's init, one by one.
    */
   callBatch(calls: readonly BatchedCall[]): bigint[] {
-    if (this.batchAt === 0n || calls.length < 2) return calls.map((c) => this.call(c.nr, c.args, c.shown));
+    // A pid namespace's init ignores a SIGSTOP from inside its namespace, its own too: it could never stop.
+    if (this.batchAt === 0n || this.ownTid === 1 || calls.length < 2) return calls.map((c) => this.call(c.nr, c.args, c.shown));
     const out: bigint[] = [];
     for (let i = 0; i < calls.length; i += BATCH_MAX) out.push(...this.runBatch(calls.slice(i, i + BATCH_MAX)));
     return out;
