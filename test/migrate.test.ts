@@ -9,6 +9,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
+import { CoreEntrySchema } from "../src/image/gen/core_pb";
 import { MmEntrySchema } from "../src/image/gen/mm_pb";
 import type { PagemapEntry } from "../src/image/gen/pagemap_pb";
 import { decodeIov, decodeTarget, encodeIov, encodeTarget, PS, PSI_SIZE } from "../src/transfer/protocol";
@@ -286,6 +287,13 @@ describe("lazy migration (post-copy)", () => {
     expect(pagesFlagged(pm.entries, PE_LAZY)).toBeGreaterThanOrEqual(64 * 256);
     expect(statSync(join(src, `pages-${pm.pagesId}.img`)).size).toBe(pagesFlagged(pm.entries, PE_PRESENT) * 4096);
     expect(pagesFlagged(pm.entries, PE_PRESENT)).toBeLessThan(4096);
+    // Each thread's rseq area, which the kernel writes before the restored tree runs, is saved, not lazy.
+    const rseqAreas = readdirSync(src).filter((n) => /^core-\d+\.img$/.test(n)).map((n) => entries(src, n, CoreEntrySchema)[0]?.threadCore?.rseqEntry?.rseqAbiPointer ?? 0n).filter((a) => a !== 0n);
+    expect(rseqAreas.length).toBe(3);
+    for (const at of rseqAreas) {
+      const holding = pm.entries.filter((e) => e.vaddr <= at && at < e.vaddr + BigInt(count(e) * 4096));
+      expect(holding.map((e) => e.flags & (PE_LAZY | PE_PRESENT))).toEqual([PE_PRESENT]);
+    }
     // The source tree is frozen meanwhile.
     expect(readFileSync(`/proc/${pid}/status`, "utf8")).toMatch(/State:\s+t/);
 

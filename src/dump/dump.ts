@@ -52,7 +52,7 @@ import { inventoryEntry, uptimeMicros } from "./inventory";
 import { dumpVmas, mmEntry, parseAuxv, savesPages, type MapFilesCounters } from "./memory/mm";
 import { SharedAnonMemory } from "./memory/shmem";
 import { readTaskState } from "./task/remote-state";
-import { planProcessPages, saveProcessPages, type PageCopy, type PagePlan } from "./memory/page-dump";
+import { planProcessPages, saveProcessPages, type LazyRange, type PageCopy, type PagePlan } from "./memory/page-dump";
 import type { PageStore } from "../image/page-store";
 import { openPageStore } from "../transfer/page-client";
 import { LazySource, type LazyServeResult } from "../transfer/lazy-source";
@@ -492,8 +492,12 @@ async function dumpProcess(
   // (~3 ms), more than the walk.
   const smaps = stat.rssPages * PAGE_SIZE >= SMAPS_IN_BACKGROUND_BYTES ? readSmapsInBackground(proc, pid, false) : null;
   const prepared = ahead?.take(pid) ?? null;
+  // A lazy dump saves the pages the kernel writes before the restored tree
+  // runs, each thread's rseq area (updated on its way back to user mode): a
+  // fault there would hold the restore's last step until the source sent it.
+  const eager = opts.lazyPages ? p.threads.flatMap((tid) => rseqPages(tid)) : [];
   const scan = (saved: readonly MapArea[]): PagePlan => timePhase(phases, "pageScan", () =>
-    planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved), opts.lazyPages ? saved.filter(isLazyArea) : [], prepared !== null));
+    planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved), opts.lazyPages ? outsideRanges(saved.filter(isLazyArea), eager) : [], prepared !== null));
   // Only a scan without tracking runs ahead of smaps: it has no side effect, so one
   // made on the wrong areas is simply made again. A tracked scan registers
   // and protects the areas it is given.
@@ -574,6 +578,26 @@ function processDied(proc: ProcFs, pid: number): boolean {
     if (e instanceof SysError && (e.errno === Errno.ENOENT || e.errno === Errno.ESRCH)) return true;
     throw e;
   }
+}
+
+/** The pages of a thread's rseq area, [start, end); none when it registered none. */
+function rseqPages(tid: number): LazyRange[] {
+  const { rseqAbiPointer: at, rseqAbiSize: size } = readRseq(tid).entry;
+  if (at === 0n) return [];
+  const page = BigInt(PAGE_SIZE);
+  return [{ start: at - (at % page), end: ((at + BigInt(Math.max(size, 1)) + page - 1n) / page) * page }];
+}
+
+/** The parts of `areas` outside every range of `holes`. */
+function outsideRanges(areas: readonly LazyRange[], holes: readonly LazyRange[]): LazyRange[] {
+  let out: LazyRange[] = areas.map((a) => ({ start: a.start, end: a.end }));
+  for (const h of holes) {
+    out = out.flatMap((a) => {
+      if (h.end <= a.start || h.start >= a.end) return [a];
+      return [...(a.start < h.start ? [{ start: a.start, end: h.start }] : []), ...(h.end < a.end ? [{ start: h.end, end: a.end }] : [])];
+    });
+  }
+  return out;
 }
 
 /** Whether two lists of areas name the same ranges, in the same order. */

@@ -124,7 +124,7 @@ const byAddress = (x: PageRun, y: PageRun): number => (x.vaddr < y.vaddr ? -1 : 
  * overlapping) as lazy; a run spanning neighbouring areas is split at their
  * bounds. In-parent runs stay as they are.
  */
-function markLazy(runs: readonly PageRun[], lazyAreas: readonly MapArea[]): PageRun[] {
+function markLazy(runs: readonly PageRun[], lazyAreas: readonly LazyRange[]): PageRun[] {
   if (lazyAreas.length === 0) return [...runs];
   const out: PageRun[] = [];
   const page = BigInt(PAGE_SIZE);
@@ -151,6 +151,12 @@ function markLazy(runs: readonly PageRun[], lazyAreas: readonly MapArea[]): Page
   return out;
 }
 
+/** Part of an area whose pages a lazy dump leaves to the source, [start, end). */
+export interface LazyRange {
+  start: bigint;
+  end: bigint;
+}
+
 /**
  * Find the pages to save (the tree is frozen). `lazyAreas`: a lazy dump's
  * areas whose pages are left for the source to serve (PE_LAZY).
@@ -163,7 +169,7 @@ function markLazy(runs: readonly PageRun[], lazyAreas: readonly MapArea[]): Page
  */
 export function planProcessPages(
   pid: number, areas: readonly MapArea[], choice: PageScanChoice, proc: ProcFs, counters: PageCounters, tracking: ProcessTracking | null,
-  lazyAreas: readonly MapArea[] = [], findWritten = false,
+  lazyAreas: readonly LazyRange[] = [], findWritten = false,
 ): PagePlan {
   const t = performance.now();
   const method = methodOf(choice);
