@@ -11,6 +11,11 @@
  * 1.4-1.6 s against 0.43-0.44 s in `ckpt restore`, the target's own faults
  * included in both). The windows live as long as ckpt, so their pages are
  * faulted in once per restore, not once per process or round.
+ *
+ * Why not let the task pread its pages itself (one copy, not two): its own
+ * faults, one per page in copy_to_user, cost far more than the ones
+ * process_vm_writev takes through get_user_pages. 1 GiB took 2.9 s that way
+ * against 0.35 s this way (batched injected preads, measured side by side).
  */
 import { addressOf, close, fstat, openat, preadFull, processVmWritev } from "../sys/libc";
 import { AT, O, PAGE_SIZE } from "../sys/nr";
