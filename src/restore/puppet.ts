@@ -224,6 +224,7 @@ export class Puppet {
   private runBatch(calls: readonly BatchedCall[]): bigint[] {
     const records = new BigUint64Array(calls.length * 7);
     calls.forEach((c, i) => {
+      if (c.args.length > 6) throw new RangeError(`${SYSCALL_NAMES.get(c.nr) ?? `syscall ${c.nr}`}: ${c.args.length} arguments, a system call takes at most 6`);
       records[i * 7] = BigInt(c.nr);
       c.args.forEach((a, j) => {
         records[i * 7 + 1 + j] = BigInt.asUintN(64, BigInt(a));
