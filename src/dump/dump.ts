@@ -27,7 +27,7 @@ import { TimensEntrySchema, TimespecSchema } from "../image/gen/timens_pb";
 import { kind } from "../image/magic";
 import { readMaps, readSmaps, readSmapsInBackground, type MapArea } from "../proc/maps";
 import { ProcFs } from "../proc/procfs";
-import { readStat } from "../proc/stat";
+import { hasExited, readStat } from "../proc/stat";
 import { readStatus } from "../proc/status";
 import { addressOf, callCountsSince, snapshotCallCounts, syscall } from "../sys/libc";
 import { PAGE_SIZE, SIG, SYS } from "../sys/nr";
@@ -337,7 +337,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
         lazyResult = await lazy.serve(dumped.map((d) => ({ pid: d.tree.pid, runs: d.pages.lazy })), async () => {
           await guard.checkpoint();
           // Killed from outside while its pages wait: nothing is left to serve, and the set would restore a tree that no longer has them.
-          const dead = dumped.find((d) => processDied(proc, d.tree.pid));
+          const dead = dumped.find((d) => hasExited(proc, d.tree.pid));
           if (dead) throw new Error(`process ${dead.tree.pid} of the tree died while its lazy pages waited to be fetched: the images are removed`);
         });
       }
@@ -568,17 +568,6 @@ async function dumpProcess(
 
 /** Resident memory from which smaps is read on another core while the pages are scanned (its walk then costs more than the hand-over). */
 const SMAPS_IN_BACKGROUND_BYTES = 64 * 1024 * 1024;
-
-/** Whether a process of the frozen tree has died (a zombie now, or reaped). */
-function processDied(proc: ProcFs, pid: number): boolean {
-  try {
-    const state = readStat(proc, pid).state;
-    return state === "Z" || state === "X";
-  } catch (e) {
-    if (e instanceof SysError && (e.errno === Errno.ENOENT || e.errno === Errno.ESRCH)) return true;
-    throw e;
-  }
-}
 
 /** The pages of a thread's rseq area, [start, end); none when it registered none. */
 function rseqPages(tid: number): LazyRange[] {

@@ -1,4 +1,5 @@
 /** /proc/PID/stat: the one-line task summary. */
+import { Errno, SysError } from "../sys/errno";
 import type { ProcFs, ProcTarget } from "./procfs";
 
 export interface ProcStat {
@@ -83,4 +84,15 @@ export function parseStat(text: string): ProcStat {
 
 export function readStat(proc: ProcFs, target: ProcTarget, tid?: number): ProcStat {
   return parseStat(proc.readText(target, tid === undefined ? "stat" : `task/${tid}/stat`));
+}
+
+/** Whether a task has exited: a zombie, dead, or gone from /proc. Other errors are thrown. */
+export function hasExited(proc: ProcFs, pid: number, tid?: number): boolean {
+  try {
+    const state = readStat(proc, pid, tid).state;
+    return state === "Z" || state === "X";
+  } catch (e) {
+    if (e instanceof SysError && (e.errno === Errno.ENOENT || e.errno === Errno.ESRCH)) return true;
+    throw e;
+  }
 }

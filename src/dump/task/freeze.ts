@@ -15,7 +15,7 @@ import { getpid, kill, waitpid } from "../../sys/libc";
 import { SIG, W } from "../../sys/nr";
 import * as ptrace from "../../sys/ptrace";
 import type { ProcFs } from "../../proc/procfs";
-import { readStat } from "../../proc/stat";
+import { hasExited, readStat } from "../../proc/stat";
 import { readAllChildren, readThreads } from "../../proc/task";
 import type { TreeTask } from "../pstree";
 import { answerWaitingWrites, answeringWrites } from "./protected-memory";
@@ -159,13 +159,7 @@ export class Freezer {
   }
 
   private hasExited(pid: number, tid: number): boolean {
-    try {
-      const state = readStat(this.proc, pid, tid).state;
-      return state === "Z" || state === "X";
-    } catch (e) {
-      if (isErrno(e, Errno.ENOENT) || isErrno(e, Errno.ESRCH)) return true;
-      throw e;
-    }
+    return hasExited(this.proc, pid, tid);
   }
 
   /**
