@@ -30,6 +30,16 @@ const SYSCALL_STOP_SIG = 5 | 0x80;
 
 const SYSCALL_NAMES: ReadonlyMap<number, string> = new Map(Object.entries(SYS).map(([name, nr]) => [nr, name]));
 
+/** A call's name as errors give it. */
+function callName(nr: number): string {
+  return SYSCALL_NAMES.get(nr) ?? `syscall ${nr}`;
+}
+
+/** Arguments as errors show them when the caller gives no words for them. */
+function showArgs(args: readonly Arg[]): string[] {
+  return args.map((x) => (typeof x === "bigint" ? `0x${x.toString(16)}` : String(x)));
+}
+
 export type Arg = number | bigint;
 
 /** An injected call returned -errno. */
@@ -201,9 +211,9 @@ export class Puppet {
   }
 
   /** Run a system call that must succeed; the error names the call, its arguments and the task. */
-  call(nr: number, args: readonly Arg[], shown: readonly string[] = args.map((x) => (typeof x === "bigint" ? `0x${x.toString(16)}` : String(x)))): bigint {
+  call(nr: number, args: readonly Arg[], shown: readonly string[] = showArgs(args)): bigint {
     const r = this.raw(nr, args);
-    if (r < 0n && r >= -MAX_ERRNO) throw new PuppetCallError(this.tid, SYSCALL_NAMES.get(nr) ?? `syscall ${nr}`, shown, Number(-r));
+    if (r < 0n && r >= -MAX_ERRNO) throw new PuppetCallError(this.tid, callName(nr), shown, Number(-r));
     return r;
   }
 
@@ -224,7 +234,7 @@ export class Puppet {
   private runBatch(calls: readonly BatchedCall[]): bigint[] {
     const records = new BigUint64Array(calls.length * 7);
     calls.forEach((c, i) => {
-      if (c.args.length > 6) throw new RangeError(`${SYSCALL_NAMES.get(c.nr) ?? `syscall ${c.nr}`}: ${c.args.length} arguments, a system call takes at most 6`);
+      if (c.args.length > 6) throw new RangeError(`${callName(c.nr)}: ${c.args.length} arguments, a system call takes at most 6`);
       records[i * 7] = BigInt(c.nr);
       c.args.forEach((a, j) => {
         records[i * 7 + 1 + j] = BigInt.asUintN(64, BigInt(a));
@@ -250,8 +260,7 @@ export class Puppet {
     const made = Number((regs.r12 - recordsAt) / BigInt(RECORD_BYTES));
     if (made < calls.length) {
       const c = calls[made]!;
-      const shown = c.shown ?? c.args.map((x) => (typeof x === "bigint" ? `0x${x.toString(16)}` : String(x)));
-      throw new PuppetCallError(this.tid, SYSCALL_NAMES.get(c.nr) ?? `syscall ${c.nr}`, shown, Number(-BigInt.asIntN(64, regs.r15)));
+      throw new PuppetCallError(this.tid, callName(c.nr), c.shown ?? showArgs(c.args), Number(-BigInt.asIntN(64, regs.r15)));
     }
     const results = new BigUint64Array(this.read(resultsAt, calls.length * 8).buffer);
     return [...results].map((r) => BigInt.asIntN(64, r));
@@ -341,7 +350,7 @@ export class Puppet {
   private resumeUntilSyscallStop(nr: number): void {
     ptrace.resumeToSyscall(this.tid);
     for (;;) {
-      const status = waitStop(this.tid, `in ${SYSCALL_NAMES.get(nr) ?? `syscall ${nr}`}`);
+      const status = waitStop(this.tid, `in ${callName(nr)}`);
       if (ptrace.stopSig(status) === SYSCALL_STOP_SIG) return;
       const event = ptrace.ptraceEvent(status);
       if (event >= PTRACE_EVENT_FORK && event <= PTRACE_EVENT_CLONE) this.lastCloned = ptrace.eventMsg(this.tid);

@@ -158,10 +158,6 @@ export class Freezer {
     return { processes, changed };
   }
 
-  private hasExited(pid: number, tid: number): boolean {
-    return hasExited(this.proc, pid, tid);
-  }
-
   /**
    * Stop one thread of a process that is not being frozen, to let it go
    * again with release(): its way back from the stop passes through user
@@ -211,7 +207,7 @@ export class Freezer {
         // The kernel refuses to attach to a task that has begun to exit (its
         // exit state is set): it is a zombie now, or gone, and the next walk
         // takes it as such.
-        if (this.hasExited(pid, tid)) {
+        if (hasExited(this.proc, pid, tid)) {
           this.exited.add(tid);
           return;
         }
