@@ -81,10 +81,10 @@ describe("ckpt killed at any moment", () => {
   test("ckpt dump (no -R) SIGKILLed at random moments: the target runs on untouched, or the image set is whole before the tree is gone", async () => {
     let t = await sturdy();
     const argvFor = (dir: string): string[] => [process.execPath, MAIN, "dump", "-t", String(t.pid), "-D", dir];
-    const window = (await timeWholeRun(argvFor(join(tempDir("kill"), "full")), t.pid)).tracedMs;
+    let window = (await timeWholeRun(argvFor(join(tempDir("kill"), "full")), t.pid)).tracedMs;
     t = await sturdy(); // that dump killed the first one
     let incomplete = 0;
-    for (let i = 0; i < 10 && incomplete < 3; i++) {
+    for (let i = 0; i < 16 && incomplete < 3; i++) {
       const dir = join(tempDir("kill"), "img");
       const o = await killDuring(argvFor(dir), dir, { afterTracedMs: window * Math.random() }, t);
       expect({ i, falselyComplete: o.falselyComplete }).toEqual({ i, falselyComplete: false });
@@ -92,6 +92,10 @@ describe("ckpt killed at any moment", () => {
         // The set was whole before the kill of the tree began: the tree may be gone, that is the dump's job.
         t.target.kill();
         t = await sturdy();
+        // The timing run is often slower than later runs (cold caches, a
+        // loaded machine): a kill that came after the set was whole narrows
+        // the window, or every kill may land too late to test anything.
+        window *= 0.6;
       } else {
         incomplete++;
         expect({ i, broken: o.broken }).toEqual({ i, broken: [] });

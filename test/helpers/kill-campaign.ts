@@ -249,7 +249,8 @@ export async function brokenPromises(pid: number, out: string, before: Baseline)
     }
   }
   // Gone for good (a whole dump without -R ends by killing it): "gone" satisfied the wait above.
-  if (!existsSync(`/proc/${pid}/task`)) return ["target died"];
+  // A zombie whose reaper is slow (init, for a detached target) answers no self-check: say so at once.
+  if (!existsSync(`/proc/${pid}/task`) || /^[ZX]/.test(field(pid, pid, "State"))) return ["target died"];
   if (threadsOf(pid).join(",") !== before.threads.join(",")) broken.push("threads changed");
   const fds = fdList(pid);
   if (fds.join("\n") !== before.fds.join("\n")) broken.push(`fds changed: ${fds.filter((f) => !before.fds.includes(f)).join(", ") || "some closed"}`);
