@@ -16,6 +16,7 @@ import type { FileValidation } from "../image/file-validation";
 import { create } from "@bufbuild/protobuf";
 import { ImageEncoder } from "../image/encode";
 import { CoreEntry_March, CoreEntrySchema, TaskCoreEntrySchema, TaskRlimitsEntrySchema, ThreadCoreEntrySchema, ThreadSasEntrySchema, type CoreEntry, type TaskKobjIdsEntry } from "../image/gen/core_pb";
+import type { RseqEntry } from "../image/gen/rseq_pb";
 import { FdinfoEntrySchema, FileEntrySchema, type FdinfoEntry } from "../image/gen/fdinfo_pb";
 import { FsEntrySchema } from "../image/gen/fs_pb";
 import { MmEntrySchema, type MmEntry } from "../image/gen/mm_pb";
@@ -52,7 +53,7 @@ import { inventoryEntry, uptimeMicros } from "./inventory";
 import { dumpVmas, mmEntry, parseAuxv, savesPages, type MapFilesCounters } from "./memory/mm";
 import { SharedAnonMemory } from "./memory/shmem";
 import { readTaskState } from "./task/remote-state";
-import { planProcessPages, saveProcessPages, type LazyRange, type PageCopy, type PagePlan } from "./memory/page-dump";
+import { lazyRanges, planProcessPages, saveProcessPages, type LazyRange, type PageCopy, type PagePlan } from "./memory/page-dump";
 import type { PageStore } from "../image/page-store";
 import { openPageStore } from "../transfer/page-client";
 import { LazySource, type LazyServeResult } from "../transfer/lazy-source";
@@ -492,12 +493,15 @@ async function dumpProcess(
   // (~3 ms), more than the walk.
   const smaps = stat.rssPages * PAGE_SIZE >= SMAPS_IN_BACKGROUND_BYTES ? readSmapsInBackground(proc, pid, false) : null;
   const prepared = ahead?.take(pid) ?? null;
-  // A lazy dump saves the pages the kernel writes before the restored tree
-  // runs, each thread's rseq area (updated on its way back to user mode): a
-  // fault there would hold the restore's last step until the source sent it.
-  const eager = opts.lazyPages ? p.threads.flatMap((tid) => rseqPages(tid)) : [];
+  // Pages a lazy restore fills before the tree runs, never on a fault: each
+  // thread's rseq area (the kernel writes it on the thread's way back to
+  // user mode, and a fault there would hold the restore's last step until
+  // the source sent it), and the page at its stack pointer (as CRIU keeps it).
+  const rseqs = new Map(p.threads.map((tid) => [tid, readRseq(tid).entry]));
+  const eager = p.threads.flatMap((tid) => [...rseqPages(rseqs.get(tid)!), stackPage(regs.get(tid)!.regs.sp)]);
+  const where = opts.lazyPages ? "source" : "here";
   const scan = (saved: readonly MapArea[]): PagePlan => timePhase(phases, "pageScan", () =>
-    planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved), opts.lazyPages ? outsideRanges(saved.filter(isLazyArea), eager) : [], prepared !== null));
+    planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved), { ranges: lazyRanges(saved, eager), where }, prepared !== null));
   // Only a scan without tracking runs ahead of smaps: it has no side effect, so one
   // made on the wrong areas is simply made again. A tracked scan registers
   // and protects the areas it is given.
@@ -510,7 +514,7 @@ async function dumpProcess(
   phases.areas += performance.now() - areasStarted;
   const saved = vmas.filter((v) => v.savePages).map((v) => v.area);
   // maps lacks the VmFlags: a droppable area is not saved, a locked one not lazy.
-  const plan = early && sameAreas(early.saved, saved) && (!opts.lazyPages || sameAreas(early.saved.filter(isLazyArea), saved.filter(isLazyArea))) ? early.plan : scan(saved);
+  const plan = early && sameAreas(early.saved, saved) && sameAreas(lazyRanges(early.saved, eager), lazyRanges(saved, eager)) ? early.plan : scan(saved);
 
   const cores = new Map<number, CoreEntry>();
   for (const tid of p.threads) {
@@ -520,7 +524,7 @@ async function dumpProcess(
     const tstat = tid === pid ? stat : readStat(proc, pid, tid);
     const tstatus = tid === pid ? status : readStatus(proc, pid, tid);
     const robust = robustList(tid);
-    const rseq = readRseq(tid).entry;
+    const rseq = rseqs.get(tid)!;
     const threadCore = create(ThreadCoreEntrySchema, {
       futexRla: robust.head, futexRlaLen: robust.len,
       // The policy as sched_getscheduler() gives it: with SCHED_RESET_ON_FORK, which /proc's stat leaves out.
@@ -570,37 +574,21 @@ async function dumpProcess(
 const SMAPS_IN_BACKGROUND_BYTES = 64 * 1024 * 1024;
 
 /** The pages of a thread's rseq area, [start, end); none when it registered none. */
-function rseqPages(tid: number): LazyRange[] {
-  const { rseqAbiPointer: at, rseqAbiSize: size } = readRseq(tid).entry;
+function rseqPages({ rseqAbiPointer: at, rseqAbiSize: size }: RseqEntry): LazyRange[] {
   if (at === 0n) return [];
   const page = BigInt(PAGE_SIZE);
   return [{ start: at - (at % page), end: ((at + BigInt(Math.max(size, 1)) + page - 1n) / page) * page }];
 }
 
-/** The parts of `areas` outside every range of `holes`. */
-function outsideRanges(areas: readonly LazyRange[], holes: readonly LazyRange[]): LazyRange[] {
-  let out: LazyRange[] = areas.map((a) => ({ start: a.start, end: a.end }));
-  for (const h of holes) {
-    out = out.flatMap((a) => {
-      if (h.end <= a.start || h.start >= a.end) return [a];
-      return [...(a.start < h.start ? [{ start: a.start, end: h.start }] : []), ...(h.end < a.end ? [{ start: h.end, end: a.end }] : [])];
-    });
-  }
-  return out;
+/** The page holding a thread's stack pointer. */
+function stackPage(sp: bigint): LazyRange {
+  const start = sp - (sp % BigInt(PAGE_SIZE));
+  return { start, end: start + BigInt(PAGE_SIZE) };
 }
 
 /** Whether two lists of areas name the same ranges, in the same order. */
-function sameAreas(a: readonly MapArea[], b: readonly MapArea[]): boolean {
+function sameAreas(a: readonly LazyRange[], b: readonly LazyRange[]): boolean {
   return a.length === b.length && a.every((x, i) => x.start === b[i]!.start && x.end === b[i]!.end);
-}
-
-/**
- * Memory a lazy dump leaves for the destination to fetch: anonymous private
- * areas (as CRIU's vma_entry_can_be_lazy), not the vDSO's and not locked ones
- * (mlock'd memory must be there before the tree runs).
- */
-function isLazyArea(a: MapArea): boolean {
-  return a.inode === 0n && !a.shared && !a.path.startsWith("[v") && !(a.vmFlags ?? []).includes("lo");
 }
 
 /**

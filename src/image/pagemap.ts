@@ -6,7 +6,11 @@ import { PagemapEntrySchema, PagemapHeadSchema, type PagemapEntry, type PagemapH
 
 /** pagemap entry flag: the run's contents are in the parent image set (unchanged since that round). */
 export const PE_PARENT = 1 << 0;
-/** pagemap entry flag: the run's contents are fetched on first touch from the dump's lazy-pages server (--lazy-pages). */
+/**
+ * pagemap entry flag: a lazy restore may fill the run on first touch. Alone,
+ * the contents are at the lazy dump's source (--lazy-pages); with PE_PRESENT
+ * or PE_PARENT they are in these images all the same.
+ */
 export const PE_LAZY = 1 << 1;
 /** pagemap entry flag: the run's contents are in the pages file. */
 export const PE_PRESENT = 1 << 2;
@@ -21,9 +25,18 @@ export function entryInParent(e: PagemapEntry): boolean {
   return (e.flags & PE_PARENT) !== 0 || e.inParent;
 }
 
-/** The entry's pages come later, from the source host (a lazy dump), unless they are also present. */
+/** The entry's pages are not in these images: the source host keeps them (a lazy dump's). */
 export function entryLazy(e: PagemapEntry): boolean {
-  return (e.flags & PE_LAZY) !== 0 && !entryPresent(e);
+  return (e.flags & PE_LAZY) !== 0 && !entryPresent(e) && !entryInParent(e);
+}
+
+/**
+ * A lazy restore leaves the entry's pages to its lazy-pages daemon, to place
+ * on first touch: PE_LAZY, whether the pages are also here (present, or in
+ * the parent) or only at the source.
+ */
+export function entryLazyable(e: PagemapEntry): boolean {
+  return (e.flags & PE_LAZY) !== 0;
 }
 
 /**

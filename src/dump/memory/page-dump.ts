@@ -120,25 +120,27 @@ function savedWhole(a: MapArea): boolean {
 const byAddress = (x: PageRun, y: PageRun): number => (x.vaddr < y.vaddr ? -1 : x.vaddr > y.vaddr ? 1 : 0);
 
 /**
- * Mark the parts of the runs to save that lie in `lazyAreas` (sorted, not
- * overlapping) as lazy; a run spanning neighbouring areas is split at their
- * bounds. In-parent runs stay as they are.
+ * Mark the parts of the runs that lie in `lazyAreas` (sorted, not
+ * overlapping) as lazy, `where` their contents are; a run spanning
+ * neighbouring areas is split at their bounds. An in-parent run's contents
+ * are always here, in the parent round.
  */
-function markLazy(runs: readonly PageRun[], lazyAreas: readonly LazyRange[]): PageRun[] {
+function markLazy(runs: readonly PageRun[], lazyAreas: readonly LazyRange[], where: "here" | "source"): PageRun[] {
   if (lazyAreas.length === 0) return [...runs];
   const out: PageRun[] = [];
   const page = BigInt(PAGE_SIZE);
+  // Runs come in address order: areas wholly below the current run are never looked at again.
+  let first = 0;
   for (const run of runs) {
-    if (run.dirty === false) {
-      out.push(run);
-      continue;
-    }
+    const lazy = run.dirty === false ? "here" : where;
     let at = run.vaddr;
     const end = run.vaddr + BigInt(run.nrPages) * page;
-    const piece = (from: bigint, to: bigint, lazy: boolean): void => {
-      if (to > from) out.push({ ...run, vaddr: from, nrPages: Number((to - from) / page), ...(lazy ? { lazy: true } : {}) });
+    const piece = (from: bigint, to: bigint, inside: boolean): void => {
+      if (to > from) out.push({ ...run, vaddr: from, nrPages: Number((to - from) / page), ...(inside ? { lazy } : {}) });
     };
-    for (const a of lazyAreas) {
+    while (first < lazyAreas.length && lazyAreas[first]!.end <= at) first++;
+    for (let i = first; i < lazyAreas.length; i++) {
+      const a = lazyAreas[i]!;
       if (a.end <= at) continue;
       if (a.start >= end) break;
       piece(at, a.start > at ? a.start : at, false);
@@ -151,25 +153,50 @@ function markLazy(runs: readonly PageRun[], lazyAreas: readonly LazyRange[]): Pa
   return out;
 }
 
-/** Part of an area whose pages a lazy dump leaves to the source, [start, end). */
+/** Part of an area whose pages a lazy restore may leave to its daemon, [start, end). */
 export interface LazyRange {
   start: bigint;
   end: bigint;
 }
 
 /**
- * Find the pages to save (the tree is frozen). `lazyAreas`: a lazy dump's
- * areas whose pages are left for the source to serve (PE_LAZY).
+ * Memory a lazy restore may fill on first touch: anonymous private areas (as
+ * CRIU's vma_entry_can_be_lazy), not the vDSO's and not locked ones (mlock'd
+ * memory must be there before the tree runs), less the pages in `eager`
+ * (what the tree touches before it can wait for a fault: its stacks' top
+ * pages, as CRIU keeps them, and the rseq areas the kernel writes).
  */
+export function lazyRanges(areas: readonly MapArea[], eager: readonly LazyRange[]): LazyRange[] {
+  let out: LazyRange[] = areas.filter(isLazyArea).map((a) => ({ start: a.start, end: a.end }));
+  for (const h of eager) {
+    out = out.flatMap((a) => {
+      if (h.end <= a.start || h.start >= a.end) return [a];
+      return [...(a.start < h.start ? [{ start: a.start, end: h.start }] : []), ...(h.end < a.end ? [{ start: h.end, end: a.end }] : [])];
+    });
+  }
+  return out;
+}
+
+function isLazyArea(a: MapArea): boolean {
+  return a.inode === 0n && !a.shared && !a.path.startsWith("[v") && !(a.vmFlags ?? []).includes("lo");
+}
+
+/** The lazy ranges of a process's areas to mark, and where their contents are kept (see PageRun.lazy). */
+export interface LazyMarking {
+  ranges: readonly LazyRange[];
+  where: "here" | "source";
+}
+
 /**
- * Find the pages of a frozen process to save. `findWritten` (memory
- * protected ahead of the freeze, no dirty tracking): the scan also tells
- * which saved pages have no write-protection, for the snapshot to protect
- * again (protect-ahead.ts).
+ * Find the pages of a frozen process to save. `lazy`: the runs to mark
+ * PE_LAZY, and whether a lazy dump leaves them at the source (not saved).
+ * `findWritten` (memory protected ahead of the freeze, no dirty tracking):
+ * the scan also tells which saved pages have no write-protection, for the
+ * snapshot to protect again (protect-ahead.ts).
  */
 export function planProcessPages(
   pid: number, areas: readonly MapArea[], choice: PageScanChoice, proc: ProcFs, counters: PageCounters, tracking: ProcessTracking | null,
-  lazyAreas: readonly LazyRange[] = [], findWritten = false,
+  lazy: LazyMarking | null = null, findWritten = false,
 ): PagePlan {
   const t = performance.now();
   const method = methodOf(choice);
@@ -208,14 +235,14 @@ export function planProcessPages(
     runs = [...runs, ...wholeRuns].sort(byAddress);
     pagesScanned += wholeRuns.reduce((s, r) => s + r.nrPages, 0);
   }
-  runs = markLazy(runs, [...lazyAreas].sort((a, b) => (a.start < b.start ? -1 : 1)));
-  const toWrite = runs.filter((r) => r.dirty !== false && !r.lazy);
-  const lazy = runs.filter((r) => r.lazy);
+  if (lazy) runs = markLazy(runs, [...lazy.ranges].sort((a, b) => (a.start < b.start ? -1 : 1)), lazy.where);
+  const toWrite = runs.filter((r) => r.dirty !== false && r.lazy !== "source");
+  const atSource = runs.filter((r) => r.lazy === "source");
   const pagesToWrite = toWrite.reduce((s, r) => s + r.nrPages, 0);
   const pagesInParent = runs.filter((r) => r.dirty === false).reduce((s, r) => s + r.nrPages, 0);
   const scanMs = performance.now() - t;
   return {
-    lazy, pagesScanned, pagesToWrite, pagesInParent, scanMs,
+    lazy: atSource, pagesScanned, pagesToWrite, pagesInParent, scanMs,
     beginSnapshot(snapCounters, ahead = null) {
       const c = performance.now();
       ahead?.noteWritten(written);
@@ -223,7 +250,7 @@ export function planProcessPages(
       return {
         snapshot,
         pages: {
-          entries: pagemapEntries(runs), lazy,
+          entries: pagemapEntries(runs), lazy: atSource,
           pagesScanned, pagesWritten: pagesToWrite, pagesInParent,
           ms: scanMs + performance.now() - c,
           writeTo(sink) {
@@ -240,7 +267,7 @@ export function planProcessPages(
       const c = performance.now();
       const data = copyPages(pid, allVmas, toWrite, { proc, counters, running });
       return {
-        entries: pagemapEntries(runs), lazy,
+        entries: pagemapEntries(runs), lazy: atSource,
         pagesScanned, pagesWritten: pagesToWrite, pagesInParent,
         ms: scanMs + performance.now() - c,
         writeTo(sink) {

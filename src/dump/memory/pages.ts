@@ -54,8 +54,13 @@ export interface PageRun {
    * tracking was armed (false: unchanged since the previous round).
    */
   dirty?: boolean;
-  /** A lazy dump: the run is not saved, the source serves it on demand (PE_LAZY). */
-  lazy?: boolean;
+  /**
+   * The run lies in memory a lazy restore may fill on first touch (PE_LAZY,
+   * as CRIU marks it): "here" when its contents are saved all the same (in
+   * this round or a parent's), "source" in a lazy dump, whose source keeps
+   * them and serves them on demand.
+   */
+  lazy?: "here" | "source";
 }
 
 /**
@@ -790,14 +795,17 @@ export function writePages(sink: { write(bytes: Uint8Array): void }, data: PageD
 /**
  * pagemap-N.img entries for the runs, in CRIU's shape: vaddr, page count and
  * PE_PRESENT — or PE_PARENT for a run found unchanged since the previous
- * round, whose contents are not written again. The count goes in both
- * nr_pages and the pre-4.2 field.
+ * round, whose contents are not written again — with PE_LAZY added where a
+ * lazy restore may leave the pages to its lazy-pages daemon (alone for a
+ * lazy dump's runs, kept at the source). CRIU's own dumps mark PE_LAZY the
+ * same way; on an in-parent run it is ours, and CRIU's readers take the two
+ * flags apart. The count goes in both nr_pages and the pre-4.2 field.
  */
 export function pagemapEntries(runs: readonly PageRun[]): PagemapEntry[] {
   return runs.map((run) => create(PagemapEntrySchema, {
     vaddr: run.vaddr,
     compatNrPages: run.nrPages,
-    flags: run.dirty === false ? PE_PARENT : run.lazy ? PE_LAZY : PE_PRESENT,
+    flags: run.lazy === "source" ? PE_LAZY : (run.dirty === false ? PE_PARENT : PE_PRESENT) | (run.lazy === "here" ? PE_LAZY : 0),
     nrPages: BigInt(run.nrPages),
   }));
 }
