@@ -4,7 +4,9 @@
  * with the compiled ckpt (dist/ckpt):
  *   (a) final dump through `ckpt page-server`, images copied, restore;
  *   (b) the same after two pre-dump rounds through page servers, and with
- *       the restore started before the final dump (--wait-images);
+ *       the restore started before the final dump (--wait-images); each
+ *       also with a lazy restore, whose `ckpt lazy-pages` reads the
+ *       anonymous memory from the destination's images after the tree runs;
  *   (c) dump --lazy-pages, images copied, restore --lazy-pages (memory
  *       arrives after the restore, through `ckpt lazy-pages`); and (c) with
  *       the destination's daemon and restore started before the dump,
@@ -140,20 +142,30 @@ function restoreAhead(dir: string, extra: string[] = []): { finish: () => Promis
 /**
  * Pre-dump rounds (`preRounds` of them) and a final dump, each through a
  * page server of its own; then restore (`ahead`: started before the final
- * dump, waiting for its set).
+ * dump, waiting for its set). `lazyRestore`: the restore leaves anonymous
+ * memory to a `ckpt lazy-pages` of the destination's images, started (and
+ * waiting) before the final dump.
  */
-async function viaPageServer(preRounds: number, ahead = false): Promise<Outcome> {
+async function viaPageServer(preRounds: number, ahead = false, lazyRestore = false): Promise<Outcome> {
   const pid = await workload();
   const [src, dst] = [tempDir("bench-mig-src"), tempDir("bench-mig-dst")];
   left.dirs.push(src, dst);
   const sent: number[] = [];
   let frozenSince = 0;
   let waiting: { finish: () => Promise<number> } | null = null;
+  let daemon: { done: Promise<Ran> } | null = null;
+  const last = String(preRounds + 1);
+  const restoreArgs = lazyRestore ? ["--lazy-pages"] : [];
   for (let round = 1; round <= preRounds + 1; round++) {
     const prev = round === 1 ? [] : ["--prev-images-dir", `../${round - 1}`];
     const port = freshPort();
     const server = await pageServer([CKPT, "page-server", "-D", join(dst, String(round)), "--address", hosts.dest.address, "--port", String(port), ...prev], port);
     const verb = round === preRounds + 1 ? "dump" : "pre-dump";
+    if (lazyRestore && verb === "dump") {
+      mkdirSync(join(dst, last), { recursive: true, mode: 0o700 });
+      daemon = spawn(hosts.dest, [CKPT, "lazy-pages", "-D", join(dst, last), "--json"]);
+      await waitFor("the lazy-pages socket", () => existsSync(join(dst, last, "lazy-pages.socket")), 20000);
+    }
 
     const r = run(hosts.source, [CKPT, verb, "-t", String(pid), "-D", join(src, String(round)), ...prev, "--page-server", "--address", hosts.dest.address, "--port", String(port), "--json"]);
     const j = JSON.parse(r.stdout) as { figures: { frozenSinceEpochMs?: number }; pageServer: { bytesSent: number } };
@@ -163,18 +175,24 @@ async function viaPageServer(preRounds: number, ahead = false): Promise<Outcome>
     if (s.code !== 0) throw new Error(`page server: ${s.stderr}`);
     if (round <= preRounds) {
       // Started in the pause before the final dump (the same pause as without it): waiting before the source freezes.
-      if (ahead && round === preRounds) waiting = restoreAhead(join(dst, String(round + 1)));
+      if (ahead && round === preRounds) waiting = restoreAhead(join(dst, last), restoreArgs);
       await Bun.sleep(1000);
     }
   }
-  const last = String(preRounds + 1);
   const dumped = Date.now();
   copyImages(join(src, last), join(dst, last));
   const copied = Date.now();
-  const end = waiting ? await waiting.finish() : restoreAt(join(dst, last));
+  const end = waiting ? await waiting.finish() : restoreAt(join(dst, last), restoreArgs);
+  let filled = "";
+  if (daemon) {
+    const l = await daemon.done;
+    if (l.code !== 0) throw new Error(`lazy-pages exited ${l.code}: ${l.stderr.trim()}`);
+    const lj = JSON.parse(l.stdout) as { pagesOnFault: number; pagesInBackground: number; pagesFromImages: number; ms: number };
+    filled = `; lazy: ${lj.pagesOnFault} pages on fault, ${lj.pagesInBackground} in the background (${lj.pagesFromImages} from the images), all in ${lj.ms.toFixed(0)} ms`;
+  }
   return {
     downtimeMs: end - frozenSince, bytes: sent.reduce((a, b) => a + b, 0),
-    rounds: `${sent.map((b) => `${(b / 2 ** 20).toFixed(1)}`).join(" + ")}; freeze→dump exit ${dumped - frozenSince} ms, copy ${copied - dumped} ms, restore ${end - copied} ms (${lastRestore})`,
+    rounds: `${sent.map((b) => `${(b / 2 ** 20).toFixed(1)}`).join(" + ")}; freeze→dump exit ${dumped - frozenSince} ms, copy ${copied - dumped} ms, restore ${end - copied} ms (${lastRestore})${filled}`,
   };
 }
 
@@ -247,6 +265,8 @@ if (CASES.includes("a")) cases.push(["(a) dump + page server + restore", () => v
 if (CASES.includes("b")) {
   cases.push(["(b) 2 pre-dumps + dump via page servers", () => viaPageServer(2)]);
   cases.push(["(b) same, restore started ahead", () => viaPageServer(2, true)]);
+  cases.push(["(b) same, lazy restore from the images", () => viaPageServer(2, false, true)]);
+  cases.push(["(b) same, lazy restore started ahead", () => viaPageServer(2, true, true)]);
 }
 if (CASES.includes("c")) {
   cases.push(["(c) dump --lazy-pages + lazy restore", () => lazy(false)]);

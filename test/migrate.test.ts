@@ -26,6 +26,7 @@ const haveCriu = CRIU !== "" && existsSync(CRIU);
 if (!haveCriu) console.warn("migrate: CRIU_BIN is not set to a CRIU 4.2 binary; the page-server interop tests are skipped");
 
 const PE_PARENT = 1;
+const PE_LAZY = 2;
 const PE_PRESENT = 4;
 let hosts: TwoHosts;
 beforeAll(() => {
@@ -119,13 +120,12 @@ describe("migration through ckpt page-server", () => {
     if (hosts.separate) expect(readFileSync(`/proc/${pid}/net/dev`, "utf8")).toContain("ckd");
   });
 
-  test("an iterative migration: two pre-dumps and a dump, each to a page server of its own; rounds 2 and 3 send only the pages written since", async () => {
-    const STRIDE = 16;
-    const { target, words, out } = await onSource([dirtyTarget(), "32", String(STRIDE)]);
-    const pid = target.pid;
-    const addr = BigInt(`0x${words[0]}`);
-    const pages = Number(words[1]) / 4096;
-    const [src, dst] = [tempDir("migrate-chain-src"), tempDir("migrate-chain-dst")];
+  /**
+   * Two pre-dumps and a dump of a dirtyTarget, each round through a page
+   * server of its own into `dst`/1..3; the workload rewrites every STRIDEth
+   * page between rounds. Returns the pages sent per round.
+   */
+  async function migrateInRounds(pid: number, out: string, src: string, dst: string): Promise<number[]> {
     const sent: number[] = [];
     for (const round of [1, 2, 3]) {
       const prev = round === 1 ? [] : ["--prev-images-dir", `../${round - 1}`];
@@ -141,6 +141,17 @@ describe("migration through ckpt page-server", () => {
         await waitFor(`dirty round ${round}`, () => readFileSync(out, "utf8").includes(`round ${round}\n`), 10000);
       }
     }
+    return sent;
+  }
+
+  test("an iterative migration: two pre-dumps and a dump, each to a page server of its own; rounds 2 and 3 send only the pages written since", async () => {
+    const STRIDE = 16;
+    const { target, words, out } = await onSource([dirtyTarget(), "32", String(STRIDE)]);
+    const pid = target.pid;
+    const addr = BigInt(`0x${words[0]}`);
+    const pages = Number(words[1]) / 4096;
+    const [src, dst] = [tempDir("migrate-chain-src"), tempDir("migrate-chain-dst")];
+    const sent = await migrateInRounds(pid, out, src, dst);
     expect(sent[0]).toBeGreaterThanOrEqual(pages);
     // Round r+1 saw the pages with p % STRIDE == r-1 rewritten: those, and a few of the stack and libc, went again.
     for (const round of [2, 3]) {
@@ -162,6 +173,74 @@ describe("migration through ckpt page-server", () => {
     expect(r.code).toBe(0);
     cleanup.push(killablePid(pid));
     expect(await selfCheck(pid, out)).toBe("ok round 2");
+  });
+
+  test("an iterative migration restored lazily from the destination's own images: the tree runs before its memory is in, and verifies itself", async () => {
+    const { target, words, out } = await onSource([dirtyTarget(), "32", "16"]);
+    const pid = target.pid;
+    const addr = BigInt(`0x${words[0]}`);
+    const pages = Number(words[1]) / 4096;
+    const [src, dst] = [tempDir("migrate-lazy-chain-src"), tempDir("migrate-lazy-chain-dst")];
+    await migrateInRounds(pid, out, src, dst);
+    const top = join(dst, "3");
+    await gone([pid]);
+    copyImages(join(src, "3"), top);
+    // Anonymous memory is flagged lazy as CRIU flags it, its contents here all the same: in this round or in the parents.
+    const pm = pagemapOf(top, pid);
+    const region = pm.entries.filter((e) => e.vaddr >= addr && e.vaddr < addr + BigInt(pages * 4096));
+    expect(region.reduce((s, e) => s + count(e), 0)).toBe(pages);
+    for (const e of region) expect({ at: e.vaddr, lazy: e.flags & PE_LAZY, here: (e.flags & (PE_PRESENT | PE_PARENT)) !== 0 }).toEqual({ at: e.vaddr, lazy: PE_LAZY, here: true });
+    expect(pagesFlagged(region, PE_PARENT)).toBeGreaterThan(0);
+    // The page at each thread's stack pointer is never lazy (as CRIU keeps it).
+    const sps = readdirSync(top).filter((n) => /^core-\d+\.img$/.test(n)).map((n) => entries(top, n, CoreEntrySchema)[0]?.threadInfo?.gpregs?.sp ?? 0n);
+    expect(sps.length).toBeGreaterThan(0);
+    for (const sp of sps) {
+      const holding = pm.entries.filter((e) => e.vaddr <= sp && sp < e.vaddr + BigInt(count(e) * 4096));
+      expect(holding.map((e) => e.flags & PE_LAZY)).toEqual([0]);
+    }
+
+    // No source: every lazy page is read from the images in DIR and its parents.
+    const daemon = spawnOn(hosts.dest, ["lazy-pages", "-D", top, "--json"]);
+    await waitFor("the lazy-pages socket", () => existsSync(join(top, "lazy-pages.socket")), 20000);
+    const r = ckptOn(hosts.dest, ["restore", "-D", top, "-d", "--lazy-pages", "--json"]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    cleanup.push(killablePid(pid));
+    const restored = JSON.parse(r.stdout) as { pagesRestored: number };
+    const filled = await daemon.done;
+    expect(filled.code).toBe(0);
+    const f = JSON.parse(filled.stdout) as { pagesLazy: number; pagesOnFault: number; pagesInBackground: number; pagesFromImages: number; bytesReceived: number };
+    expect(f.pagesLazy).toBe(pagesFlagged(pm.entries, PE_LAZY));
+    expect(f.pagesLazy).toBeGreaterThanOrEqual(pages);
+    expect(f.pagesOnFault + f.pagesInBackground).toBe(f.pagesLazy);
+    expect(f.pagesFromImages).toBe(f.pagesLazy);
+    expect(f.bytesReceived).toBe(0);
+    // The restore itself copied only what is not lazy.
+    expect(restored.pagesRestored).toBeLessThan(pages / 4);
+    expect(await selfCheck(pid, out)).toBe("ok round 2");
+  });
+
+  test("ckpt lazy-pages without --page-server refuses a --lazy-pages dump's set, whose pages are at the source; the restore removes what it made", async () => {
+    const { target } = await onSource([dirtyTarget(), "8", "16"]);
+    const pid = target.pid;
+    const [src, dst] = [join(tempDir("lazy-nosource-src"), "img"), join(tempDir("lazy-nosource-dst"), "img")];
+    const port = freshPort();
+    const dump = spawnOn(hosts.source, ["dump", "-t", String(pid), "-D", src, "--lazy-pages", "--address", hosts.source.address, "--port", String(port)]);
+    await waitFor("the lazy dump's images", () => existsSync(join(src, "inventory.img")), 30000);
+    mkdirSync(dst);
+    copyImages(src, dst);
+    const daemon = spawnOn(hosts.dest, ["lazy-pages", "-D", dst]);
+    await waitFor("the lazy-pages socket", () => existsSync(join(dst, "lazy-pages.socket")), 20000);
+    const r = ckptOn(hosts.dest, ["restore", "-D", dst, "-d", "--lazy-pages", "--restore-in-new-pidns"]);
+    expect(r.code).toBe(1);
+    const d = await daemon.done;
+    expect(d.code).toBe(1);
+    expect(d.stderr).toContain("--page-server");
+    expect(d.stderr).toContain("at the source");
+    // The source still holds the frozen tree; let it go by ending its dump.
+    dump.kill();
+    await dump.done;
+    await waitFor("the source tree to run free or end", () => !alive(pid) || runsFree(pid), 10000);
   });
 
   test("a page server given a stream cut short exits 1 with one line and leaves nothing behind", async () => {
@@ -250,7 +329,6 @@ describe("migration through ckpt page-server", () => {
  * namespace, where it has its pids all the same.
  */
 describe("lazy migration (post-copy)", () => {
-  const PE_LAZY = 2;
 
   /** dump --lazy-pages on the source, running until its pages have gone; resolves once the images are complete. */
   async function lazyDump(pid: number, dir: string, port: number): Promise<Running> {
@@ -269,6 +347,10 @@ describe("lazy migration (post-copy)", () => {
   function lazyRestore(dir: string): number {
     const pidfile = join(tempDir("lazy-pidfile"), "pid");
     const r = ckptOn(hosts.dest, ["restore", "-D", dir, "-d", "--lazy-pages", "--restore-in-new-pidns", "--pidfile", pidfile]);
+    return restoredRoot(r, pidfile);
+  }
+
+  function restoredRoot(r: { code: number; stderr: string }, pidfile: string): number {
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     const root = Number(readFileSync(pidfile, "utf8").trim());
@@ -306,7 +388,19 @@ describe("lazy migration (post-copy)", () => {
     expect(plain.stderr).toContain("--lazy-pages");
 
     const daemon = await lazyDaemon(dst, port);
-    const root = lazyRestore(dst);
+    // The source stops answering while the restore runs and the tree reads its memory: the
+    // tree runs all the same, and its reads fault and wait for the pages. (Should the restore
+    // itself wait for a page, the source answers again after a while.)
+    process.kill(dump.pid, "SIGSTOP");
+    const resume = (): void => void process.kill(dump.pid, "SIGCONT");
+    const fallback = setTimeout(resume, 10_000);
+    const pidfile = join(tempDir("lazy-pidfile"), "pid");
+    const root = restoredRoot(await spawnOn(hosts.dest, ["restore", "-D", dst, "-d", "--lazy-pages", "--restore-in-new-pidns", "--pidfile", pidfile]).done, pidfile);
+    const check = selfCheck(root, out);
+    await Bun.sleep(300);
+    clearTimeout(fallback);
+    resume();
+    expect(await check).toBe("ok");
     const filled = await daemon.done;
     expect(filled.stderr.split("\n").filter((l) => l && !l.includes("ready for the restore"))).toEqual([]);
     expect(filled.code).toBe(0);

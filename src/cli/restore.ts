@@ -20,7 +20,7 @@ export const restoreCommand = defineCommand({
       default: false,
     },
     "tcp-established": { type: "boolean", description: "make the established TCP connections of a --tcp-established dump again, their packets held back until the tree runs", default: false },
-    "lazy-pages": { type: "boolean", description: "the images are a --lazy-pages dump's: restore at once and let `ckpt lazy-pages` (running for DIR) fill the memory on first touch", default: false },
+    "lazy-pages": { type: "boolean", description: "restore at once and let `ckpt lazy-pages` (running for DIR) fill anonymous memory on first touch: a --lazy-pages dump's pages from its source, any other dump's from DIR", default: false },
     "wait-images": { type: "string", description: "wait up to SECONDS for DIR to hold a complete image set (every file matching the inventory's digests) before restoring: start the restore ahead of the dump, and its start-up is not downtime" },
     json: { type: "boolean", description: "print a JSON summary instead of one line", default: false },
   },

@@ -6,12 +6,12 @@
  * them — in its pages file, or again in its parent. Rounds are linked by the
  * `parent` symlink each iterative dump leaves in its directory.
  */
-import type { PagemapEntry } from "../image/gen/pagemap_pb";
-import { entryInParent, entryLazy, entryPageCount, entryPresent, splitPagemap } from "../image/pagemap";
+import type { PagemapEntry } from "./gen/pagemap_pb";
+import { entryInParent, entryLazy, entryLazyable, entryPageCount, entryPresent, splitPagemap } from "./pagemap";
 import { isAbsolute, join } from "node:path";
-import { readlinkat } from "../sys/libc";
-import { AT, PAGE_SIZE } from "../sys/nr";
-import { ImageSet } from "../image/image-set";
+import { close, openat, preadFull, readlinkat } from "../sys/libc";
+import { AT, O, PAGE_SIZE } from "../sys/nr";
+import { ImageSet } from "./image-set";
 
 /** More rounds than any migration makes; a deeper chain is a symlink loop. */
 const MAX_ROUNDS = 256;
@@ -60,20 +60,59 @@ export class PageChain {
    * in-parent run is followed down the chain here, before a restore creates
    * anything: a missing or incomplete parent fails it early.
    */
-  static open(images: ImageSet, pid: number): PageChain {
+  static open(images: ImageSet, pid: number, lazyRestore = false): PageChain {
     const chain = new PageChain(pid, loadRound(images, pid));
-    chain.pieces = chain.resolveAll();
+    chain.pieces = chain.resolveAll(lazyRestore);
     return chain;
   }
 
   /** Every piece to fill, in the top round's order. */
   pieces: PagePiece[] = [];
 
-  /** A lazy dump's runs (PE_LAZY): fetched from the source on first touch, not filled here. */
+  /**
+   * Runs not filled here, left to the lazy-pages daemon to place on first
+   * touch: a lazy dump's (PE_LAZY alone, kept at the source), and for a lazy
+   * restore every run flagged PE_LAZY, whose contents the daemon reads from
+   * these images.
+   */
   lazy: { start: bigint; end: bigint }[] = [];
 
   get lazyPages(): number {
     return this.lazy.reduce((s, r) => s + Number((r.end - r.start) / BigInt(PAGE_SIZE)), 0);
+  }
+
+  /** Open pages files of the rounds, by depth, for read(). */
+  private readonly files: number[] = [];
+
+  /**
+   * Read the saved contents at address `from` into `into`: as much as
+   * fits, up to the end of the piece holding `from` (pieces are in address
+   * order). Returns the bytes read, 0 when no saved page is at `from`.
+   */
+  read(from: bigint, into: Uint8Array): number {
+    const pieces = this.pieces;
+    let lo = 0;
+    let hi = pieces.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      const p = pieces[mid]!;
+      if (p.remote + BigInt(p.length) <= from) lo = mid + 1;
+      else hi = mid;
+    }
+    const piece = pieces[lo];
+    if (!piece || piece.remote > from) return 0;
+    const skip = Number(from - piece.remote);
+    const want = Math.min(into.length, piece.length - skip);
+    const round = this.rounds[piece.round]!;
+    const fd = (this.files[piece.round] ??= openat(AT.FDCWD, round.pagesPath, O.RDONLY | O.CLOEXEC));
+    const got = preadFull(fd, into.subarray(0, want), BigInt(piece.offset + skip));
+    if (got !== want) throw new Error(`${round.pagesPath} ended at ${piece.offset + skip + got} bytes while its pagemap needs ${round.bytes}`);
+    return want;
+  }
+
+  /** Close the files read() opened. */
+  close(): void {
+    for (const fd of this.files.splice(0)) if (fd !== undefined) close(fd);
   }
 
   /** Rounds loaded so far, the image set's own first. */
@@ -107,14 +146,15 @@ export class PageChain {
     return r;
   }
 
-  private resolveAll(): PagePiece[] {
+  private resolveAll(lazyRestore: boolean): PagePiece[] {
     const out: PagePiece[] = [];
     const top = this.rounds[0]!;
     top.entries.forEach((e, i) => {
       const length = entryPageCount(e) * PAGE_SIZE;
       if (length === 0) return;
       const offset = top.offsets[i]!;
-      if (offset >= 0) out.push({ remote: e.vaddr, round: 0, offset, length });
+      if (lazyRestore && entryLazyable(e)) this.lazy.push({ start: e.vaddr, end: e.vaddr + BigInt(length) });
+      else if (offset >= 0) out.push({ remote: e.vaddr, round: 0, offset, length });
       else if (entryInParent(e)) this.resolve(1, e.vaddr, e.vaddr + BigInt(length), out);
       else if (entryLazy(e)) this.lazy.push({ start: e.vaddr, end: e.vaddr + BigInt(length) });
       else throw new Error(`${top.dir}: pagemap of process ${this.pid} has pages at 0x${e.vaddr.toString(16)} that are neither present, nor in the parent, nor lazy (flags ${e.flags})`);

@@ -1,13 +1,15 @@
 /**
- * `restore --lazy-pages`: the lazy runs of a process (PE_LAZY, left at the
- * source by `dump --lazy-pages`) are not filled. Instead the process gets a
+ * `restore --lazy-pages`: the lazy runs of a process (PE_LAZY: left at the
+ * source by `dump --lazy-pages`, or saved in the images of any other dump)
+ * are not filled. Instead the process gets a
  * userfaultfd, made inside it (a userfaultfd belongs to the mm of its
  * maker), registered for missing pages over every anonymous private area
  * holding lazy runs; ckpt takes a copy with pidfd_getfd, closes the
  * process's own, and hands the copy to the `ckpt lazy-pages` daemon of the
  * image directory over its unix socket (as CRIU's restore hands its
  * userfaultfds to CRIU's lazy-pages). The daemon fills each page on first
- * touch, from the source, and pushes the rest in the background.
+ * touch, from the source or the images, and pushes the rest in the
+ * background.
  *
  * The handoff is one message per process, {u32 image pid, u32 host pid} with
  * the userfaultfd as SCM_RIGHTS, then {0, 0}; the daemon answers one byte
@@ -46,7 +48,7 @@ export class LazyHandoff {
       connect(sock, sockaddrUn(path));
     } catch (e) {
       close(sock);
-      throw new Error(`no lazy-pages daemon answers at ${path} (start \`ckpt lazy-pages -D ${dir} --page-server --address SOURCE --port N\` first): ${(e as Error).message}`, { cause: e });
+      throw new Error(`no lazy-pages daemon answers at ${path} (start \`ckpt lazy-pages -D ${dir}\` first, with \`--page-server --address SOURCE --port N\` for a --lazy-pages dump): ${(e as Error).message}`, { cause: e });
     }
     return new LazyHandoff(sock, path);
   }

@@ -27,7 +27,7 @@ import { readMaps, type MapArea } from "../proc/maps";
 import type { ProcFs } from "../proc/procfs";
 import { MAP, O, PROT, SYS } from "../sys/nr";
 import { findFree, type Range } from "./layout";
-import type { PageChain } from "./page-chain";
+import type { PageChain } from "../image/page-chain";
 import { fillPages, type PageFill } from "./pages";
 import type { BatchedCall, Puppet } from "./puppet";
 import type { TargetFds } from "./target-fds";

@@ -19,7 +19,7 @@
  */
 import { addressOf, close, fstat, openat, preadFull, processVmWritev } from "../sys/libc";
 import { AT, O, PAGE_SIZE } from "../sys/nr";
-import type { PageChain, PagePiece, Round } from "./page-chain";
+import type { PageChain, PagePiece, Round } from "../image/page-chain";
 
 /** Runs per process_vm_writev (the kernel's UIO_MAXIOV). */
 const IOV_MAX = 1024;

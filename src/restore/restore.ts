@@ -30,7 +30,7 @@ import { CoreEntrySchema, type CoreEntry } from "../image/gen/core_pb";
 import { FdinfoEntrySchema, FileEntrySchema, type FdinfoEntry } from "../image/gen/fdinfo_pb";
 import { FsEntrySchema, type FsEntry } from "../image/gen/fs_pb";
 import { MmEntrySchema, type MmEntry } from "../image/gen/mm_pb";
-import { PageChain } from "./page-chain";
+import { PageChain } from "../image/page-chain";
 import { LazyHandoff, lazyAreas } from "./lazy";
 import { TcpRestoreSession } from "./files/tcp-stream";
 import { InventoryEntrySchema } from "../image/gen/inventory_pb";
@@ -83,8 +83,10 @@ export interface RestoreOptions {
    */
   newPidNs?: boolean;
   /**
-   * The set is a lazy dump's (--lazy-pages): its lazy pages are filled on
-   * first touch by the `ckpt lazy-pages` daemon serving this directory.
+   * Leave every run flagged PE_LAZY to the `ckpt lazy-pages` daemon serving
+   * this directory, which fills each page on first touch and the rest in the
+   * background: from the source for a lazy dump's runs, from these images
+   * for the others. The tree runs without waiting for its memory.
    */
   lazyPages?: boolean;
   /** Make established TCP connections again (CRIU's --tcp-established); without it they are refused. */
@@ -164,7 +166,7 @@ interface TreePlan {
   locks: Map<number, FileLockEntry[]>;
 }
 
-function loadPlan(images: ImageSet): TreePlan {
+function loadPlan(images: ImageSet, lazyRestore: boolean): TreePlan {
   const pstree = images.entries("pstree.img", PstreeEntrySchema);
   if (pstree.length === 0) throw new Error(`${images.path("pstree.img")} lists no process`);
   const processes: ProcessPlan[] = [];
@@ -199,7 +201,7 @@ function loadPlan(images: ImageSet): TreePlan {
       fs: images.one(`fs-${pid}.img`, FsEntrySchema),
       // CRIU writes no image for an empty fd table (it leaves out every empty image).
       fdinfo: images.entries(`fdinfo-${ids.filesId}.img`, FdinfoEntrySchema, true),
-      pages: PageChain.open(images, pid),
+      pages: PageChain.open(images, pid, lazyRestore),
     });
   }
   validateTree(pstree);
@@ -411,7 +413,7 @@ async function restoreFrom(
   }
   // Every byte as the dump wrote it (the parents' are checked as the page chains reach them).
   images.verifyDigests();
-  const { pstree, processes: plan, zombies, locks } = loadPlan(images);
+  const { pstree, processes: plan, zombies, locks } = loadPlan(images, opts.lazyPages === true);
   const imagesMs = performance.now() - started;
   const lazyPids = plan.filter((p) => p.pages.lazy.length > 0);
   if (lazyPids.length > 0 && !opts.lazyPages) {

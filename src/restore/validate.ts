@@ -15,7 +15,7 @@ import type { CoreEntry } from "../image/gen/core_pb";
 import type { FdinfoEntry, FileEntry } from "../image/gen/fdinfo_pb";
 import type { FsEntry } from "../image/gen/fs_pb";
 import type { MmEntry } from "../image/gen/mm_pb";
-import type { PageChain } from "./page-chain";
+import type { PageChain } from "../image/page-chain";
 
 /** The kernel's largest pid (PID_MAX_LIMIT on 64-bit). */
 const PID_MAX_LIMIT = 4 * 1024 * 1024;

@@ -1,13 +1,18 @@
 /**
- * `ckpt lazy-pages`: the destination end of a lazy (post-copy) migration.
+ * `ckpt lazy-pages`: fills the memory of a lazily restored tree.
  *
- * It connects to the source (`ckpt dump --lazy-pages`, which keeps the tree
- * frozen there), then waits on DIR/lazy-pages.socket for `ckpt restore
- * --lazy-pages` to hand over one userfaultfd per restored process
- * (restore/lazy.ts). From then on:
+ * With --page-server it is the destination end of a lazy (post-copy)
+ * migration: it connects to the source (`ckpt dump --lazy-pages`, which
+ * keeps the tree frozen there). Without, and for every run whose contents
+ * the images hold (PE_LAZY beside PE_PRESENT or PE_PARENT: any dump, with
+ * its parents), it reads the pages from DIR: the restore then costs no page
+ * copy, and an iterative migration's downtime no longer grows with memory.
+ *
+ * It waits on DIR/lazy-pages.socket for `ckpt restore --lazy-pages` to hand
+ * over one userfaultfd per restored process (restore/lazy.ts). From then on:
  *  - a thread touching a lazy page faults; the page (and a few after it in
- *    the same run) is fetched with PS_IOV_GET and placed with UFFDIO_COPY,
- *    which wakes the thread;
+ *    the same run) is read from the images or fetched from the source with
+ *    PS_IOV_GET, and placed with UFFDIO_COPY, which wakes the thread;
  *  - when no fault waits, the rest is pulled in the background, a run of up
  *    to 1 MiB at a time;
  *  - a page of a registered area that was never saved (untouched memory),
@@ -17,12 +22,14 @@
  *    a userfaultfd of its own with the parent's progress, moved memory is
  *    followed to its new address.
  * When every lazy page is in place the source is told (CLOSE) and both ends
- * exit. If the source goes away first, the restored tree cannot get the rest
- * of its memory: it is killed, never left running on part of it.
+ * exit. If the source goes away first, or the images cannot be read, the
+ * restored tree cannot get the rest of its memory: it is killed, never left
+ * running on part of it.
  */
 import { readFileSync } from "node:fs";
-import { readImageFile } from "../image/image-file";
-import { entryLazy, entryPageCount, splitPagemap } from "../image/pagemap";
+import { PageChain } from "../image/page-chain";
+import { ImageSet } from "../image/image-set";
+import { entryLazyable, entryPageCount, splitPagemap } from "../image/pagemap";
 import { fcntl, poll } from "../sys/calls";
 import { Errno, SysError } from "../sys/errno";
 import { addressOf, close, ioctl, readInto, unlinkat } from "../sys/libc";
@@ -42,7 +49,8 @@ const POLL_IDLE_MS = 100;
 
 export interface LazyPagesOptions {
   dir: string;
-  source: Endpoint;
+  /** The lazy dump's source; none: every lazy page is read from the images in `dir`. */
+  source?: Endpoint;
   /** Called once the socket for the restore is listening. */
   onReady?: (socketPath: string) => void;
   /** For this long, a source that is not listening yet is tried again (started ahead of the dump). */
@@ -50,12 +58,15 @@ export interface LazyPagesOptions {
 }
 
 export interface LazyPagesResult {
+  /** Where the pages came from: the source's address, or the image directory. */
   source: string;
   processes: number;
   pagesLazy: number;
   faults: number;
   pagesOnFault: number;
   pagesInBackground: number;
+  /** Of those, read from the images rather than fetched from the source. */
+  pagesFromImages: number;
   zeroPages: number;
   bytesReceived: number;
   /** From the handoff to the last page in place. */
@@ -66,6 +77,8 @@ export interface LazyPagesResult {
 interface LazyMm {
   uffd: number;
   pid: number;
+  /** The process's saved pages in the images (shared by forked mms). */
+  saved: PageChain;
   /** Its lazy pages, marked 1 while still at the source. */
   progress: PageRuns;
   /** Where the background fetch looks next. */
@@ -80,10 +93,11 @@ function original(mm: LazyMm, addr: bigint): bigint {
   return addr;
 }
 
-function lazyRunsOf(dir: string, pid: number): { start: bigint; end: bigint }[] {
-  const path = `${dir}/pagemap-${pid}.img`;
-  const { entries } = splitPagemap(readImageFile(path).entries, path);
-  return entries.filter(entryLazy).map((e) => ({ start: e.vaddr, end: e.vaddr + BigInt(entryPageCount(e) * PAGE_SIZE) }));
+/** The runs a lazy restore left to us (PE_LAZY), wherever their contents are. */
+function lazyRunsOf(images: ImageSet, pid: number): { start: bigint; end: bigint }[] {
+  const name = `pagemap-${pid}.img`;
+  const { entries } = splitPagemap(images.raw(name), images.path(name));
+  return entries.filter(entryLazyable).map((e) => ({ start: e.vaddr, end: e.vaddr + BigInt(entryPageCount(e) * PAGE_SIZE) }));
 }
 
 /** A process and every descendant it has now (children of every thread, recursively). */
@@ -110,16 +124,19 @@ export class LazyPagesDaemon {
   private readonly msg = new Uint8Array(UFFD_MSG_SIZE * 16);
   private readonly copyArg = new Uint8Array(UFFDIO_COPY_SIZE);
   private readonly zeroArg = new Uint8Array(UFFDIO_ZEROPAGE_SIZE);
-  private readonly counters = { faults: 0, pagesOnFault: 0, pagesInBackground: 0, zeroPages: 0 };
+  private readonly counters = { faults: 0, pagesOnFault: 0, pagesInBackground: 0, pagesFromImages: 0, zeroPages: 0 };
+  /** Each process's saved pages, opened at its handoff. */
+  private readonly saved = new Map<number, PageChain>();
+  private images: ImageSet | null = null;
 
-  private constructor(private readonly source: Connection, private readonly dir: string) {}
+  private constructor(private readonly source: Connection | null, private readonly dir: string) {}
 
-  /** Connect to the source, take the restore's userfaultfds, and fill every lazy page. */
+  /** Connect to the source (if any), take the restore's userfaultfds, and fill every lazy page. */
   static run(opts: LazyPagesOptions): LazyPagesResult {
-    const source = Connection.connect(opts.source, opts.waitSourceMs ?? 0);
+    const source = opts.source ? Connection.connect(opts.source, opts.waitSourceMs ?? 0) : null;
     const daemon = new LazyPagesDaemon(source, opts.dir);
     try {
-      source.noDelay(true);
+      source?.noDelay(true);
       const restore = daemon.acceptRestore(opts.onReady);
       const started = performance.now();
       try {
@@ -130,14 +147,17 @@ export class LazyPagesDaemon {
         throw new Error(`${(e as Error).message}: the restored tree could not get the rest of its memory and was killed (${killed} process(es))`, { cause: e });
       }
       const ms = performance.now() - started;
-      // Everything is in place: the source may end (and its tree with it).
-      source.sendAll(encodeIov({ cmd: PS.CLOSE, nrPages: 0n, vaddr: 0n, dstId: 0n }, daemon.header));
-      const status = new Uint8Array(4);
-      source.recvExact(status);
-      return { source: source.peer, processes: daemon.hostPids.length, pagesLazy: daemon.pagesLazy, ...daemon.counters, bytesReceived: source.received, ms };
+      if (source) {
+        // Everything is in place: the source may end (and its tree with it).
+        source.sendAll(encodeIov({ cmd: PS.CLOSE, nrPages: 0n, vaddr: 0n, dstId: 0n }, daemon.header));
+        const status = new Uint8Array(4);
+        source.recvExact(status);
+      }
+      return { source: source?.peer ?? opts.dir, processes: daemon.hostPids.length, pagesLazy: daemon.pagesLazy, ...daemon.counters, bytesReceived: source?.received ?? 0, ms };
     } finally {
       for (const m of daemon.mms) close(m.uffd);
-      source.close();
+      for (const chain of daemon.saved.values()) chain.close();
+      source?.close();
     }
   }
 
@@ -186,9 +206,16 @@ export class LazyPagesDaemon {
     }
     if (fds.length !== 1) throw new HandoffFailed(`the restore sent ${fds.length} fds for process ${pid}`);
     fcntl(fds[0]!, F.SETFL, O.NONBLOCK);
-    const progress = PageRuns.of(lazyRunsOf(this.dir, pid), 1);
+    // The restore has checked the set (and its parents' digests) before handing anything over.
+    const images = (this.images ??= ImageSet.openPages(this.dir));
+    const saved = PageChain.open(images, pid);
+    this.saved.set(pid, saved);
+    if (saved.lazy.length > 0 && !this.source) {
+      throw new Error(`pagemap-${pid}.img leaves ${saved.lazyPages} page(s) at the source (a --lazy-pages dump): run ckpt lazy-pages with --page-server --address SOURCE --port N`);
+    }
+    const progress = PageRuns.of(lazyRunsOf(images, pid), 1);
     this.pagesLazy += progress.marked;
-    this.mms.push({ uffd: fds[0]!, pid, progress, cursor: { run: 0, page: 0 }, moved: [] });
+    this.mms.push({ uffd: fds[0]!, pid, saved, progress, cursor: { run: 0, page: 0 }, moved: [] });
     this.hostPids.push(hostPid);
     return true;
   }
@@ -203,18 +230,21 @@ export class LazyPagesDaemon {
     let handoff = restore;
     try {
       while (handoff >= 0 || (this.left() > 0 && this.mms.length > 0)) {
-        const fds = [{ fd: this.source.fd, events: POLL.IN }, ...(handoff >= 0 ? [{ fd: handoff, events: POLL.IN }] : []), ...this.mms.map((m) => ({ fd: m.uffd, events: POLL.IN }))];
+        const src = this.source;
+        const fds = [...(src ? [{ fd: src.fd, events: POLL.IN }] : []), ...(handoff >= 0 ? [{ fd: handoff, events: POLL.IN }] : []), ...this.mms.map((m) => ({ fd: m.uffd, events: POLL.IN }))];
         // Until the handoff ends, wait; after it, only look (there is background work).
         const ready = poll(fds, handoff >= 0 ? POLL_IDLE_MS : 0);
-        if (ready[0]! & (POLL.IN | POLL.HUP | POLL.ERR)) throw new ConnectionLost(`the source at ${this.source.peer} closed the connection with ${this.left()} lazy page(s) not yet here`);
+        const seen = (i: number): boolean => (ready[i]! & (POLL.IN | POLL.HUP | POLL.ERR)) !== 0;
+        if (src && seen(0)) throw new ConnectionLost(`the source at ${src.peer} closed the connection with ${this.left()} lazy page(s) not yet here`);
         let handled = false;
         // A fork adds an mm while we go: walk the ones polled.
         const polled = this.mms.slice();
-        const first = handoff >= 0 ? 2 : 1;
+        const handoffAt = src ? 1 : 0;
+        const first = handoffAt + (handoff >= 0 ? 1 : 0);
         polled.forEach((m, i) => {
-          if (ready[first + i]! & (POLL.IN | POLL.HUP | POLL.ERR)) handled = this.drain(m) || handled;
+          if (seen(first + i)) handled = this.drain(m) || handled;
         });
-        if (handoff >= 0 && ready[1]! & (POLL.IN | POLL.HUP | POLL.ERR)) {
+        if (handoff >= 0 && seen(handoffAt)) {
           if (!this.takeHandoff(handoff)) {
             close(handoff);
             handoff = -1;
@@ -279,7 +309,7 @@ export class LazyPagesDaemon {
       case UFFD_EVENT.FORK: {
         const child = v.getUint32(8, true);
         fcntl(child, F.SETFL, O.NONBLOCK);
-        this.mms.push({ uffd: child, pid: m.pid, progress: m.progress.clone(), cursor: { ...m.cursor }, moved: m.moved.map((x) => ({ ...x })) });
+        this.mms.push({ uffd: child, pid: m.pid, saved: m.saved, progress: m.progress.clone(), cursor: { ...m.cursor }, moved: m.moved.map((x) => ({ ...x })) });
         return;
       }
       case UFFD_EVENT.REMAP: {
@@ -299,22 +329,32 @@ export class LazyPagesDaemon {
     }
   }
 
-  /** Fetch up to `max` pages from image address `from` and place them at `here`. */
+  /** Get up to `max` pages from image address `from` (from the images, else the source) and place them at `here`. */
   private fetch(m: LazyMm, here: bigint, from: bigint, max: number, onFault: boolean): void {
     const want = m.progress.span(from, max, 1);
     if (want === 0) return;
-    this.source.sendAll(encodeIov({ cmd: PS.GET, nrPages: BigInt(want), vaddr: from, dstId: BigInt(m.pid) }, this.header));
-    this.source.recvExact(this.header);
+    let pages = m.saved.read(from, this.buffer.subarray(0, want * PAGE_SIZE)) / PAGE_SIZE;
+    if (pages > 0) this.counters.pagesFromImages += pages;
+    else pages = this.fetchFromSource(m, from, want);
+    this.place(m, here, pages);
+    m.progress.mark(from, pages, 0);
+    if (onFault) this.counters.pagesOnFault += pages;
+    else this.counters.pagesInBackground += pages;
+  }
+
+  /** PS_IOV_GET of `want` pages at `from` into the buffer; returns how many came. */
+  private fetchFromSource(m: LazyMm, from: bigint, want: number): number {
+    const source = this.source;
+    if (!source) throw new Error(`process ${m.pid}: no saved page at 0x${from.toString(16)}, and no source to fetch it from`);
+    source.sendAll(encodeIov({ cmd: PS.GET, nrPages: BigInt(want), vaddr: from, dstId: BigInt(m.pid) }, this.header));
+    source.recvExact(this.header);
     const answer = decodeIov(this.header);
     if (answer.cmd !== PS.ADD_F || answer.vaddr !== from || answer.nrPages === 0n || answer.nrPages > BigInt(want)) {
       throw new Error(`the source answered a request for ${want} page(s) of process ${m.pid} at 0x${from.toString(16)} with command ${answer.cmd}, ${answer.nrPages} page(s) at 0x${answer.vaddr.toString(16)}`);
     }
     const pages = Number(answer.nrPages);
-    this.source.recvExact(this.buffer, pages * PAGE_SIZE);
-    this.place(m, here, pages);
-    m.progress.mark(from, pages, 0);
-    if (onFault) this.counters.pagesOnFault += pages;
-    else this.counters.pagesInBackground += pages;
+    source.recvExact(this.buffer, pages * PAGE_SIZE);
+    return pages;
   }
 
   /** UFFDIO_COPY of the buffer's first `pages` pages to `here`, page by page past any already there. */
