@@ -154,6 +154,7 @@ async function viaPageServer(preRounds: number, ahead = false, lazyRestore = fal
   let frozenSince = 0;
   let waiting: { finish: () => Promise<number> } | null = null;
   let daemon: { done: Promise<Ran> } | null = null;
+  let lastDump = "";
   const last = String(preRounds + 1);
   const restoreArgs = lazyRestore ? ["--lazy-pages"] : [];
   for (let round = 1; round <= preRounds + 1; round++) {
@@ -168,9 +169,11 @@ async function viaPageServer(preRounds: number, ahead = false, lazyRestore = fal
     }
 
     const r = run(hosts.source, [CKPT, verb, "-t", String(pid), "-D", join(src, String(round)), ...prev, "--page-server", "--address", hosts.dest.address, "--port", String(port), "--json"]);
-    const j = JSON.parse(r.stdout) as { figures: { frozenSinceEpochMs?: number }; pageServer: { bytesSent: number } };
+    const j = JSON.parse(r.stdout) as { figures: { frozenSinceEpochMs?: number; frozenMs: number; totalMs: number; frozenPhases?: Record<string, number> }; pageServer: { bytesSent: number } };
     sent.push(j.pageServer.bytesSent);
     frozenSince = j.figures.frozenSinceEpochMs ?? 0;
+    const phases = Object.entries(j.figures.frozenPhases ?? {}).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ");
+    lastDump = `frozen ${j.figures.frozenMs.toFixed(0)} ms (${phases}), dump total ${j.figures.totalMs.toFixed(0)} ms`;
     const s = await server.done;
     if (s.code !== 0) throw new Error(`page server: ${s.stderr}`);
     if (round <= preRounds) {
@@ -192,7 +195,7 @@ async function viaPageServer(preRounds: number, ahead = false, lazyRestore = fal
   }
   return {
     downtimeMs: end - frozenSince, bytes: sent.reduce((a, b) => a + b, 0),
-    rounds: `${sent.map((b) => `${(b / 2 ** 20).toFixed(1)}`).join(" + ")}; freeze→dump exit ${dumped - frozenSince} ms, copy ${copied - dumped} ms, restore ${end - copied} ms (${lastRestore})${filled}`,
+    rounds: `${sent.map((b) => `${(b / 2 ** 20).toFixed(1)}`).join(" + ")}; freeze→dump exit ${dumped - frozenSince} ms (${lastDump}), copy ${copied - dumped} ms, restore ${end - copied} ms (${lastRestore})${filled}`,
   };
 }
 

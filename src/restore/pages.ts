@@ -61,10 +61,12 @@ class PagesWindow {
 
   /**
    * ckpt's address of `length` bytes (at most a window) at `offset` in the
-   * file, read in if need be: `beforeMove` runs first, since whatever still
-   * points into the window's old contents must be written out.
+   * file, read in if need be, with what `ahead()` says the next pieces want
+   * from there (bytes from `offset`, at most a window): `beforeMove` runs
+   * first, since whatever still points into the window's old contents must
+   * be written out.
    */
-  addressOf(offset: number, length: number, beforeMove: () => void): number {
+  addressOf(offset: number, length: number, ahead: () => number, beforeMove: () => void): number {
     if (offset < this.start || offset + length > this.end) {
       beforeMove();
       if (this.fd < 0) {
@@ -72,7 +74,7 @@ class PagesWindow {
         const have = Number(fstat(this.fd).size);
         if (have < this.round.bytes) throw new Error(`${this.round.pagesPath} holds ${have} bytes, its pagemap needs ${this.round.bytes}`);
       }
-      const want = Math.min(this.buffer.length, this.round.bytes - offset);
+      const want = Math.min(Math.max(length, ahead()), this.buffer.length, this.round.bytes - offset);
       if (want < length) throw new Error(`${this.round.pagesPath}: ${length} bytes at ${offset} lie past the ${this.round.bytes} its pagemap gives`);
       const got = preadFull(this.fd, this.buffer.subarray(0, want), BigInt(offset));
       if (got !== want) throw new Error(`${this.round.pagesPath} ended at ${offset + got} bytes while its pagemap needs ${this.round.bytes}`);
@@ -107,6 +109,31 @@ function outside(pieces: readonly PagePiece[], skip: readonly { start: bigint; e
   return out;
 }
 
+/** The most pieces looked at ahead of a window read. */
+const LOOK_AHEAD = 256;
+/** A gap in a pages file worth reading through rather than reading again after it. */
+const READ_THROUGH = 1 << 20;
+
+/**
+ * Bytes from `pieces[i]`'s offset that the window should hold for it and
+ * the pieces after it from the same round: those that follow it in the
+ * file, each within a small gap of the last and all within a window. A
+ * window read then faults in (and reads) no more of ckpt's buffer than the
+ * pieces need: a lazy restore fills a few scattered pages, and a 16 MiB read
+ * for each cost tens of milliseconds.
+ */
+function readAhead(pieces: readonly PagePiece[], i: number): number {
+  const first = pieces[i]!;
+  let reach = first.offset + first.length;
+  for (let j = i + 1; j < pieces.length && j <= i + LOOK_AHEAD; j++) {
+    const p = pieces[j]!;
+    if (p.round !== first.round) continue;
+    if (p.offset < reach || p.offset > reach + READ_THROUGH || p.offset + p.length > first.offset + WINDOW) break;
+    reach = p.offset + p.length;
+  }
+  return reach - first.offset;
+}
+
 /**
  * Copy every saved page of the process (all must be writable now), following
  * in-parent runs down the chain; pages inside `skip` stay as they are.
@@ -129,7 +156,7 @@ export function fillPages(pid: number, chain: PageChain, skip: readonly { start:
     batchBytes = 0;
   };
   try {
-    for (const piece of pieces) {
+    pieces.forEach((piece, i) => {
       const w = (windows[piece.round] ??= new PagesWindow(chain.loaded[piece.round]!, (windowBuffers[piece.round] ??= new Uint8Array(WINDOW))));
       let left = piece.length;
       let off = piece.offset;
@@ -137,7 +164,7 @@ export function fillPages(pid: number, chain: PageChain, skip: readonly { start:
       while (left > 0) {
         const len = Math.min(left, WINDOW);
         // Before any index is taken: moving the window flushes, which empties the batch.
-        const from = w.addressOf(off, len, flush);
+        const from = w.addressOf(off, len, () => (off === piece.offset ? readAhead(pieces, i) : WINDOW), flush);
         local[n * 2] = BigInt(from);
         local[n * 2 + 1] = BigInt(len);
         remote[n * 2] = at;
@@ -150,7 +177,7 @@ export function fillPages(pid: number, chain: PageChain, skip: readonly { start:
         if (n === IOV_MAX || batchBytes >= MAX_RUN) flush();
       }
       fill.pages += piece.length / PAGE_SIZE;
-    }
+    });
     flush();
   } finally {
     for (const w of windows) w?.close();
