@@ -7,6 +7,8 @@
  *       the restore started before the final dump (--wait-images); each
  *       also with a lazy restore, whose `ckpt lazy-pages` reads the
  *       anonymous memory from the destination's images after the tree runs;
+ *       and with a lazy final dump, whose daemon reads the rounds sent at
+ *       the destination and fetches only what was written since;
  *   (c) dump --lazy-pages, images copied, restore --lazy-pages (memory
  *       arrives after the restore, through `ckpt lazy-pages`); and (c) with
  *       the destination's daemon and restore started before the dump,
@@ -24,7 +26,7 @@
  *
  * Run: npm run bench:migrate   (MIB=2048 RATE=16 RUNS=1; CASES=bc for some cases only; CKPT=path to use another binary)
  */
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import { rewriteTarget } from "../test/helpers/restore-workloads";
 import { freshPort, twoHosts, type Host } from "../test/helpers/hosts";
@@ -200,6 +202,57 @@ async function viaPageServer(preRounds: number, ahead = false, lazyRestore = fal
 }
 
 /**
+ * Pre-dump rounds through page servers, then a lazy final dump
+ * (--prev-images-dir): the destination's daemon reads what the rounds sent
+ * from its own images and fetches from the source only what was written
+ * since. Daemon and restore are started ahead, waiting for the dump.
+ */
+async function lazyAfterRounds(preRounds: number): Promise<Outcome> {
+  const pid = await workload();
+  const [src, dst] = [tempDir("bench-hybrid-src"), tempDir("bench-hybrid-dst")];
+  left.dirs.push(src, dst);
+  const sent: number[] = [];
+  for (let round = 1; round <= preRounds; round++) {
+    const prev = round === 1 ? [] : ["--prev-images-dir", `../${round - 1}`];
+    const port = freshPort();
+    const server = await pageServer([CKPT, "page-server", "-D", join(dst, String(round)), "--address", hosts.dest.address, "--port", String(port), ...prev], port);
+    const r = run(hosts.source, [CKPT, "pre-dump", "-t", String(pid), "-D", join(src, String(round)), ...prev, "--page-server", "--address", hosts.dest.address, "--port", String(port), "--json"]);
+    sent.push((JSON.parse(r.stdout) as { pageServer: { bytesSent: number } }).pageServer.bytesSent);
+    const s = await server.done;
+    if (s.code !== 0) throw new Error(`page server: ${s.stderr}`);
+    if (round === preRounds) break;
+    await Bun.sleep(1000);
+  }
+  const last = String(preRounds + 1);
+  const [from, to] = [join(src, last), join(dst, last)];
+  mkdirSync(to, { mode: 0o700 });
+  const port = freshPort();
+  const daemon = spawn(hosts.dest, [CKPT, "lazy-pages", "-D", to, "--page-server", "--address", hosts.source.address, "--port", String(port), "--wait-source", "60", "--json"]);
+  const waiting = restoreAhead(to, ["--lazy-pages"]);
+  // Both started and waiting in the pause before the final dump.
+  await Bun.sleep(1000);
+  const dump = spawn(hosts.source, [CKPT, "dump", "-t", String(pid), "-D", from, "--prev-images-dir", `../${preRounds}`, "--lazy-pages", "--address", hosts.source.address, "--port", String(port), "--json"]);
+  await waitFor("the lazy dump's images", () => existsSync(join(from, "inventory.img")), 60000);
+  const seen = Date.now();
+  // As cp -a would: the parent link goes along, and names the page server's round there.
+  symlinkSync(readlinkSync(join(from, "parent")), join(to, "parent"));
+  copyImages(from, to);
+  const copied = Date.now();
+  const end = await waiting.finish();
+  const [d, l] = await Promise.all([dump.done, daemon.done]);
+  if (d.code !== 0 || l.code !== 0) throw new Error(`lazy after rounds: dump ${d.code} ${d.stderr} / lazy-pages ${l.code} ${l.stderr}`);
+  const dj = JSON.parse(d.stdout) as { figures: { frozenSinceEpochMs: number; frozenPhases: Record<string, number> }; lazy: { bytesSent: number } };
+  const phases = Object.entries(dj.figures.frozenPhases).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ");
+  const lj = JSON.parse(l.stdout) as { pagesOnFault: number; pagesInBackground: number; pagesFromImages: number; ms: number };
+  const f = dj.figures.frozenSinceEpochMs;
+  sent.push(dj.lazy.bytesSent);
+  return {
+    downtimeMs: end - f, bytes: sent.reduce((a, b) => a + b, 0),
+    rounds: `${sent.map((b) => `${(b / 2 ** 20).toFixed(1)}`).join(" + ")}; freeze→images ${(seen - f).toFixed(0)} ms (frozen phases: ${phases}), copy ${copied - seen} ms, restore ${end - copied} ms (${lastRestore}); lazy: ${lj.pagesOnFault} pages on fault, ${lj.pagesInBackground} in the background (${lj.pagesFromImages} from the images), all in ${lj.ms.toFixed(0)} ms`,
+  };
+}
+
+/**
  * `ahead`: the destination's lazy-pages daemon and restore are started
  * before the dump and wait for it (--wait-source, --wait-images), so their
  * own start-up is not downtime.
@@ -270,6 +323,7 @@ if (CASES.includes("b")) {
   cases.push(["(b) same, restore started ahead", () => viaPageServer(2, true)]);
   cases.push(["(b) same, lazy restore from the images", () => viaPageServer(2, false, true)]);
   cases.push(["(b) same, lazy restore started ahead", () => viaPageServer(2, true, true)]);
+  cases.push(["(b) 2 pre-dumps + lazy dump, started ahead", () => lazyAfterRounds(2)]);
 }
 if (CASES.includes("c")) {
   cases.push(["(c) dump --lazy-pages + lazy restore", () => lazy(false)]);

@@ -6,7 +6,7 @@
  * migration script does.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { CoreEntrySchema } from "../src/image/gen/core_pb";
@@ -90,6 +90,31 @@ describe("the page-server protocol", () => {
   });
 });
 
+/**
+ * Rounds of a dirtyTarget's iterative migration, each through a page server
+ * of its own into `dst`/1..: pre-dumps, and a final dump when `rounds`
+ * includes it; the workload rewrites every STRIDEth page after each
+ * pre-dump. Returns the pages sent per round.
+ */
+async function migrateInRounds(pid: number, out: string, src: string, dst: string, preDumps = 2, finalDump = true): Promise<number[]> {
+  const sent: number[] = [];
+  for (let round = 1; round <= preDumps + (finalDump ? 1 : 0); round++) {
+    const prev = round === 1 ? [] : ["--prev-images-dir", `../${round - 1}`];
+    const port = freshPort();
+    const server = await startPageServer(hosts.dest, ["-D", join(dst, String(round)), "--address", hosts.dest.address, "--port", String(port), ...prev], port);
+    const verb = round > preDumps ? "dump" : "pre-dump";
+    const r = ckptOn(hosts.source, [verb, "-t", String(pid), "-D", join(src, String(round)), ...prev, "--page-server", "--address", hosts.dest.address, "--port", String(port), "--json"]);
+    expect(r.code).toBe(0);
+    sent.push((JSON.parse(r.stdout) as { pageServer: { pagesSent: number } }).pageServer.pagesSent);
+    expect((await server.done).code).toBe(0);
+    if (round <= preDumps) {
+      process.kill(pid, "SIGUSR2");
+      await waitFor(`dirty round ${round}`, () => readFileSync(out, "utf8").includes(`round ${round}\n`), 10000);
+    }
+  }
+  return sent;
+}
+
 describe("migration through ckpt page-server", () => {
   test("a process with threads, fds and memory migrates: pages over the network, the rest copied, and it verifies itself at the destination", async () => {
     const work = tempDir("migrate-work");
@@ -119,30 +144,6 @@ describe("migration through ckpt page-server", () => {
     await restoreAtDestination(src, dst, pid, out);
     if (hosts.separate) expect(readFileSync(`/proc/${pid}/net/dev`, "utf8")).toContain("ckd");
   });
-
-  /**
-   * Two pre-dumps and a dump of a dirtyTarget, each round through a page
-   * server of its own into `dst`/1..3; the workload rewrites every STRIDEth
-   * page between rounds. Returns the pages sent per round.
-   */
-  async function migrateInRounds(pid: number, out: string, src: string, dst: string): Promise<number[]> {
-    const sent: number[] = [];
-    for (const round of [1, 2, 3]) {
-      const prev = round === 1 ? [] : ["--prev-images-dir", `../${round - 1}`];
-      const port = freshPort();
-      const server = await startPageServer(hosts.dest, ["-D", join(dst, String(round)), "--address", hosts.dest.address, "--port", String(port), ...prev], port);
-      const verb = round === 3 ? "dump" : "pre-dump";
-      const r = ckptOn(hosts.source, [verb, "-t", String(pid), "-D", join(src, String(round)), ...prev, "--page-server", "--address", hosts.dest.address, "--port", String(port), "--json"]);
-      expect(r.code).toBe(0);
-      sent.push((JSON.parse(r.stdout) as { pageServer: { pagesSent: number } }).pageServer.pagesSent);
-      expect((await server.done).code).toBe(0);
-      if (round < 3) {
-        process.kill(pid, "SIGUSR2");
-        await waitFor(`dirty round ${round}`, () => readFileSync(out, "utf8").includes(`round ${round}\n`), 10000);
-      }
-    }
-    return sent;
-  }
 
   test("an iterative migration: two pre-dumps and a dump, each to a page server of its own; rounds 2 and 3 send only the pages written since", async () => {
     const STRIDE = 16;
@@ -452,6 +453,46 @@ describe("lazy migration (post-copy)", () => {
     expect((await dump.done).code).toBe(0);
     await gone([pid]);
     expect(await selfCheck(root, out)).toBe("ok");
+  });
+
+  test("two pre-dumps through page servers, then a lazy dump: the restore reads the rounds at the destination and fetches from the source only the pages written since", async () => {
+    const { target, words, out } = await onSource([dirtyTarget(), "32", "16"]);
+    const pid = target.pid;
+    const addr = BigInt(`0x${words[0]}`);
+    const pages = Number(words[1]) / 4096;
+    const [src, dst] = [tempDir("lazy-chain-src"), tempDir("lazy-chain-dst")];
+    await migrateInRounds(pid, out, src, dst, 2, false);
+    const port = freshPort();
+    const dump = spawnOn(hosts.source, ["dump", "-t", String(pid), "-D", join(src, "3"), "--prev-images-dir", "../2", "--lazy-pages", "--address", hosts.source.address, "--port", String(port), "--json"]);
+    await waitFor("the lazy dump's images", () => existsSync(join(src, "3", "inventory.img")), 30000);
+    // What round 2 left unchanged is in the parent (at the destination); what was written since, at the source.
+    const pm = pagemapOf(join(src, "3"), pid);
+    const region = pm.entries.filter((e) => e.vaddr >= addr && e.vaddr < addr + BigInt(pages * 4096));
+    const inParent = pagesFlagged(region, PE_PARENT);
+    const atSource = region.filter((e) => e.flags === PE_LAZY).reduce((s, e) => s + count(e), 0);
+    expect(inParent + atSource).toBe(pages);
+    expect(atSource).toBeGreaterThanOrEqual(pages / 16);
+    expect(atSource).toBeLessThan(pages / 4);
+    for (const e of region) expect(e.flags & PE_LAZY).toBe(PE_LAZY);
+
+    // The set goes over as a script's cp -a would take it: with its parent link, which names round 2 there too.
+    const top = join(dst, "3");
+    mkdirSync(top);
+    copyImages(join(src, "3"), top);
+    symlinkSync(readlinkSync(join(src, "3", "parent")), join(top, "parent"));
+    const daemon = await lazyDaemon(top, port);
+    const root = lazyRestore(top);
+    const filled = await daemon.done;
+    expect(filled.code).toBe(0);
+    const f = JSON.parse(filled.stdout) as { pagesLazy: number; pagesOnFault: number; pagesInBackground: number; pagesFromImages: number; bytesReceived: number };
+    expect(f.pagesOnFault + f.pagesInBackground).toBe(f.pagesLazy);
+    expect(f.pagesFromImages).toBeGreaterThanOrEqual(inParent);
+    // Only the pages kept at the source crossed the network.
+    expect(f.pagesLazy - f.pagesFromImages).toBe(pagesFlagged(pm.entries.filter((e) => e.flags === PE_LAZY), PE_LAZY));
+    expect(f.bytesReceived).toBeLessThan((f.pagesLazy - f.pagesFromImages) * 4096 + (1 << 20));
+    expect((await dump.done).code).toBe(0);
+    await gone([pid]);
+    expect(await selfCheck(root, out)).toBe("ok round 2");
   });
 
   test("the destination started ahead of the dump (lazy-pages --wait-source, restore --wait-images): the tree verifies itself there", async () => {

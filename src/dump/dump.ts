@@ -221,7 +221,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   if (!opts.leaveRunning) snapshot.why = "the tree is killed after the dump: nothing runs to copy from";
   else if (opts.snapshot === false) snapshot.why = "--no-snapshot";
   try {
-    const parent = opts.prevImagesDir === undefined ? null : ParentImages.open(out, opts.prevImagesDir, opts.pageServer !== undefined);
+    const parent = opts.prevImagesDir === undefined ? null : ParentImages.open(out, opts.prevImagesDir, opts.pageServer !== undefined ? "remote" : opts.lazyPages ? "either" : "local");
     // Read the irmap cache (through the parent link just made) before the freeze.
     files.ctx.irmap.load();
     learnBorrowedCode(proc, opts.pid);

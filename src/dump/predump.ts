@@ -103,7 +103,7 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
   let tracking: RoundTracking | null = null;
   let released = false;
   try {
-    const parent = opts.prevImagesDir === undefined ? null : ParentImages.open(out, opts.prevImagesDir, opts.pageServer !== undefined);
+    const parent = opts.prevImagesDir === undefined ? null : ParentImages.open(out, opts.prevImagesDir, opts.pageServer !== undefined ? "remote" : "local");
     learnBorrowedCode(proc, opts.pid);
     const gcMs = collectBeforeFreeze();
     const tree = freezer.freeze(opts.pid);

@@ -153,8 +153,11 @@ export class PageChain {
       const length = entryPageCount(e) * PAGE_SIZE;
       if (length === 0) return;
       const offset = top.offsets[i]!;
-      if (lazyRestore && entryLazyable(e)) this.lazy.push({ start: e.vaddr, end: e.vaddr + BigInt(length) });
-      else if (offset >= 0) out.push({ remote: e.vaddr, round: 0, offset, length });
+      if (lazyRestore && entryLazyable(e)) {
+        // Not filled, but followed down the chain all the same: a missing parent fails the restore now, not the daemon once the tree runs.
+        if (entryInParent(e)) this.resolve(1, e.vaddr, e.vaddr + BigInt(length), []);
+        this.lazy.push({ start: e.vaddr, end: e.vaddr + BigInt(length) });
+      } else if (offset >= 0) out.push({ remote: e.vaddr, round: 0, offset, length });
       else if (entryInParent(e)) this.resolve(1, e.vaddr, e.vaddr + BigInt(length), out);
       else if (entryLazy(e)) this.lazy.push({ start: e.vaddr, end: e.vaddr + BigInt(length) });
       else throw new Error(`${top.dir}: pagemap of process ${this.pid} has pages at 0x${e.vaddr.toString(16)} that are neither present, nor in the parent, nor lazy (flags ${e.flags})`);

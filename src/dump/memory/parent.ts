@@ -15,6 +15,14 @@ import { readTrackingRecord, type TrackingRecord } from "../tracking/record";
 /** Kernel clock ticks per second in /proc/PID/stat (USER_HZ, fixed at 100 in the x86_64 ABI). */
 const USER_HZ = 100n;
 
+/**
+ * Where this round expects the pages it leaves in the parent: in the
+ * parent's own set ("local"), at the page server the parent was sent to
+ * ("remote", as the parent's record of what it sent says), or either (a
+ * lazy dump, restored at the destination).
+ */
+export type ParentPages = "local" | "remote" | "either";
+
 export class ParentImages {
   private constructor(
     /** The parent set's directory, as ckpt reaches it. */
@@ -24,12 +32,12 @@ export class ParentImages {
     readonly dumpUptime: bigint,
     /** What the parent round armed for this one; null when it armed nothing. */
     readonly tracking: TrackingRecord | null,
-    /** This round's pages go to a page server: the parent's are there too, as its record of them says. */
-    private readonly remote: boolean,
+    /** Where the parent's pages are that this round may leave in it (see coverage). */
+    private readonly pagesAt: ParentPages,
   ) {}
 
   /** Open the previous round's set and link it as `parent` in the new directory. */
-  static open(out: ImageDirWriter, prev: string, remote = false): ParentImages {
+  static open(out: ImageDirWriter, prev: string, pagesAt: ParentPages = "local"): ParentImages {
     const path = isAbsolute(prev) ? prev : join(out.path, prev);
     let set: ImageSet;
     try {
@@ -41,7 +49,7 @@ export class ParentImages {
     if (!inv.dumpUptime) throw new Error(`--prev-images-dir ${prev}: its inventory has no dump_uptime, so reused pids could not be told apart`);
     const tracking = readTrackingRecord(path);
     out.symlink("parent", prev);
-    return new ParentImages(path, set, inv.dumpUptime, tracking, remote);
+    return new ParentImages(path, set, inv.dumpUptime, tracking, pagesAt);
   }
 
   /** A process that started after the parent round froze its tasks is not the one the parent saw: its pid was reused. */
@@ -53,11 +61,14 @@ export class ParentImages {
    * The pages the parent holds for process `pid`; null when it saved no
    * pagemap for it. Rounds sent to a page server keep the record of what
    * they sent instead; a local round never leaves pages in a parent whose
-   * pages are on another host, nor a remote round in a local parent.
+   * pages are on another host, nor a remote round in a local parent. A lazy
+   * round takes either: it is restored where its parents' pages are, the
+   * page server's rounds or a copy of the local ones.
    */
   coverage(pid: number): PageCoverage | null {
-    const name = this.remote ? sentPagemapName(pid) : `pagemap-${pid}.img`;
-    if (!this.set.has(name)) return null;
+    const names = { local: [`pagemap-${pid}.img`], remote: [sentPagemapName(pid)], either: [`pagemap-${pid}.img`, sentPagemapName(pid)] }[this.pagesAt];
+    const name = names.find((n) => this.set.has(n));
+    if (name === undefined) return null;
     return new PageCoverage(splitPagemap(this.set.raw(name), this.set.path(name)).entries);
   }
 }
