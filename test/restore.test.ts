@@ -20,7 +20,7 @@ import { credTarget, kernelStateTarget, lockTarget, restoreTarget, sharedTreeTar
 import { dropDigests, entries } from "./helpers/images";
 import { FileLockEntrySchema } from "../src/image/gen/file-lock_pb";
 import { alive, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
-import { selfCheck } from "./helpers/workloads";
+import { memTarget, selfCheck } from "./helpers/workloads";
 
 const cleanup: Target[] = [];
 afterEach(() => {
@@ -139,6 +139,23 @@ describe("ckpt restore", () => {
     expect(third.stderr).toBe("");
     expect(third.code).toBe(0);
     expect(await selfCheck(pids[0], out)).toBe("ok");
+  });
+
+  test("a restore right after the dump waits for the killed tree's pids, held by a zombie its parent reaps a moment later", async () => {
+    // The workload's parent reaps it only after 3 s, long after the dump killed it.
+    const reaper = "import os, sys, time\npid = os.fork()\nif pid == 0: os.execv(sys.argv[1], sys.argv[1:])\ntime.sleep(3)\nos.waitpid(pid, 0)";
+    const { target, out } = await startReady(["python3", "-c", reaper, memTarget(), "16", "1"]);
+    cleanup.push(target);
+    const pid = Number(readFileSync(`/proc/${target.pid}/task/${target.pid}/children`, "utf8").trim());
+    cleanup.push(killablePid(pid));
+    const images = join(tempDir("restore-zombie"), "img");
+    const dumped = runCkpt(["dump", "-t", String(pid), "-D", images]);
+    expect(dumped.stderr).toBe("");
+    expect(dumped.code).toBe(0);
+    const r = restoreDetached(images);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await selfCheck(pid, out)).toBe("ok");
   });
 
   test("a restore that fails half-way kills every task it made and says what failed", async () => {

@@ -27,7 +27,7 @@ export const dumpCommand = defineCommand({
     const lazyPages = parseLazyPages(args);
     if (lazyPages && args["leave-running"]) throw new UsageError("--lazy-pages cannot be used with -R: the tree stays frozen until its pages have gone, then it is killed");
     const ghostLimit = args["ghost-limit"] === undefined ? undefined : parseSize("--ghost-limit", String(args["ghost-limit"]));
-    const result = await dump({ ...shared, leaveRunning: Boolean(args["leave-running"]), snapshot: args.snapshot !== false, shellJob: Boolean(args["shell-job"]), tcpEstablished: Boolean(args["tcp-established"]), fileLocks: Boolean(args["file-locks"]), ...(fileValidation ? { fileValidation } : {}), ...(ghostLimit !== undefined ? { ghostLimit } : {}),
+    const result = await dump({ ...shared, exitAfter: true, leaveRunning: Boolean(args["leave-running"]), snapshot: args.snapshot !== false, shellJob: Boolean(args["shell-job"]), tcpEstablished: Boolean(args["tcp-established"]), fileLocks: Boolean(args["file-locks"]), ...(fileValidation ? { fileValidation } : {}), ...(ghostLimit !== undefined ? { ghostLimit } : {}),
       ...(lazyPages ? { lazyPages, onImagesWritten: ({ lazyPagesAt }) => process.stderr.write(`ckpt: images complete in ${shared.dir}; the tree stays frozen, serving its lazy pages on ${lazyPagesAt}\n`) } : {}),
     });
     if (args.json) {

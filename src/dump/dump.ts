@@ -75,6 +75,13 @@ export interface DumpOptions {
   dir: string;
   /** Resume the tree after the dump instead of killing it (-R). */
   leaveRunning: boolean;
+  /**
+   * Without -R: return once the tree is killed, without collecting its
+   * deaths, for a caller about to exit (the command line): the kernel
+   * finishes them. A caller that goes on (and may restore those pids here)
+   * keeps the default, which waits until every process of the tree is dead.
+   */
+  exitAfter?: boolean;
   /** How to find pages to save: the PAGEMAP_SCAN ioctl, or reading /proc/PID/pagemap. */
   pageScan?: "auto" | "ioctl" | "pagemap";
   /** The tree is a job of the user's shell: dump the terminal it uses (--shell-job). */
@@ -342,7 +349,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
           if (dead) throw new Error(`process ${dead.tree.pid} of the tree died while its lazy pages waited to be fetched: the images are removed`);
         });
       }
-      release(freezer, "kill");
+      release(freezer, "kill", opts.exitAfter !== true);
       released = true;
       // The holder closes the dumped sockets once the tree is gone, and keeps the lock.
       const handOffProblem = tcpLock?.handOff();
@@ -416,8 +423,8 @@ function processAlive(pid: number): boolean {
 }
 
 /** Let the tree go; problems here are reported but never hide the dump's own error. */
-export function release(freezer: Freezer, mode: "resume" | "kill"): void {
-  for (const p of freezer.release(mode)) process.stderr.write(`ckpt: warning: while letting the tree go: ${p}\n`);
+export function release(freezer: Freezer, mode: "resume" | "kill", awaitDeath = true): void {
+  for (const p of freezer.release(mode, undefined, awaitDeath)) process.stderr.write(`ckpt: warning: while letting the tree go: ${p}\n`);
 }
 
 /** Whether this dump copies memory as a snapshot, and if not, why. */

@@ -86,6 +86,24 @@ export function readStat(proc: ProcFs, target: ProcTarget, tid?: number): ProcSt
   return parseStat(proc.readText(target, tid === undefined ? "stat" : `task/${tid}/stat`));
 }
 
+/** PF_EXITING in stat's flags: the task is on its way out (killed, freeing its memory). */
+const PF_EXITING = 0x4;
+
+/**
+ * Whether a task is exiting or has exited (PF_EXITING, a zombie, dead, or
+ * gone from /proc): its pid frees itself without anyone's help but its
+ * parent's wait. Other errors are thrown.
+ */
+export function isExiting(proc: ProcFs, pid: number, tid?: number): boolean {
+  try {
+    const stat = readStat(proc, pid, tid);
+    return stat.state === "Z" || stat.state === "X" || (stat.flags & PF_EXITING) !== 0;
+  } catch (e) {
+    if (e instanceof SysError && (e.errno === Errno.ENOENT || e.errno === Errno.ESRCH)) return true;
+    throw e;
+  }
+}
+
 /** Whether a task has exited: a zombie, dead, or gone from /proc. Other errors are thrown. */
 export function hasExited(proc: ProcFs, pid: number, tid?: number): boolean {
   try {

@@ -39,6 +39,7 @@ import { CoreEntry_March, SeccompMode, TaskCoreEntrySchema, TaskKobjIdsEntrySche
 import { readMaps } from "../proc/maps";
 import { describeTask } from "../proc/task";
 import { ProcFs } from "../proc/procfs";
+import { isExiting } from "../proc/stat";
 import { statOrNull, writeWholeFile } from "../sys/file";
 import { addressOf, callCountsSince, kill, snapshotCallCounts, syscall, waitpid } from "../sys/libc";
 import { MAP, PROT, SIG, SYS, W } from "../sys/nr";
@@ -117,6 +118,12 @@ export interface RestoreFigures {
   /** The end: registers, the guard that kills a half-made tree if ckpt dies, letting every task go. */
   letGoMs: number;
   totalMs: number;
+  /**
+   * When the whole tree was let go, in ms since the Unix epoch: with a
+   * dump's frozenSinceEpochMs, a migration's downtime (ckpt's own exit
+   * after it is not).
+   */
+  runningSinceEpochMs: number;
 }
 
 export interface RestoreResult {
@@ -214,9 +221,18 @@ function loadPlan(images: ImageSet, lazyRestore: boolean): TreePlan {
   return { pstree, processes, zombies, locks };
 }
 
+/**
+ * How long a pid held by an exiting task (the dumped tree, killed a moment
+ * ago on this host: its memory is still being freed, or its parent has not
+ * reaped it yet) is waited for.
+ */
+const EXITING_HOLDER_WAIT_MS = 5000;
+
 function checkPidsFree(proc: ProcFs, pstree: readonly PstreeEntry[]): void {
+  const deadline = performance.now() + EXITING_HOLDER_WAIT_MS;
   for (const p of pstree) {
     for (const tid of p.threads) {
+      while (statOrNull(`/proc/${tid}`) && isExiting(proc, tid) && performance.now() < deadline) Bun.sleepSync(1);
       if (statOrNull(`/proc/${tid}`)) throw new PidTakenError(tid, tid === p.pid ? `process ${p.pid}` : `thread of process ${p.pid}`, describeTask(proc, tid));
     }
   }
@@ -447,7 +463,7 @@ async function restoreFrom(
   let seedPid = 0;
   let files: OpenedFiles | undefined;
   let guard: RestoreGuard | undefined;
-  const figures: RestoreFigures = { waitedMs, forkMs: 0, imagesMs, seedMs: 0, mmMs: 0, pagesMs: 0, filesMs: 0, handoffMs: 0, letGoMs: 0, totalMs: 0 };
+  const figures: RestoreFigures = { waitedMs, forkMs: 0, imagesMs, seedMs: 0, mmMs: 0, pagesMs: 0, filesMs: 0, handoffMs: 0, letGoMs: 0, totalMs: 0, runningSinceEpochMs: 0 };
   let pagesRestored = 0;
   let root = pstree[0]?.pid ?? 0;
   let pidNsInit: number | undefined;
@@ -535,7 +551,9 @@ async function restoreFrom(
     if (tree.init) ptrace.detach(tree.init.tid);
     guard.release();
     created.length = 0;
-    figures.letGoMs = performance.now() - letGo;
+    const running = performance.now();
+    figures.runningSinceEpochMs = performance.timeOrigin + running;
+    figures.letGoMs = running - letGo;
   } catch (e) {
     // Abandoned, the guard kills the tree (once it runs), as killAll below does.
     guard?.abandon();
