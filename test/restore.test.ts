@@ -141,6 +141,26 @@ describe("ckpt restore", () => {
     expect(await selfCheck(pids[0], out)).toBe("ok");
   });
 
+  test("the same after a pre-dump, with 96 MiB besides: the tracked dump scans the areas maps names while smaps is read, and scans again on smaps' areas", async () => {
+    const base = tempDir("restore-kstate-chain");
+    const { target, out } = await startReady([kernelStateTarget(), "96"]);
+    cleanup.push(target);
+    const pid = target.pid;
+    const pre = runCkpt(["pre-dump", "-t", String(pid), "-D", join(base, "1")]);
+    expect(pre.stderr).toBe("");
+    expect(pre.code).toBe(0);
+    const r0 = runCkpt(["dump", "-t", String(pid), "-D", join(base, "2"), "--prev-images-dir", "../1", "--json"]);
+    expect(r0.stderr).toBe("");
+    expect(r0.code).toBe(0);
+    const tracking = (JSON.parse(r0.stdout) as { tracking: { wholeProcesses: unknown[] } }).tracking;
+    expect(tracking.wholeProcesses).toEqual([]);
+    await waitFor("the dumped tree to be gone", () => !existsSync(`/proc/${pid}`), 10000);
+    const r = restoreDetached(join(base, "2"));
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await selfCheck(pid, out)).toBe("ok");
+  });
+
   test("a restore right after the dump waits for the killed tree's pids, held by a zombie its parent reaps a moment later", async () => {
     // The workload's parent reaps it only after 3 s, long after the dump killed it.
     const reaper = "import os, sys, time\npid = os.fork()\nif pid == 0: os.execv(sys.argv[1], sys.argv[1:])\ntime.sleep(3)\nos.waitpid(pid, 0)";

@@ -509,10 +509,13 @@ async function dumpProcess(
   const where = opts.lazyPages ? "source" : "here";
   const scan = (saved: readonly MapArea[]): PagePlan => timePhase(phases, "pageScan", () =>
     planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved), { ranges: lazyRanges(saved, eager), where }, prepared !== null));
-  // Only a scan without tracking runs ahead of smaps: it has no side effect, so one
-  // made on the wrong areas is simply made again. A tracked scan registers
-  // and protects the areas it is given.
-  const early = smaps && tracking.method === null ? (() => {
+  // The scan runs ahead of smaps, and one made on the wrong areas is simply
+  // made again: it has no side effect but, when it follows a pre-dump chain,
+  // registering an area new since the parent with the chain's userfaultfd
+  // (a dump never protects). An area registered that smaps then leaves out
+  // (a droppable one) stays registered, unprotected, until the chain's
+  // tracker ends, and the kernel refuses those it cannot track.
+  const early = smaps ? (() => {
     const saved = timePhase(phases, "areas", () => readMaps(proc, pid).filter(savesPages));
     return { saved, plan: scan(saved) };
   })() : null;

@@ -159,14 +159,14 @@ export class RoundTracking {
     if (!this.method) return null;
     const reason = execed ? "it ran exec since the parent round" : this.inheritProblem(pid, startTime);
     if (reason) {
-      if (!execed) this.summary.wholeProcesses.push({ pid, reason });
+      if (!execed) this.saveWhole(pid, reason);
       // A userfaultfd taken for a pid that is now another process belongs to another mm.
       const stale = this.uffds.get(pid);
       if (stale !== undefined) close(stale);
       this.uffds.delete(pid);
     }
     const parent = reason ? null : this.parent?.coverage(pid) ?? null;
-    if (!reason && this.parent && !parent) this.summary.wholeProcesses.push({ pid, reason: "the parent holds no pagemap for it" });
+    if (!reason && this.parent && !parent) this.saveWhole(pid, "the parent holds no pagemap for it");
 
     if (this.method === "soft-dirty") {
       // New areas are born soft-dirty, so every area is tracked once the process is the parent's.
@@ -194,7 +194,7 @@ export class RoundTracking {
         if (!(e instanceof SysError && e.errno === Errno.ENOMEM) || tracked.size > 0) throw e;
         close(uffd);
         this.uffds.delete(pid);
-        this.summary.wholeProcesses.push({ pid, reason: "it ran exec since the parent round" });
+        this.saveWhole(pid, "it ran exec since the parent round");
         return this.forProcess(pid, startTime, areas, true);
       }
       if (ok) tracked.add(a.start);
@@ -202,6 +202,11 @@ export class RoundTracking {
     }
     this.summary.areasRegistered += tracked.size;
     return { dirty: { category: "written", protect: this.kind === "pre-dump" }, tracked, parent };
+  }
+
+  /** Note a process saved whole, once (a dump may scan a process again, smaps having changed its areas). */
+  private saveWhole(pid: number, reason: string): void {
+    if (!this.summary.wholeProcesses.some((w) => w.pid === pid)) this.summary.wholeProcesses.push({ pid, reason });
   }
 
   /** Why `pid` cannot use what the parent recorded; null when it can (or there is no parent). */
