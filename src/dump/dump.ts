@@ -53,7 +53,7 @@ import { inventoryEntry, uptimeMicros } from "./inventory";
 import { dumpVmas, mmEntry, parseAuxv, savesPages, type MapFilesCounters } from "./memory/mm";
 import { SharedAnonMemory } from "./memory/shmem";
 import { readTaskState } from "./task/remote-state";
-import { lazyRanges, planProcessPages, saveProcessPages, type LazyRange, type PageCopy, type PagePlan } from "./memory/page-dump";
+import { lazyRanges, planProcessPages, saveProcessPages, type LazyRange, type PageCopy, type PagePlan, type ProcessTracking } from "./memory/page-dump";
 import type { PageStore } from "../image/page-store";
 import { openPageStore } from "../transfer/page-client";
 import { LazySource, type LazyServeResult } from "../transfer/lazy-source";
@@ -498,7 +498,7 @@ async function dumpProcess(
   // A small process's smaps is read after the scan, on this thread: a read
   // on the pool costs a thread's wake-up and a turn of the event loop
   // (~3 ms), more than the walk.
-  const smaps = stat.rssPages * PAGE_SIZE >= SMAPS_IN_BACKGROUND_BYTES ? readSmapsInBackground(proc, pid, false) : null;
+  const inBackground = stat.rssPages * PAGE_SIZE >= SMAPS_IN_BACKGROUND_BYTES;
   const prepared = ahead?.take(pid) ?? null;
   // Pages a lazy restore fills before the tree runs, never on a fault: each
   // thread's rseq area (the kernel writes it on the thread's way back to
@@ -507,24 +507,28 @@ async function dumpProcess(
   const rseqs = new Map(p.threads.map((tid) => [tid, readRseq(tid).entry]));
   const eager = p.threads.flatMap((tid) => [...rseqPages(rseqs.get(tid)!), stackPage(regs.get(tid)!.regs.sp)]);
   const where = opts.lazyPages ? "source" : "here";
-  const scan = (saved: readonly MapArea[]): PagePlan => timePhase(phases, "pageScan", () =>
-    planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracking.forProcess(pid, stat.startTime, saved), { ranges: lazyRanges(saved, eager), where }, prepared !== null));
+  const scan = (saved: readonly MapArea[], tracked?: ProcessTracking | null): PagePlan => timePhase(phases, "pageScan", () =>
+    planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracked === undefined ? tracking.forProcess(pid, stat.startTime, saved) : tracked, { ranges: lazyRanges(saved, eager), where }, prepared !== null));
   // The scan runs ahead of smaps, and one made on the wrong areas is simply
   // made again: it has no side effect but, when it follows a pre-dump chain,
   // registering an area new since the parent with the chain's userfaultfd
   // (a dump never protects). An area registered that smaps then leaves out
   // (a droppable one) stays registered, unprotected, until the chain's
-  // tracker ends, and the kernel refuses those it cannot track.
-  const early = smaps ? (() => {
+  // tracker ends, and the kernel refuses those it cannot track. Every
+  // registration takes the address space's write lock: they are made before
+  // the smaps walk starts, or each would wait for all of it.
+  const early = inBackground ? (() => {
     const saved = timePhase(phases, "areas", () => readMaps(proc, pid).filter(savesPages));
-    return { saved, plan: scan(saved) };
+    return { saved, tracked: timePhase(phases, "pageScan", () => tracking.forProcess(pid, stat.startTime, saved)) };
   })() : null;
+  const smaps = inBackground ? readSmapsInBackground(proc, pid, false) : null;
+  const earlyPlan = early ? scan(early.saved, early.tracked) : null;
   const areasStarted = performance.now();
   const vmas = dumpVmas(proc, pid, smaps ? await smaps : readSmaps(proc, pid, false), table, mapFiles, objects);
   phases.areas += performance.now() - areasStarted;
   const saved = vmas.filter((v) => v.savePages).map((v) => v.area);
   // maps lacks the VmFlags: a droppable area is not saved, a locked one not lazy.
-  const plan = early && sameAreas(early.saved, saved) && sameAreas(lazyRanges(early.saved, eager), lazyRanges(saved, eager)) ? early.plan : scan(saved);
+  const plan = early && earlyPlan && sameAreas(early.saved, saved) && sameAreas(lazyRanges(early.saved, eager), lazyRanges(saved, eager)) ? earlyPlan : scan(saved);
 
   const cores = new Map<number, CoreEntry>();
   for (const tid of p.threads) {
