@@ -8,7 +8,7 @@
  * image directory (dump.log, restore.log) and are quoted on failure.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, readFileSync, readlinkSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import { kcmp } from "../src/sys/calls";
 import { KCMP } from "../src/sys/nr";
@@ -235,6 +235,21 @@ async function childOf(parent: number): Promise<number> {
   return kids()[0]!;
 }
 
+/** Every descendant of `pid` now (children of every thread, recursively). */
+function descendantsOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const task of (() => { try { return readdirSync(`/proc/${pid}/task`); } catch { return []; } })()) {
+    let kids: number[] = [];
+    try {
+      kids = readFileSync(`/proc/${pid}/task/${task}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+    } catch {
+      // gone
+    }
+    for (const k of kids) out.push(k, ...descendantsOf(k));
+  }
+  return out;
+}
+
 /** Run `command` on a new pseudo-terminal (util-linux script), detached; returns script's pid. */
 async function onTerminal(command: string): Promise<number> {
   const t = await startDetached(["script", "-qfc", command, "/dev/null"]);
@@ -261,10 +276,12 @@ describe.skipIf(!haveCriu || !Bun.which("script"))("a process on a terminal (--s
       await waitFor("sleep to run on its terminal", () => alive(pid) && onPts(pid));
       const dir = join(tempDir("compat-tty"), "img");
       await c.dump(pid, dir);
-      await onTerminal(c.restore(dir));
+      const terminal = await onTerminal(c.restore(dir));
       // Done once the task is itself again (the restorer's own name gone) and let go.
       const restored = (): boolean => alive(pid) && readFileSync(`/proc/${pid}/comm`, "utf8").trim() === "sleep" && runsFree(pid);
       await waitFor("the restored sleep", () => { try { return restored(); } catch { return false; } }, 20000);
+      // The restorer waits for the restored task (no -d): it goes too, or it outlives the test (CRIU's, reparented to init, hung on).
+      cleanup.unshift(...descendantsOf(terminal).filter((p) => p !== pid).map(killablePid));
       expect(onPts(pid)).toBe(true);
     });
   }
