@@ -14,6 +14,8 @@ import { kcmp } from "../src/sys/calls";
 import { KCMP } from "../src/sys/nr";
 import { runCkpt } from "./helpers/cli";
 import { runsFree } from "./helpers/images";
+import { readImageFile } from "../src/image/image-file";
+import type { PagemapEntry } from "../src/image/gen/pagemap_pb";
 import { FD, fdTarget } from "./helpers/fd-workloads";
 import { dirtyTarget } from "./helpers/iterative-workloads";
 import { credTarget, lockTarget, restoreTarget, sharedTreeTarget } from "./helpers/restore-workloads";
@@ -225,6 +227,30 @@ describe.skipIf(!haveCriu)("a ckpt pre-dump chain, CRIU 4.2 restore", () => {
     await ckptDump([pid], join(base, "3"), ["--prev-images-dir", "../2"]);
     criuRestore(join(base, "3"));
     expect(await selfCheck(pid, s.out)).toBe("ok round 2");
+  });
+});
+
+// CRIU flags the anonymous memory it saves PE_LAZY as well as PE_PRESENT:
+// ckpt's lazy restore takes its dumps as they are.
+describe.skipIf(!haveCriu)("a CRIU 4.2 dump, restored lazily by ckpt", () => {
+  test("ckpt lazy-pages reads CRIU's lazy pages from the images while the tree runs, and it verifies itself", async () => {
+    const s = await started([memTarget(), "64", "2"]);
+    const dir = join(tempDir("compat-lazy"), "img");
+    await criuDump(s.pids, dir);
+    const pm = readImageFile(join(dir, `pagemap-${s.pids[0]}.img`)).entries.slice(1).map((e) => e.message as PagemapEntry);
+    const PE_LAZY = 2;
+    const lazyPages = pm.filter((e) => (e.flags & PE_LAZY) !== 0).reduce((n, e) => n + Number(e.nrPages), 0);
+    expect(lazyPages).toBeGreaterThanOrEqual(64 * 256);
+    const daemon = Bun.spawn([process.execPath, join(import.meta.dir, "../src/cli/main.ts"), "lazy-pages", "-D", dir, "--json"], { stdout: "pipe", stderr: "pipe" });
+    await waitFor("the lazy-pages socket", () => existsSync(join(dir, "lazy-pages.socket")), 20000);
+    ckptRestore(dir, ["--lazy-pages"]);
+    const [out, code] = [await new Response(daemon.stdout).text(), await daemon.exited];
+    expect(code).toBe(0);
+    const f = JSON.parse(out) as { pagesLazy: number; pagesFromImages: number; pagesOnFault: number; pagesInBackground: number };
+    expect(f.pagesLazy).toBe(lazyPages);
+    expect(f.pagesFromImages).toBe(lazyPages);
+    expect(f.pagesOnFault + f.pagesInBackground).toBe(lazyPages);
+    expect(await selfCheck(s.pids[0]!, s.out)).toBe("ok");
   });
 });
 

@@ -29,6 +29,7 @@
 import { readFileSync } from "node:fs";
 import { PageChain } from "../image/page-chain";
 import { ImageSet } from "../image/image-set";
+import { MmEntrySchema } from "../image/gen/mm_pb";
 import { entryLazyable, entryPageCount, splitPagemap } from "../image/pagemap";
 import { fcntl, poll } from "../sys/calls";
 import { Errno, SysError } from "../sys/errno";
@@ -93,11 +94,29 @@ function original(mm: LazyMm, addr: bigint): bigint {
   return addr;
 }
 
-/** The runs a lazy restore left to us (PE_LAZY), wherever their contents are. */
+/**
+ * The runs a lazy restore left to us (PE_LAZY), wherever their contents
+ * are, cut at the bounds of the process's areas: one UFFDIO_COPY must stay
+ * inside one area (else ENOENT, and the faulting thread waits on), and a
+ * CRIU pagemap entry may span neighbouring areas (CRIU's lazy-pages cuts
+ * them the same way).
+ */
 function lazyRunsOf(images: ImageSet, pid: number): { start: bigint; end: bigint }[] {
   const name = `pagemap-${pid}.img`;
   const { entries } = splitPagemap(images.raw(name), images.path(name));
-  return entries.filter(entryLazyable).map((e) => ({ start: e.vaddr, end: e.vaddr + BigInt(entryPageCount(e) * PAGE_SIZE) }));
+  const vmas = images.one(`mm-${pid}.img`, MmEntrySchema).vmas;
+  const out: { start: bigint; end: bigint }[] = [];
+  let v = 0;
+  for (const e of entries.filter(entryLazyable)) {
+    const [start, end] = [e.vaddr, e.vaddr + BigInt(entryPageCount(e) * PAGE_SIZE)];
+    // Entries and areas are both in address order.
+    while (v < vmas.length && vmas[v]!.end <= start) v++;
+    for (let i = v; i < vmas.length && vmas[i]!.start < end; i++) {
+      const [from, to] = [start > vmas[i]!.start ? start : vmas[i]!.start, end < vmas[i]!.end ? end : vmas[i]!.end];
+      if (from < to) out.push({ start: from, end: to });
+    }
+  }
+  return out;
 }
 
 /** A process and every descendant it has now (children of every thread, recursively). */
