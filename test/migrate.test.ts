@@ -90,6 +90,12 @@ describe("the page-server protocol", () => {
   });
 });
 
+/** A dirtyTarget of `mib` MiB on the source, rewriting every `stride`th page of its region on SIGUSR2. */
+async function dirtyOnSource(mib: number, stride: number): Promise<{ pid: number; out: string; addr: bigint; pages: number }> {
+  const { target, words, out } = await onSource([dirtyTarget(), String(mib), String(stride)]);
+  return { pid: target.pid, out, addr: BigInt(`0x${words[0]}`), pages: Number(words[1]) / 4096 };
+}
+
 /**
  * Rounds of a dirtyTarget's iterative migration, each through a page server
  * of its own into `dst`/1..: pre-dumps, and a final dump when `rounds`
@@ -147,10 +153,7 @@ describe("migration through ckpt page-server", () => {
 
   test("an iterative migration: two pre-dumps and a dump, each to a page server of its own; rounds 2 and 3 send only the pages written since", async () => {
     const STRIDE = 16;
-    const { target, words, out } = await onSource([dirtyTarget(), "32", String(STRIDE)]);
-    const pid = target.pid;
-    const addr = BigInt(`0x${words[0]}`);
-    const pages = Number(words[1]) / 4096;
+    const { pid, out, addr, pages } = await dirtyOnSource(32, STRIDE);
     const [src, dst] = [tempDir("migrate-chain-src"), tempDir("migrate-chain-dst")];
     const sent = await migrateInRounds(pid, out, src, dst);
     expect(sent[0]).toBeGreaterThanOrEqual(pages);
@@ -177,10 +180,7 @@ describe("migration through ckpt page-server", () => {
   });
 
   test("an iterative migration restored lazily from the destination's own images: the tree runs before its memory is in, and verifies itself", async () => {
-    const { target, words, out } = await onSource([dirtyTarget(), "32", "16"]);
-    const pid = target.pid;
-    const addr = BigInt(`0x${words[0]}`);
-    const pages = Number(words[1]) / 4096;
+    const { pid, out, addr, pages } = await dirtyOnSource(32, 16);
     const [src, dst] = [tempDir("migrate-lazy-chain-src"), tempDir("migrate-lazy-chain-dst")];
     await migrateInRounds(pid, out, src, dst);
     const top = join(dst, "3");
@@ -456,10 +456,7 @@ describe("lazy migration (post-copy)", () => {
   });
 
   test("two pre-dumps through page servers, then a lazy dump: the restore reads the rounds at the destination and fetches from the source only the pages written since", async () => {
-    const { target, words, out } = await onSource([dirtyTarget(), "32", "16"]);
-    const pid = target.pid;
-    const addr = BigInt(`0x${words[0]}`);
-    const pages = Number(words[1]) / 4096;
+    const { pid, out, addr, pages } = await dirtyOnSource(32, 16);
     const [src, dst] = [tempDir("lazy-chain-src"), tempDir("lazy-chain-dst")];
     await migrateInRounds(pid, out, src, dst, 2, false);
     const port = freshPort();
