@@ -2,7 +2,7 @@
  * Test workloads: small C programs built with gcc, started detached so that
  * Bun's child reaping never sees (and steals) their ptrace stops.
  */
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -128,7 +128,17 @@ export async function waitFor(what: string, pred: () => boolean, ms = 5000): Pro
   }
 }
 
-/** A fresh private temporary directory. */
+const madeDirs: string[] = [];
+
+/** Remove every directory tempDir made so far (bun test: test/helpers/cleanup.ts, preloaded; a bench or script: at exit). */
+export function removeTempDirs(): void {
+  for (const d of madeDirs.splice(0)) rmSync(d, { recursive: true, force: true });
+}
+
+/** A fresh private temporary directory, removed after the tests or at exit (image sets run to GiBs). */
 export function tempDir(prefix: string): string {
-  return mkdtempSync(join(tmpdir(), `ckpt-${prefix}-`));
+  if (madeDirs.length === 0) process.once("exit", removeTempDirs);
+  const dir = mkdtempSync(join(tmpdir(), `ckpt-${prefix}-`));
+  madeDirs.push(dir);
+  return dir;
 }
