@@ -80,7 +80,7 @@ interface LazyMm {
   pid: number;
   /** The process's saved pages in the images (shared by forked mms). */
   saved: PageChain;
-  /** Its lazy pages, marked 1 while still at the source. */
+  /** Its lazy pages, marked 1 until placed. */
   progress: PageRuns;
   /** Where the background fetch looks next. */
   cursor: { run: number; page: number };
