@@ -203,11 +203,16 @@ describe("migration through ckpt page-server", () => {
     // No source: every lazy page is read from the images in DIR and its parents.
     const daemon = spawnOn(hosts.dest, ["lazy-pages", "-D", top, "--json"]);
     await waitFor("the lazy-pages socket", () => existsSync(join(top, "lazy-pages.socket")), 20000);
+    const restoreStarted = performance.timeOrigin + performance.now();
     const r = ckptOn(hosts.dest, ["restore", "-D", top, "-d", "--lazy-pages", "--json"]);
+    const restoreEnded = performance.timeOrigin + performance.now();
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     cleanup.push(killablePid(pid));
-    const restored = JSON.parse(r.stdout) as { pagesRestored: number };
+    const restored = JSON.parse(r.stdout) as { pagesRestored: number; figures: { runningSinceEpochMs: number } };
+    // When the tree was let go, on the clock a dump's frozenSinceEpochMs uses: inside the command's run.
+    expect(restored.figures.runningSinceEpochMs).toBeGreaterThan(restoreStarted);
+    expect(restored.figures.runningSinceEpochMs).toBeLessThan(restoreEnded);
     const filled = await daemon.done;
     expect(filled.code).toBe(0);
     const f = JSON.parse(filled.stdout) as { pagesLazy: number; pagesOnFault: number; pagesInBackground: number; pagesFromImages: number; bytesReceived: number };
