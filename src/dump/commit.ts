@@ -13,10 +13,19 @@ import type { ImageDirWriter } from "../image/image-dir";
 import { statsEntry, type DumpFigures } from "./stats";
 import type { RoundTracking } from "./tracking/round";
 
-export function commitRound(out: ImageDirWriter, figures: DumpFigures, inventory: InventoryEntry, tracking: RoundTracking): void {
+/**
+ * `tracking`: ended here; null when the caller ends it later (endTracking),
+ * as a dump that kills its tree does once the tree is killed.
+ */
+export function commitRound(out: ImageDirWriter, figures: DumpFigures, inventory: InventoryEntry, tracking: RoundTracking | null): void {
   out.writeImage("stats-dump", new ImageEncoder(kind("STATS")).add(StatsEntrySchema, statsEntry(figures)));
   inventory.ckptDigests = out.digests();
   out.commitInventory(new ImageEncoder(kind("INVENTORY")).add(InventoryEntrySchema, inventory));
+  if (tracking) endTracking(tracking);
+}
+
+/** The end of a committed round's hold on dirty tracking; a problem is a warning. */
+export function endTracking(tracking: RoundTracking): void {
   const warning = tracking.finish();
   if (warning) process.stderr.write(`ckpt: warning: ${warning}\n`);
 }
