@@ -89,28 +89,31 @@ export function readStat(proc: ProcFs, target: ProcTarget, tid?: number): ProcSt
 /** PF_EXITING in stat's flags: the task is on its way out (killed, freeing its memory). */
 const PF_EXITING = 0x4;
 
+/** The task's stat, or null when it is gone from /proc. Other errors are thrown. */
+function statUnlessGone(proc: ProcFs, pid: number, tid?: number): ProcStat | null {
+  try {
+    return readStat(proc, pid, tid);
+  } catch (e) {
+    if (e instanceof SysError && (e.errno === Errno.ENOENT || e.errno === Errno.ESRCH)) return null;
+    throw e;
+  }
+}
+
+function exited(stat: ProcStat | null): boolean {
+  return stat === null || stat.state === "Z" || stat.state === "X";
+}
+
 /**
  * Whether a task is exiting or has exited (PF_EXITING, a zombie, dead, or
  * gone from /proc): its pid frees itself without anyone's help but its
  * parent's wait. Other errors are thrown.
  */
 export function isExiting(proc: ProcFs, pid: number, tid?: number): boolean {
-  try {
-    const stat = readStat(proc, pid, tid);
-    return stat.state === "Z" || stat.state === "X" || (stat.flags & PF_EXITING) !== 0;
-  } catch (e) {
-    if (e instanceof SysError && (e.errno === Errno.ENOENT || e.errno === Errno.ESRCH)) return true;
-    throw e;
-  }
+  const stat = statUnlessGone(proc, pid, tid);
+  return exited(stat) || (stat!.flags & PF_EXITING) !== 0;
 }
 
 /** Whether a task has exited: a zombie, dead, or gone from /proc. Other errors are thrown. */
 export function hasExited(proc: ProcFs, pid: number, tid?: number): boolean {
-  try {
-    const state = readStat(proc, pid, tid).state;
-    return state === "Z" || state === "X";
-  } catch (e) {
-    if (e instanceof SysError && (e.errno === Errno.ENOENT || e.errno === Errno.ESRCH)) return true;
-    throw e;
-  }
+  return exited(statUnlessGone(proc, pid, tid));
 }
