@@ -34,15 +34,15 @@ export class ImageSet {
   }
 
   /**
-   * Wait up to `ms` for `dir` to hold a complete image set whose files all
-   * match the inventory's digests — a set still being copied in, say, with
-   * inventory.img not last — and open it. Until then the directory may be
+   * Wait up to `ms` (counted from `since`) for `dir` to hold a complete
+   * image set whose files all match the inventory's digests — a set still
+   * being copied in, say, with inventory.img not last — and open it. Until then the directory may be
    * missing, partial or mid-write; at the deadline the error names the last
    * thing that was wrong. Checked every 2 ms: the restore that waits has
    * nothing else to do, and the moment the set is whole is downtime.
    */
-  static async whenComplete(dir: string, ms: number): Promise<ImageSet> {
-    const deadline = performance.now() + ms;
+  static async whenComplete(dir: string, ms: number, since = performance.now()): Promise<ImageSet> {
+    const deadline = since + ms;
     let problem = `${dir} holds no inventory.img yet`;
     for (;;) {
       if (statOrNull(`${dir}/inventory.img`)) {

@@ -20,7 +20,7 @@
  */
 import { pidfdOpen } from "../sys/calls";
 import { CommitPipe } from "../sys/commit-pipe";
-import { close } from "../sys/libc";
+import { close, waitpid } from "../sys/libc";
 import { SIG, SYS } from "../sys/nr";
 import { asm, exitZero, forkThenChild, ownSessionNamed, reportPid, startTinyElf, tinyElf, type TinyLaunch } from "../sys/tiny-elf";
 
@@ -89,6 +89,19 @@ export class RestoreGuard {
   /** The tree is whole and running: the guard ends and leaves it be. */
   release(): void {
     this.pipe.commit();
+  }
+
+  /**
+   * Collect the released guard's exit: it is ckpt's child (ckpt, a
+   * subreaper, took it from its launcher), and would otherwise stay a zombie
+   * as long as ckpt runs on (a rehearsal's restore, rehearsal/rehearse.ts).
+   */
+  reap(): void {
+    try {
+      waitpid(this.pid, 0);
+    } catch {
+      // Not ckpt's child after all, or collected already.
+    }
   }
 
   /** Close ckpt's end without the word: the guard kills the tree (the restore failed). */

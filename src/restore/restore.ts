@@ -98,6 +98,12 @@ export interface RestoreOptions {
    * whose own start-up is then not part of the downtime.
    */
   waitImagesMs?: number;
+  /**
+   * With waitImagesMs: work for the wait, run first unless the set is
+   * already there (`arrived` says whether its inventory is); its time counts
+   * as waited. The CLI's rehearsal (rehearsal/rehearse.ts) is such work.
+   */
+  whileWaiting?: (arrived: () => boolean) => Promise<unknown>;
 }
 
 export interface RestoreFigures {
@@ -380,8 +386,8 @@ async function holdSeed(ownSession: boolean): Promise<HeldSeed> {
 
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let started = performance.now();
-  const calls0 = snapshotCallCounts();
-  const counters0 = { ...puppetCounters };
+  let calls0 = snapshotCallCounts();
+  let counters0 = { ...puppetCounters };
   // ckpt is a subreaper, so the seed and the root (cloned with CLONE_PARENT)
   // are its children: without -d it waits for the root; and a failed restore
   // reaps what it killed itself, leaving no zombie to hold a pid until init
@@ -399,11 +405,18 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   try {
     if (opts.waitImagesMs === undefined) images = ImageSet.open(opts.dir);
     else {
+      const arrived = (): boolean => statOrNull(`${opts.dir}/inventory.img`) !== null;
+      if (opts.whileWaiting && !arrived()) {
+        await opts.whileWaiting(arrived);
+        // Its calls (a rehearsal's dump and restore) are not this restore's.
+        calls0 = snapshotCallCounts();
+        counters0 = { ...puppetCounters };
+      }
       early.seed = await holdSeed(!opts.shellJob);
       // ckpt's own garbage collected now, so that no collection falls in the
       // restore once the images are here (see collectBeforeFreeze).
       Bun.gc(true);
-      images = await ImageSet.whenComplete(opts.dir, opts.waitImagesMs);
+      images = await ImageSet.whenComplete(opts.dir, opts.waitImagesMs, started);
       // The figures count from the set's arrival, not from the start of a restore that waited for it.
       waitedMs = performance.now() - started;
       started = performance.now();
@@ -554,6 +567,8 @@ async function restoreFrom(
     const running = performance.now();
     figures.runningSinceEpochMs = performance.timeOrigin + running;
     figures.letGoMs = running - letGo;
+    // After the tree runs: its exit is no downtime.
+    guard.reap();
   } catch (e) {
     // Abandoned, the guard kills the tree (once it runs), as killAll below does.
     guard?.abandon();

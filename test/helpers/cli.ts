@@ -7,10 +7,15 @@ export interface CliResult {
   stderr: string;
 }
 
-export function runCkpt(args: string[], opts: { exe?: string; cwd?: string } = {}): CliResult {
-  const cmd = opts.exe ? [opts.exe, ...args] : [process.execPath, MAIN, ...args];
-  const r = Bun.spawnSync(cmd, { cwd: opts.cwd, stdout: "pipe", stderr: "pipe" });
+/** `env`: variables to set for the run, over the test's own. */
+export function runCkpt(args: string[], opts: { exe?: string; cwd?: string; env?: Record<string, string> } = {}): CliResult {
+  const r = Bun.spawnSync(ckptArgv(args, opts.exe), { cwd: opts.cwd, stdout: "pipe", stderr: "pipe", ...(opts.env ? { env: { ...process.env, ...opts.env } } : {}) });
   return { code: r.exitCode ?? -1, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
+}
+
+/** The command line that runs ckpt with `args`: from source, or `exe`. */
+export function ckptArgv(args: string[], exe?: string): string[] {
+  return exe ? [exe, ...args] : [process.execPath, MAIN, ...args];
 }
 
 /**
