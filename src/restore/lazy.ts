@@ -13,7 +13,9 @@
  *
  * The handoff is one message per process, {u32 image pid, u32 host pid} with
  * the userfaultfd as SCM_RIGHTS, then {0, 0}; the daemon answers one byte
- * once it holds them all. Only then is the tree let go.
+ * once it holds them all. Only then is the tree let go. Once it runs, the
+ * restore closes the socket, and the daemon starts fetching the rest in the
+ * background (until then it answers faults only).
  */
 import type { VmaEntry } from "../image/gen/vma_pb";
 import { VMA } from "../image/vma-status";
@@ -38,7 +40,7 @@ export function lazyAreas(vmas: readonly VmaEntry[], lazy: readonly { start: big
 export class LazyHandoff {
   private readonly ours: number[] = [];
 
-  private constructor(private readonly sock: number, readonly path: string) {}
+  private constructor(private sock: number, readonly path: string) {}
 
   /** Connect to the daemon before anything is made: without one a lazy restore cannot run. */
   static connect(dir: string): LazyHandoff {
@@ -89,8 +91,13 @@ export class LazyHandoff {
     if (recvfrom(this.sock, ack) !== 1) throw new Error(`the lazy-pages daemon at ${this.path} went away before taking the userfaultfds`);
   }
 
+  /**
+   * Closing the socket tells the daemon the tree runs (or that the restore
+   * failed): only then does it start its background fetch. Again is a no-op.
+   */
   close(): void {
     for (const fd of this.ours.splice(0)) close(fd);
-    close(this.sock);
+    if (this.sock >= 0) close(this.sock);
+    this.sock = -1;
   }
 }

@@ -567,6 +567,8 @@ async function restoreFrom(
     const running = performance.now();
     figures.runningSinceEpochMs = performance.timeOrigin + running;
     figures.letGoMs = running - letGo;
+    // The tree runs: the daemon may fetch the rest in the background.
+    lazy?.close();
     // After the tree runs: its exit is no downtime.
     guard.reap();
   } catch (e) {

@@ -13,7 +13,8 @@
  *  - a thread touching a lazy page faults; the page (and a few after it in
  *    the same run) is read from the images or fetched from the source with
  *    PS_IOV_GET, and placed with UFFDIO_COPY, which wakes the thread;
- *  - when no fault waits, the rest is pulled in the background, a run of up
+ *  - when no fault waits, and once the tree runs (the restore closes its
+ *    end of the socket), the rest is pulled in the background, a run of up
  *    to 1 MiB at a time;
  *  - a page of a registered area that was never saved (untouched memory),
  *    or one the process dropped (MADV_DONTNEED) or unmapped since, reads as
@@ -30,6 +31,7 @@ import { readFileSync } from "node:fs";
 import { PageChain } from "../image/page-chain";
 import { ImageSet } from "../image/image-set";
 import { MmEntrySchema } from "../image/gen/mm_pb";
+import { PstreeEntrySchema } from "../image/gen/pstree_pb";
 import { entryLazyable, entryPageCount, splitPagemap } from "../image/pagemap";
 import { fcntl, poll } from "../sys/calls";
 import { Errno, SysError } from "../sys/errno";
@@ -147,6 +149,8 @@ export class LazyPagesDaemon {
   /** Each process's saved pages, opened at its handoff. */
   private readonly saved = new Map<number, PageChain>();
   private images: ImageSet | null = null;
+  /** Each process's pages and lazy runs, opened as the restore connected (openAhead); taken at its handoff. */
+  private readonly ahead = new Map<number, { saved: PageChain; runs: { start: bigint; end: bigint }[] }>();
 
   private constructor(private readonly source: Connection | null, private readonly dir: string) {}
 
@@ -157,6 +161,7 @@ export class LazyPagesDaemon {
     try {
       source?.noDelay(true);
       const restore = daemon.acceptRestore(opts.onReady);
+      daemon.openAhead();
       const started = performance.now();
       try {
         daemon.fill(restore);
@@ -176,6 +181,7 @@ export class LazyPagesDaemon {
     } finally {
       for (const m of daemon.mms) close(m.uffd);
       for (const chain of daemon.saved.values()) chain.close();
+      for (const { saved } of daemon.ahead.values()) saved.close();
       source?.close();
     }
   }
@@ -204,6 +210,33 @@ export class LazyPagesDaemon {
     }
   }
 
+  /**
+   * The restore connects once it has checked the set, and spends the next
+   * 10–20 ms making the tree before its first handoff: open every process's
+   * pages meanwhile, on this core, so that a handoff (which the restore waits
+   * for before letting the tree go) is only the fd. A process that cannot be
+   * opened now is opened (and its error reported) at its handoff.
+   */
+  openAhead(): void {
+    let images: ImageSet;
+    let pids: number[];
+    try {
+      images = this.images ??= ImageSet.openPages(this.dir);
+      pids = images.entries("pstree.img", PstreeEntrySchema).map((e) => e.pid);
+    } catch {
+      return;
+    }
+    for (const pid of pids) {
+      let saved: PageChain | null = null;
+      try {
+        saved = PageChain.open(images, pid);
+        this.ahead.set(pid, { saved, runs: lazyRunsOf(images, pid) });
+      } catch {
+        saved?.close();
+      }
+    }
+  }
+
   private readonly handoffData = new Uint8Array(8);
   private readonly handoffControl = new Uint8Array(64);
   private pagesLazy = 0;
@@ -227,12 +260,14 @@ export class LazyPagesDaemon {
     fcntl(fds[0]!, F.SETFL, O.NONBLOCK);
     // The restore has checked the set (and its parents' digests) before handing anything over.
     const images = (this.images ??= ImageSet.openPages(this.dir));
-    const saved = PageChain.open(images, pid);
+    const opened = this.ahead.get(pid);
+    this.ahead.delete(pid);
+    const saved = opened?.saved ?? PageChain.open(images, pid);
     this.saved.set(pid, saved);
     if (saved.lazy.length > 0 && !this.source) {
       throw new Error(`pagemap-${pid}.img leaves ${saved.lazyPages} page(s) at the source (a --lazy-pages dump): run ckpt lazy-pages with --page-server --address SOURCE --port N`);
     }
-    const progress = PageRuns.of(lazyRunsOf(images, pid), 1);
+    const progress = PageRuns.of(opened?.runs ?? lazyRunsOf(images, pid), 1);
     this.pagesLazy += progress.marked;
     this.mms.push({ uffd: fds[0]!, pid, saved, progress, cursor: { run: 0, page: 0 }, moved: [] });
     this.hostPids.push(hostPid);
@@ -243,10 +278,17 @@ export class LazyPagesDaemon {
     return this.mms.reduce((s, m) => s + m.progress.marked, 0);
   }
 
-  /** The event loop: the restore's handoff, faults first, the background fetch when none waits. */
+  /**
+   * The event loop: the restore's handoff, faults first, the background
+   * fetch when none waits. The background fetch starts once the restore
+   * closes its end of the socket, which it does as soon as the tree runs (or
+   * when it failed): until then the restore is letting the tree go, and is
+   * downtime; a page copy on the other core would only slow it down.
+   */
   private fill(restore: number): void {
     let turn = 0;
     let handoff = restore;
+    let handingOver = true;
     try {
       while (handoff >= 0 || (this.left() > 0 && this.mms.length > 0)) {
         const src = this.source;
@@ -264,7 +306,9 @@ export class LazyPagesDaemon {
           if (seen(first + i)) handled = this.drain(m) || handled;
         });
         if (handoff >= 0 && seen(handoffAt)) {
-          if (!this.takeHandoff(handoff)) {
+          if (handingOver) handingOver = this.takeHandoff(handoff);
+          else {
+            // After the last handoff, the next thing on the socket is its end: the tree runs.
             close(handoff);
             handoff = -1;
           }
