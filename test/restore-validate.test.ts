@@ -8,7 +8,7 @@
  * through a shared mapping into its file).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { cpSync, existsSync, readdirSync, readFileSync, rmSync, truncateSync, statSync, writeFileSync } from "node:fs";
+import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, truncateSync, statSync, writeFileSync } from "node:fs";
 import { digestOfFile, FileDigest } from "../src/image/digest";
 import { ImageSet } from "../src/image/image-set";
 import type { InventoryEntry } from "../src/image/gen/inventory_pb";
@@ -123,6 +123,23 @@ describe("the digests ckpt records in the inventory", () => {
     cpSync(dir, other, { recursive: true });
     writeFileSync(join(other, pagesFile), whole.subarray(0, 4096));
     await expect(ImageSet.whenComplete(other, 200)).rejects.toThrow(`no complete image set appeared in ${other} within 0.2 s (last: ${join(other, pagesFile)} is not the file the dump wrote`);
+  });
+
+  test("whenComplete waits for a directory that does not exist yet, then for the set copied into it", async () => {
+    const dir = join(tempDir("validate-later"), "img");
+    let opened = false;
+    const waiting = ImageSet.whenComplete(dir, 10_000).then((set) => {
+      opened = true;
+      return set;
+    });
+    await Bun.sleep(100);
+    mkdirSync(dir, { mode: 0o700 });
+    await Bun.sleep(100);
+    expect(opened).toBe(false);
+    // Inventory first: the set is whole only with the last file, which the watch sees land.
+    const names = readdirSync(images).sort((a, b) => Number(b === "inventory.img") - Number(a === "inventory.img"));
+    for (const name of names) copyFileSync(join(images, name), join(dir, name));
+    expect((await waiting).has("inventory.img")).toBe(true);
   });
 
   test("every file of the set is listed, and a set restores only as the dump wrote it: a flipped bit in a pages file, an area's offset, a missing image", () => {

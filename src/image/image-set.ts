@@ -6,6 +6,7 @@
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { readImageFile } from "./image-file";
 import type { ImageEntry } from "./decode";
+import { DirectoryWatch } from "../sys/dir-watch";
 import { statOrNull } from "../sys/file";
 import { digestOfFile } from "./digest";
 import { InventoryEntrySchema } from "./gen/inventory_pb";
@@ -13,6 +14,8 @@ import { S_IF, S_IFMT } from "../sys/nr";
 
 /** Image sets whose digests were checked in this run, by their inventory's device and inode. */
 const verifiedSets = new Set<string>();
+/** How long whenComplete waits for a file to land before the event loop gets a turn. */
+const WATCH_SLICE_MS = 100;
 
 /** An image the set should hold is missing, or holds the wrong kind or count of entries. */
 export class ImageSetError extends Error {
@@ -36,28 +39,42 @@ export class ImageSet {
   /**
    * Wait up to `ms` (counted from `since`) for `dir` to hold a complete
    * image set whose files all match the inventory's digests — a set still
-   * being copied in, say, with inventory.img not last — and open it. Until then the directory may be
-   * missing, partial or mid-write; at the deadline the error names the last
-   * thing that was wrong. Checked every 2 ms: the restore that waits has
-   * nothing else to do, and the moment the set is whole is downtime.
+   * being copied in, say, with inventory.img not last — and open it. Until
+   * then the directory may be missing, partial or mid-write; at the deadline
+   * the error names the last thing that was wrong. The set is looked at
+   * again each time a file lands in the directory (inotify: the moment the
+   * set is whole is downtime, and a set being copied is not hashed over and
+   * over meanwhile); every 2 ms while the directory does not exist.
    */
   static async whenComplete(dir: string, ms: number, since = performance.now()): Promise<ImageSet> {
     const deadline = since + ms;
     let problem = `${dir} holds no inventory.img yet`;
-    for (;;) {
-      if (statOrNull(`${dir}/inventory.img`)) {
-        try {
-          const set = ImageSet.open(dir);
-          set.verifyDigests();
-          return set;
-        } catch (e) {
-          problem = e instanceof Error ? e.message : String(e);
+    // Before the first look, so that nothing that lands after it goes unseen.
+    let watch = DirectoryWatch.open(dir);
+    try {
+      for (;;) {
+        if (statOrNull(`${dir}/inventory.img`)) {
+          try {
+            const set = ImageSet.open(dir);
+            set.verifyDigests();
+            return set;
+          } catch (e) {
+            problem = e instanceof Error ? e.message : String(e);
+          }
+        }
+        const left = deadline - performance.now();
+        if (left <= 0) throw new ImageSetError(`no complete image set appeared in ${dir} within ${(ms / 1000).toFixed(ms % 1000 ? 1 : 0)} s (last: ${problem})`);
+        if (watch) {
+          // In slices, so that the event loop (a signal's handler) gets a turn now and then.
+          watch.wait(Math.min(left, WATCH_SLICE_MS));
+          await Bun.sleep(0);
+        } else {
+          await Bun.sleep(2);
+          watch = DirectoryWatch.open(dir);
         }
       }
-      if (performance.now() > deadline) {
-        throw new ImageSetError(`no complete image set appeared in ${dir} within ${(ms / 1000).toFixed(ms % 1000 ? 1 : 0)} s (last: ${problem})`);
-      }
-      await Bun.sleep(2);
+    } finally {
+      watch?.close();
     }
   }
 
