@@ -19,7 +19,9 @@
  * Downtime = from the final freeze (every thread stopped, as the dump reports
  * it) to the restored tree running (every task let go, as the restore
  * reports it), less nothing: the copy of the non-memory images between the
- * directories is in it. The notes give the restore command's exit too. For CRIU, whose
+ * directories is in it (the bench learns the set is complete from an
+ * inotify watch, as a script's inotifywait would). The notes give the
+ * restore command's exit too. For CRIU, whose
  * dump does not report when it froze, from the dump's launch (an upper bound).
  * The source tree is restored in a new pid namespace at the destination, so
  * no run waits for the source's pids to be reaped. Bytes are what crossed
@@ -27,7 +29,7 @@
  *
  * Run: npm run bench:migrate   (MIB=2048 RATE=16 RUNS=1; CASES=bc for some cases only, MATCH=text for those named so; CKPT=path to use another binary)
  */
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, watch } from "node:fs";
 import { join } from "node:path";
 import { rewriteTarget } from "../test/helpers/restore-workloads";
 import { freshPort, twoHosts, type Host } from "../test/helpers/hosts";
@@ -85,6 +87,27 @@ async function pageServer(argv: string[], port: number): Promise<{ done: Promise
     return r.stdout.toString().split("\n").some((l) => l.split(/\s+/)[2]?.endsWith(hex) && l.split(/\s+/)[4] === "0A");
   }, 20000);
   return s;
+}
+
+/**
+ * Resolve once `dir/name` exists, told by an inotify watch (fs.watch) the
+ * moment it lands, as a script's inotifywait would be: a poll's latency is
+ * no part of ckpt's downtime.
+ */
+async function landed(dir: string, name: string, ms: number): Promise<void> {
+  const path = join(dir, name);
+  const { promise, resolve, reject } = Promise.withResolvers<void>();
+  const watcher = watch(dir, () => {
+    if (existsSync(path)) resolve();
+  });
+  const timer = setTimeout(() => reject(new Error(`timed out waiting for ${path}`)), ms);
+  if (existsSync(path)) resolve();
+  try {
+    await promise;
+  } finally {
+    clearTimeout(timer);
+    watcher.close();
+  }
 }
 
 /** Copy a set as a careful script would: inventory.img, which makes it complete, last. */
@@ -237,8 +260,10 @@ async function lazyAfterRounds(preRounds: number): Promise<Outcome> {
   const waiting = restoreAhead(to, ["--lazy-pages"]);
   // Both started and waiting in the pause before the final dump.
   await Bun.sleep(1000);
+  // Made ahead, so that its inventory can be watched for.
+  mkdirSync(from, { mode: 0o700 });
   const dump = spawn(hosts.source, [CKPT, "dump", "-t", String(pid), "-D", from, "--prev-images-dir", `../${preRounds}`, "--lazy-pages", "--address", hosts.source.address, "--port", String(port), "--json"]);
-  await waitFor("the lazy dump's images", () => existsSync(join(from, "inventory.img")), 60000);
+  await landed(from, "inventory.img", 60000);
   const seen = Date.now();
   // As cp -a would: the parent link goes along, and names the page server's round there.
   symlinkSync(readlinkSync(join(from, "parent")), join(to, "parent"));
@@ -268,6 +293,8 @@ async function lazy(ahead: boolean): Promise<Outcome> {
   const [src, dst] = [join(tempDir("bench-lazy-src"), "img"), join(tempDir("bench-lazy-dst"), "img")];
   left.dirs.push(src, dst);
   mkdirSync(dst);
+  // Made ahead, so that the dump's inventory can be watched for.
+  mkdirSync(src, { mode: 0o700 });
   const port = freshPort();
   const daemonArgv = [CKPT, "lazy-pages", "-D", dst, "--page-server", "--address", hosts.source.address, "--port", String(port), "--json"];
   let waiting: { finish: () => Promise<number> } | null = null;
@@ -283,7 +310,7 @@ async function lazy(ahead: boolean): Promise<Outcome> {
     await Bun.sleep(50);
     daemon = spawn(hosts.dest, daemonArgv);
   }
-  await waitFor("the lazy dump's images", () => existsSync(join(src, "inventory.img")), 60000);
+  await landed(src, "inventory.img", 60000);
   const seen = Date.now();
   copyImages(src, dst);
   const copied = Date.now();

@@ -1,7 +1,7 @@
 /** `ckpt dump`: checkpoint the process tree rooted at a pid into an image directory. */
 import { defineCommand } from "citty";
 import { dump } from "../dump/dump";
-import { rehearseDump } from "../rehearsal/rehearse";
+import { rehearseDump, type RehearsalFigures } from "../rehearsal/rehearse";
 import { parseFileValidation, parseLazyPages, parseSharedDumpArgs, parseSize, sharedDumpArgs } from "./dump-args";
 import { UsageError } from "./exit";
 
@@ -28,8 +28,9 @@ export const dumpCommand = defineCommand({
     const lazyPages = parseLazyPages(args);
     if (lazyPages && args["leave-running"]) throw new UsageError("--lazy-pages cannot be used with -R: the tree stays frozen until its pages have gone, then it is killed");
     const ghostLimit = args["ghost-limit"] === undefined ? undefined : parseSize("--ghost-limit", String(args["ghost-limit"]));
-    const rehearsal = args.rehearsal !== false ? await rehearseDump(Boolean(args["leave-running"])) : undefined;
-    const result = await dump({ ...shared, exitAfter: true, leaveRunning: Boolean(args["leave-running"]), snapshot: args.snapshot !== false, shellJob: Boolean(args["shell-job"]), tcpEstablished: Boolean(args["tcp-established"]), fileLocks: Boolean(args["file-locks"]), ...(fileValidation ? { fileValidation } : {}), ...(ghostLimit !== undefined ? { ghostLimit } : {}),
+    let rehearsal: RehearsalFigures | undefined;
+    const result = await dump({ ...shared, exitAfter: true,
+      ...(args.rehearsal !== false ? { beforeFreeze: async () => (rehearsal = await rehearseDump(Boolean(args["leave-running"]))) } : {}), leaveRunning: Boolean(args["leave-running"]), snapshot: args.snapshot !== false, shellJob: Boolean(args["shell-job"]), tcpEstablished: Boolean(args["tcp-established"]), fileLocks: Boolean(args["file-locks"]), ...(fileValidation ? { fileValidation } : {}), ...(ghostLimit !== undefined ? { ghostLimit } : {}),
       ...(lazyPages ? { lazyPages, onImagesWritten: ({ lazyPagesAt }) => process.stderr.write(`ckpt: images complete in ${shared.dir}; the tree stays frozen, serving its lazy pages on ${lazyPagesAt}\n`) } : {}),
     });
     if (args.json) {

@@ -1,7 +1,7 @@
 /** `ckpt pre-dump`: save a running tree's memory with a short freeze, for an iterative dump. */
 import { defineCommand } from "citty";
 import { DEFAULT_TRACK_TIMEOUT_SECONDS, preDump } from "../dump/predump";
-import { rehearseDump } from "../rehearsal/rehearse";
+import { rehearseDump, type RehearsalFigures } from "../rehearsal/rehearse";
 import { parseSharedDumpArgs, sharedDumpArgs } from "./dump-args";
 import { UsageError } from "./exit";
 
@@ -15,9 +15,12 @@ export const preDumpCommand = defineCommand({
     const shared = parseSharedDumpArgs(args, rawArgs, ["track-timeout"], ["track-timeout"]);
     const timeoutText = args["track-timeout"] === undefined ? String(DEFAULT_TRACK_TIMEOUT_SECONDS) : String(args["track-timeout"]);
     if (!/^[1-9]\d{0,9}$/.test(timeoutText)) throw new UsageError(`--track-timeout needs a whole number of seconds, got ${JSON.stringify(timeoutText)}`);
-    // The tree runs on after a pre-dump, as after dump -R.
-    const rehearsal = args.rehearsal !== false ? await rehearseDump(true) : undefined;
-    const result = await preDump({ ...shared, trackTimeoutSeconds: Number(timeoutText) });
+    let rehearsal: RehearsalFigures | undefined;
+    const result = await preDump({
+      ...shared, trackTimeoutSeconds: Number(timeoutText),
+      // The tree runs on after a pre-dump, as after dump -R.
+      ...(args.rehearsal !== false ? { beforeFreeze: async () => (rehearsal = await rehearseDump(true)) } : {}),
+    });
     if (args.json) {
       process.stdout.write(`${JSON.stringify({ ...result, ...(rehearsal ? { rehearsal } : {}) }, null, 2)}\n`);
       return;

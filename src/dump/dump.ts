@@ -73,6 +73,13 @@ import { schedGetscheduler } from "../sys/calls";
 export interface DumpOptions {
   pid: number;
   dir: string;
+  /**
+   * Work for the moment before the freeze, run once the page server is
+   * connected or the lazy-pages listener is up (a destination may connect
+   * meanwhile); not part of the figures. The CLI's rehearsal
+   * (rehearsal/rehearse.ts) is such work.
+   */
+  beforeFreeze?: () => Promise<unknown>;
   /** Resume the tree after the dump instead of killing it (-R). */
   leaveRunning: boolean;
   /**
@@ -163,8 +170,8 @@ const TASK_STOPPED = 3;
 const TASK_DEAD = 2;
 
 export async function dump(opts: DumpOptions): Promise<DumpResult> {
-  const started = performance.now();
-  const calls0 = snapshotCallCounts();
+  let started = performance.now();
+  let calls0 = snapshotCallCounts();
   if (opts.lazyPages && opts.leaveRunning) throw new Error("--lazy-pages cannot be used with -R: the tree stays frozen until its pages have gone, then it is killed");
   if (opts.lazyPages && opts.pageServer) throw new Error("--lazy-pages serves the pages itself: give it without --page-server");
   const out = ImageDirWriter.open(opts.dir);
@@ -179,6 +186,20 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     throw e;
   }
   const { store, client: server } = pages;
+  if (opts.beforeFreeze) {
+    try {
+      await opts.beforeFreeze();
+    } catch (e) {
+      store.close();
+      lazy?.close();
+      out.discard();
+      out.close();
+      throw e;
+    }
+    // Its time and calls are not this dump's.
+    started = performance.now();
+    calls0 = snapshotCallCounts();
+  }
   const proc = new ProcFs();
   const freezer = new Freezer(proc);
   const guard = new InterruptGuard();

@@ -64,6 +64,8 @@ export interface PreDumpOptions {
   trackTimeoutSeconds?: number;
   /** Send the pages to this page server (--page-server) instead of writing them here. */
   pageServer?: Endpoint;
+  /** As DumpOptions.beforeFreeze: work run before the freeze, once the page server is connected. */
+  beforeFreeze?: () => Promise<unknown>;
 }
 
 export interface PreDumpResult extends RoundResult {
@@ -78,8 +80,8 @@ interface Planned {
 }
 
 export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
-  const started = performance.now();
-  const calls0 = snapshotCallCounts();
+  let started = performance.now();
+  let calls0 = snapshotCallCounts();
   const timeout = opts.trackTimeoutSeconds ?? DEFAULT_TRACK_TIMEOUT_SECONDS;
   checkTrackTimeout(timeout);
   // Checked before anything is frozen or any tracker ended: write-protecting needs the ioctl.
@@ -96,6 +98,19 @@ export async function preDump(opts: PreDumpOptions): Promise<PreDumpResult> {
     throw e;
   }
   const { store, client: server } = pages;
+  if (opts.beforeFreeze) {
+    try {
+      await opts.beforeFreeze();
+    } catch (e) {
+      store.close();
+      out.discard();
+      out.close();
+      throw e;
+    }
+    // Its time and calls are not this pre-dump's.
+    started = performance.now();
+    calls0 = snapshotCallCounts();
+  }
   const proc = new ProcFs();
   const freezer = new Freezer(proc);
   const guard = new InterruptGuard();

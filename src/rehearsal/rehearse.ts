@@ -10,7 +10,9 @@
  * first run and ~33 on a second (measured here, one process, one thread).
  * The frozen window and a migration's downtime are made of first runs. So:
  *  - `ckpt dump` and `ckpt pre-dump` dump a decoy (into a private temporary
- *    directory, removed after) before freezing the tree;
+ *    directory, removed after) before freezing the tree, once their page
+ *    server is connected or their lazy-pages listener is up (DumpOptions.
+ *    beforeFreeze), so that a destination can connect meanwhile;
  *  - `ckpt restore --wait-images`, started ahead of the dump, dumps a decoy
  *    and restores it into a new pid namespace of its own while it waits,
  *    and kills it.
