@@ -2,10 +2,10 @@
  * The decoy: a process of ckpt's own for a rehearsal (rehearse.ts) to dump
  * and restore. A tiny static program (sys/tiny-elf.ts, named "ckpt-decoy",
  * in its own session) shaped like the trees ckpt meets, so that the
- * rehearsal runs the code they need: an executable mapping and a stack of
- * written pages, a private mapping of a regular file (ckpt's own executable,
- * passed as its fd 3, which stays open), a pipe, /dev/null on fds 0 and 2, a
- * pending alarm, and the code the dump borrows for its injected calls (an
+ * rehearsal runs the code they need: two threads, an executable mapping and
+ * a stack of written pages, a private mapping of a regular file (ckpt's own
+ * executable, passed as its fd 3, which stays open), a pipe, /dev/null on
+ * fds 0 and 2, a pending alarm, and the code the dump borrows for its injected calls (an
  * rt_sigreturn trampoline and a `syscall; ret`). It waits in pause(); its
  * alarm ends it within DECOY_LIFETIME_S should the rehearsal be abandoned.
  */
@@ -19,6 +19,10 @@ const DECOY_LIFETIME_S = 10;
 const MAPPED_FD = 3;
 const PROT_READ = 1;
 const MAP_PRIVATE = 2;
+/** A thread's clone flags: CLONE_VM | FS | FILES | SIGHAND | THREAD | SYSVSEM. */
+const THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000;
+/** Where below the main thread's stack pointer the second thread's stack begins (the stack grows to it). */
+const THREAD_STACK_BELOW = 0x10000;
 
 function decoyCode(): number[] {
   const pauseLoop = [...asm.movEax(SYS.pause), ...asm.syscall, 0xeb, 0xf7]; // pause(); jmp back to the mov
@@ -30,6 +34,10 @@ function decoyCode(): number[] {
     ...asm.movEax(SYS.mmap), ...asm.syscall,
     // pipe2(rsp, 0), into 8 bytes pushed for it
     ...asm.pushImm8(0), ...asm.movRdiRsp, ...asm.movEsi(0), ...asm.movEax(SYS.pipe2), ...asm.syscall,
+    // A second thread, which waits in pause() on a stack 64 KiB below this one's.
+    ...asm.movEdi(THREAD_FLAGS), ...asm.movRsiRsp, ...asm.subRsi(THREAD_STACK_BELOW), ...asm.xorEdx, ...asm.xorR10d, ...asm.movR8d(0),
+    ...asm.movEax(SYS.clone), ...asm.syscall,
+    ...asm.testEax, ...asm.jnz(pauseLoop.length), ...pauseLoop,
     // Last, so that a rehearsal that has the pid finds all of the above in place.
     ...reportPid(),
     ...pauseLoop,
