@@ -119,6 +119,8 @@ export interface RestoreFigures {
   mmMs: number;
   pagesMs: number;
   filesMs: number;
+  /** Each task's own state: signal actions and queues, timers, limits, per-thread state, credentials. */
+  tasksMs: number;
   /** Handing the lazy areas' userfaultfds to `ckpt lazy-pages`. */
   handoffMs: number;
   /** The end: registers, the guard that kills a half-made tree if ckpt dies, letting every task go. */
@@ -316,6 +318,7 @@ function restoreProcess(ctx: RestoreContext, p: ProcessPlan, tree: RestoredTree)
   restoreFileLocks(task, scratch, ctx.locks.get(pid) ?? []);
   ctx.figures.filesMs += performance.now() - t;
 
+  t = performance.now();
   restoreSigactions(task, scratch, tc);
   restoreItimers(task, scratch, tc);
   task.call(SYS.personality, [tc.personality]);
@@ -347,6 +350,7 @@ function restoreProcess(ctx: RestoreContext, p: ProcessPlan, tree: RestoredTree)
     if (thc.pdeathSig) setPdeathSignal(th, thc.pdeathSig);
   }
   restoreDumpable(task, p.mm);
+  ctx.figures.tasksMs += performance.now() - t;
   // A job-stopped task stops again by the signal that stopped it (CRIU's stop_signo; SIGSTOP when the image has none).
   const stopSignal = tc.taskState === TASK_STOPPED ? tc.stopSigno || SIG.STOP : stop ? SIG.STOP : 0;
   return { pages: fill.pages, stop: stopSignal };
@@ -476,7 +480,7 @@ async function restoreFrom(
   let seedPid = 0;
   let files: OpenedFiles | undefined;
   let guard: RestoreGuard | undefined;
-  const figures: RestoreFigures = { waitedMs, forkMs: 0, imagesMs, seedMs: 0, mmMs: 0, pagesMs: 0, filesMs: 0, handoffMs: 0, letGoMs: 0, totalMs: 0, runningSinceEpochMs: 0 };
+  const figures: RestoreFigures = { waitedMs, forkMs: 0, imagesMs, seedMs: 0, mmMs: 0, pagesMs: 0, filesMs: 0, tasksMs: 0, handoffMs: 0, letGoMs: 0, totalMs: 0, runningSinceEpochMs: 0 };
   let pagesRestored = 0;
   let root = pstree[0]?.pid ?? 0;
   let pidNsInit: number | undefined;
