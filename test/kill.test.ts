@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
 import { startTracker, TRACKER_COMM } from "../src/dump/tracking/tracker";
 import { ProcFs } from "../src/proc/procfs";
-import { RestoreGuard, GUARD_COMM } from "../src/restore/guard";
+import { TreeGuard, GUARD_COMM } from "../src/sys/tree-guard";
 import { alive, startDetached, tempDir, waitFor, type Target } from "./helpers/target";
 import { baseline, brokenPromises, fdKinds, killDuring, startSturdy, timeWholeRun, type KillOutcome } from "./helpers/kill-campaign";
 
@@ -115,7 +115,7 @@ describe("ckpt killed at any moment", () => {
 
     // Told: the guard exits, the processes run on.
     let ts = await sleepers();
-    const told = RestoreGuard.launch(ts.map((t) => t.pid));
+    const told = TreeGuard.launch(ts.map((t) => t.pid));
     // It reports its pid first and names itself right after.
     await waitFor("the guard to name itself", () => isGuard(told.pid));
     told.release();
@@ -126,7 +126,7 @@ describe("ckpt killed at any moment", () => {
 
     // Abandoned: both are killed.
     ts = await sleepers();
-    const abandoned = RestoreGuard.launch(ts.map((t) => t.pid));
+    const abandoned = TreeGuard.launch(ts.map((t) => t.pid));
     await waitFor("the guard to name itself", () => isGuard(abandoned.pid));
     abandoned.abandon();
     await waitFor("the guarded processes to be killed", () => ts.every((t) => gone(t.pid)));

@@ -566,6 +566,52 @@ describe("lazy migration (post-copy)", () => {
     expect(await selfCheck(pid, out)).toBe("ok");
   });
 
+  test("ckpt lazy-pages killed mid-copy: the tree waits on its faults (never reading zeros) until the daemon's guard kills it", async () => {
+    const { target, out } = await onSource([memTarget(), "256", "2"]);
+    const pid = target.pid;
+    const [src, dst] = [join(tempDir("lazy-dkill-src"), "img"), join(tempDir("lazy-dkill-dst"), "img")];
+    const port = freshPort();
+    const dump = await lazyDump(pid, src, port);
+    mkdirSync(dst);
+    copyImages(src, dst);
+    const daemon = await lazyDaemon(dst, port);
+    const root = lazyRestore(dst);
+    // The source stops answering (most of the 256 MiB still there), and the
+    // daemon's guard is held still, so that what the tree does once the
+    // daemon is gone shows.
+    process.kill(dump.pid, "SIGSTOP");
+    // The daemon's guard: a ckpt-guard holding a pidfd of the root (its fdinfo names the pid).
+    const guards = readdirSync("/proc").filter((n) => /^\d+$/.test(n) && alive(Number(n))).filter((n) => {
+      try {
+        if (readFileSync(`/proc/${n}/comm`, "utf8").trim() !== "ckpt-guard") return false;
+        return readdirSync(`/proc/${n}/fdinfo`).some((fd) => readFileSync(`/proc/${n}/fdinfo/${fd}`, "utf8").includes(`Pid:\t${root}\n`));
+      } catch {
+        return false;
+      }
+    }).map(Number);
+    expect(guards).toHaveLength(1);
+    cleanup.push(killablePid(guards[0]!));
+    process.kill(guards[0]!, "SIGSTOP");
+    const lines = (): number => readFileSync(out, "utf8").split("\n").length;
+    const before = lines();
+    // The tree checks all of its memory: it faults on pages not yet here, and waits.
+    process.kill(root, "SIGUSR1");
+    await Bun.sleep(200);
+    daemon.kill("SIGKILL");
+    await Bun.sleep(1000);
+    // Its userfaultfds outlived the daemon (the guard holds them): no fault was answered with zeros, the check is still waiting.
+    expect(alive(root)).toBe(true);
+    expect(lines()).toBe(before);
+    process.kill(guards[0]!, "SIGCONT");
+    await waitFor("the restored tree to be gone", () => !alive(root), 10000);
+    expect(lines()).toBe(before);
+    // The source, answering again, finds its destination gone: its tree runs on, whole.
+    process.kill(dump.pid, "SIGCONT");
+    expect((await dump.done).code).toBe(1);
+    await waitFor("the source tree to run free", () => runsFree(pid), 10000);
+    expect(await selfCheck(pid, out)).toBe("ok");
+  });
+
   test("a tree killed while its lazy pages wait for the destination: the dump ends with one line naming it and removes its images", async () => {
     const { target } = await onSource([memTarget(), "32", "1"]);
     const pid = target.pid;

@@ -15,7 +15,7 @@
  *  4. unmap the syscall page, park every thread in a signal stop and set its
  *     registers, FPU state and blocked mask there, so the kernel's
  *     syscall-restart rules apply to them as if the dump had never happened;
- *  5. start the guard (guard.ts), detach everything (job-stopped tasks get
+ *  5. start the guard (sys/tree-guard.ts), detach everything (job-stopped tasks get
  *     their SIGSTOP back first), then tell the guard the tree is whole.
  * Any failure kills every task made so far. ckpt installs no signal
  * handlers: the restore is synchronous, so a handler would only run once it
@@ -41,6 +41,7 @@ import { describeTask } from "../proc/task";
 import { ProcFs } from "../proc/procfs";
 import { isExiting } from "../proc/stat";
 import { statOrNull, writeWholeFile } from "../sys/file";
+import { TreeGuard } from "../sys/tree-guard";
 import { addressOf, callCountsSince, kill, snapshotCallCounts, syscall, waitpid } from "../sys/libc";
 import { MAP, PROT, SIG, SYS, W } from "../sys/nr";
 import * as ptrace from "../sys/ptrace";
@@ -48,7 +49,6 @@ import { addEpollWatches, aboveAll, placeFds, restoreFs } from "./fds";
 import { OpenedFiles } from "./files/open-files";
 import { loadFileLocks, restoreFileLocks } from "./files/file-locks";
 import type { FileLockEntry } from "../image/gen/file-lock_pb";
-import { RestoreGuard } from "./guard";
 import { ImageSet } from "../image/image-set";
 import { unrestorableSharing } from "../image/shared-kobjs";
 import { fileIds, validateProcess, validateTree } from "./validate";
@@ -479,7 +479,7 @@ async function restoreFrom(
   const created: number[] = [];
   let seedPid = 0;
   let files: OpenedFiles | undefined;
-  let guard: RestoreGuard | undefined;
+  let guard: TreeGuard | undefined;
   const figures: RestoreFigures = { waitedMs, forkMs: 0, imagesMs, seedMs: 0, mmMs: 0, pagesMs: 0, filesMs: 0, tasksMs: 0, handoffMs: 0, letGoMs: 0, totalMs: 0, runningSinceEpochMs: 0 };
   let pagesRestored = 0;
   let root = pstree[0]?.pid ?? 0;
@@ -513,7 +513,7 @@ async function restoreFrom(
     // The guard (needed from the first detach on) is launched now, and its
     // program starts on another core while the tasks are filled in.
     const hostPids = plan.map((p) => hostPid(tree, p.entry.pid));
-    guard = RestoreGuard.launch(tree.init ? [tree.init.tid, ...hostPids] : hostPids);
+    guard = TreeGuard.launch(tree.init ? [tree.init.tid, ...hostPids] : hostPids);
     figures.forkMs = performance.now() - started;
 
     // Files once the tasks exist: a /proc/PID file of the tree's own
@@ -560,7 +560,7 @@ async function restoreFrom(
     if (tree.init) startInit(tree.init, pstree[0]!.pid, syscallPage.start + INIT_CODE_OFFSET, syscallPage.start + INIT_STATUS_OFFSET);
     // Before the tree runs, so that a bad path fails the restore and not after it.
     if (opts.pidfile) writeWholeFile(opts.pidfile, new TextEncoder().encode(`${root}\n`), 0o644);
-    // From here a kill of ckpt must not leave part of the tree running (guard.ts).
+    // From here a kill of ckpt must not leave part of the tree running (sys/tree-guard.ts).
     guard.waitUntilRunning();
     // Pending when the tasks are let go, so they stop before running a single instruction.
     for (const [pid, sig] of stopped) kill(pid, sig);

@@ -25,7 +25,8 @@
  * When every lazy page is in place the source is told (CLOSE) and both ends
  * exit. If the source goes away first, or the images cannot be read, the
  * restored tree cannot get the rest of its memory: it is killed, never left
- * running on part of it.
+ * running on part of it. So it is if the daemon itself is killed: a guard
+ * (sys/tree-guard.ts) holds the userfaultfds until every page is in.
  */
 import { readFileSync } from "node:fs";
 import { PageChain } from "../image/page-chain";
@@ -42,6 +43,7 @@ import { encodeUffdioCopy, encodeUffdioZeropage, uffdioDone, UFFDIO_COPY_SIZE, U
 import { Connection, ConnectionLost, type Endpoint } from "./connection";
 import { decodeIov, encodeIov, PS, PSI_SIZE } from "./protocol";
 import { PageRuns } from "./page-runs";
+import { TreeGuard } from "../sys/tree-guard";
 
 const LAZY_SOCKET = "lazy-pages.socket";
 /** Pages fetched for one fault: the faulting page and the next ones of its run. */
@@ -149,6 +151,8 @@ export class LazyPagesDaemon {
   /** Each process's saved pages, opened at its handoff. */
   private readonly saved = new Map<number, PageChain>();
   private images: ImageSet | null = null;
+  /** Holds the userfaultfds and kills the tree should this daemon die before every page is in (sys/tree-guard.ts). */
+  private guard: TreeGuard | null = null;
   /** Each process's pages and lazy runs, opened as the restore connected (openAhead); taken at its handoff. */
   private readonly ahead = new Map<number, { saved: PageChain; runs: { start: bigint; end: bigint }[] }>();
 
@@ -170,6 +174,8 @@ export class LazyPagesDaemon {
         const killed = daemon.killTree();
         throw new Error(`${(e as Error).message}: the restored tree could not get the rest of its memory and was killed (${killed} process(es))`, { cause: e });
       }
+      // Every page is in place: the tree may live without this daemon.
+      daemon.guard?.release();
       const ms = performance.now() - started;
       if (source) {
         // Everything is in place: the source may end (and its tree with it).
@@ -179,6 +185,8 @@ export class LazyPagesDaemon {
       }
       return { source: source?.peer ?? opts.dir, processes: daemon.hostPids.length, pagesLazy: daemon.pagesLazy, ...daemon.counters, bytesReceived: source?.received ?? 0, ms };
     } finally {
+      // Not released: the tree goes (the daemon failed, and has killed it already).
+      daemon.guard?.abandon();
       for (const m of daemon.mms) close(m.uffd);
       for (const chain of daemon.saved.values()) chain.close();
       for (const { saved } of daemon.ahead.values()) saved.close();
@@ -253,6 +261,10 @@ export class LazyPagesDaemon {
     const ids = new Uint32Array(this.handoffData.buffer);
     const [pid, hostPid] = [ids[0]!, ids[1]!];
     if (pid === 0) {
+      // Before the answer that lets the tree go: from here a daemon that
+      // dies leaves its threads waiting on their faults until the guard has
+      // killed them, never reading zeros where their memory was to come.
+      this.guard = TreeGuard.launch(this.hostPids, this.mms.map((m) => m.uffd));
       sendto(conn, new Uint8Array([1]));
       return false;
     }

@@ -3,7 +3,7 @@
  * runs (as a restore does before its first detach), then die by SIGKILL
  * without a word to it.
  */
-import { RestoreGuard } from "../../src/restore/guard";
+import { TreeGuard } from "../../src/sys/tree-guard";
 
-RestoreGuard.launch(process.argv.slice(2).map(Number)).waitUntilRunning();
+TreeGuard.launch(process.argv.slice(2).map(Number)).waitUntilRunning();
 process.kill(process.pid, "SIGKILL");
