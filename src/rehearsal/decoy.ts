@@ -32,6 +32,7 @@ const THREAD_STACK_BELOW = 0x10000;
 
 function decoyCode(): number[] {
   const pauseLoop = [...asm.movEax(SYS.pause), ...asm.syscall, 0xeb, 0xf7]; // pause(); jmp back to the mov
+  const listen = [...asm.movEsi(8), ...asm.movEax(SYS.listen), ...asm.syscall];
   return forkThenChild([
     ...ownSessionNamed(DECOY_COMM),
     ...asm.movEdi(DECOY_LIFETIME_S), ...asm.movEax(SYS.alarm), ...asm.syscall,
@@ -45,7 +46,8 @@ function decoyCode(): number[] {
     ...asm.movEdiEax,
     ...asm.pushImm8(0), ...asm.movabsRax(LOOPBACK_ANY_PORT), ...asm.pushRax, ...asm.movRsiRsp, ...asm.movEdx(16),
     ...asm.movEax(SYS.bind), ...asm.syscall,
-    ...asm.movEsi(8), ...asm.movEax(SYS.listen), ...asm.syscall,
+    // Listening only where bound: in a network namespace without loopback, listen() would bind every address.
+    ...asm.testEax, ...asm.jnz(listen.length), ...listen,
     ...asm.pushImm8(0), ...asm.movR10Rsp, ...asm.movEdi(AF_UNIX), ...asm.movEsi(SOCK_STREAM), ...asm.xorEdx,
     ...asm.movEax(SYS.socketpair), ...asm.syscall,
     // A second thread, which waits in pause() on a stack 64 KiB below this one's.
