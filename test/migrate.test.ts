@@ -542,18 +542,27 @@ describe("lazy migration (post-copy)", () => {
     expect(seeds().filter((p) => !before.includes(p))).toEqual([]);
   });
 
-  test("a lazy restore whose source dies mid-copy: the restored tree is killed, the source's tree runs on", async () => {
+  /**
+   * A 256 MiB tree dumped lazily and restored at the destination, its source
+   * stopped at once (most of the memory still there): the lazy copy is
+   * mid-way for as long as the test wants.
+   */
+  async function lazyCopyStalled(name: string): Promise<{ pid: number; out: string; dump: Running; daemon: Running; root: number }> {
     const { target, out } = await onSource([memTarget(), "256", "2"]);
-    const pid = target.pid;
-    const [src, dst] = [join(tempDir("lazy-die-src"), "img"), join(tempDir("lazy-die-dst"), "img")];
+    const [src, dst] = [join(tempDir(`${name}-src`), "img"), join(tempDir(`${name}-dst`), "img")];
     const port = freshPort();
-    const dump = await lazyDump(pid, src, port);
+    const dump = await lazyDump(target.pid, src, port);
     mkdirSync(dst);
     copyImages(src, dst);
     const daemon = await lazyDaemon(dst, port);
     const root = lazyRestore(dst);
-    // The source stops answering at once (most of the 256 MiB still there), then dies.
     process.kill(dump.pid, "SIGSTOP");
+    return { pid: target.pid, out, dump, daemon, root };
+  }
+
+  test("a lazy restore whose source dies mid-copy: the restored tree is killed, the source's tree runs on", async () => {
+    // The source stops answering at once, then dies.
+    const { pid, out, dump, daemon, root } = await lazyCopyStalled("lazy-die");
     expect(alive(root)).toBe(true);
     await Bun.sleep(200);
     dump.kill("SIGKILL");
@@ -567,19 +576,9 @@ describe("lazy migration (post-copy)", () => {
   });
 
   test("ckpt lazy-pages killed mid-copy: the tree waits on its faults (never reading zeros) until the daemon's guard kills it", async () => {
-    const { target, out } = await onSource([memTarget(), "256", "2"]);
-    const pid = target.pid;
-    const [src, dst] = [join(tempDir("lazy-dkill-src"), "img"), join(tempDir("lazy-dkill-dst"), "img")];
-    const port = freshPort();
-    const dump = await lazyDump(pid, src, port);
-    mkdirSync(dst);
-    copyImages(src, dst);
-    const daemon = await lazyDaemon(dst, port);
-    const root = lazyRestore(dst);
-    // The source stops answering (most of the 256 MiB still there), and the
-    // daemon's guard is held still, so that what the tree does once the
-    // daemon is gone shows.
-    process.kill(dump.pid, "SIGSTOP");
+    // The source stops answering, and the daemon's guard is held still, so
+    // that what the tree does once the daemon is gone shows.
+    const { pid, out, dump, daemon, root } = await lazyCopyStalled("lazy-dkill");
     // The daemon's guard: a ckpt-guard holding a pidfd of the root (its fdinfo names the pid).
     const guards = readdirSync("/proc").filter((n) => /^\d+$/.test(n) && alive(Number(n))).filter((n) => {
       try {

@@ -29,8 +29,8 @@ export const dumpCommand = defineCommand({
     if (lazyPages && args["leave-running"]) throw new UsageError("--lazy-pages cannot be used with -R: the tree stays frozen until its pages have gone, then it is killed");
     const ghostLimit = args["ghost-limit"] === undefined ? undefined : parseSize("--ghost-limit", String(args["ghost-limit"]));
     let rehearsal: RehearsalFigures | undefined;
-    const result = await dump({ ...shared, exitAfter: true,
-      ...(args.rehearsal !== false ? { beforeFreeze: async () => (rehearsal = await rehearseDump(Boolean(args["leave-running"]))) } : {}), leaveRunning: Boolean(args["leave-running"]), snapshot: args.snapshot !== false, shellJob: Boolean(args["shell-job"]), tcpEstablished: Boolean(args["tcp-established"]), fileLocks: Boolean(args["file-locks"]), ...(fileValidation ? { fileValidation } : {}), ...(ghostLimit !== undefined ? { ghostLimit } : {}),
+    const result = await dump({ ...shared, exitAfter: true, leaveRunning: Boolean(args["leave-running"]), snapshot: args.snapshot !== false, shellJob: Boolean(args["shell-job"]), tcpEstablished: Boolean(args["tcp-established"]), fileLocks: Boolean(args["file-locks"]), ...(fileValidation ? { fileValidation } : {}), ...(ghostLimit !== undefined ? { ghostLimit } : {}),
+      ...(args.rehearsal !== false ? { beforeFreeze: async () => (rehearsal = await rehearseDump(Boolean(args["leave-running"]))) } : {}),
       ...(lazyPages ? { lazyPages, onImagesWritten: ({ lazyPagesAt }) => process.stderr.write(`ckpt: images complete in ${shared.dir}; the tree stays frozen, serving its lazy pages on ${lazyPagesAt}\n`) } : {}),
     });
     if (args.json) {
