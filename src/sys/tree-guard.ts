@@ -13,10 +13,10 @@
  * `ckpt lazy-pages` (transfer/lazy-pages.ts). A lazily restored tree runs
  * before its memory is in; were the daemon killed, its userfaultfds would
  * close and every page not yet placed would read as zeros. So the daemon
- * starts a guard that also holds a copy of each userfaultfd: a daemon that
- * dies leaves the faulting threads waiting (nobody answers, nothing reads
- * as zeros) until the guard has killed them. It is released once every
- * page is in place.
+ * starts a guard per process as it takes its userfaultfd, which holds a
+ * copy of it too: a daemon that dies leaves the faulting threads waiting
+ * (nobody answers, nothing reads as zeros) until the guard has killed them.
+ * It is released once every page is in place.
  *
  * The guard is a tiny program (sys/tiny-elf.ts, named "ckpt-guard", in its
  * own session) that holds a pidfd of every guarded process and the read end

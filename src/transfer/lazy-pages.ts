@@ -26,7 +26,7 @@
  * exit. If the source goes away first, or the images cannot be read, the
  * restored tree cannot get the rest of its memory: it is killed, never left
  * running on part of it. So it is if the daemon itself is killed: a guard
- * (sys/tree-guard.ts) holds the userfaultfds until every page is in.
+ * per process (sys/tree-guard.ts) holds its userfaultfd until every page is in.
  */
 import { readFileSync } from "node:fs";
 import { PageChain } from "../image/page-chain";
@@ -151,8 +151,8 @@ export class LazyPagesDaemon {
   /** Each process's saved pages, opened at its handoff. */
   private readonly saved = new Map<number, PageChain>();
   private images: ImageSet | null = null;
-  /** Holds the userfaultfds and kills the tree should this daemon die before every page is in (sys/tree-guard.ts). */
-  private guard: TreeGuard | null = null;
+  /** One per process: holds its userfaultfd, and kills it should this daemon die before every page is in (sys/tree-guard.ts). */
+  private readonly guards: TreeGuard[] = [];
   /** Each process's pages and lazy runs, opened as the restore connected (openAhead); taken at its handoff. */
   private readonly ahead = new Map<number, { saved: PageChain; runs: { start: bigint; end: bigint }[] }>();
 
@@ -175,7 +175,7 @@ export class LazyPagesDaemon {
         throw new Error(`${(e as Error).message}: the restored tree could not get the rest of its memory and was killed (${killed} process(es))`, { cause: e });
       }
       // Every page is in place: the tree may live without this daemon.
-      daemon.guard?.release();
+      for (const g of daemon.guards) g.release();
       const ms = performance.now() - started;
       if (source) {
         // Everything is in place: the source may end (and its tree with it).
@@ -186,7 +186,7 @@ export class LazyPagesDaemon {
       return { source: source?.peer ?? opts.dir, processes: daemon.hostPids.length, pagesLazy: daemon.pagesLazy, ...daemon.counters, bytesReceived: source?.received ?? 0, ms };
     } finally {
       // Not released: the tree goes (the daemon failed, and has killed it already).
-      daemon.guard?.abandon();
+      for (const g of daemon.guards) g.abandon();
       for (const m of daemon.mms) close(m.uffd);
       for (const chain of daemon.saved.values()) chain.close();
       for (const { saved } of daemon.ahead.values()) saved.close();
@@ -261,15 +261,16 @@ export class LazyPagesDaemon {
     const ids = new Uint32Array(this.handoffData.buffer);
     const [pid, hostPid] = [ids[0]!, ids[1]!];
     if (pid === 0) {
-      // Before the answer that lets the tree go: from here a daemon that
-      // dies leaves its threads waiting on their faults until the guard has
-      // killed them, never reading zeros where their memory was to come.
-      this.guard = TreeGuard.launch(this.hostPids, this.mms.map((m) => m.uffd));
       sendto(conn, new Uint8Array([1]));
       return false;
     }
     if (fds.length !== 1) throw new HandoffFailed(`the restore sent ${fds.length} fds for process ${pid}`);
     fcntl(fds[0]!, F.SETFL, O.NONBLOCK);
+    // A guard of its own, started while the restore goes on with the rest
+    // (its start is then no downtime): from here a daemon that dies leaves
+    // the process's threads waiting on their faults until the guard has
+    // killed it, never reading zeros where its memory was to come.
+    this.guards.push(TreeGuard.launch([hostPid], [fds[0]!]));
     // The restore has checked the set (and its parents' digests) before handing anything over.
     const images = (this.images ??= ImageSet.openPages(this.dir));
     const opened = this.ahead.get(pid);
