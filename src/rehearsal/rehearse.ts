@@ -73,24 +73,8 @@ function end(pid: number): void {
  * Dump a decoy the way the real dump will run (`leaveRunning`: with -R, and
  * its snapshot), then kill it: what the dump's frozen window runs is warm.
  */
-export async function rehearseDump(leaveRunning: boolean): Promise<RehearsalFigures> {
-  const started = performance.now();
-  const figures: RehearsalFigures = { ms: 0, dumped: false, restored: false };
-  let dir: string | null = null;
-  let decoy = 0;
-  try {
-    dir = scratchDir();
-    decoy = await launchDecoy();
-    await dump({ pid: decoy, dir: join(dir, "images"), leaveRunning });
-    figures.dumped = true;
-  } catch (e) {
-    figures.skipped = e instanceof Error ? e.message : String(e);
-  } finally {
-    if (decoy) end(decoy);
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  }
-  figures.ms = performance.now() - started;
-  return figures;
+export function rehearseDump(leaveRunning: boolean): Promise<RehearsalFigures> {
+  return rehearse(leaveRunning, null);
 }
 
 /**
@@ -99,7 +83,12 @@ export async function rehearseDump(leaveRunning: boolean): Promise<RehearsalFigu
  * once they are the rehearsal stops at its next step, so as to hold up the
  * real restore as little as it can.
  */
-export async function rehearseRestore(arrived: () => boolean): Promise<RehearsalFigures> {
+export function rehearseRestore(arrived: () => boolean): Promise<RehearsalFigures> {
+  return rehearse(false, arrived);
+}
+
+/** Dump a decoy, and with `arrived`, restore it unless the real images have arrived; never throws. */
+async function rehearse(leaveRunning: boolean, arrived: (() => boolean) | null): Promise<RehearsalFigures> {
   const started = performance.now();
   const figures: RehearsalFigures = { ms: 0, dumped: false, restored: false };
   let dir: string | null = null;
@@ -109,15 +98,15 @@ export async function rehearseRestore(arrived: () => boolean): Promise<Rehearsal
     dir = scratchDir();
     const images = join(dir, "images");
     decoy = await launchDecoy();
-    await dump({ pid: decoy, dir: images, leaveRunning: false });
+    await dump({ pid: decoy, dir: images, leaveRunning });
     figures.dumped = true;
-    end(decoy);
-    decoy = 0;
-    if (arrived()) figures.skipped = "the images arrived: the restore of the decoy was left out";
-    else {
-      const r = await restore({ dir: images, detach: true, newPidNs: true });
-      init = r.pidNsInit ?? r.root;
-      figures.restored = true;
+    if (arrived) {
+      if (arrived()) figures.skipped = "the images arrived: the restore of the decoy was left out";
+      else {
+        const r = await restore({ dir: images, detach: true, newPidNs: true });
+        init = r.pidNsInit ?? r.root;
+        figures.restored = true;
+      }
     }
   } catch (e) {
     figures.skipped = e instanceof Error ? e.message : String(e);

@@ -148,13 +148,11 @@ export class LazyPagesDaemon {
   private readonly copyArg = new Uint8Array(UFFDIO_COPY_SIZE);
   private readonly zeroArg = new Uint8Array(UFFDIO_ZEROPAGE_SIZE);
   private readonly counters = { faults: 0, pagesOnFault: 0, pagesInBackground: 0, pagesFromImages: 0, zeroPages: 0 };
-  /** Each process's saved pages, opened at its handoff. */
-  private readonly saved = new Map<number, PageChain>();
   private images: ImageSet | null = null;
   /** One per process: holds its userfaultfd, and kills it should this daemon die before every page is in (sys/tree-guard.ts). */
   private readonly guards: TreeGuard[] = [];
-  /** Each process's pages and lazy runs, opened as the restore connected (openAhead); taken at its handoff. */
-  private readonly ahead = new Map<number, { saved: PageChain; runs: { start: bigint; end: bigint }[] }>();
+  /** Each process's saved pages and lazy runs, by image pid: opened as the restore connected (openAhead), or at its handoff. */
+  private readonly opened = new Map<number, { saved: PageChain; runs: { start: bigint; end: bigint }[] }>();
 
   private constructor(private readonly source: Connection | null, private readonly dir: string) {}
 
@@ -188,8 +186,7 @@ export class LazyPagesDaemon {
       // Not released: the tree goes (the daemon failed, and has killed it already).
       for (const g of daemon.guards) g.abandon();
       for (const m of daemon.mms) close(m.uffd);
-      for (const chain of daemon.saved.values()) chain.close();
-      for (const { saved } of daemon.ahead.values()) saved.close();
+      for (const { saved } of daemon.opened.values()) saved.close();
       source?.close();
     }
   }
@@ -235,13 +232,26 @@ export class LazyPagesDaemon {
       return;
     }
     for (const pid of pids) {
-      let saved: PageChain | null = null;
       try {
-        saved = PageChain.open(images, pid);
-        this.ahead.set(pid, { saved, runs: lazyRunsOf(images, pid) });
+        this.open(images, pid);
       } catch {
-        saved?.close();
+        // Said at its handoff, if it comes.
       }
+    }
+  }
+
+  /** Process `pid`'s saved pages and lazy runs, opened once. */
+  private open(images: ImageSet, pid: number): { saved: PageChain; runs: { start: bigint; end: bigint }[] } {
+    const have = this.opened.get(pid);
+    if (have) return have;
+    const saved = PageChain.open(images, pid);
+    try {
+      const opened = { saved, runs: lazyRunsOf(images, pid) };
+      this.opened.set(pid, opened);
+      return opened;
+    } catch (e) {
+      saved.close();
+      throw e;
     }
   }
 
@@ -272,15 +282,11 @@ export class LazyPagesDaemon {
     // killed it, never reading zeros where its memory was to come.
     this.guards.push(TreeGuard.launch([hostPid], [fds[0]!]));
     // The restore has checked the set (and its parents' digests) before handing anything over.
-    const images = (this.images ??= ImageSet.openPages(this.dir));
-    const opened = this.ahead.get(pid);
-    this.ahead.delete(pid);
-    const saved = opened?.saved ?? PageChain.open(images, pid);
-    this.saved.set(pid, saved);
+    const { saved, runs } = this.open((this.images ??= ImageSet.openPages(this.dir)), pid);
     if (saved.lazy.length > 0 && !this.source) {
       throw new Error(`pagemap-${pid}.img leaves ${saved.lazyPages} page(s) at the source (a --lazy-pages dump): run ckpt lazy-pages with --page-server --address SOURCE --port N`);
     }
-    const progress = PageRuns.of(opened?.runs ?? lazyRunsOf(images, pid), 1);
+    const progress = PageRuns.of(runs, 1);
     this.pagesLazy += progress.marked;
     this.mms.push({ uffd: fds[0]!, pid, saved, progress, cursor: { run: 0, page: 0 }, moved: [] });
     this.hostPids.push(hostPid);
