@@ -532,8 +532,8 @@ async function dumpProcess(
   const rseqs = new Map(p.threads.map((tid) => [tid, readRseq(tid).entry]));
   const eager = p.threads.flatMap((tid) => [...rseqPages(rseqs.get(tid)!), stackPage(regs.get(tid)!.regs.sp)]);
   const where = opts.lazyPages ? "source" : "here";
-  const scan = (saved: readonly MapArea[], tracked?: ProcessTracking | null): PagePlan => timePhase(phases, "pageScan", () =>
-    planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracked === undefined ? tracking.forProcess(pid, stat.startTime, saved) : tracked, { ranges: lazyRanges(saved, eager), where }, prepared !== null));
+  const scan = (saved: readonly MapArea[], ranges: readonly LazyRange[], tracked?: ProcessTracking | null): PagePlan => timePhase(phases, "pageScan", () =>
+    planProcessPages(pid, saved, opts.pageScan ?? "auto", proc, pageCounters, tracked === undefined ? tracking.forProcess(pid, stat.startTime, saved) : tracked, { ranges, where }, prepared !== null));
   // The scan runs ahead of smaps, and one made on the wrong areas is simply
   // made again: it has no side effect but, when it follows a pre-dump chain,
   // registering an area new since the parent with the chain's userfaultfd
@@ -544,16 +544,17 @@ async function dumpProcess(
   // the smaps walk starts, or each would wait for all of it.
   const early = inBackground ? (() => {
     const saved = timePhase(phases, "areas", () => readMaps(proc, pid).filter(savesPages));
-    return { saved, tracked: timePhase(phases, "pageScan", () => tracking.forProcess(pid, stat.startTime, saved)) };
+    return { saved, ranges: lazyRanges(saved, eager), tracked: timePhase(phases, "pageScan", () => tracking.forProcess(pid, stat.startTime, saved)) };
   })() : null;
   const smaps = inBackground ? readSmapsInBackground(proc, pid, false) : null;
-  const earlyPlan = early ? scan(early.saved, early.tracked) : null;
+  const earlyPlan = early ? scan(early.saved, early.ranges, early.tracked) : null;
   const areasStarted = performance.now();
   const vmas = dumpVmas(proc, pid, smaps ? await smaps : readSmaps(proc, pid, false), table, mapFiles, objects);
   phases.areas += performance.now() - areasStarted;
   const saved = vmas.filter((v) => v.savePages).map((v) => v.area);
   // maps lacks the VmFlags: a droppable area is not saved, a locked one not lazy.
-  const plan = early && earlyPlan && sameAreas(early.saved, saved) && sameAreas(lazyRanges(early.saved, eager), lazyRanges(saved, eager)) ? earlyPlan : scan(saved);
+  const ranges = lazyRanges(saved, eager);
+  const plan = early && earlyPlan && sameAreas(early.saved, saved) && sameAreas(early.ranges, ranges) ? earlyPlan : scan(saved, ranges);
 
   const cores = new Map<number, CoreEntry>();
   for (const tid of p.threads) {

@@ -9,11 +9,6 @@ import { Errno, SysError } from "./errno";
 import { close, readInto } from "./libc";
 import { IN, POLL } from "./nr";
 
-const IN_CLOSE_WRITE = 0x8;
-const IN_MOVED_TO = 0x80;
-const IN_CREATE = 0x100;
-const IN_ONLYDIR = 0x01000000;
-
 export class DirectoryWatch {
   private readonly events = new Uint8Array(4096);
 
@@ -23,7 +18,7 @@ export class DirectoryWatch {
   static open(dir: string): DirectoryWatch | null {
     const fd = inotifyInit1(IN.NONBLOCK | IN.CLOEXEC);
     try {
-      inotifyAddWatch(fd, dir, IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_ONLYDIR);
+      inotifyAddWatch(fd, dir, IN.CLOSE_WRITE | IN.MOVED_TO | IN.CREATE | IN.ONLYDIR);
     } catch (e) {
       close(fd);
       if (e instanceof SysError && (e.errno === Errno.ENOENT || e.errno === Errno.ENOTDIR)) return null;

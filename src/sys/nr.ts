@@ -142,7 +142,7 @@ export const EPOLL_CLOEXEC = 0o2000000;
 export const MFD = { CLOEXEC: 1, ALLOW_SEALING: 2, HUGETLB: 4, NOEXEC_SEAL: 8, EXEC: 0x10 } as const;
 
 /** inotify_init1 flags and the inotify_add_watch bits restore adds or reads back. */
-export const IN = { NONBLOCK: 0o4000, CLOEXEC: 0o2000000, DONT_FOLLOW: 0x02000000, IGNORED: 0x8000 } as const;
+export const IN = { NONBLOCK: 0o4000, CLOEXEC: 0o2000000, DONT_FOLLOW: 0x02000000, IGNORED: 0x8000, CLOSE_WRITE: 0x8, MOVED_TO: 0x80, CREATE: 0x100, ONLYDIR: 0x01000000 } as const;
 
 /** fanotify_init flags and fanotify_mark flags (FAN_MARK_*). */
 export const FAN = { CLOEXEC: 1, NONBLOCK: 2 } as const;
