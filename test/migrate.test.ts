@@ -18,7 +18,7 @@ import { dirtyTarget } from "./helpers/iterative-workloads";
 import { kernelStateTarget, restoreTarget } from "./helpers/restore-workloads";
 import { tcpClient, tcpServer } from "./helpers/tcp-workloads";
 import { ckptOn, freshPort, spawnOn, startPageServer, twoHosts, type Running, type TwoHosts } from "./helpers/hosts";
-import { alive, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
+import { alive, killablePid, processesWhere, restoreSeeds, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { memTarget, selfCheck } from "./helpers/workloads";
 
 const CRIU = process.env.CRIU_BIN ?? "";
@@ -526,20 +526,13 @@ describe("lazy migration (post-copy)", () => {
   });
 
   test("restore --wait-images gives up after its time with one line naming what was missing, and leaves no seed behind", () => {
-    /** Restore seeds alive now (started while the images were awaited, they must go with the restore). */
-    const seeds = (): number[] => readdirSync("/proc").filter((n) => /^\d+$/.test(n)).filter((n) => {
-      try {
-        return readlinkSync(`/proc/${n}/exe`).includes("memfd:ckpt-seed");
-      } catch {
-        return false;
-      }
-    }).map(Number);
-    const before = seeds();
+    // A seed started while the images were awaited must go with the restore.
+    const before = restoreSeeds();
     const dir = tempDir("wait-empty");
     const r = ckptOn(hosts.dest, ["restore", "-D", dir, "-d", "--wait-images", "0.3"]);
     expect(r.code).toBe(1);
     expect(r.stderr).toBe(`ckpt: no complete image set appeared in ${dir} within 0.3 s (last: ${dir} holds no inventory.img yet)\n`);
-    expect(seeds().filter((p) => !before.includes(p))).toEqual([]);
+    expect(restoreSeeds().filter((p) => !before.includes(p))).toEqual([]);
   });
 
   /**
@@ -580,14 +573,8 @@ describe("lazy migration (post-copy)", () => {
     // that what the tree does once the daemon is gone shows.
     const { pid, out, dump, daemon, root } = await lazyCopyStalled("lazy-dkill");
     // The daemon's guard: a ckpt-guard holding a pidfd of the root (its fdinfo names the pid).
-    const guards = readdirSync("/proc").filter((n) => /^\d+$/.test(n) && alive(Number(n))).filter((n) => {
-      try {
-        if (readFileSync(`/proc/${n}/comm`, "utf8").trim() !== "ckpt-guard") return false;
-        return readdirSync(`/proc/${n}/fdinfo`).some((fd) => readFileSync(`/proc/${n}/fdinfo/${fd}`, "utf8").includes(`Pid:\t${root}\n`));
-      } catch {
-        return false;
-      }
-    }).map(Number);
+    const guards = processesWhere((n) => alive(n) && readFileSync(`/proc/${n}/comm`, "utf8").trim() === "ckpt-guard" &&
+      readdirSync(`/proc/${n}/fdinfo`).some((fd) => readFileSync(`/proc/${n}/fdinfo/${fd}`, "utf8").includes(`Pid:\t${root}\n`)));
     expect(guards).toHaveLength(1);
     cleanup.push(killablePid(guards[0]!));
     process.kill(guards[0]!, "SIGSTOP");

@@ -7,10 +7,10 @@
  * and stay out of the real figures.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ckptArgv, runCkpt } from "./helpers/cli";
-import { alive, killablePid, startReady, tempDir, waitFor, type Target } from "./helpers/target";
+import { alive, killablePid, processesWhere, restoreSeeds, startReady, tempDir, waitFor, type Target } from "./helpers/target";
 import { memTarget, selfCheck } from "./helpers/workloads";
 
 const cleanup: Target[] = [];
@@ -27,24 +27,7 @@ interface Rehearsal {
 
 /** Processes named ckpt-decoy now (a rehearsal's decoy, or one restored from it). */
 function decoys(): number[] {
-  return readdirSync("/proc").filter((n) => /^\d+$/.test(n)).filter((n) => {
-    try {
-      return readFileSync(`/proc/${n}/comm`, "utf8").trim() === "ckpt-decoy" && alive(Number(n));
-    } catch {
-      return false;
-    }
-  }).map(Number);
-}
-
-/** Restore seeds alive now. */
-function seeds(): number[] {
-  return readdirSync("/proc").filter((n) => /^\d+$/.test(n)).filter((n) => {
-    try {
-      return readlinkSync(`/proc/${n}/exe`).includes("memfd:ckpt-seed");
-    } catch {
-      return false;
-    }
-  }).map(Number);
+  return processesWhere((pid) => readFileSync(`/proc/${pid}/comm`, "utf8").trim() === "ckpt-decoy" && alive(pid));
 }
 
 describe("rehearsal", () => {
@@ -108,7 +91,7 @@ describe("rehearsal", () => {
     // a ckpt-seed that lives on (the rehearsal's own restore has one for a few ms).
     const seen = new Map<number, number>();
     await waitFor("the restore's seed, after its rehearsal", () => {
-      for (const p of seeds()) if (!seen.has(p)) seen.set(p, Date.now());
+      for (const p of restoreSeeds()) if (!seen.has(p)) seen.set(p, Date.now());
       return [...seen].some(([p, at]) => Date.now() - at > 500 && alive(p));
     }, 30000);
 

@@ -2,7 +2,7 @@
  * Test workloads: small C programs built with gcc, started detached so that
  * Bun's child reaping never sees (and steals) their ptrace stops.
  */
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -51,6 +51,22 @@ export function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** The pids of processes for which `matches` holds (false when it throws: the process went away meanwhile). */
+export function processesWhere(matches: (pid: number) => boolean): number[] {
+  return readdirSync("/proc").filter((n) => /^\d+$/.test(n)).map(Number).filter((pid) => {
+    try {
+      return matches(pid);
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** Restore seeds alive now: a restore that waits or fails must leave none behind. */
+export function restoreSeeds(): number[] {
+  return processesWhere((pid) => readlinkSync(`/proc/${pid}/exe`).includes("memfd:ckpt-seed"));
 }
 
 /** A Target for a process known by pid (a workload's child, say). */
